@@ -1,0 +1,51 @@
+//! The two kinds of step failure the driver tells apart.
+//!
+//! Every module has its own `thiserror` enum that says what failed, on what, and what to do;
+//! at the module's edge it is sorted into one of these two *types*, so that the retry loop
+//! cannot burn its attempts on a bad token: only a [`Transient`] is ever retried.
+
+use std::time::Duration;
+
+/// A failure that may go away by itself (5xx, 429, a cut connection, a lost session).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Transient {
+    pub message: String,
+    /// What the server asked for (`Retry-After`), if anything; the backoff never waits less.
+    pub retry_after: Option<Duration>,
+}
+
+/// A failure that no retry can fix (bad token, unknown app, an unreadable dump).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Permanent {
+    pub message: String,
+}
+
+/// What a step returns when it did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Transient(#[from] Transient),
+    #[error(transparent)]
+    Permanent(#[from] Permanent),
+}
+
+impl StepError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        StepError::Transient(Transient {
+            message: message.into(),
+            retry_after: None,
+        })
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StepError::Permanent(Permanent {
+            message: message.into(),
+        })
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StepError::Transient(_))
+    }
+}

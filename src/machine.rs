@@ -1,0 +1,845 @@
+//! The replication state machine: what phase a run is in, and which phase comes next.
+//!
+//! Everything here is pure: no clock, no disk, no network. The driver (`driver.rs`) does the
+//! IO of each phase, turns its outcome into an [`Event`], and asks [`transition`] for the next
+//! [`Run`], which it persists *before* starting the next step. Keeping the decisions pure is
+//! what lets the property tests below drive thousands of event sequences through it.
+//!
+//! ```mermaid
+//! stateDiagram-v2
+//!     [*] --> Idle
+//!     Idle --> FetchingUrl: Start (Scalingo)
+//!     Idle --> Extracting: Start (local archive or dump)
+//!     FetchingUrl --> Downloading: Fetched(backup)
+//!     Downloading --> Extracting: Succeeded (length == backup size)
+//!     Extracting --> Dropping: Succeeded (dump readable by pg_restore, target reachable)
+//!     Dropping --> RestoringPreData: Succeeded
+//!     RestoringPreData --> Unlogging: Succeeded
+//!     Unlogging --> RestoringData: Succeeded (no-op unless USE_UNLOGGED_TABLES)
+//!     RestoringData --> PostRestoreSql: Succeeded
+//!     PostRestoreSql --> Done: Succeeded (no-op unless POST_RESTORE_SQL)
+//!     FetchingUrl --> FetchingUrl: Transient / Resume
+//!     Downloading --> Downloading: Transient / Resume (HTTP Range)
+//!     Extracting --> Extracting: Transient / Resume
+//!     RestoringPreData --> Dropping: Transient / Resume
+//!     Unlogging --> Dropping: Transient / Resume
+//!     RestoringData --> Dropping: Transient / Resume
+//!     PostRestoreSql --> PostRestoreSql: Transient / Resume
+//!     FetchingUrl --> Failed: Permanent, or retries exhausted
+//!     Downloading --> Failed
+//!     Extracting --> Failed
+//!     Dropping --> Failed
+//!     RestoringPreData --> Failed
+//!     Unlogging --> Failed
+//!     RestoringData --> Failed
+//!     PostRestoreSql --> Failed
+//!     Done --> [*]
+//!     Failed --> [*]
+//! ```
+//!
+//! # Invariants (checked by the property tests)
+//!
+//! 1. `Done` is reached only through `Dropping`, then `Restoring{PreData}`, then
+//!    `Restoring{DataAndPostData}`, in that order, with no `Dropping` in between: rows are
+//!    never loaded on top of a previous, partial load.
+//! 2. `Dropping` is entered only after `Extracting` succeeded in this run (the dump passed
+//!    `pg_restore --list` and the target answered): a run bound to fail leaves the target as it
+//!    was.
+//! 3. `attempt` never exceeds `max_attempts` (`MAX_RETRY_COUNT + 1`); only transient failures
+//!    consume attempts, and a permanent failure ends the run at once.
+//! 4. A resumed or retried run never skips a phase whose effects may be lost: anything at or
+//!    after `Dropping` and before `PostRestoreSql` goes back to `Dropping`; a download keeps its
+//!    bytes (they are on disk, the driver checks them); extraction is redone.
+//! 5. `Done` and `Failed` absorb every event: a finished run is never changed.
+//! 6. No variant carries a secret: tokens, passwords and download URLs never enter a [`Run`].
+//! 7. Every [`Run`] round-trips through its JSON form unchanged (that is what the store keeps).
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The backup a run restores, as Scalingo describes it (or as a local file is described).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// Scalingo's backup id (24 hex characters), or `local` for a file given on the command line.
+    pub id: String,
+    /// `YYYYMMDDHHMMSS_<resource_id>` for Scalingo, the file name for a local file.
+    pub name: String,
+    pub created_at: Option<DateTime<Utc>>,
+    /// Bytes of the `.tar.gz` as Scalingo announces them (the download is checked against it).
+    pub size: Option<u64>,
+}
+
+/// The two `pg_restore` passes. The split is what lets `Unlogging` sit between the schema
+/// and the rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Section {
+    /// `--section=pre-data`: types, tables, functions, sequences.
+    PreData,
+    /// `--section=data --section=post-data`: rows, then indexes, constraints and triggers.
+    DataAndPostData,
+}
+
+impl Section {
+    pub fn label(self) -> &'static str {
+        match self {
+            Section::PreData => "pre-data",
+            Section::DataAndPostData => "data+post-data",
+        }
+    }
+}
+
+/// Where the dump of a run comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// The newest `done` backup of the app's PostgreSQL addon.
+    Scalingo,
+    /// A Scalingo-style `.tar.gz` already on disk (`replicator restore --archive`).
+    Archive { path: PathBuf },
+    /// A `pg_dump -Fc` file already on disk (`replicator restore --dump`).
+    Dump { path: PathBuf },
+}
+
+/// The phase of a run. Each variant carries what its step needs, and never a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name")]
+pub enum Phase {
+    Idle,
+    FetchingUrl,
+    Downloading {
+        backup: Backup,
+        /// Bytes on disk when this was persisted; the file's length is the truth on resume.
+        bytes_done: u64,
+    },
+    Extracting {
+        backup: Backup,
+    },
+    Dropping {
+        backup: Backup,
+    },
+    Restoring {
+        backup: Backup,
+        section: Section,
+    },
+    Unlogging {
+        backup: Backup,
+    },
+    PostRestoreSql {
+        backup: Backup,
+    },
+    Done {
+        backup: Backup,
+    },
+    Failed {
+        /// The phase whose step failed.
+        failed_in: PhaseName,
+        backup: Option<Backup>,
+    },
+}
+
+/// The name of a phase, without its data: what `status --json` prints as `phase`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PhaseName {
+    Idle,
+    FetchingUrl,
+    Downloading,
+    Extracting,
+    Dropping,
+    Restoring,
+    Unlogging,
+    PostRestoreSql,
+    Done,
+    Failed,
+}
+
+impl PhaseName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Idle => "Idle",
+            PhaseName::FetchingUrl => "FetchingUrl",
+            PhaseName::Downloading => "Downloading",
+            PhaseName::Extracting => "Extracting",
+            PhaseName::Dropping => "Dropping",
+            PhaseName::Restoring => "Restoring",
+            PhaseName::Unlogging => "Unlogging",
+            PhaseName::PostRestoreSql => "PostRestoreSql",
+            PhaseName::Done => "Done",
+            PhaseName::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Phase {
+    pub fn name(&self) -> PhaseName {
+        match self {
+            Phase::Idle => PhaseName::Idle,
+            Phase::FetchingUrl => PhaseName::FetchingUrl,
+            Phase::Downloading { .. } => PhaseName::Downloading,
+            Phase::Extracting { .. } => PhaseName::Extracting,
+            Phase::Dropping { .. } => PhaseName::Dropping,
+            Phase::Restoring { .. } => PhaseName::Restoring,
+            Phase::Unlogging { .. } => PhaseName::Unlogging,
+            Phase::PostRestoreSql { .. } => PhaseName::PostRestoreSql,
+            Phase::Done { .. } => PhaseName::Done,
+            Phase::Failed { .. } => PhaseName::Failed,
+        }
+    }
+
+    /// The key under which the time spent in this phase is added up: the two restore
+    /// sections are told apart because they are the two halves of the night.
+    pub fn step_label(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::FetchingUrl => "fetching_url",
+            Phase::Downloading { .. } => "downloading",
+            Phase::Extracting { .. } => "extracting",
+            Phase::Dropping { .. } => "dropping",
+            Phase::Restoring {
+                section: Section::PreData,
+                ..
+            } => "restoring_pre_data",
+            Phase::Restoring {
+                section: Section::DataAndPostData,
+                ..
+            } => "restoring_data",
+            Phase::Unlogging { .. } => "unlogging",
+            Phase::PostRestoreSql { .. } => "post_restore_sql",
+            Phase::Done { .. } => "done",
+            Phase::Failed { .. } => "failed",
+        }
+    }
+
+    pub fn backup(&self) -> Option<&Backup> {
+        match self {
+            Phase::Idle | Phase::FetchingUrl => None,
+            Phase::Downloading { backup, .. }
+            | Phase::Extracting { backup }
+            | Phase::Dropping { backup }
+            | Phase::Restoring { backup, .. }
+            | Phase::Unlogging { backup }
+            | Phase::PostRestoreSql { backup }
+            | Phase::Done { backup } => Some(backup),
+            Phase::Failed { backup, .. } => backup.as_ref(),
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Phase::Done { .. } | Phase::Failed { .. })
+    }
+
+    /// Where a run that stopped in this phase (crash, transient failure, shutdown) starts
+    /// again: the earliest phase whose effects can still be trusted.
+    pub fn resume_point(&self) -> Phase {
+        match self {
+            Phase::Restoring { backup, .. } | Phase::Unlogging { backup } => Phase::Dropping {
+                backup: backup.clone(),
+            },
+            // The rows are in and complete once `Restoring{DataAndPostData}` succeeded; each
+            // SQL file runs in its own transaction, so running them again is safe.
+            other => other.clone(),
+        }
+    }
+}
+
+/// Time spent in one step, added up over attempts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepDuration {
+    pub step: String,
+    pub seconds: f64,
+}
+
+/// How far the current step is, for `status` and the logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "unit", rename_all = "snake_case")]
+pub enum Progress {
+    Bytes { done: u64, total: Option<u64> },
+    Items { done: u64, total: u64 },
+}
+
+/// One replication, as persisted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub run_id: String,
+    pub origin: Origin,
+    pub phase: Phase,
+    /// 1 for the first try; each transient failure adds one.
+    pub attempt: u32,
+    /// `MAX_RETRY_COUNT + 1`.
+    pub max_attempts: u32,
+    /// When the next attempt may start (set by a transient failure, persisted so that a crash
+    /// during the wait neither resets the count nor restarts the wait from zero).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the first transient failure of this run happened (for `RETRIES_TIMEOUT_MINUTES`).
+    pub retrying_since: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub phase_started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub durations: Vec<StepDuration>,
+    /// The last error: the reason of `Failed`, or of the last retry.
+    pub error: Option<String>,
+    /// Set when a process found this run abandoned by a process that died.
+    pub interrupted: bool,
+    pub progress: Option<Progress>,
+}
+
+/// What happened to the current step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// Leave `Idle`.
+    Start,
+    /// `FetchingUrl` found the backup to restore.
+    Fetched(Backup),
+    /// The current step did all its work.
+    Succeeded,
+    /// The current step moved on (bytes downloaded, items restored); the phase does not change.
+    Progress(Progress),
+    /// The step failed in a way that may work later; the driver chose when (backoff).
+    TransientFailure {
+        error: String,
+        retry_at: DateTime<Utc>,
+    },
+    /// The step failed in a way that no retry can fix.
+    PermanentFailure { error: String },
+    /// The process that ran this step is gone (seen by a later process: lock free, phase not
+    /// terminal).
+    Crashed,
+    /// Continue an interrupted run from its resume point.
+    Resume,
+}
+
+/// Why an event could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("event {event} does not apply to phase {phase}")]
+    NotApplicable { phase: PhaseName, event: &'static str },
+}
+
+impl Event {
+    fn label(&self) -> &'static str {
+        match self {
+            Event::Start => "Start",
+            Event::Fetched(_) => "Fetched",
+            Event::Succeeded => "Succeeded",
+            Event::Progress(_) => "Progress",
+            Event::TransientFailure { .. } => "TransientFailure",
+            Event::PermanentFailure { .. } => "PermanentFailure",
+            Event::Crashed => "Crashed",
+            Event::Resume => "Resume",
+        }
+    }
+}
+
+impl Run {
+    /// A new run, in `Idle`, that has not started any step yet.
+    pub fn new(
+        run_id: String,
+        origin: Origin,
+        max_retry_count: u32,
+        now: DateTime<Utc>,
+    ) -> Run {
+        Run {
+            run_id,
+            origin,
+            phase: Phase::Idle,
+            attempt: 1,
+            max_attempts: max_retry_count.saturating_add(1),
+            next_attempt_at: None,
+            retrying_since: None,
+            started_at: now,
+            updated_at: now,
+            phase_started_at: now,
+            finished_at: None,
+            durations: Vec::new(),
+            error: None,
+            interrupted: false,
+            progress: None,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.phase.is_terminal()
+    }
+
+    pub fn backup(&self) -> Option<&Backup> {
+        self.phase.backup()
+    }
+
+    /// Seconds spent in a step, summed over attempts.
+    pub fn duration_of(&self, step: &str) -> Option<f64> {
+        self.durations
+            .iter()
+            .find(|d| d.step == step)
+            .map(|d| d.seconds)
+    }
+
+    fn add_duration(&mut self, now: DateTime<Utc>) {
+        let label = self.phase.step_label();
+        if label == "idle" {
+            return;
+        }
+        let secs = (now - self.phase_started_at)
+            .num_milliseconds()
+            .max(0) as f64
+            / 1000.0;
+        match self.durations.iter_mut().find(|d| d.step == label) {
+            Some(d) => d.seconds += secs,
+            None => self.durations.push(StepDuration {
+                step: label.to_string(),
+                seconds: secs,
+            }),
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, now: DateTime<Utc>) {
+        self.add_duration(now);
+        self.phase = phase;
+        self.phase_started_at = now;
+        self.progress = None;
+        if self.phase.is_terminal() {
+            self.finished_at = Some(now);
+            self.next_attempt_at = None;
+        }
+    }
+}
+
+/// The next phase of `run` after `event`, at time `now`. Pure: the same inputs always give the
+/// same output, and `run` is not changed.
+pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, TransitionError> {
+    let mut next = run.clone();
+    next.updated_at = now;
+    let not_applicable = || TransitionError::NotApplicable {
+        phase: run.phase.name(),
+        event: event.label(),
+    };
+
+    if run.is_terminal() {
+        return Err(not_applicable());
+    }
+
+    match (&run.phase, &event) {
+        (Phase::Idle, Event::Start) => {
+            let first = match &run.origin {
+                Origin::Scalingo => Phase::FetchingUrl,
+                Origin::Archive { path } | Origin::Dump { path } => Phase::Extracting {
+                    backup: local_backup(path),
+                },
+            };
+            next.enter(first, now);
+        }
+        (Phase::Idle, _) => return Err(not_applicable()),
+        (_, Event::Start) => return Err(not_applicable()),
+
+        (Phase::FetchingUrl, Event::Fetched(backup)) => {
+            next.enter(
+                Phase::Downloading {
+                    backup: backup.clone(),
+                    bytes_done: 0,
+                },
+                now,
+            );
+            next.interrupted = false;
+        }
+        (_, Event::Fetched(_)) | (Phase::FetchingUrl, Event::Succeeded) => {
+            return Err(not_applicable());
+        }
+
+        (phase, Event::Succeeded) => {
+            let after = match phase {
+                Phase::Downloading { backup, .. } => Phase::Extracting {
+                    backup: backup.clone(),
+                },
+                Phase::Extracting { backup } => Phase::Dropping {
+                    backup: backup.clone(),
+                },
+                Phase::Dropping { backup } => Phase::Restoring {
+                    backup: backup.clone(),
+                    section: Section::PreData,
+                },
+                Phase::Restoring {
+                    backup,
+                    section: Section::PreData,
+                } => Phase::Unlogging {
+                    backup: backup.clone(),
+                },
+                Phase::Unlogging { backup } => Phase::Restoring {
+                    backup: backup.clone(),
+                    section: Section::DataAndPostData,
+                },
+                Phase::Restoring {
+                    backup,
+                    section: Section::DataAndPostData,
+                } => Phase::PostRestoreSql {
+                    backup: backup.clone(),
+                },
+                Phase::PostRestoreSql { backup } => Phase::Done {
+                    backup: backup.clone(),
+                },
+                _ => return Err(not_applicable()),
+            };
+            next.enter(after, now);
+            next.interrupted = false;
+            if next.is_terminal() {
+                next.error = None;
+            }
+        }
+
+        (phase, Event::Progress(progress)) => {
+            if let (Phase::Downloading { backup, .. }, Progress::Bytes { done, .. }) =
+                (phase, progress)
+            {
+                next.phase = Phase::Downloading {
+                    backup: backup.clone(),
+                    bytes_done: *done,
+                };
+            }
+            next.progress = Some(progress.clone());
+        }
+
+        (phase, Event::TransientFailure { error, retry_at }) => {
+            next.error = Some(error.clone());
+            if run.attempt >= run.max_attempts {
+                let failed = Phase::Failed {
+                    failed_in: phase.name(),
+                    backup: phase.backup().cloned(),
+                };
+                next.error = Some(format!(
+                    "{error} (gave up after {} attempts: raise MAX_RETRY_COUNT to try longer)",
+                    run.attempt
+                ));
+                next.enter(failed, now);
+            } else {
+                next.attempt += 1;
+                next.next_attempt_at = Some(*retry_at);
+                next.retrying_since.get_or_insert(now);
+                let point = phase.resume_point();
+                next.enter(point, now);
+            }
+        }
+
+        (phase, Event::PermanentFailure { error }) => {
+            next.error = Some(error.clone());
+            let failed = Phase::Failed {
+                failed_in: phase.name(),
+                backup: phase.backup().cloned(),
+            };
+            next.enter(failed, now);
+        }
+
+        (_, Event::Crashed) => {
+            next.interrupted = true;
+        }
+
+        (phase, Event::Resume) => {
+            let point = phase.resume_point();
+            next.enter(point, now);
+        }
+    }
+    Ok(next)
+}
+
+fn local_backup(path: &std::path::Path) -> Backup {
+    Backup {
+        id: "local".to_string(),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string()),
+        created_at: None,
+        size: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-24T05:10:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn backup() -> Backup {
+        Backup {
+            id: "5f0c5e6d7a8b9c0d1e2f3a4b".into(),
+            name: "20261124051000_pix_1234".into(),
+            created_at: Some(t0()),
+            size: Some(4096),
+        }
+    }
+
+    #[test]
+    fn a_clean_run_passes_every_phase_in_order() {
+        let mut run = Run::new("r1".into(), Origin::Scalingo, 3, t0());
+        let mut names = vec![run.phase.name()];
+        let events = [
+            Event::Start,
+            Event::Fetched(backup()),
+            Event::Succeeded,
+            Event::Succeeded,
+            Event::Succeeded,
+            Event::Succeeded,
+            Event::Succeeded,
+            Event::Succeeded,
+            Event::Succeeded,
+        ];
+        for (i, e) in events.into_iter().enumerate() {
+            run = transition(&run, e, t0() + chrono::Duration::seconds(i as i64 + 1)).unwrap();
+            names.push(run.phase.name());
+        }
+        use PhaseName::*;
+        assert_eq!(
+            names,
+            vec![
+                Idle,
+                FetchingUrl,
+                Downloading,
+                Extracting,
+                Dropping,
+                Restoring,
+                Unlogging,
+                Restoring,
+                PostRestoreSql,
+                Done
+            ]
+        );
+        assert_eq!(run.finished_at, Some(t0() + chrono::Duration::seconds(9)));
+        assert_eq!(run.duration_of("downloading"), Some(1.0));
+        assert_eq!(run.durations.len(), 8);
+    }
+
+    #[test]
+    fn a_local_archive_starts_at_extracting() {
+        let run = Run::new(
+            "r".into(),
+            Origin::Archive {
+                path: "/tmp/b.tar.gz".into(),
+            },
+            0,
+            t0(),
+        );
+        let run = transition(&run, Event::Start, t0()).unwrap();
+        assert_eq!(run.phase.name(), PhaseName::Extracting);
+        assert_eq!(run.backup().unwrap().name, "b.tar.gz");
+    }
+
+    #[test]
+    fn retries_are_bounded_by_max_retry_count() {
+        let mut run = Run::new("r".into(), Origin::Scalingo, 2, t0());
+        run = transition(&run, Event::Start, t0()).unwrap();
+        for _ in 0..2 {
+            run = transition(
+                &run,
+                Event::TransientFailure {
+                    error: "HTTP 500".into(),
+                    retry_at: t0(),
+                },
+                t0(),
+            )
+            .unwrap();
+            assert_eq!(run.phase, Phase::FetchingUrl);
+        }
+        assert_eq!(run.attempt, 3);
+        run = transition(
+            &run,
+            Event::TransientFailure {
+                error: "HTTP 500".into(),
+                retry_at: t0(),
+            },
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(run.phase.name(), PhaseName::Failed);
+        assert!(run.error.unwrap().contains("MAX_RETRY_COUNT"));
+    }
+
+    // ---- property tests over arbitrary event sequences ----
+
+    #[derive(Clone, Debug)]
+    enum Ev {
+        Succeed,
+        Transient,
+        Permanent,
+        Crash,
+        Resume,
+        Progress(u64),
+        Stray(u8),
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            6 => Just(Ev::Succeed),
+            3 => Just(Ev::Transient),
+            1 => Just(Ev::Permanent),
+            2 => Just(Ev::Crash),
+            2 => Just(Ev::Resume),
+            1 => (0u64..10_000).prop_map(Ev::Progress),
+            1 => (0u8..3).prop_map(Ev::Stray),
+        ]
+    }
+
+    fn origin() -> impl Strategy<Value = Origin> {
+        prop_oneof![
+            4 => Just(Origin::Scalingo),
+            1 => Just(Origin::Archive { path: "/data/b.tar.gz".into() }),
+            1 => Just(Origin::Dump { path: "/data/d.pgsql".into() }),
+        ]
+    }
+
+    /// Turns an abstract event into the one the driver would send in the current phase.
+    fn concrete(run: &Run, ev: &Ev, now: DateTime<Utc>) -> Event {
+        match ev {
+            Ev::Succeed if run.phase == Phase::FetchingUrl => Event::Fetched(backup()),
+            Ev::Succeed => Event::Succeeded,
+            Ev::Transient => Event::TransientFailure {
+                error: "HTTP 503 from db-api".into(),
+                retry_at: now + chrono::Duration::seconds(60),
+            },
+            Ev::Permanent => Event::PermanentFailure {
+                error: "401 on token exchange".into(),
+            },
+            Ev::Crash => Event::Crashed,
+            Ev::Resume => Event::Resume,
+            Ev::Progress(n) => Event::Progress(Progress::Bytes {
+                done: *n,
+                total: Some(10_000),
+            }),
+            Ev::Stray(0) => Event::Start,
+            Ev::Stray(1) => Event::Fetched(backup()),
+            Ev::Stray(_) => Event::Succeeded,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn invariants_hold_over_any_event_sequence(
+            origin in origin(),
+            retries in 0u32..6,
+            events in proptest::collection::vec(ev(), 0..80),
+        ) {
+            let mut now = t0();
+            let mut run = Run::new("prop".into(), origin.clone(), retries, now);
+            run = transition(&run, Event::Start, now).unwrap();
+            // Trace of phases entered, for the ordering invariants.
+            let mut trace: Vec<Phase> = vec![run.phase.clone()];
+            let mut extracted_ok = false;
+
+            for ev in events {
+                now += chrono::Duration::seconds(7);
+                let event = concrete(&run, &ev, now);
+                let before = run.clone();
+                let result = transition(&run, event.clone(), now);
+
+                // Invariant 7: every state the store would keep round-trips.
+                let json = serde_json::to_string(&before).unwrap();
+                let back: Run = serde_json::from_str(&json).unwrap();
+                prop_assert_eq!(&back, &before);
+
+                match result {
+                    Err(_) => {
+                        // Invariant 5, and only terminal runs or mismatched events are refused.
+                        let mismatched = matches!(event, Event::Start)
+                            || (matches!(event, Event::Fetched(_)) && before.phase != Phase::FetchingUrl)
+                            || (matches!(event, Event::Succeeded) && before.phase == Phase::FetchingUrl);
+                        prop_assert!(before.is_terminal() || mismatched,
+                            "refused {:?} in {:?}", event, before.phase);
+                        continue;
+                    }
+                    Ok(after) => {
+                        prop_assert!(!before.is_terminal(), "a terminal run changed");
+                        if matches!(before.phase, Phase::Extracting { .. }) && event == Event::Succeeded {
+                            extracted_ok = true;
+                        }
+                        if after.phase != before.phase || matches!(event, Event::Resume | Event::TransientFailure{..}) {
+                            trace.push(after.phase.clone());
+                        }
+                        // Invariant 2.
+                        if matches!(after.phase, Phase::Dropping { .. }) {
+                            prop_assert!(extracted_ok, "Dropping before the dump was checked");
+                        }
+                        // Invariant 3.
+                        prop_assert!(after.attempt <= after.max_attempts);
+                        prop_assert!(after.attempt >= before.attempt);
+                        if matches!(event, Event::PermanentFailure{..}) {
+                            prop_assert_eq!(after.phase.name(), PhaseName::Failed);
+                            prop_assert_eq!(after.attempt, before.attempt);
+                        }
+                        // Invariant 4: after a crash/retry, a post-drop phase resumes at Dropping.
+                        if matches!(event, Event::Resume | Event::TransientFailure{..})
+                            && !after.is_terminal()
+                        {
+                            match &before.phase {
+                                Phase::Restoring{..} | Phase::Unlogging{..} => {
+                                    prop_assert_eq!(after.phase.name(), PhaseName::Dropping);
+                                }
+                                other => prop_assert_eq!(&after.phase, other),
+                            }
+                        }
+                        // A backup, once chosen, never changes within a run.
+                        if let (Some(a), Some(b)) = (before.backup(), after.backup()) {
+                            prop_assert_eq!(a, b);
+                        }
+                        run = after;
+                    }
+                }
+            }
+
+            // Invariant 1: Done only after Dropping -> PreData -> DataAndPostData, uninterrupted.
+            if matches!(run.phase, Phase::Done { .. }) {
+                let last_drop = trace.iter().rposition(|p| matches!(p, Phase::Dropping{..}));
+                prop_assert!(last_drop.is_some(), "Done without Dropping");
+                let tail: Vec<PhaseName> = trace[last_drop.unwrap()..].iter().map(|p| p.name()).collect();
+                prop_assert_eq!(tail.iter().filter(|n| **n == PhaseName::Dropping).count(), 1);
+                let pre = trace[last_drop.unwrap()..].iter().position(|p| matches!(p, Phase::Restoring{section: Section::PreData, ..}));
+                let data = trace[last_drop.unwrap()..].iter().position(|p| matches!(p, Phase::Restoring{section: Section::DataAndPostData, ..}));
+                prop_assert!(pre.is_some() && data.is_some() && pre < data, "trace {:?}", tail);
+                prop_assert!(run.finished_at.is_some());
+                prop_assert!(run.error.is_none());
+            }
+            if matches!(run.phase, Phase::Failed { .. }) {
+                prop_assert!(run.error.is_some());
+            }
+            // Invariant 6: nothing secret-looking is in the persisted form.
+            let json = serde_json::to_string(&run).unwrap();
+            prop_assert!(!json.contains("token") && !json.contains("password") && !json.contains("download_url"));
+        }
+
+        /// Once faults stop, a run reaches Done in a bounded number of successes.
+        #[test]
+        fn once_faults_stop_a_resumed_run_finishes(
+            retries in 1u32..5,
+            events in proptest::collection::vec(ev(), 0..40),
+        ) {
+            let mut now = t0();
+            let mut run = Run::new("live".into(), Origin::Scalingo, retries, now);
+            run = transition(&run, Event::Start, now).unwrap();
+            for ev in events {
+                now += chrono::Duration::seconds(1);
+                let event = concrete(&run, &ev, now);
+                if let Ok(r) = transition(&run, event, now) { run = r; }
+            }
+            if !run.is_terminal() {
+                run = transition(&run, Event::Resume, now).unwrap();
+                for _ in 0..10 {
+                    if run.is_terminal() { break; }
+                    let e = concrete(&run, &Ev::Succeed, now);
+                    run = transition(&run, e, now).unwrap();
+                }
+                prop_assert_eq!(run.phase.name(), PhaseName::Done);
+            }
+        }
+    }
+}
