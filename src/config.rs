@@ -1,1 +1,334 @@
-pub struct Config;
+//! Configuration: the environment (and the flags that override it) turned into typed values.
+//!
+//! Every variable is read through `clap`'s `env` support, so `--help` lists each one with its
+//! default and a flag always wins over its variable. Values are validated here, before anything
+//! is touched, and every error names the variable to fix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::scalingo::Endpoints;
+use crate::secret::Secret;
+
+/// A configuration value that is missing or invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is not set: {hint}")]
+    Missing { var: &'static str, hint: &'static str },
+    #[error("{var}={value:?} is invalid: {expected}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+}
+
+/// Where the replicator keeps its state (the sled store, the lock, the working files).
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// Directory of the state store, the run lock and the downloaded files
+    /// [default: $XDG_STATE_HOME/replicator, else $HOME/.local/state/replicator]
+    #[arg(long, env = "REPLICATOR_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    pub fn dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("replicator");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(home).join(".local/state/replicator");
+        }
+        PathBuf::from("replicator-state")
+    }
+}
+
+/// How to reach Scalingo.
+#[derive(Args, Debug, Clone)]
+pub struct ScalingoArgs {
+    /// Name of the Scalingo app whose PostgreSQL backups are replicated
+    #[arg(long = "app", env = "SCALINGO_APP")]
+    pub app: Option<String>,
+    /// Scalingo region of the app (osc-fr1, osc-secnum-fr1, ...)
+    #[arg(long = "region", env = "SCALINGO_REGION", default_value = "osc-fr1")]
+    pub region: String,
+    /// Scalingo API token (tk-us-...); never printed
+    #[arg(long = "api-token", env = "SCALINGO_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Origin of Scalingo's auth API [default: https://auth.scalingo.com]
+    #[arg(long = "auth-url", env = "SCALINGO_AUTH_URL")]
+    pub auth_url: Option<String>,
+    /// Origin of Scalingo's API [default: https://api.{region}.scalingo.com]
+    #[arg(long = "api-url", env = "SCALINGO_API_URL")]
+    pub api_url: Option<String>,
+    /// Origin of Scalingo's database API [default: https://db-api.{region}.scalingo.com]
+    #[arg(long = "db-url", env = "SCALINGO_DB_URL")]
+    pub db_url: Option<String>,
+}
+
+/// The target database.
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// URL of the target database (postgres://user:password@host:port/db); wiped and
+    /// replaced by each run; never printed
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// How the restore is done.
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// `true` to create tables UNLOGGED (no WAL: faster, but emptied by a server crash)
+    #[arg(long, env = "USE_UNLOGGED_TABLES", default_value = "false", value_parser = parse_bool_flag)]
+    pub use_unlogged_tables: bool,
+    /// Parallel jobs of pg_restore (--jobs)
+    #[arg(long, env = "PG_RESTORE_JOBS", default_value = "4")]
+    pub pg_restore_jobs: String,
+}
+
+/// How failures are retried.
+#[derive(Args, Debug, Clone)]
+pub struct RetryArgs {
+    /// Retries after the first attempt before a run is given up
+    #[arg(long, env = "MAX_RETRY_COUNT", default_value = "10")]
+    pub max_retry_count: String,
+    /// Wait before the first retry, in seconds (doubles at each retry)
+    #[arg(long, env = "RETRY_INITIAL_DELAY_SECONDS", default_value = "60")]
+    pub retry_initial_delay_seconds: String,
+    /// Longest wait between two retries, in seconds
+    #[arg(long, env = "RETRY_MAX_DELAY_SECONDS", default_value = "900")]
+    pub retry_max_delay_seconds: String,
+    /// Log one warning once a run has been retrying for longer than this, in minutes
+    #[arg(long, env = "RETRIES_TIMEOUT_MINUTES", default_value = "180")]
+    pub retries_timeout_minutes: String,
+}
+
+fn parse_bool_flag(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected `true` or `false`".to_string()),
+    }
+}
+
+/// Scalingo settings, validated.
+#[derive(Clone, Debug)]
+pub struct ScalingoConfig {
+    pub app: String,
+    pub region: String,
+    pub api_token: Secret,
+    pub endpoints: Endpoints,
+}
+
+/// Restore settings, validated.
+#[derive(Clone, Debug)]
+pub struct RestoreConfig {
+    pub use_unlogged_tables: bool,
+    pub jobs: u32,
+}
+
+/// Retry settings, validated.
+#[derive(Clone, Debug)]
+pub struct RetryConfig {
+    pub max_retry_count: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub timeout: Duration,
+}
+
+impl ScalingoArgs {
+    pub fn validate(&self) -> Result<ScalingoConfig, ConfigError> {
+        let app = non_empty(
+            self.app.as_deref(),
+            "SCALINGO_APP",
+            "set it to the name of the Scalingo app whose database is replicated (or pass --app)",
+        )?;
+        let api_token = non_empty(
+            self.api_token.as_deref(),
+            "SCALINGO_API_TOKEN",
+            "create a token in Scalingo's dashboard (User settings > API tokens) and set it",
+        )?;
+        let region = self.region.trim().to_string();
+        if region.is_empty()
+            || !region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(ConfigError::Invalid {
+                var: "SCALINGO_REGION",
+                value: self.region.clone(),
+                expected: "a Scalingo region such as osc-fr1 or osc-secnum-fr1".into(),
+            });
+        }
+        for (var, value) in [
+            ("SCALINGO_AUTH_URL", &self.auth_url),
+            ("SCALINGO_API_URL", &self.api_url),
+            ("SCALINGO_DB_URL", &self.db_url),
+        ] {
+            if let Some(v) = value
+                && !(v.starts_with("http://") || v.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid {
+                    var,
+                    value: v.clone(),
+                    expected: "an origin such as https://api.osc-fr1.scalingo.com (no path)"
+                        .into(),
+                });
+            }
+        }
+        Ok(ScalingoConfig {
+            endpoints: Endpoints::for_region(
+                &region,
+                self.auth_url.clone(),
+                self.api_url.clone(),
+                self.db_url.clone(),
+            ),
+            app,
+            region,
+            api_token: Secret::new(api_token),
+        })
+    }
+}
+
+impl TargetArgs {
+    pub fn validate(&self) -> Result<Secret, ConfigError> {
+        let url = non_empty(
+            self.database_url.as_deref(),
+            "DATABASE_URL",
+            "set it to the target database's URL, postgres://user:password@host:port/db",
+        )?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid {
+                var: "DATABASE_URL",
+                // The URL may hold a password: show its scheme only.
+                value: url.split(':').next().unwrap_or("").to_string() + ":...",
+                expected: "a URL starting with postgres:// or postgresql://".into(),
+            });
+        }
+        Ok(Secret::new(url))
+    }
+}
+
+impl RestoreArgs {
+    pub fn validate(&self) -> Result<RestoreConfig, ConfigError> {
+        Ok(RestoreConfig {
+            use_unlogged_tables: self.use_unlogged_tables,
+            jobs: parse_number(&self.pg_restore_jobs, "PG_RESTORE_JOBS", 1, 64)? as u32,
+        })
+    }
+}
+
+impl RetryArgs {
+    pub fn validate(&self) -> Result<RetryConfig, ConfigError> {
+        let initial = parse_number(
+            &self.retry_initial_delay_seconds,
+            "RETRY_INITIAL_DELAY_SECONDS",
+            0,
+            86_400,
+        )?;
+        let max = parse_number(
+            &self.retry_max_delay_seconds,
+            "RETRY_MAX_DELAY_SECONDS",
+            0,
+            86_400,
+        )?;
+        if max < initial {
+            return Err(ConfigError::Invalid {
+                var: "RETRY_MAX_DELAY_SECONDS",
+                value: self.retry_max_delay_seconds.clone(),
+                expected: format!(
+                    "at least RETRY_INITIAL_DELAY_SECONDS ({initial}): it caps the doubling waits"
+                ),
+            });
+        }
+        Ok(RetryConfig {
+            max_retry_count: parse_number(&self.max_retry_count, "MAX_RETRY_COUNT", 0, 1000)?
+                as u32,
+            initial_delay: Duration::from_secs(initial),
+            max_delay: Duration::from_secs(max),
+            timeout: Duration::from_secs(
+                60 * parse_number(
+                    &self.retries_timeout_minutes,
+                    "RETRIES_TIMEOUT_MINUTES",
+                    1,
+                    100_000,
+                )?,
+            ),
+        })
+    }
+}
+
+fn non_empty(
+    value: Option<&str>,
+    var: &'static str,
+    hint: &'static str,
+) -> Result<String, ConfigError> {
+    match value.map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v.to_string()),
+        _ => Err(ConfigError::Missing { var, hint }),
+    }
+}
+
+/// Numbers are kept as strings by clap so that a bad value gets a message naming its
+/// variable and its range, rather than clap's generic one naming the flag.
+pub fn parse_number(value: &str, var: &'static str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            var,
+            value: value.to_string(),
+            expected: format!("a whole number from {min} to {max}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(count: &str) -> RetryArgs {
+        RetryArgs {
+            max_retry_count: count.into(),
+            retry_initial_delay_seconds: "60".into(),
+            retry_max_delay_seconds: "900".into(),
+            retries_timeout_minutes: "180".into(),
+        }
+    }
+
+    #[test]
+    fn bad_numbers_name_their_variable() {
+        let err = retry("ten").validate().unwrap_err().to_string();
+        assert!(err.contains("MAX_RETRY_COUNT"), "{err}");
+        assert!(err.contains("whole number"), "{err}");
+        assert_eq!(retry("3").validate().unwrap().max_retry_count, 3);
+    }
+
+    #[test]
+    fn missing_token_names_its_variable_and_never_shows_the_url() {
+        let args = ScalingoArgs {
+            app: Some("pix".into()),
+            region: "osc-fr1".into(),
+            api_token: None,
+            auth_url: None,
+            api_url: None,
+            db_url: None,
+        };
+        assert!(
+            args.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("SCALINGO_API_TOKEN")
+        );
+        let target = TargetArgs {
+            database_url: Some("mysql://u:hunter2@h/db".into()),
+        };
+        let err = target.validate().unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL") && !err.contains("hunter2"), "{err}");
+    }
+}

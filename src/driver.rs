@@ -1,0 +1,596 @@
+//! Runs a replication: does the IO of the current phase, turns its outcome into an event,
+//! asks the machine for the next phase, persists it, and goes on until `Done` or `Failed`.
+//!
+//! This is the only module that knows both the machine and the steps: the steps (Scalingo,
+//! fetch, postgres) take inputs and return results, the machine decides, the store keeps.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{RestoreConfig, RetryConfig};
+use crate::error::StepError;
+use crate::machine::{Backup, Event, Origin, Phase, Progress, Run, Section, transition};
+use crate::postgres::Target;
+use crate::scalingo::ScalingoClient;
+use crate::store::{Store, StoreError};
+use crate::{fetch, postgres, retry};
+
+/// How often progress is persisted while a step runs.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Progress is logged at most this often, or at each 5% step.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0} (please report it)")]
+    Machine(#[from] crate::machine::TransitionError),
+}
+
+/// How a drive ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The run reached `Done` or `Failed`.
+    Finished(Run),
+    /// Shutdown was asked; the run is persisted at a resumable point.
+    Interrupted(Run),
+    /// The newest backup is the one the last `Done` run restored: nothing was done, and the
+    /// last run stays the current one.
+    AlreadyRestored(Backup),
+}
+
+/// Everything a drive needs besides the run itself.
+pub struct Driver {
+    pub state_dir: PathBuf,
+    pub store: Store,
+    pub scalingo: Option<ScalingoClient>,
+    pub http: reqwest::Client,
+    pub target: Target,
+    pub restore: RestoreConfig,
+    pub retry: RetryConfig,
+    /// Restore the newest backup even when the last `Done` run restored it.
+    pub force: bool,
+    /// A newest `done` backup older than this is not the night's yet (transient).
+    pub max_backup_age: Option<Duration>,
+    pub shutdown: CancellationToken,
+}
+
+/// What a step produced.
+enum StepOutcome {
+    Event(Event),
+    AlreadyRestored(Backup),
+}
+
+/// The latest progress a step reported; the driver persists it on its own clock.
+#[derive(Clone, Default)]
+struct ProgressCell(Arc<Mutex<Option<Progress>>>);
+
+impl ProgressCell {
+    fn set(&self, p: Progress) {
+        *self.0.lock().expect("progress lock") = Some(p);
+    }
+    fn take(&self) -> Option<Progress> {
+        self.0.lock().expect("progress lock").take()
+    }
+}
+
+/// A new run id: sortable by time, unique enough for one state directory.
+pub fn new_run_id(now: DateTime<Utc>) -> String {
+    let salt = (std::process::id() as u64) ^ (now.timestamp_subsec_nanos() as u64);
+    format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), salt & 0xffff)
+}
+
+/// The directory of a run's working files (archive and dump).
+pub fn work_dir(state_dir: &Path, run_id: &str) -> PathBuf {
+    state_dir.join("work").join(run_id)
+}
+
+impl Driver {
+    fn archive_path(&self, run: &Run) -> PathBuf {
+        match &run.origin {
+            Origin::Archive { path } => path.clone(),
+            _ => work_dir(&self.state_dir, &run.run_id).join("archive.tar.gz"),
+        }
+    }
+
+    fn dump_path(&self, run: &Run) -> PathBuf {
+        match &run.origin {
+            Origin::Dump { path } => path.clone(),
+            _ => work_dir(&self.state_dir, &run.run_id).join("dump.pgsql"),
+        }
+    }
+
+    fn apply(&self, run: &Run, event: Event) -> Result<Run, DriverError> {
+        let next = transition(run, event, Utc::now())?;
+        self.store.save(&next)?;
+        Ok(next)
+    }
+
+    /// Drives `run` until it finishes or shutdown is asked. `run` may be new (`Idle`) or
+    /// resumed; every transition is persisted before its step starts.
+    pub async fn drive(&self, mut run: Run) -> Result<Outcome, DriverError> {
+        if matches!(run.phase, Phase::Idle) {
+            self.store.save(&run)?;
+            run = self.apply(&run, Event::Start)?;
+        } else {
+            self.store.save(&run)?;
+        }
+        let previous_current = self.store.last_done()?;
+        let mut warned_retrying = false;
+        let mut phase_clock = Instant::now();
+        log_phase(&run, None);
+
+        loop {
+            if run.is_terminal() {
+                self.remove_working_files(&run);
+                log_summary(&run);
+                return Ok(Outcome::Finished(run));
+            }
+            if let Some(at) = run.next_attempt_at {
+                let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                if !wait.is_zero() {
+                    info!(
+                        attempt = run.attempt,
+                        max_attempts = run.max_attempts,
+                        next_attempt_at = %at.to_rfc3339(),
+                        "waiting {}s before attempt {}/{}",
+                        wait.as_secs(),
+                        run.attempt,
+                        run.max_attempts
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.shutdown.cancelled() => return self.interrupt(run).await,
+                    }
+                }
+            }
+            if let Some(since) = run.retrying_since
+                && !warned_retrying
+                && (Utc::now() - since).to_std().unwrap_or_default() > self.retry.timeout
+            {
+                warned_retrying = true;
+                warn!(
+                    run_id = %run.run_id,
+                    retrying_since = %since.to_rfc3339(),
+                    "the run has been retrying for more than RETRIES_TIMEOUT_MINUTES ({} min); last error: {}",
+                    self.retry.timeout.as_secs() / 60,
+                    run.error.as_deref().unwrap_or("-")
+                );
+            }
+
+            let cell = ProgressCell::default();
+            // The step works on a snapshot: progress updates replace `run` meanwhile.
+            let snapshot = run.clone();
+            let result = {
+                let step = self.step(&snapshot, &cell);
+                tokio::pin!(step);
+                let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+                ticker.tick().await;
+                let mut logger = ProgressLogger::default();
+                loop {
+                    tokio::select! {
+                        r = &mut step => break Some(r),
+                        _ = ticker.tick() => {
+                            if let Some(p) = cell.take() {
+                                logger.log(&run, &p);
+                                run = self.apply(&run, Event::Progress(p))?;
+                            }
+                        }
+                        _ = self.shutdown.cancelled() => break None,
+                    }
+                }
+            };
+            let Some(result) = result else {
+                return self.interrupt(run).await;
+            };
+
+            let event = match result {
+                Ok(StepOutcome::Event(event)) => event,
+                Ok(StepOutcome::AlreadyRestored(backup)) => {
+                    // Put the last run back as the current one: a skip is not a run.
+                    if let Some(prev) = previous_current {
+                        self.store.save(&prev)?;
+                    }
+                    self.remove_working_files(&run);
+                    return Ok(Outcome::AlreadyRestored(backup));
+                }
+                Err(StepError::Transient(t)) => {
+                    let delay = retry::delay_after(&self.retry, run.attempt, t.retry_after);
+                    if run.attempt < run.max_attempts {
+                        warn!(
+                            phase = %run.phase.name(),
+                            attempt = run.attempt,
+                            max_attempts = run.max_attempts,
+                            retry_in_seconds = delay.as_secs(),
+                            "transient failure in {}: {}; retrying in {}s",
+                            run.phase.name(), t.message, delay.as_secs()
+                        );
+                    }
+                    Event::TransientFailure {
+                        error: t.message,
+                        retry_at: Utc::now()
+                            + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    }
+                }
+                Err(StepError::Permanent(p)) => Event::PermanentFailure { error: p.message },
+            };
+            let before = run.phase.clone();
+            let elapsed = phase_clock.elapsed();
+            run = self.apply(&run, event)?;
+            if run.phase != before {
+                phase_clock = Instant::now();
+                log_phase(&run, Some((&before, elapsed)));
+            }
+        }
+    }
+
+    /// Shutdown: the step future is already dropped (which kills `pg_restore`); end its
+    /// sessions and persist a state the next start resumes from.
+    async fn interrupt(&self, run: Run) -> Result<Outcome, DriverError> {
+        if matches!(
+            run.phase,
+            Phase::Dropping { .. } | Phase::Restoring { .. } | Phase::Unlogging { .. }
+        ) {
+            let ended = tokio::time::timeout(
+                Duration::from_secs(10),
+                postgres::terminate_leftover_restores(&self.target),
+            )
+            .await;
+            if let Ok(Err(e)) = ended {
+                warn!("could not end the restore's sessions on the target: {e}");
+            }
+        }
+        let run = self.apply(&run, Event::Crashed)?;
+        warn!(
+            run_id = %run.run_id,
+            phase = %run.phase.name(),
+            "stopped on request in {}; `replicator resume` (or the daemon's next start) continues it",
+            run.phase.name()
+        );
+        Ok(Outcome::Interrupted(run))
+    }
+
+    fn remove_working_files(&self, run: &Run) {
+        let dir = work_dir(&self.state_dir, &run.run_id);
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            warn!("could not remove the working files in {}: {e}", dir.display());
+        }
+    }
+
+    async fn step(&self, run: &Run, progress: &ProgressCell) -> Result<StepOutcome, StepError> {
+        let event = match &run.phase {
+            Phase::FetchingUrl => return self.fetch_backup().await,
+            Phase::Downloading { backup, .. } => {
+                self.download(run, backup, progress).await?;
+                Event::Succeeded
+            }
+            Phase::Extracting { .. } => {
+                self.extract_and_check(run).await?;
+                Event::Succeeded
+            }
+            Phase::Dropping { .. } => {
+                let ended = postgres::terminate_leftover_restores(&self.target).await?;
+                if ended > 0 {
+                    info!("ended {ended} leftover pg_restore session(s) on the target");
+                }
+                postgres::drop_owned(&self.target).await?;
+                Event::Succeeded
+            }
+            Phase::Restoring { section, .. } => {
+                let dump = self.dump_path(run);
+                let report = |done: u64, total: u64| {
+                    progress.set(Progress::Items { done, total });
+                };
+                postgres::restore_section(
+                    &self.target,
+                    &dump,
+                    *section,
+                    self.restore.jobs,
+                    &report,
+                )
+                .await?;
+                if *section == Section::DataAndPostData {
+                    info!("data and post-data restored");
+                }
+                Event::Succeeded
+            }
+            Phase::Unlogging { .. } => {
+                if self.restore.use_unlogged_tables {
+                    let n = postgres::set_unlogged(&self.target).await?;
+                    info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
+                }
+                Event::Succeeded
+            }
+            Phase::PostRestoreSql { .. } => Event::Succeeded,
+            Phase::Idle | Phase::Done { .. } | Phase::Failed { .. } => {
+                unreachable!("no step runs in {:?}", run.phase.name())
+            }
+        };
+        Ok(StepOutcome::Event(event))
+    }
+
+    fn scalingo(&self) -> Result<&ScalingoClient, StepError> {
+        self.scalingo.as_ref().ok_or_else(|| {
+            StepError::permanent(
+                "this run needs Scalingo but no Scalingo configuration was given: set SCALINGO_APP and SCALINGO_API_TOKEN",
+            )
+        })
+    }
+
+    async fn fetch_backup(&self) -> Result<StepOutcome, StepError> {
+        let backup = self.scalingo()?.newest_done_backup().await?;
+        info!(
+            backup_id = %backup.id,
+            backup_name = %backup.name,
+            size = backup.size.unwrap_or(0),
+            created_at = %backup.created_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            "newest done backup: {}", backup.name
+        );
+        if !self.force
+            && let Some(last) = self
+                .store
+                .last_done()
+                .map_err(|e| StepError::permanent(e.to_string()))?
+                .as_ref()
+                .and_then(|r| r.backup())
+            && last.id == backup.id
+        {
+            info!(
+                backup_id = %backup.id,
+                "backup {} was already restored by the last run: nothing to do (use `replicator run --force` to restore it again)",
+                backup.name
+            );
+            return Ok(StepOutcome::AlreadyRestored(backup));
+        }
+        if let (Some(max_age), Some(created)) = (self.max_backup_age, backup.created_at) {
+            let age = (Utc::now() - created).to_std().unwrap_or_default();
+            if age > max_age {
+                return Err(StepError::transient(format!(
+                    "the newest done backup ({}, created {}) is {}h old, more than MAX_BACKUP_AGE_HOURS ({}h): the backup of the night is not finished yet",
+                    backup.name,
+                    created.to_rfc3339(),
+                    age.as_secs() / 3600,
+                    max_age.as_secs() / 3600
+                )));
+            }
+        }
+        check_free_disk(&self.state_dir, backup.size)?;
+        Ok(StepOutcome::Event(Event::Fetched(backup)))
+    }
+
+    async fn download(
+        &self,
+        run: &Run,
+        backup: &Backup,
+        progress: &ProgressCell,
+    ) -> Result<(), StepError> {
+        let archive = self.archive_path(run);
+        if let Some(dir) = archive.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StepError::permanent(format!(
+                    "cannot create the working directory {}: {e}; check REPLICATOR_STATE_DIR",
+                    dir.display()
+                ))
+            })?;
+        }
+        let url = self.scalingo()?.download_url(&backup.id).await?;
+        let total = backup.size;
+        let report = |done: u64| progress.set(Progress::Bytes { done, total });
+        let got = fetch::download(&self.http, &url, &archive, backup.size, &report).await?;
+        info!(
+            bytes = got.bytes,
+            resumed_from = got.resumed_from,
+            "downloaded {} ({} bytes{})",
+            backup.name,
+            got.bytes,
+            if got.resumed_from > 0 {
+                format!(", resumed from byte {}", got.resumed_from)
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    async fn extract_and_check(&self, run: &Run) -> Result<(), StepError> {
+        let dump = self.dump_path(run);
+        if !matches!(run.origin, Origin::Dump { .. }) {
+            let archive = self.archive_path(run);
+            if let Some(dir) = dump.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StepError::permanent(format!(
+                        "cannot create the working directory {}: {e}; check REPLICATOR_STATE_DIR",
+                        dir.display()
+                    ))
+                })?;
+            }
+            let (a, d) = (archive.clone(), dump.clone());
+            let bytes = tokio::task::spawn_blocking(move || fetch::extract_dump(&a, &d))
+                .await
+                .map_err(|e| StepError::transient(format!("extraction task failed: {e}")))??;
+            info!(bytes, "extracted the dump ({bytes} bytes)");
+            // Only our own download goes: a file the user gave is theirs.
+            if matches!(run.origin, Origin::Scalingo) {
+                let _ = std::fs::remove_file(&archive);
+            }
+        }
+        let info = postgres::check_dump(&dump).await?;
+        info!("the dump is readable by the local pg_restore: {info:?}");
+        let target = postgres::check_target(&self.target).await?;
+        info!("the target answers: {target:?}");
+        Ok(())
+    }
+}
+
+/// Refuses a download that cannot fit: the archive, then the dump extracted beside it. A
+/// custom-format dump is already compressed, so gzip barely shrinks it: the dump is budgeted
+/// at the archive's size, plus 10% for the gzip and tar overhead and 64 MiB of slack.
+fn check_free_disk(state_dir: &Path, size: Option<u64>) -> Result<(), StepError> {
+    let Some(size) = size else { return Ok(()) };
+    let needed = size + size + size / 10 + 64 * 1024 * 1024;
+    std::fs::create_dir_all(state_dir).ok();
+    let Some(free) = free_bytes(state_dir) else {
+        return Ok(());
+    };
+    if free < needed {
+        return Err(StepError::permanent(format!(
+            "not enough free disk in {}: the backup is {} MiB, and the archive plus the dump need about {} MiB (twice the archive, plus 10% and 64 MiB), but only {} MiB are free; free some space or point REPLICATOR_STATE_DIR at a larger disk",
+            state_dir.display(),
+            size >> 20,
+            needed >> 20,
+            free >> 20
+        )));
+    }
+    Ok(())
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Logs progress at each 5% step, or every 30 s when there is no total.
+#[derive(Default)]
+struct ProgressLogger {
+    last_bucket: Option<u64>,
+    last_at: Option<Instant>,
+    first: Option<(Instant, u64)>,
+}
+
+impl ProgressLogger {
+    fn log(&mut self, run: &Run, p: &Progress) {
+        let now = Instant::now();
+        let (done, total) = match p {
+            Progress::Bytes { done, total } => (*done, *total),
+            Progress::Items { done, total } => (*done, Some(*total)),
+        };
+        let (t0, d0) = *self.first.get_or_insert((now, done));
+        let bucket = total.filter(|t| *t > 0).map(|t| done * 20 / t);
+        let due = self
+            .last_at
+            .is_none_or(|at| now.duration_since(at) >= PROGRESS_LOG_EVERY)
+            || bucket != self.last_bucket;
+        if !due {
+            return;
+        }
+        self.last_bucket = bucket;
+        self.last_at = Some(now);
+        let pct = total
+            .filter(|t| *t > 0)
+            .map(|t| format!("{:.1}%", done as f64 * 100.0 / t as f64))
+            .unwrap_or_else(|| "?%".into());
+        match p {
+            Progress::Bytes { .. } => {
+                let secs = now.duration_since(t0).as_secs_f64();
+                let rate = if secs > 0.0 {
+                    (done.saturating_sub(d0)) as f64 / secs
+                } else {
+                    0.0
+                };
+                let eta = match total {
+                    Some(t) if rate > 0.0 && t > done => {
+                        format!("{}s", ((t - done) as f64 / rate) as u64)
+                    }
+                    _ => "?".into(),
+                };
+                info!(
+                    phase = %run.phase.name(),
+                    bytes_done = done,
+                    bytes_total = total,
+                    rate_bytes_per_second = rate as u64,
+                    "downloading: {} / {} MiB ({pct}), {:.1} MiB/s, ETA {eta}",
+                    done >> 20,
+                    total.map(|t| (t >> 20).to_string()).unwrap_or_else(|| "?".into()),
+                    rate / 1048576.0
+                );
+            }
+            Progress::Items { .. } => {
+                info!(
+                    phase = %run.phase.name(),
+                    items_done = done,
+                    items_total = total,
+                    "restoring {}: {done} / {} items ({pct})",
+                    run.phase.step_label(),
+                    total.unwrap_or(0)
+                );
+            }
+        }
+    }
+}
+
+fn log_phase(run: &Run, ended: Option<(&Phase, Duration)>) {
+    let section = match &run.phase {
+        Phase::Restoring { section, .. } => section.label(),
+        _ => "",
+    };
+    match ended {
+        Some((before, took)) => info!(
+            run_id = %run.run_id,
+            phase = %run.phase.name(),
+            section,
+            previous_phase = %before.name(),
+            previous_phase_seconds = took.as_secs_f64(),
+            attempt = run.attempt,
+            "{} -> {}{} ({} took {:.1}s)",
+            before.name(),
+            run.phase.name(),
+            if section.is_empty() { String::new() } else { format!(" ({section})") },
+            before.step_label(),
+            took.as_secs_f64()
+        ),
+        None => info!(
+            run_id = %run.run_id,
+            phase = %run.phase.name(),
+            section,
+            attempt = run.attempt,
+            "run {} in {}{}",
+            run.run_id,
+            run.phase.name(),
+            if section.is_empty() { String::new() } else { format!(" ({section})") }
+        ),
+    }
+}
+
+fn log_summary(run: &Run) {
+    let total = run
+        .finished_at
+        .map(|f| (f - run.started_at).num_milliseconds() as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let phases = run
+        .durations
+        .iter()
+        .map(|d| format!("{}={:.1}s", d.step, d.seconds))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let backup = run.backup().map(|b| b.name.clone()).unwrap_or_default();
+    let outcome = run.phase.name();
+    if matches!(run.phase, Phase::Done { .. }) {
+        info!(
+            run_id = %run.run_id, outcome = %outcome, backup = %backup,
+            total_seconds = total, attempts = run.attempt,
+            "run {} Done: backup {backup} restored in {total:.1}s ({phases})", run.run_id
+        );
+    } else {
+        error!(
+            run_id = %run.run_id, outcome = %outcome, backup = %backup,
+            total_seconds = total, attempts = run.attempt,
+            error = run.error.as_deref().unwrap_or(""),
+            "run {} Failed after {total:.1}s ({phases}): {}", run.run_id,
+            run.error.as_deref().unwrap_or("")
+        );
+    }
+}

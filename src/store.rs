@@ -1,0 +1,217 @@
+//! The state store: the current run and the history of past runs, in sled.
+//!
+//! sled lets one process at a time open a directory, and `status` must work while a run is
+//! live in another process. So nobody keeps the store open: every read and every write opens
+//! it, does its work, flushes and closes. A run writes at each transition and at most every
+//! couple of seconds for progress, so the store is free nearly all the time; an open that
+//! finds it busy waits a little and tries again.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::machine::{Phase, Run};
+
+/// How many finished runs the history keeps.
+pub const HISTORY_LEN: usize = 30;
+
+const CURRENT_KEY: &[u8] = b"current";
+const HISTORY_TREE: &[u8] = b"history";
+/// Bumped when the stored form changes in a way old readers cannot take.
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: &[u8] = b"1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the state store in {dir}: {source}; check that REPLICATOR_STATE_DIR points at a writable directory"
+    )]
+    Open { dir: PathBuf, source: sled::Error },
+    #[error(
+        "the state store in {dir} stayed busy for {waited:?}: another replicator process keeps it open; retry in a moment"
+    )]
+    Busy { dir: PathBuf, waited: Duration },
+    #[error("cannot write the state store in {dir}: {source}")]
+    Write { dir: PathBuf, source: sled::Error },
+    #[error(
+        "the state store in {dir} holds a record this version cannot read ({source}); move the directory away to start afresh"
+    )]
+    Corrupt {
+        dir: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// The store of one state directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Store {
+        Store {
+            dir: state_dir.join("store"),
+        }
+    }
+
+    fn open(&self) -> Result<sled::Db, StoreError> {
+        let started = Instant::now();
+        let patience = Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(&self.dir).open() {
+                Ok(db) => {
+                    if db.get(FORMAT_KEY).ok().flatten().is_none() {
+                        db.insert(FORMAT_KEY, FORMAT).map_err(|source| StoreError::Write {
+                            dir: self.dir.clone(),
+                            source,
+                        })?;
+                    }
+                    return Ok(db);
+                }
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("WouldBlock")
+                        || e.to_string().contains("lock") =>
+                {
+                    if started.elapsed() > patience {
+                        return Err(StoreError::Busy {
+                            dir: self.dir.clone(),
+                            waited: started.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        dir: self.dir.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Run, StoreError> {
+        serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+            dir: self.dir.clone(),
+            source,
+        })
+    }
+
+    /// The current (or last) run, if there has been one.
+    pub fn current(&self) -> Result<Option<Run>, StoreError> {
+        if !self.dir.exists() {
+            return Ok(None);
+        }
+        let db = self.open()?;
+        let value = db.get(CURRENT_KEY).map_err(|source| StoreError::Open {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        value.map(|v| self.decode(&v)).transpose()
+    }
+
+    /// Persists `run` as the current run; a finished run also enters the history.
+    pub fn save(&self, run: &Run) -> Result<(), StoreError> {
+        let write = |source| StoreError::Write {
+            dir: self.dir.clone(),
+            source,
+        };
+        let db = self.open()?;
+        let bytes = serde_json::to_vec(run).expect("a Run always serializes");
+        db.insert(CURRENT_KEY, bytes.clone()).map_err(write)?;
+        if run.is_terminal() {
+            let history = db.open_tree(HISTORY_TREE).map_err(write)?;
+            // Keys sort by start time, then id, so the history reads in order.
+            let key = format!("{}/{}", run.started_at.to_rfc3339(), run.run_id);
+            history.insert(key.as_bytes(), bytes).map_err(write)?;
+            while history.len() > HISTORY_LEN {
+                match history.pop_min().map_err(write)? {
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
+        db.flush().map_err(write)?;
+        Ok(())
+    }
+
+    /// Finished runs, newest first.
+    pub fn history(&self) -> Result<Vec<Run>, StoreError> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let db = self.open()?;
+        let tree = db.open_tree(HISTORY_TREE).map_err(|source| StoreError::Open {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        let mut runs = Vec::new();
+        for item in tree.iter().rev() {
+            let (_, v) = item.map_err(|source| StoreError::Open {
+                dir: self.dir.clone(),
+                source,
+            })?;
+            runs.push(self.decode(&v)?);
+        }
+        Ok(runs)
+    }
+
+    /// The last run that ended `Done` (to skip a backup that is already restored).
+    pub fn last_done(&self) -> Result<Option<Run>, StoreError> {
+        Ok(self
+            .history()?
+            .into_iter()
+            .find(|r| matches!(r.phase, Phase::Done { .. })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{Event, Origin, Run, transition};
+    use chrono::Utc;
+
+    #[test]
+    fn saves_reads_and_keeps_thirty_finished_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        assert!(store.current().unwrap().is_none());
+        for i in 0..35 {
+            let now = Utc::now() + chrono::Duration::seconds(i);
+            let run = Run::new(format!("run-{i:02}"), Origin::Scalingo, 0, now);
+            let run = transition(&run, Event::Start, now).unwrap();
+            store.save(&run).unwrap();
+            assert_eq!(store.current().unwrap().unwrap(), run);
+            let failed = transition(
+                &run,
+                Event::PermanentFailure {
+                    error: "no done backup".into(),
+                },
+                now,
+            )
+            .unwrap();
+            store.save(&failed).unwrap();
+        }
+        let history = store.history().unwrap();
+        assert_eq!(history.len(), HISTORY_LEN);
+        assert_eq!(history[0].run_id, "run-34");
+        assert_eq!(history[29].run_id, "run-05");
+    }
+
+    #[test]
+    fn a_store_held_by_another_handle_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let run = Run::new("r".into(), Origin::Scalingo, 0, Utc::now());
+        store.save(&run).unwrap();
+        let held = store.open().unwrap();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || store.current())
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        drop(held);
+        assert_eq!(reader.join().unwrap().unwrap().unwrap().run_id, "r");
+    }
+}
