@@ -274,7 +274,10 @@ pub async fn lock(driver: &Driver) -> Result<Locks, CliError> {
             return Err(CliError::Refused(format!(
                 "another replicator process{} is running a replication with the state directory {}; \
                  `replicator status` shows it",
-                holder.pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                holder
+                    .pid
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default(),
                 driver.state_dir.display()
             )));
         }

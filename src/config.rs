@@ -16,7 +16,10 @@ use crate::secret::Secret;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{var} is not set: {hint}")]
-    Missing { var: &'static str, hint: &'static str },
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
     #[error("{var}={value:?} is invalid: {expected}")]
     Invalid {
         var: &'static str,
@@ -85,7 +88,7 @@ pub struct TargetArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RestoreArgs {
     /// `true` to create tables UNLOGGED (no WAL: faster, but emptied by a server crash)
-    #[arg(long, env = "USE_UNLOGGED_TABLES", default_value = "false", value_parser = parse_bool_flag)]
+    #[arg(long, env = "USE_UNLOGGED_TABLES", default_value = "false", value_parser = parse_bool_flag, action = clap::ArgAction::Set)]
     pub use_unlogged_tables: bool,
     /// Parallel jobs of pg_restore (--jobs)
     #[arg(long, env = "PG_RESTORE_JOBS", default_value = "4")]
@@ -177,8 +180,7 @@ impl ScalingoArgs {
                 return Err(ConfigError::Invalid {
                     var,
                     value: v.clone(),
-                    expected: "an origin such as https://api.osc-fr1.scalingo.com (no path)"
-                        .into(),
+                    expected: "an origin such as https://api.osc-fr1.scalingo.com (no path)".into(),
                 });
             }
         }
@@ -277,7 +279,12 @@ fn non_empty(
 
 /// Numbers are kept as strings by clap so that a bad value gets a message naming its
 /// variable and its range, rather than clap's generic one naming the flag.
-pub fn parse_number(value: &str, var: &'static str, min: u64, max: u64) -> Result<u64, ConfigError> {
+pub fn parse_number(
+    value: &str,
+    var: &'static str,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
     match value.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(ConfigError::Invalid {
@@ -329,6 +336,9 @@ mod tests {
             database_url: Some("mysql://u:hunter2@h/db".into()),
         };
         let err = target.validate().unwrap_err().to_string();
-        assert!(err.contains("DATABASE_URL") && !err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("DATABASE_URL") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 }

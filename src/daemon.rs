@@ -22,16 +22,21 @@ pub async fn run(state_dir: PathBuf, args: DaemonArgs) -> Result<u8, CliError> {
             var: "SCHEDULE",
             hint: "set it to a cron expression, e.g. `10 5 * * *` for 05:10 every day",
         })?;
-    let schedule = Schedule::parse(expr, args.schedule_timezone.as_deref())
-        .map_err(|e| CliError::Config(ConfigError::Invalid {
-            var: if e.to_string().contains("SCHEDULE_TIMEZONE") { "SCHEDULE_TIMEZONE" } else { "SCHEDULE" },
+    let schedule = Schedule::parse(expr, args.schedule_timezone.as_deref()).map_err(|e| {
+        CliError::Config(ConfigError::Invalid {
+            var: if e.to_string().contains("SCHEDULE_TIMEZONE") {
+                "SCHEDULE_TIMEZONE"
+            } else {
+                "SCHEDULE"
+            },
             value: if e.to_string().contains("SCHEDULE_TIMEZONE") {
                 args.schedule_timezone.clone().unwrap_or_default()
             } else {
                 expr.to_string()
             },
             expected: e.to_string(),
-        }))?;
+        })
+    })?;
     let shutdown = shutdown_on_signals();
     let driver = build_driver(state_dir, &args.engine, true, shutdown.clone())?;
     info!(

@@ -261,7 +261,10 @@ impl Driver {
         if dir.exists()
             && let Err(e) = std::fs::remove_dir_all(&dir)
         {
-            warn!("could not remove the working files in {}: {e}", dir.display());
+            warn!(
+                "could not remove the working files in {}: {e}",
+                dir.display()
+            );
         }
     }
 
@@ -304,7 +307,8 @@ impl Driver {
             }
             Phase::Unlogging { .. } => {
                 if self.restore.use_unlogged_tables {
-                    let n = postgres::set_unlogged(&self.target).await?;
+                    let n =
+                        postgres::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
                     info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
                 }
                 Event::Succeeded

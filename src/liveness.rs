@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LivenessError {
-    #[error("cannot use the lock file {path}: {source}; check that REPLICATOR_STATE_DIR is writable")]
+    #[error(
+        "cannot use the lock file {path}: {source}; check that REPLICATOR_STATE_DIR is writable"
+    )]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -14,7 +14,11 @@ pub fn init(format: Option<&str>) -> Result<(), LogFormatError> {
         .with_writer(std::io::stdout)
         .with_target(false);
     match format.unwrap_or("text") {
-        "json" => builder.json().flatten_event(true).with_current_span(false).init(),
+        "json" => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         "text" | "" => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .init(),

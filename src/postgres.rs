@@ -1,20 +1,1542 @@
 //! Everything the replicator does to the target database: the advisory lock, the checks, the
 //! wipe, `pg_restore` in sections, unlogged tables.
+//!
+//! The steps here know neither the store nor the machine: they take a [`Target`] (and a dump
+//! path) and return a result whose error is already sorted into transient or permanent
+//! ([`StepError`]), so that the driver's retry loop never burns attempts on a wrong password.
+//!
+//! The password lives in a [`Secret`] from the moment `DATABASE_URL` is parsed. It reaches the
+//! server through `tokio-postgres`'s config, and `pg_restore` through `PGPASSWORD` in the child's
+//! environment (never its command line, which any local user can read in `/proc/<pid>/cmdline`).
 
-use std::path::Path;
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
 
 use crate::error::StepError;
 use crate::machine::Section;
 use crate::secret::Secret;
 
+/// The advisory lock key every replicator takes on its target: the ASCII bytes of "replicat".
+/// Fixed forever: two versions of the replicator must exclude each other too.
+pub const LOCK_KEY: i64 = i64::from_be_bytes(*b"replicat");
+
+/// `application_name` of the session that holds [`LOCK_KEY`], so that a second replicator (or a
+/// human in `pg_stat_activity`) can see who holds the target.
+pub const LOCK_APPLICATION_NAME: &str = "replicator lock";
+
+/// `application_name` (`PGAPPNAME`) of `pg_restore`'s sessions: what
+/// [`terminate_leftover_restores`] looks for after a crash.
+pub const RESTORE_APPLICATION_NAME: &str = "replicator-restore";
+
+/// `application_name` of the short-lived sessions of the checks, the wipe and `set_unlogged`.
+pub const CONTROL_APPLICATION_NAME: &str = "replicator";
+
+/// How many `pg_restore` stderr lines an error message keeps.
+const STDERR_TAIL: usize = 20;
+
+/// A `DROP OWNED` or `ALTER TABLE` that waits this long on a lock held by someone else (a
+/// Metabase query on the old copy) fails as transient rather than hanging the night away.
+const LOCK_TIMEOUT: &str = "5min";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong on the target. Every message names the target as `role@host:port/db`
+/// (never the password) and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error(
+        "DATABASE_URL is not a usable PostgreSQL URL: {reason}; fix DATABASE_URL (expected postgres://user:password@host:port/dbname?sslmode=prefer)"
+    )]
+    InvalidUrl { reason: String },
+
+    #[error(
+        "DATABASE_URL asks for sslmode={sslmode} on {target}, but the replicator's own connections do not support TLS yet; use sslmode=prefer or sslmode=disable, or a network where TLS is not required"
+    )]
+    TlsUnsupported { target: String, sslmode: String },
+
+    #[error("cannot connect to the target {target}: {detail}{hint}")]
+    Connect {
+        target: String,
+        detail: String,
+        hint: &'static str,
+        transient: bool,
+    },
+
+    #[error("{what} on the target {target} failed: {detail}{hint}")]
+    Query {
+        target: String,
+        what: &'static str,
+        detail: String,
+        hint: &'static str,
+        transient: bool,
+    },
+
+    #[error(
+        "the target role of {target} is a superuser: the replicator runs DROP OWNED BY CURRENT_USER, which for a superuser would reach objects it must not touch; set DATABASE_URL to the application's own (non-superuser) role that owns the database"
+    )]
+    SuperuserTarget { target: String },
+
+    #[error(
+        "cannot run {program}: {source}; install the PostgreSQL client tools (pg_restore) and make sure they are on PATH"
+    )]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "the dump {path} was written by a newer pg_dump (archive version {archive_version}) than the local pg_restore can read ({local}); install a newer pg_restore (the PostgreSQL client of the production server's major version or later)"
+    )]
+    DumpTooNew {
+        path: PathBuf,
+        archive_version: String,
+        local: String,
+    },
+
+    #[error(
+        "the dump {path} is not readable by pg_restore --list ({status}): {stderr}; it is not a complete pg_dump -Fc archive, the backup must be downloaded again or another one chosen"
+    )]
+    DumpUnreadable {
+        path: PathBuf,
+        status: String,
+        stderr: String,
+    },
+
+    #[error(
+        "pg_restore ({section}) into {target} failed ({status}); last lines of its output:\n{stderr}{hint}"
+    )]
+    Restore {
+        target: String,
+        section: &'static str,
+        status: String,
+        stderr: String,
+        hint: &'static str,
+        transient: bool,
+    },
+}
+
+impl PostgresError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PostgresError::Connect { transient, .. }
+            | PostgresError::Query { transient, .. }
+            | PostgresError::Restore { transient, .. } => *transient,
+            PostgresError::InvalidUrl { .. }
+            | PostgresError::TlsUnsupported { .. }
+            | PostgresError::SuperuserTarget { .. }
+            | PostgresError::Spawn { .. }
+            | PostgresError::DumpTooNew { .. }
+            | PostgresError::DumpUnreadable { .. } => false,
+        }
+    }
+}
+
+impl From<PostgresError> for StepError {
+    fn from(e: PostgresError) -> StepError {
+        if e.is_transient() {
+            StepError::transient(e.to_string())
+        } else {
+            StepError::permanent(e.to_string())
+        }
+    }
+}
+
+/// Transient or permanent, and a hint, for an error from `tokio-postgres`.
+fn classify(e: &tokio_postgres::Error) -> (bool, &'static str) {
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            (
+                false,
+                "; check the role and password in DATABASE_URL (and the server's pg_hba.conf)",
+            )
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            (
+                false,
+                "; the database does not exist: fix the database name in DATABASE_URL",
+            )
+        } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            (
+                false,
+                "; the role lacks a privilege: DATABASE_URL must name the role that owns the target database",
+            )
+        } else if c.starts_with("08")
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+            || *code == SqlState::QUERY_CANCELED
+        {
+            (true, "; will retry")
+        } else {
+            (false, "")
+        };
+    }
+    // No SQLSTATE: the socket (refused, reset, timed out, closed) or the protocol. A refused or
+    // cut connection is the server restarting or the network blinking, worth a retry; the
+    // retry count bounds a host name that will never resolve.
+    let text = error_text(e);
+    if text.contains("password missing") || text.contains("authentication") {
+        (false, "; check the role and password in DATABASE_URL")
+    } else {
+        (true, "; will retry")
+    }
+}
+
+/// `tokio_postgres::Error`'s `Display` says only "db error": add the server's message.
+fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        s
+    } else {
+        match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        }
+    }
+}
+
 /// The target database, parsed from `DATABASE_URL`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Target {
-    _private: (),
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<Secret>,
+    dbname: String,
+    sslmode: Option<String>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Target({})", self.describe())
+    }
+}
+
+fn percent_decode(s: &str, what: &str) -> Result<String, PostgresError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| PostgresError::InvalidUrl {
+                    reason: format!("bad percent-encoding in the {what}"),
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| PostgresError::InvalidUrl {
+        reason: format!("the {what} is not UTF-8 once decoded"),
+    })
 }
 
 impl Target {
-    pub fn parse(_database_url: &Secret) -> Result<Target, StepError> {
-        todo!()
+    /// Parses `postgres://user:password@host:port/dbname?sslmode=prefer` (or `postgresql://`),
+    /// the form Scalingo gives. Error messages never quote the URL: it holds the password.
+    pub fn parse(database_url: &Secret) -> Result<Target, StepError> {
+        Ok(Self::parse_inner(database_url.expose())?)
+    }
+
+    fn parse_inner(url: &str) -> Result<Target, PostgresError> {
+        let invalid = |reason: &str| PostgresError::InvalidUrl {
+            reason: reason.to_string(),
+        };
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| invalid("it does not start with postgres:// or postgresql://"))?;
+        let (before_query, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match before_query.split_once('/') {
+            Some((a, p)) => (a, p),
+            None => (before_query, ""),
+        };
+        // The password may contain '@' when not encoded: the host part is after the last one.
+        let (userinfo, hostport) = authority
+            .rsplit_once('@')
+            .ok_or_else(|| invalid("it has no user (user:password@host)"))?;
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (userinfo, None),
+        };
+        let user = percent_decode(user, "user")?;
+        if user.is_empty() {
+            return Err(invalid("the user is empty"));
+        }
+        let password = password
+            .map(|p| percent_decode(p, "password"))
+            .transpose()?
+            .filter(|p| !p.is_empty())
+            .map(Secret::new);
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| invalid("unterminated [IPv6] host"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid("the host is empty"));
+        }
+        let port = match port {
+            None | Some("") => 5432,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| invalid("the port is not a number between 1 and 65535"))?,
+        };
+        let dbname = percent_decode(path.trim_end_matches('/'), "database name")?;
+        let dbname = if dbname.is_empty() {
+            user.clone()
+        } else {
+            dbname
+        };
+        let mut sslmode = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == "sslmode" {
+                let v = percent_decode(v, "sslmode")?;
+                match v.as_str() {
+                    "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full" => {}
+                    _ => return Err(invalid(&format!("unknown sslmode={v}"))),
+                }
+                sslmode = Some(v);
+            } else {
+                tracing::debug!(parameter = k, "ignoring a DATABASE_URL query parameter");
+            }
+        }
+        Ok(Target {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+            sslmode,
+        })
+    }
+
+    /// `user@host:port/db`: how every log line and error names the target.
+    pub fn describe(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn dbname(&self) -> &str {
+        &self.dbname
+    }
+
+    pub fn sslmode(&self) -> Option<&str> {
+        self.sslmode.as_deref()
+    }
+
+    /// The libpq environment for a child (`pg_restore`, `psql`): the only way the password
+    /// reaches a child process.
+    pub fn child_env(&self, application_name: &str) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PGHOST".to_string(), self.host.clone()),
+            ("PGPORT".to_string(), self.port.to_string()),
+            ("PGUSER".to_string(), self.user.clone()),
+            ("PGDATABASE".to_string(), self.dbname.clone()),
+            ("PGAPPNAME".to_string(), application_name.to_string()),
+        ];
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD".to_string(), p.expose().to_string()));
+        }
+        if let Some(m) = &self.sslmode {
+            env.push(("PGSSLMODE".to_string(), m.clone()));
+        }
+        env
+    }
+
+    fn config(&self, application_name: &str) -> Result<tokio_postgres::Config, PostgresError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(application_name)
+            .connect_timeout(CONNECT_TIMEOUT)
+            // The lock's connection is idle for hours: notice a dead peer in minutes.
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(60));
+        if let Some(p) = &self.password {
+            config.password(p.expose());
+        }
+        // With `NoTls`, `prefer` falls back to a plain connection (as libpq does when the
+        // server has no TLS); anything that insists on TLS cannot be honoured yet.
+        let mode = match self.sslmode.as_deref() {
+            None | Some("prefer") | Some("allow") => tokio_postgres::config::SslMode::Prefer,
+            Some("disable") => tokio_postgres::config::SslMode::Disable,
+            Some(other) => {
+                return Err(PostgresError::TlsUnsupported {
+                    target: self.describe(),
+                    sslmode: other.to_string(),
+                });
+            }
+        };
+        config.ssl_mode(mode);
+        Ok(config)
+    }
+
+    /// A new session, its connection driven by a spawned task.
+    pub async fn connect(&self) -> Result<Client, StepError> {
+        Ok(self.connect_as(CONTROL_APPLICATION_NAME).await?)
+    }
+
+    async fn connect_as(&self, application_name: &str) -> Result<Client, PostgresError> {
+        let config = self.config(application_name)?;
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+            let (transient, hint) = classify(&e);
+            PostgresError::Connect {
+                target: self.describe(),
+                detail: error_text(&e),
+                hint,
+                transient,
+            }
+        })?;
+        let target = self.describe();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target = %target, error = %error_text(&e), "target connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    fn query_error(&self, what: &'static str, e: tokio_postgres::Error) -> PostgresError {
+        let (transient, hint) = classify(&e);
+        PostgresError::Query {
+            target: self.describe(),
+            what,
+            detail: error_text(&e),
+            hint,
+            transient,
+        }
+    }
+}
+
+/// The advisory lock on the target, held by a dedicated session for the whole run. Dropping it
+/// closes the session, which releases the lock (so does the death of the process).
+pub struct TargetLock {
+    client: Client,
+    target: String,
+}
+
+impl fmt::Debug for TargetLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TargetLock({})", self.target)
+    }
+}
+
+impl TargetLock {
+    /// False once the session is gone (server restart, network cut): the lock is then lost and
+    /// another replicator may take it, so the driver should stop and retry.
+    pub fn is_alive(&self) -> bool {
+        !self.client.is_closed()
+    }
+
+    /// Round-trips to the server: proves the session, hence the lock, still exists.
+    pub async fn check(&self) -> Result<(), StepError> {
+        self.client.simple_query("SELECT 1").await.map_err(|e| {
+            let (_, hint) = classify(&e);
+            PostgresError::Query {
+                target: self.target.clone(),
+                what: "checking the advisory lock's session",
+                detail: error_text(&e),
+                hint,
+                // A lost lock is always worth a new attempt: the next one takes it again.
+                transient: true,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Releases the lock and waits until the server confirmed it (a plain drop releases it
+    /// too, but asynchronously).
+    pub async fn release(self) {
+        let _ = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+            .await;
+    }
+}
+
+/// The outcome of [`lock_target`].
+#[derive(Debug)]
+pub enum LockOutcome {
+    Acquired(TargetLock),
+    /// Another session holds the lock. `since` is its `backend_start`, `holder` says who it is,
+    /// when `pg_stat_activity` lets this role see it.
+    Held {
+        since: Option<String>,
+        holder: Option<String>,
+    },
+}
+
+/// Takes the replicator's advisory lock on the target, without waiting.
+pub async fn lock_target(target: &Target) -> Result<LockOutcome, StepError> {
+    let client = target.connect_as(LOCK_APPLICATION_NAME).await?;
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(|e| target.query_error("taking the advisory lock", e))?;
+    if row.get::<_, bool>(0) {
+        tracing::info!(target = %target.describe(), "advisory lock acquired");
+        return Ok(LockOutcome::Acquired(TargetLock {
+            client,
+            target: target.describe(),
+        }));
+    }
+    // A bigint advisory key shows in pg_locks as classid = high half, objid = low half,
+    // objsubid = 1.
+    let classid = LOCK_KEY >> 32;
+    let objid = LOCK_KEY & 0xffff_ffff;
+    let rows = client
+        .query(
+            "SELECT to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    a.pid, a.usename::text, a.application_name, host(a.client_addr)
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1
+              LIMIT 1",
+            &[&classid, &objid],
+        )
+        .await
+        .map_err(|e| target.query_error("looking up the advisory lock's holder", e))?;
+    let (since, holder) = match rows.first() {
+        Some(r) => {
+            let pid: i32 = r.get(1);
+            let user: Option<String> = r.get(2);
+            let app: Option<String> = r.get(3);
+            let addr: Option<String> = r.get(4);
+            let mut h = format!("pid {pid}");
+            if let Some(u) = user {
+                h.push_str(&format!(", role {u}"));
+            }
+            if let Some(a) = app.filter(|a| !a.is_empty()) {
+                h.push_str(&format!(", application_name '{a}'"));
+            }
+            h.push_str(&match addr {
+                Some(a) => format!(", from {a}"),
+                None => ", over a local socket or not visible to this role".to_string(),
+            });
+            (r.get::<_, Option<String>>(0), Some(h))
+        }
+        // Released between the two queries, or invisible to this role.
+        None => (None, None),
+    };
+    tracing::warn!(target = %target.describe(), ?since, ?holder, "advisory lock held by another session");
+    Ok(LockOutcome::Held { since, holder })
+}
+
+/// What [`check_target`] learnt about the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// `server_version`, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub server_version: String,
+    /// `server_version_num`, e.g. `150018`.
+    pub server_version_num: i32,
+    pub current_user: String,
+    pub database: String,
+    /// Whether the role owns the database (it should: Scalingo's app role does).
+    pub owns_database: bool,
+}
+
+/// Connects and checks that the target can be wiped and restored by this role.
+pub async fn check_target(target: &Target) -> Result<TargetInfo, StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'),
+                    current_setting('server_version_num')::int4,
+                    current_user::text, current_database()::text, r.rolsuper,
+                    d.datdba = r.oid
+               FROM pg_roles r, pg_database d
+              WHERE r.rolname = current_user AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error("checking the role", e))?;
+    if row.get::<_, bool>(4) {
+        return Err(PostgresError::SuperuserTarget {
+            target: target.describe(),
+        }
+        .into());
+    }
+    let info = TargetInfo {
+        server_version: row.get(0),
+        server_version_num: row.get(1),
+        current_user: row.get(2),
+        database: row.get(3),
+        owns_database: row.get(5),
+    };
+    if !info.owns_database {
+        tracing::warn!(target = %target.describe(), "the role does not own the target database; the restore may lack privileges");
+    }
+    Ok(info)
+}
+
+/// Counts of a dump's table of contents, from `pg_restore --list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DumpInfo {
+    /// `Dumped from database version` (the production server).
+    pub dumped_from: Option<String>,
+    /// `Dumped by pg_dump version`.
+    pub dumped_by: Option<String>,
+    /// Every TOC entry listed.
+    pub entries: u64,
+    /// Entries that a restore of schema `public` runs, by section (comments and privileges
+    /// excluded, as the restore skips them).
+    pub pre_data: u64,
+    pub data: u64,
+    pub post_data: u64,
+    /// `TABLE` entries (schema public).
+    pub tables: u64,
+    /// `TABLE DATA` entries (schema public).
+    pub table_data: u64,
+    pub indexes: u64,
+    /// `CONSTRAINT` entries (primary keys, unique, exclusion, separately dumped checks).
+    pub constraints: u64,
+    pub fk_constraints: u64,
+}
+
+impl DumpInfo {
+    /// The number of items [`restore_section`] runs for `section`: its progress total.
+    pub fn items(&self, section: Section) -> u64 {
+        match section {
+            Section::PreData => self.pre_data,
+            Section::DataAndPostData => self.data + self.post_data,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TocSection {
+    None,
+    PreData,
+    Data,
+    PostData,
+}
+
+/// The section pg_dump assigns to an entry of this kind (`pg_dump.c`, `dumpTableData`,
+/// `dumpIndex`...). Comments, labels and ACLs are SECTION_NONE.
+fn toc_section(desc: &str) -> TocSection {
+    match desc {
+        "COMMENT" | "ACL" | "SECURITY LABEL" | "DEFAULT ACL" => TocSection::None,
+        "TABLE DATA" | "SEQUENCE SET" | "BLOB" | "BLOBS" | "LARGE OBJECT" => TocSection::Data,
+        "INDEX"
+        | "INDEX ATTACH"
+        | "CONSTRAINT"
+        | "CHECK CONSTRAINT"
+        | "FK CONSTRAINT"
+        | "TRIGGER"
+        | "RULE"
+        | "EVENT TRIGGER"
+        | "MATERIALIZED VIEW DATA"
+        | "POLICY"
+        | "ROW SECURITY"
+        | "STATISTICS"
+        | "PUBLICATION TABLE"
+        | "PUBLICATION TABLES IN SCHEMA"
+        | "PUBLICATION"
+        | "SUBSCRIPTION"
+        | "SUBSCRIPTION TABLE" => TocSection::PostData,
+        _ => TocSection::PreData,
+    }
+}
+
+/// The kinds that contain a space, longest first, so that `FK CONSTRAINT public t c` is not
+/// read as kind `FK`.
+const MULTI_WORD_KINDS: &[&str] = &[
+    "PUBLICATION TABLES IN SCHEMA",
+    "MATERIALIZED VIEW DATA",
+    "SEQUENCE OWNED BY",
+    "MATERIALIZED VIEW",
+    "PUBLICATION TABLE",
+    "SUBSCRIPTION TABLE",
+    "CHECK CONSTRAINT",
+    "OPERATOR FAMILY",
+    "OPERATOR CLASS",
+    "DEFAULT ACL",
+    "EVENT TRIGGER",
+    "FK CONSTRAINT",
+    "FOREIGN TABLE",
+    "FOREIGN DATA WRAPPER",
+    "FOREIGN SERVER",
+    "INDEX ATTACH",
+    "LARGE OBJECT",
+    "PROCEDURAL LANGUAGE",
+    "ROW SECURITY",
+    "SECURITY LABEL",
+    "SEQUENCE SET",
+    "SHELL TYPE",
+    "TABLE ATTACH",
+    "TABLE DATA",
+    "TEXT SEARCH CONFIGURATION",
+    "TEXT SEARCH DICTIONARY",
+    "TEXT SEARCH PARSER",
+    "TEXT SEARCH TEMPLATE",
+    "USER MAPPING",
+];
+
+/// Parses `pg_restore --list` output into counts.
+pub fn parse_toc_list(list: &str) -> DumpInfo {
+    let mut info = DumpInfo::default();
+    for line in list.lines() {
+        if let Some(rest) = line.strip_prefix(";") {
+            let rest = rest.trim();
+            if let Some(v) = rest.strip_prefix("Dumped from database version:") {
+                info.dumped_from = Some(v.trim().to_string());
+            } else if let Some(v) = rest.strip_prefix("Dumped by pg_dump version:") {
+                info.dumped_by = Some(v.trim().to_string());
+            }
+            continue;
+        }
+        // `3530; 0 16430 TABLE DATA public answers postgres`
+        let Some((_, after_id)) = line.split_once("; ") else {
+            continue;
+        };
+        let mut words = after_id.splitn(3, ' ');
+        let (Some(_catalog), Some(_oid), Some(rest)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        info.entries += 1;
+        let kind = MULTI_WORD_KINDS
+            .iter()
+            .find(|k| {
+                rest.strip_prefix(**k)
+                    .is_some_and(|r| r.is_empty() || r.starts_with(' '))
+            })
+            .copied()
+            .unwrap_or_else(|| rest.split(' ').next().unwrap_or(""));
+        let after_kind = rest[kind.len()..].trim_start();
+        let namespace = after_kind.split(' ').next().unwrap_or("");
+        // `--schema public` restores only entries whose namespace is public; the namespace
+        // column is `-` for objects outside any schema.
+        if namespace != "public" {
+            continue;
+        }
+        match toc_section(kind) {
+            TocSection::None => {}
+            TocSection::PreData => info.pre_data += 1,
+            TocSection::Data => info.data += 1,
+            TocSection::PostData => info.post_data += 1,
+        }
+        match kind {
+            "TABLE" => info.tables += 1,
+            "TABLE DATA" => info.table_data += 1,
+            "INDEX" => info.indexes += 1,
+            "CONSTRAINT" | "CHECK CONSTRAINT" => info.constraints += 1,
+            "FK CONSTRAINT" => info.fk_constraints += 1,
+            _ => {}
+        }
+    }
+    info
+}
+
+/// `pg_restore --version`, e.g. `pg_restore (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
+pub async fn pg_restore_version() -> Result<String, StepError> {
+    let out = tokio::process::Command::new("pg_restore")
+        .arg("--version")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| PostgresError::Spawn {
+            program: "pg_restore".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(StepError::permanent(format!(
+            "pg_restore --version failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Reads the dump's table of contents with `pg_restore --list`: proves the file is an archive
+/// this `pg_restore` can read before anything on the target is dropped.
+///
+/// A file cut after its table of contents still lists; the download's length check and the
+/// restore itself (a permanent "could not read from input file") catch that case.
+pub async fn check_dump(dump: &Path) -> Result<DumpInfo, StepError> {
+    let out = tokio::process::Command::new("pg_restore")
+        .arg("--list")
+        .arg(dump)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| PostgresError::Spawn {
+            program: "pg_restore".into(),
+            source,
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // "pg_restore: error: unsupported version (1.16) in file header"
+        if let Some(v) = stderr
+            .split("unsupported version (")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+        {
+            let local = pg_restore_version()
+                .await
+                .unwrap_or_else(|_| "unknown version".into());
+            return Err(PostgresError::DumpTooNew {
+                path: dump.to_path_buf(),
+                archive_version: v.to_string(),
+                local,
+            }
+            .into());
+        }
+        return Err(PostgresError::DumpUnreadable {
+            path: dump.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: tail_lines(&stderr, 5),
+        }
+        .into());
+    }
+    let info = parse_toc_list(&String::from_utf8_lossy(&out.stdout));
+    if info.entries == 0 {
+        return Err(PostgresError::DumpUnreadable {
+            path: dump.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: "its table of contents is empty".into(),
+        }
+        .into());
+    }
+    tracing::info!(dump = %dump.display(), ?info, "dump checked");
+    Ok(info)
+}
+
+fn tail_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Ends the sessions a previous, killed replicator's `pg_restore` may have left running (a
+/// `CREATE INDEX` keeps going server-side after its client died), so that they neither hold
+/// locks against [`drop_owned`] nor write into the fresh copy. Returns how many were ended.
+pub async fn terminate_leftover_restores(target: &Target) -> Result<u64, StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    let select = "SELECT pid FROM pg_stat_activity
+                   WHERE usename = current_user AND datname = current_database()
+                     AND application_name = $1 AND pid <> pg_backend_pid()";
+    let rows = client
+        .query(
+            &format!("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ({select}) s"),
+            &[&RESTORE_APPLICATION_NAME],
+        )
+        .await
+        .map_err(|e| target.query_error("ending leftover pg_restore sessions", e))?;
+    let n = rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as u64;
+    if n > 0 {
+        // pg_terminate_backend only signals: wait (briefly) until they are gone, so that their
+        // locks are released before the wipe.
+        for _ in 0..100 {
+            let left = client
+                .query(
+                    &format!("SELECT count(*) FROM ({select}) s"),
+                    &[&RESTORE_APPLICATION_NAME],
+                )
+                .await
+                .map_err(|e| target.query_error("waiting for leftover sessions to end", e))?;
+            if left.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!(target = %target.describe(), sessions = n, "ended leftover pg_restore sessions");
+    }
+    Ok(n)
+}
+
+/// What [`drop_owned`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropOutcome {
+    /// Tables of schema public before the wipe.
+    pub tables_before: u64,
+    /// Whether `public` had to be created again (it is dropped when the role owns it).
+    pub public_recreated: bool,
+}
+
+/// Wipes everything the role owns (`DROP OWNED BY CURRENT_USER CASCADE`) and makes sure schema
+/// `public` exists again for the restore.
+pub async fn drop_owned(target: &Target) -> Result<DropOutcome, StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    let tables_before = count_tables_with(&client, target).await?;
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{LOCK_TIMEOUT}'; DROP OWNED BY CURRENT_USER CASCADE"
+        ))
+        .await
+        .map_err(|e| target.query_error("DROP OWNED BY CURRENT_USER CASCADE", e))?;
+    let public_exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error("looking for schema public", e))?
+        .get(0);
+    if !public_exists {
+        client
+            .batch_execute("CREATE SCHEMA IF NOT EXISTS public")
+            .await
+            .map_err(|e| target.query_error("creating schema public", e))?;
+    }
+    let outcome = DropOutcome {
+        tables_before,
+        public_recreated: !public_exists,
+    };
+    tracing::info!(
+        target = %target.describe(),
+        tables_dropped = tables_before,
+        public_recreated = outcome.public_recreated,
+        "dropped everything the role owns"
+    );
+    Ok(outcome)
+}
+
+/// Ordinary and partitioned tables of schema public.
+pub async fn count_tables(target: &Target) -> Result<u64, StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    Ok(count_tables_with(&client, target).await?)
+}
+
+async fn count_tables_with(client: &Client, target: &Target) -> Result<u64, PostgresError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error("counting tables", e))?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// `ALTER TABLE ... SET UNLOGGED` on every still-logged ordinary table of schema public owned
+/// by the role. Run between the two restore sections: the tables are empty (the rewrite costs
+/// nothing) and have no foreign keys yet (which would forbid mixing persistences); the rows and
+/// indexes loaded afterwards then skip the WAL.
+///
+/// Partitioned parents hold no storage and cannot be unlogged (PostgreSQL 15 ignores `SET
+/// UNLOGGED` on them), and "constraints on permanent tables may reference only permanent
+/// tables": a table that a partitioned table's foreign key references, directly or through a
+/// chain of such tables, must stay logged or the post-data section fails. Those foreign keys
+/// do not exist yet, so they are read from the dump (`dump`), whose post-data SQL costs no data
+/// read. Partitions themselves are ordinary tables and are converted.
+pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usize, StepError> {
+    let fks = foreign_keys_in_dump(dump).await?;
+    set_unlogged_inner(target, Some(&fks)).await
+}
+
+/// [`set_unlogged_with_dump`] without the dump: when schema public has a partitioned table,
+/// which tables its foreign keys will reference is unknown, so nothing is converted (a slower
+/// restore rather than a failed one). Prefer [`set_unlogged_with_dump`].
+pub async fn set_unlogged(target: &Target) -> Result<usize, StepError> {
+    set_unlogged_inner(target, None).await
+}
+
+async fn set_unlogged_inner(
+    target: &Target,
+    fks: Option<&[(String, String)]>,
+) -> Result<usize, StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    let partitioned: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind = 'p'",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error("listing partitioned tables", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let keep_logged = match fks {
+        Some(fks) => must_stay_logged(&partitioned, fks),
+        None if partitioned.is_empty() => Vec::new(),
+        None => {
+            tracing::warn!(
+                target = %target.describe(),
+                "partitioned tables and no dump to read their foreign keys from: tables stay logged"
+            );
+            return Ok(0);
+        }
+    };
+    if !keep_logged.is_empty() {
+        tracing::info!(
+            target = %target.describe(),
+            tables = ?keep_logged,
+            "tables kept logged: a partitioned table's foreign key references them"
+        );
+    }
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relpersistence = 'p'
+                AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                AND NOT (c.relname::text = ANY($1))
+              ORDER BY c.relname",
+            &[&keep_logged],
+        )
+        .await
+        .map_err(|e| target.query_error("listing logged tables", e))?;
+    client
+        .batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))
+        .await
+        .map_err(|e| target.query_error("setting lock_timeout", e))?;
+    for row in &rows {
+        let table: String = row.get(0);
+        if let Err(e) = client
+            .batch_execute(&format!("ALTER TABLE {table} SET UNLOGGED"))
+            .await
+        {
+            let e = target.query_error("ALTER TABLE ... SET UNLOGGED", e);
+            tracing::error!(%table, error = %e, "cannot make the table unlogged");
+            return Err(e.into());
+        }
+    }
+    tracing::info!(target = %target.describe(), tables = rows.len(), "tables set unlogged");
+    Ok(rows.len())
+}
+
+/// The tables (of schema public) that must stay logged: every partitioned table is permanent,
+/// and whatever a permanent table references must be permanent too.
+fn must_stay_logged(partitioned: &[String], fks: &[(String, String)]) -> Vec<String> {
+    let mut keep: Vec<String> = partitioned.to_vec();
+    let mut i = 0;
+    while i < keep.len() {
+        let from = keep[i].clone();
+        for (f, to) in fks {
+            if *f == from && !keep.contains(to) {
+                keep.push(to.clone());
+            }
+        }
+        i += 1;
+    }
+    keep.retain(|t| !partitioned.contains(t));
+    keep.sort();
+    keep
+}
+
+/// `(table, referenced table)` of every foreign key of schema public in the dump, both in
+/// public (a reference to another schema does not matter: it is not restored).
+pub async fn foreign_keys_in_dump(dump: &Path) -> Result<Vec<(String, String)>, StepError> {
+    let out = tokio::process::Command::new("pg_restore")
+        .args([
+            "--section=post-data",
+            "--schema=public",
+            "--no-owner",
+            "--no-privileges",
+            "--no-comments",
+            "--file=-",
+        ])
+        .arg(dump)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| PostgresError::Spawn {
+            program: "pg_restore".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(PostgresError::DumpUnreadable {
+            path: dump.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: tail_lines(&String::from_utf8_lossy(&out.stderr), 5),
+        }
+        .into());
+    }
+    Ok(parse_foreign_keys(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Reads pg_dump's form of a foreign key:
+/// `ALTER TABLE [ONLY] public."T"\n    ADD CONSTRAINT "c" FOREIGN KEY (a) REFERENCES public."U"(id);`
+fn parse_foreign_keys(sql: &str) -> Vec<(String, String)> {
+    let mut fks = Vec::new();
+    let mut table: Option<(String, String)> = None;
+    for line in sql.lines() {
+        if let Some(rest) = line.strip_prefix("ALTER TABLE ") {
+            let rest = rest.strip_prefix("ONLY ").unwrap_or(rest);
+            table = parse_qualified(rest).map(|(s, n, _)| (s, n));
+            continue;
+        }
+        let Some((schema, name)) = table.take() else {
+            continue;
+        };
+        if !line.trim_start().starts_with("ADD CONSTRAINT ") || !line.contains(" FOREIGN KEY (") {
+            continue;
+        }
+        let Some(pos) = line.rfind(") REFERENCES ") else {
+            continue;
+        };
+        if let Some((rs, rn, _)) = parse_qualified(&line[pos + ") REFERENCES ".len()..]) {
+            if schema == "public" && rs == "public" {
+                fks.push((name, rn));
+            }
+        }
+    }
+    fks
+}
+
+/// `schema.name` where each part is an SQL identifier (quoted or not); returns the rest.
+fn parse_qualified(s: &str) -> Option<(String, String, &str)> {
+    let (schema, rest) = parse_ident(s)?;
+    let rest = rest.strip_prefix('.')?;
+    let (name, rest) = parse_ident(rest)?;
+    Some((schema, name, rest))
+}
+
+fn parse_ident(s: &str) -> Option<(String, &str)> {
+    if let Some(mut rest) = s.strip_prefix('"') {
+        let mut out = String::new();
+        loop {
+            let end = rest.find('"')?;
+            out.push_str(&rest[..end]);
+            rest = &rest[end + 1..];
+            match rest.strip_prefix('"') {
+                Some(r) => {
+                    out.push('"');
+                    rest = r;
+                }
+                None => return Some((out, rest)),
+            }
+        }
+    }
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .unwrap_or(s.len());
+    if end == 0 {
+        return None;
+    }
+    Some((s[..end].to_string(), &s[end..]))
+}
+
+/// The `pg_restore` arguments for one section (no secret in them: the connection comes from
+/// the environment of [`Target::child_env`]).
+///
+/// - `--no-owner`, `--no-privileges`: the production roles do not exist on the target; every
+///   object belongs to the target role, which is what `DROP OWNED` wipes the next night.
+/// - `--no-comments`: `COMMENT ON EXTENSION` needs ownership of the extension.
+/// - `--schema public`: extensions and other schemas are the platform's, not the app's.
+/// - `--no-tablespaces`: production tablespaces do not exist on the target.
+/// - `--exit-on-error`: with the filters above, the errors left all mean a copy that is not
+///   complete; without it `pg_restore` would go on for hours and exit 1 anyway, and the
+///   driver could not tell "harmless" from "half the rows missing".
+pub fn restore_args(
+    dbname: &str,
+    dump: &Path,
+    section: Section,
+    jobs: u32,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "--no-owner",
+        "--no-privileges",
+        "--no-comments",
+        "--no-tablespaces",
+        "--schema=public",
+        "--exit-on-error",
+        "--verbose",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    match section {
+        Section::PreData => args.push("--section=pre-data".into()),
+        Section::DataAndPostData => {
+            args.push("--section=data".into());
+            args.push("--section=post-data".into());
+        }
+    }
+    args.push(format!("--jobs={}", jobs.max(1)).into());
+    // Host, port, role and password come from the environment; the name is no secret.
+    args.push(format!("--dbname={dbname}").into());
+    args.push(dump.as_os_str().to_owned());
+    args
+}
+
+/// Builds the `pg_restore` command of a section: environment-only secrets, its own process
+/// group, killed with the replicator.
+pub fn restore_command(
+    target: &Target,
+    dump: &Path,
+    section: Section,
+    jobs: u32,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("pg_restore");
+    cmd.args(restore_args(&target.dbname, dump, section, jobs));
+    // A PGSERVICE or PGOPTIONS of the replicator's own environment must not redirect the restore.
+    for var in ["PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGPASSFILE"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(target.child_env(RESTORE_APPLICATION_NAME));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, raise) between fork and
+    // exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Own group: the driver can signal pg_restore and its parallel workers at once.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Dies with the replicator, even on kill -9 (the kernel sends it).
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then no signal would ever come.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Kills the whole process group of a `pg_restore` (its `--jobs` workers are forked children
+/// that `kill_on_drop` would not reach) when the restore future is dropped or fails.
+struct GroupGuard {
+    pgid: Option<libc::pid_t>,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            // SAFETY: plain syscall; the group is ours (setpgid in pre_exec).
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Does this stderr line report one TOC item being run? Serial and parallel modes both print
+/// exactly one of these per item they execute.
+fn is_item_line(line: &str) -> bool {
+    let l = line.strip_prefix("pg_restore: ").unwrap_or(line);
+    l.starts_with("creating ")
+        || l.starts_with("processing data for table ")
+        || l.starts_with("executing ")
+}
+
+fn stderr_says_transient(tail: &str) -> bool {
+    const TRANSIENT: &[&str] = &[
+        "Connection refused",
+        "could not connect to server",
+        "connection to server at",
+        "server closed the connection unexpectedly",
+        "terminating connection due to administrator command",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+        "connection timed out",
+        "Connection reset by peer",
+        "could not receive data from server",
+        "could not send data to server",
+        "SSL SYSCALL error",
+        "no connection to the server",
+        "deadlock detected",
+        "could not serialize access",
+        "too many connections",
+        "canceling statement due to lock timeout",
+    ];
+    const PERMANENT: &[&str] = &[
+        "password authentication failed",
+        "no password supplied",
+        "permission denied",
+        "must be owner",
+        "could not read from input file",
+        "unsupported version",
+        "input file",
+    ];
+    if PERMANENT.iter().any(|p| tail.contains(p)) {
+        return false;
+    }
+    TRANSIENT.iter().any(|p| tail.contains(p))
+}
+
+/// Runs `pg_restore` for one section into the target. `progress(done, total)` is called as
+/// items complete; `total` comes from the dump's table of contents.
+pub async fn restore_section(
+    target: &Target,
+    dump: &Path,
+    section: Section,
+    jobs: u32,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<(), StepError> {
+    let total = match check_dump(dump).await {
+        Ok(info) => info.items(section),
+        Err(e) => return Err(e),
+    };
+    let mut cmd = restore_command(target, dump, section, jobs);
+    let mut child = cmd.spawn().map_err(|source| PostgresError::Spawn {
+        program: "pg_restore".into(),
+        source,
+    })?;
+    let mut guard = GroupGuard {
+        pgid: child.id().map(|p| p as libc::pid_t),
+    };
+    tracing::info!(
+        target = %target.describe(),
+        section = section.label(),
+        jobs,
+        pid = ?child.id(),
+        items = total,
+        "pg_restore started"
+    );
+    progress(0, total);
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL + 1);
+    let mut done = 0u64;
+    let password = target.password.as_ref().map(|p| p.expose().to_string());
+    loop {
+        match lines.next_line().await {
+            Ok(Some(mut line)) => {
+                if let Some(p) = password.as_deref().filter(|p| p.len() >= 3) {
+                    line = line.replace(p, "[redacted]");
+                }
+                tracing::debug!(section = section.label(), "{line}");
+                if is_item_line(&line) {
+                    done += 1;
+                    progress(done.min(total), total);
+                }
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read pg_restore's stderr");
+                break;
+            }
+        }
+    }
+    let status = child.wait().await.map_err(|e| PostgresError::Restore {
+        target: target.describe(),
+        section: section.label(),
+        status: format!("waiting for it failed: {e}"),
+        stderr: String::new(),
+        hint: "",
+        transient: true,
+    })?;
+    if status.success() {
+        // Its workers exited before it did; nothing left to kill.
+        guard.pgid = None;
+        progress(total, total);
+        tracing::info!(target = %target.describe(), section = section.label(), "pg_restore finished");
+        return Ok(());
+    }
+    let tail: Vec<String> = tail.into_iter().collect();
+    let tail = tail.join("\n");
+    let transient = if status.signal().is_some() {
+        // Killed (OOM killer, an operator): nothing says the next attempt fails too.
+        true
+    } else {
+        stderr_says_transient(&tail)
+    };
+    let hint = if transient {
+        "\nthe run goes back to Dropping and retries"
+    } else if tail.contains("password authentication failed") {
+        "\ncheck the password in DATABASE_URL"
+    } else if tail.contains("permission denied") || tail.contains("must be owner") {
+        "\nDATABASE_URL must name the role that owns the target database"
+    } else {
+        ""
+    };
+    Err(PostgresError::Restore {
+        target: target.describe(),
+        section: section.label(),
+        status: status.to_string(),
+        stderr: tail,
+        hint,
+        transient,
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<Target, PostgresError> {
+        Target::parse_inner(url)
+    }
+
+    #[test]
+    fn parses_a_scalingo_url() {
+        let t = parse("postgres://pix_4242:s3cr%40t@pix-4242.postgresql.a.osc-fr1.scalingo-dbs.com:31234/pix_4242?sslmode=prefer").unwrap();
+        assert_eq!(
+            t.describe(),
+            "pix_4242@pix-4242.postgresql.a.osc-fr1.scalingo-dbs.com:31234/pix_4242"
+        );
+        assert_eq!(t.password.as_ref().unwrap().expose(), "s3cr@t");
+        assert_eq!(t.sslmode(), Some("prefer"));
+        let env = t.child_env("x");
+        assert!(env.contains(&("PGPASSWORD".into(), "s3cr@t".into())));
+        assert!(env.contains(&("PGSSLMODE".into(), "prefer".into())));
+        assert!(env.contains(&("PGAPPNAME".into(), "x".into())));
+        assert!(!format!("{t:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn parses_variants_and_rejects_garbage() {
+        let t = parse("postgresql://u@[::1]/d").unwrap();
+        assert_eq!(t.describe(), "u@::1:5432/d");
+        assert!(t.password.is_none());
+        let t = parse("postgres://u:p@h:5/").unwrap();
+        assert_eq!(t.dbname(), "u");
+        for bad in [
+            "mysql://u:p@h/d",
+            "postgres://h/d",
+            "postgres://u:p@h:99999/d",
+            "postgres://u:p@:5432/d",
+            "postgres://u:p@h/d?sslmode=sometimes",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(!e.to_string().contains(":p@"), "{e}");
+            assert!(e.to_string().contains("DATABASE_URL"));
+        }
+    }
+
+    #[test]
+    fn require_is_refused_clearly() {
+        let t = parse("postgres://u:p@h/d?sslmode=require").unwrap();
+        let e = t.config("x").unwrap_err();
+        assert!(e.to_string().contains("TLS"), "{e}");
+        assert!(!StepError::from(e).is_transient());
+    }
+
+    #[test]
+    fn parses_a_toc_list() {
+        let list = ";\n;     Dumped from database version: 12.4\n;     Dumped by pg_dump version: 12.4\n;\n\
+            213; 1259 16430 TABLE public answers postgres\n\
+            212; 1259 16428 SEQUENCE public answers_id_seq postgres\n\
+            3606; 0 0 SEQUENCE OWNED BY public answers_id_seq postgres\n\
+            3095; 2604 16433 DEFAULT public answers id postgres\n\
+            3530; 0 16430 TABLE DATA public answers postgres\n\
+            3645; 0 0 SEQUENCE SET public answers_id_seq postgres\n\
+            3213; 1259 17018 INDEX public answers_assessmentid_index postgres\n\
+            3215; 2606 16438 CONSTRAINT public answers answers_pkey postgres\n\
+            3347; 2606 17130 FK CONSTRAINT public answers answers_assessmentid_foreign postgres\n\
+            3600; 0 0 COMMENT public TABLE answers postgres\n\
+            2; 3079 16385 EXTENSION - pgcrypto \n\
+            5; 0 0 COMMENT - EXTENSION pgcrypto \n";
+        let i = parse_toc_list(list);
+        assert_eq!(i.dumped_from.as_deref(), Some("12.4"));
+        assert_eq!(i.entries, 12);
+        assert_eq!((i.pre_data, i.data, i.post_data), (4, 2, 3));
+        assert_eq!(
+            (
+                i.tables,
+                i.table_data,
+                i.indexes,
+                i.constraints,
+                i.fk_constraints
+            ),
+            (1, 1, 1, 1, 1)
+        );
+        assert_eq!(i.items(Section::DataAndPostData), 5);
+    }
+
+    #[test]
+    fn reads_foreign_keys_and_keeps_what_partitioned_tables_reference() {
+        let sql = "ALTER TABLE ONLY public.answers\n    ADD CONSTRAINT \"answers_x_fkey\" FOREIGN KEY (\"ke Id\") REFERENCES public.\"knowledge-elements\"(id);\n\n\
+            ALTER TABLE public.\"Events\"\n    ADD CONSTRAINT \"Events_userId_fkey\" FOREIGN KEY (\"userId\") REFERENCES public.\"User\"\"Accounts\"(id);\n\
+            ALTER TABLE ONLY public.\"User\"\"Accounts\"\n    ADD CONSTRAINT u_fkey FOREIGN KEY (org) REFERENCES public.orgs(id) ON DELETE CASCADE;\n\
+            ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n\
+            ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_fk FOREIGN KEY (o) REFERENCES other.o(id);\n";
+        let fks = parse_foreign_keys(sql);
+        assert_eq!(
+            fks,
+            vec![
+                ("answers".to_string(), "knowledge-elements".to_string()),
+                ("Events".to_string(), "User\"Accounts".to_string()),
+                ("User\"Accounts".to_string(), "orgs".to_string()),
+            ]
+        );
+        assert_eq!(
+            must_stay_logged(&["Events".to_string()], &fks),
+            vec!["User\"Accounts".to_string(), "orgs".to_string()]
+        );
+        assert!(must_stay_logged(&[], &fks).is_empty());
+    }
+
+    #[test]
+    fn sorts_restore_failures() {
+        assert!(stderr_says_transient(
+            "pg_restore: error: could not execute query: FATAL:  terminating connection due to administrator command"
+        ));
+        assert!(stderr_says_transient(
+            "pg_restore: error: connection to server at \"127.0.0.1\", port 5 failed: Connection refused"
+        ));
+        assert!(!stderr_says_transient(
+            "connection to server at \"h\" failed: FATAL:  password authentication failed for user \"u\""
+        ));
+        assert!(!stderr_says_transient(
+            "pg_restore: error: could not execute query: ERROR:  relation \"x\" already exists"
+        ));
     }
 }

@@ -33,7 +33,8 @@ fn bytes(run: &Run) -> (Option<u64>, Option<u64>) {
 }
 
 fn ts(t: Option<DateTime<Utc>>) -> Value {
-    t.map(|t| Value::String(t.to_rfc3339())).unwrap_or(Value::Null)
+    t.map(|t| Value::String(t.to_rfc3339()))
+        .unwrap_or(Value::Null)
 }
 
 /// One run as JSON: the fields documented in `docs/status-json.md`.
@@ -159,7 +160,11 @@ pub fn status_text(view: &StatusView, now: DateTime<Utc>) -> String {
                 .map(|t| format!(" ({:.1}%)", done as f64 * 100.0 / t as f64))
                 .unwrap_or_default();
             let elapsed = (now - run.phase_started_at).num_milliseconds() as f64 / 1000.0;
-            let rate = if elapsed > 0.0 { done as f64 / elapsed } else { 0.0 };
+            let rate = if elapsed > 0.0 {
+                done as f64 / elapsed
+            } else {
+                0.0
+            };
             let eta = match total {
                 Some(t) if rate > 0.0 && t > done => {
                     format!(", ETA {}", human_duration((t - done) as f64 / rate))
@@ -227,7 +232,10 @@ pub fn status_text(view: &StatusView, now: DateTime<Utc>) -> String {
                 .finished_at
                 .map(|f| human_duration((f - r.started_at).num_milliseconds() as f64 / 1000.0))
                 .unwrap_or_default();
-            let dl = r.duration_of("downloading").map(human_duration).unwrap_or("-".into());
+            let dl = r
+                .duration_of("downloading")
+                .map(human_duration)
+                .unwrap_or("-".into());
             let restore = ["restoring_pre_data", "unlogging", "restoring_data"]
                 .iter()
                 .filter_map(|s| r.duration_of(s))

@@ -1,10 +1,19 @@
 //! Scalingo's API, as the replicator uses it: find the newest `done` backup of the app's
 //! PostgreSQL addon and get a fresh download URL for it. See `../shared/docs/scalingo-api.md`
 //! (copied into `docs/scalingo-api.md`).
+//!
+//! Every error says what failed, on what (app, addon, endpoint path, HTTP status) and which
+//! setting to look at; none carries a token, a bearer or a download URL.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use crate::error::StepError;
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{StepError, Transient};
 use crate::machine::Backup;
 use crate::secret::Secret;
 
@@ -27,7 +36,9 @@ impl Endpoints {
     ) -> Endpoints {
         let trim = |s: String| s.trim_end_matches('/').to_string();
         Endpoints {
-            auth: auth.map(trim).unwrap_or_else(|| "https://auth.scalingo.com".into()),
+            auth: auth
+                .map(trim)
+                .unwrap_or_else(|| "https://auth.scalingo.com".into()),
             api: api
                 .map(trim)
                 .unwrap_or_else(|| format!("https://api.{region}.scalingo.com")),
@@ -38,34 +49,856 @@ impl Endpoints {
     }
 }
 
-/// TODO(helper): implement. Errors: a `thiserror` enum `ScalingoError` whose messages say
-/// what failed, on what, and what to do; `impl From<ScalingoError> for StepError` sorts them
-/// into transient and permanent (see the API doc's last section).
-pub struct ScalingoClient {
-    _private: (),
+/// Scalingo says a bearer lives about an hour; renewing earlier keeps a long run from
+/// meeting a 401 in the middle of its calls.
+const BEARER_MAX_AGE: Duration = Duration::from_secs(50 * 60);
+
+/// API answers are small JSON documents: a total timeout is right here (unlike downloads).
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Error bodies are echoed into messages for diagnosis, but kept short.
+const MAX_DETAIL: usize = 200;
+
+/// What went wrong while talking to Scalingo's API.
+#[derive(Debug, thiserror::Error)]
+pub enum ScalingoError {
+    #[error(
+        "Scalingo refused the API token ({endpoint} answered HTTP {status}): check \
+         SCALINGO_API_TOKEN (it may be revoked or mistyped; create one in the dashboard under \
+         User settings > API tokens)"
+    )]
+    BadApiToken { endpoint: String, status: u16 },
+    #[error(
+        "{what} for app {app}: {endpoint} answered HTTP 401 even with a freshly exchanged token: \
+         check that SCALINGO_API_TOKEN belongs to a collaborator of SCALINGO_APP={app}"
+    )]
+    Unauthorized {
+        what: String,
+        app: String,
+        endpoint: String,
+    },
+    #[error(
+        "app {app} not found ({endpoint} answered HTTP 404{detail}): check SCALINGO_APP, and \
+         SCALINGO_REGION (the app may live in another region)"
+    )]
+    AppNotFound {
+        app: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error(
+        "{what} for app {app}: {endpoint} answered HTTP 404{detail}: check SCALINGO_APP and \
+         SCALINGO_REGION (the addon or backup may have been deleted)"
+    )]
+    NotFound {
+        what: String,
+        app: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error(
+        "app {app} has no PostgreSQL addon (addons found: {found}): check SCALINGO_APP names the \
+         app that holds the production database"
+    )]
+    NoPostgresAddon { app: String, found: String },
+    #[error(
+        "no finished backup of app {app} (addon {addon_id}): {seen}; wait for the nightly backup, \
+         or start one from the dashboard, then try again"
+    )]
+    NoDoneBackup {
+        app: String,
+        addon_id: String,
+        seen: String,
+    },
+    #[error(
+        "{what} for app {app}: {endpoint} answered HTTP 429 (rate limit){after}; will retry later"
+    )]
+    RateLimited {
+        what: String,
+        app: String,
+        endpoint: String,
+        after: String,
+        retry_after: Option<Duration>,
+    },
+    #[error(
+        "{what} for app {app}: {endpoint} answered HTTP {status}{detail}; Scalingo-side trouble, \
+         will retry later"
+    )]
+    Server {
+        what: String,
+        app: String,
+        endpoint: String,
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{what} for app {app}: {endpoint} answered HTTP {status}{detail}: {advice}")]
+    Refused {
+        what: String,
+        app: String,
+        endpoint: String,
+        status: u16,
+        detail: String,
+        advice: &'static str,
+    },
+    #[error(
+        "{what} for app {app}: could not reach {endpoint}: {detail}; will retry (if it lasts, \
+         check the network, SCALINGO_REGION and any SCALINGO_*_URL override)"
+    )]
+    Network {
+        what: String,
+        app: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error(
+        "{what} for app {app}: {endpoint} answered HTTP {status} with an unexpected body \
+         ({detail}): check SCALINGO_REGION and any SCALINGO_AUTH_URL/SCALINGO_API_URL/\
+         SCALINGO_DB_URL override point at Scalingo"
+    )]
+    Malformed {
+        what: String,
+        app: String,
+        endpoint: String,
+        status: u16,
+        detail: String,
+    },
+}
+
+impl ScalingoError {
+    pub fn is_transient(&self) -> bool {
+        use ScalingoError::*;
+        match self {
+            RateLimited { .. } | Server { .. } | Network { .. } => true,
+            // A 5xx with a body we cannot read is still a 5xx.
+            Malformed { status, .. } => *status >= 500,
+            BadApiToken { .. }
+            | Unauthorized { .. }
+            | AppNotFound { .. }
+            | NotFound { .. }
+            | NoPostgresAddon { .. }
+            | NoDoneBackup { .. }
+            | Refused { .. } => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ScalingoError::RateLimited { retry_after, .. }
+            | ScalingoError::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn status(&self) -> Option<u16> {
+        use ScalingoError::*;
+        match self {
+            BadApiToken { status, .. }
+            | Server { status, .. }
+            | Refused { status, .. }
+            | Malformed { status, .. } => Some(*status),
+            Unauthorized { .. } => Some(401),
+            AppNotFound { .. } | NotFound { .. } => Some(404),
+            RateLimited { .. } => Some(429),
+            _ => None,
+        }
+    }
+}
+
+impl From<ScalingoError> for StepError {
+    fn from(e: ScalingoError) -> Self {
+        if e.is_transient() {
+            StepError::Transient(Transient {
+                retry_after: e.retry_after(),
+                message: e.to_string(),
+            })
+        } else {
+            StepError::permanent(e.to_string())
+        }
+    }
 }
 
 /// A download URL. It carries its own token: never log it whole, never persist it.
 pub struct DownloadUrl(pub Secret);
 
+impl DownloadUrl {
+    /// Scheme, host and path, without the query string that holds the token: safe to log.
+    pub fn redacted(&self) -> String {
+        redact_url(self.0.expose())
+    }
+}
+
+impl std::fmt::Debug for DownloadUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DownloadUrl({}?[redacted])", self.redacted())
+    }
+}
+
+/// `scheme://host/path` of `url`, dropping the query and fragment (where tokens live).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ) + u.path()
+        }
+        Err(_) => "<unparsable URL>".into(),
+    }
+}
+
+struct CachedBearer {
+    token: Secret,
+    obtained: Instant,
+}
+
+/// Talks to Scalingo's auth, API and database API on behalf of one app.
+pub struct ScalingoClient {
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    app: String,
+    api_token: Secret,
+    bearer: Mutex<Option<CachedBearer>>,
+    /// The addon id is not a secret and does not change: found once per client.
+    addon_id: Mutex<Option<String>>,
+}
+
+enum Auth<'a> {
+    Basic(&'a Secret),
+    Bearer(&'a Secret),
+}
+
+/// One call's description, for the request and for the messages.
+struct Call<'a> {
+    method: Method,
+    origin: &'a str,
+    path: String,
+    what: String,
+}
+
+impl Call<'_> {
+    fn endpoint(&self) -> String {
+        format!("{} {}{}", self.method, self.origin, self.path)
+    }
+}
+
 impl ScalingoClient {
-    pub fn new(_endpoints: Endpoints, _app: String, _api_token: Secret) -> Self {
-        todo!()
+    pub fn new(endpoints: Endpoints, app: String, api_token: Secret) -> Self {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("replicator/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(API_TIMEOUT)
+            .build()
+            .expect("a rustls reqwest client always builds");
+        ScalingoClient {
+            http,
+            endpoints,
+            app,
+            api_token,
+            bearer: Mutex::new(None),
+            addon_id: Mutex::new(None),
+        }
     }
 
     /// Token exchange, the app's PostgreSQL addon, a database-API token, the backup list:
     /// the `done` backup with the greatest `created_at`.
     pub async fn newest_done_backup(&self) -> Result<Backup, StepError> {
-        todo!()
+        Ok(self.find_newest_done_backup().await?)
     }
 
     /// A fresh download URL for `backup_id` (asked for anew before every download attempt).
-    pub async fn download_url(&self, _backup_id: &str) -> Result<DownloadUrl, StepError> {
-        todo!()
+    pub async fn download_url(&self, backup_id: &str) -> Result<DownloadUrl, StepError> {
+        Ok(self.fetch_download_url(backup_id).await?)
+    }
+
+    async fn find_newest_done_backup(&self) -> Result<Backup, ScalingoError> {
+        let addon_id = self.postgres_addon_id().await?;
+        let db_token = self.db_token(&addon_id).await?;
+        let call = Call {
+            method: Method::GET,
+            origin: &self.endpoints.db,
+            path: format!("/api/databases/{addon_id}/backups"),
+            what: format!("listing the backups of addon {addon_id}"),
+        };
+        let list: BackupList = self.send(&call, Auth::Bearer(&db_token)).await?;
+        let total = list.database_backups.len();
+        match choose_newest_done(&list.database_backups) {
+            Some(backup) => {
+                tracing::info!(
+                    app = %self.app, addon_id = %addon_id, backup_id = %backup.id,
+                    name = %backup.name, size = ?backup.size, backups = total,
+                    "chose the newest done backup"
+                );
+                Ok(backup)
+            }
+            None => Err(ScalingoError::NoDoneBackup {
+                app: self.app.clone(),
+                addon_id,
+                seen: describe_statuses(&list.database_backups),
+            }),
+        }
+    }
+
+    async fn fetch_download_url(&self, backup_id: &str) -> Result<DownloadUrl, ScalingoError> {
+        let addon_id = self.postgres_addon_id().await?;
+        let db_token = self.db_token(&addon_id).await?;
+        let call = Call {
+            method: Method::GET,
+            origin: &self.endpoints.db,
+            path: format!("/api/databases/{addon_id}/backups/{backup_id}/archive"),
+            what: format!("getting the download URL of backup {backup_id} (addon {addon_id})"),
+        };
+        let archive: Archive = self.send(&call, Auth::Bearer(&db_token)).await?;
+        let url = DownloadUrl(Secret::new(archive.download_url));
+        tracing::debug!(backup_id, url = %url.redacted(), "got a download URL");
+        Ok(url)
+    }
+
+    /// The id of the app's PostgreSQL addon, looked up once per client.
+    async fn postgres_addon_id(&self) -> Result<String, ScalingoError> {
+        if let Some(id) = self.addon_id.lock().unwrap().clone() {
+            return Ok(id);
+        }
+        let call = Call {
+            method: Method::GET,
+            origin: &self.endpoints.api,
+            path: format!("/v1/apps/{}/addons", self.app),
+            what: "listing the addons".into(),
+        };
+        let list: AddonList = match self.send_with_bearer(&call).await {
+            Err(ScalingoError::NotFound {
+                endpoint, detail, ..
+            }) => {
+                return Err(ScalingoError::AppNotFound {
+                    app: self.app.clone(),
+                    endpoint,
+                    detail,
+                });
+            }
+            other => other?,
+        };
+        let addon =
+            pick_postgres_addon(&list.addons).ok_or_else(|| ScalingoError::NoPostgresAddon {
+                app: self.app.clone(),
+                found: describe_addons(&list.addons),
+            })?;
+        tracing::debug!(app = %self.app, addon_id = %addon.id, "found the PostgreSQL addon");
+        *self.addon_id.lock().unwrap() = Some(addon.id.clone());
+        Ok(addon.id.clone())
+    }
+
+    /// A database-API token for `addon_id`; short-lived, so asked for on every attempt.
+    async fn db_token(&self, addon_id: &str) -> Result<Secret, ScalingoError> {
+        let call = Call {
+            method: Method::POST,
+            origin: &self.endpoints.api,
+            path: format!("/v1/apps/{}/addons/{addon_id}/token", self.app),
+            what: format!("getting a database token for addon {addon_id}"),
+        };
+        let answer: AddonToken = self.send_with_bearer(&call).await?;
+        Ok(Secret::new(answer.addon.token))
+    }
+
+    /// Sends `call` with the bearer. A 401 with a cached bearer means it expired early: one
+    /// new exchange and one retry; a 401 with a fresh bearer cannot be fixed by retrying.
+    async fn send_with_bearer<T: DeserializeOwned>(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<T, ScalingoError> {
+        let (bearer, fresh) = self.bearer().await?;
+        match self.send(call, Auth::Bearer(&bearer)).await {
+            Err(e) if e.status() == Some(401) && !fresh => {
+                tracing::debug!(endpoint = %call.endpoint(), "bearer refused, exchanging again");
+                *self.bearer.lock().unwrap() = None;
+                let (bearer, _) = self.bearer().await?;
+                self.send(call, Auth::Bearer(&bearer)).await
+            }
+            other => other,
+        }
+    }
+
+    /// The cached bearer if young enough, else a new one; `true` when it was just exchanged.
+    async fn bearer(&self) -> Result<(Secret, bool), ScalingoError> {
+        if let Some(cached) = self.bearer.lock().unwrap().as_ref() {
+            if cached.obtained.elapsed() < BEARER_MAX_AGE {
+                return Ok((cached.token.clone(), false));
+            }
+        }
+        let token = self.exchange().await?;
+        *self.bearer.lock().unwrap() = Some(CachedBearer {
+            token: token.clone(),
+            obtained: Instant::now(),
+        });
+        Ok((token, true))
+    }
+
+    async fn exchange(&self) -> Result<Secret, ScalingoError> {
+        let call = Call {
+            method: Method::POST,
+            origin: &self.endpoints.auth,
+            path: "/v1/tokens/exchange".into(),
+            what: "exchanging the API token".into(),
+        };
+        let answer: Result<TokenExchange, _> = self.send(&call, Auth::Basic(&self.api_token)).await;
+        match answer {
+            Ok(t) => Ok(Secret::new(t.token)),
+            Err(e) if matches!(e.status(), Some(401 | 403)) => Err(ScalingoError::BadApiToken {
+                endpoint: call.endpoint(),
+                status: e.status().unwrap_or(401),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One HTTP call; the status and body are turned into a typed answer or a typed error.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        call: &Call<'_>,
+        auth: Auth<'_>,
+    ) -> Result<T, ScalingoError> {
+        let url = format!("{}{}", call.origin, call.path);
+        let mut req = self
+            .http
+            .request(call.method.clone(), &url)
+            .header(header::ACCEPT, "application/json");
+        req = match auth {
+            Auth::Basic(token) => req.basic_auth("", Some(token.expose())),
+            Auth::Bearer(token) => req.bearer_auth(token.expose()),
+        };
+        if call.method == Method::POST {
+            req = req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body("{}");
+        }
+        let started = Instant::now();
+        let resp = req.send().await.map_err(|e| self.network(call, e))?;
+        let status = resp.status();
+        let retry_after = parse_retry_after(resp.headers(), Utc::now());
+        let body = resp.bytes().await.map_err(|e| self.network(call, e))?;
+        tracing::debug!(
+            endpoint = %call.endpoint(), status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "Scalingo API call"
+        );
+        if !status.is_success() {
+            return Err(self.status_error(call, status, &body, retry_after));
+        }
+        serde_json::from_slice(&body).map_err(|e| ScalingoError::Malformed {
+            what: call.what.clone(),
+            app: self.app.clone(),
+            endpoint: call.endpoint(),
+            status: status.as_u16(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn network(&self, call: &Call<'_>, e: reqwest::Error) -> ScalingoError {
+        ScalingoError::Network {
+            what: call.what.clone(),
+            app: self.app.clone(),
+            endpoint: call.endpoint(),
+            detail: describe_reqwest_error(e),
+        }
+    }
+
+    fn status_error(
+        &self,
+        call: &Call<'_>,
+        status: StatusCode,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> ScalingoError {
+        let (what, app, endpoint) = (call.what.clone(), self.app.clone(), call.endpoint());
+        let detail = body_detail(body);
+        let code = status.as_u16();
+        match code {
+            401 => ScalingoError::Unauthorized {
+                what,
+                app,
+                endpoint,
+            },
+            404 => ScalingoError::NotFound {
+                what,
+                app,
+                endpoint,
+                detail,
+            },
+            429 => ScalingoError::RateLimited {
+                what,
+                app,
+                endpoint,
+                after: retry_after
+                    .map(|d| format!(", asked to wait {}s", d.as_secs()))
+                    .unwrap_or_default(),
+                retry_after,
+            },
+            500..=599 => ScalingoError::Server {
+                what,
+                app,
+                endpoint,
+                status: code,
+                detail,
+                retry_after,
+            },
+            _ => ScalingoError::Refused {
+                what,
+                app,
+                endpoint,
+                status: code,
+                detail,
+                advice: refusal_advice(code),
+            },
+        }
     }
 }
 
+/// What a user can do about a 4xx other than 401, 404 and 429.
+fn refusal_advice(status: u16) -> &'static str {
+    match status {
+        402 => "the Scalingo account has a billing problem: see the dashboard",
+        403 => "check that the owner of SCALINGO_API_TOKEN may access SCALINGO_APP's database",
+        400 | 422 => {
+            "Scalingo refused the request (a backup that is not finished cannot be \
+             downloaded); if it lasts, check SCALINGO_APP and the backups in the dashboard"
+        }
+        _ => "check SCALINGO_APP, SCALINGO_API_TOKEN and the account's access to the app",
+    }
+}
+
+/// `Retry-After` in seconds, or as an HTTP date (then counted from `now`).
+pub fn parse_retry_after(headers: &header::HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A short, single-line account of an error body: the JSON `error` field when there is one,
+/// else the start of the text (429 bodies are plain text).
+fn body_detail(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: Option<serde_json::Value>,
+    }
+    let text = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            error: Some(serde_json::Value::String(s)),
+        }) => s,
+        Ok(ErrorBody { error: Some(v) }) => v.to_string(),
+        _ => String::from_utf8_lossy(body).into_owned(),
+    };
+    let one_line: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(MAX_DETAIL)
+        .collect();
+    if one_line.is_empty() {
+        String::new()
+    } else {
+        format!(": {one_line}")
+    }
+}
+
+/// The error and its causes, without the request URL (a download URL holds its token).
+pub fn describe_reqwest_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut parts = vec![if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        e.to_string()
+    }];
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+// ---- the API's documents (only the fields used; unknown fields are ignored) ----
+
+#[derive(Deserialize)]
+struct TokenExchange {
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct AddonList {
+    addons: Vec<ApiAddon>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+struct ApiAddon {
+    id: String,
+    #[serde(default)]
+    addon_provider: Option<AddonProvider>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+struct AddonProvider {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AddonToken {
+    addon: AddonWithToken,
+}
+
+#[derive(Deserialize)]
+struct AddonWithToken {
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct BackupList {
+    database_backups: Vec<ApiBackup>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+struct ApiBackup {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Archive {
+    download_url: String,
+}
+
+/// By provider id first; the provider name is the fallback for older documents.
+fn pick_postgres_addon(addons: &[ApiAddon]) -> Option<&ApiAddon> {
+    let provider = |a: &&ApiAddon| a.addon_provider.clone();
+    addons
+        .iter()
+        .find(|a| provider(a).and_then(|p| p.id).as_deref() == Some("postgresql"))
+        .or_else(|| {
+            addons.iter().find(|a| {
+                provider(a)
+                    .and_then(|p| p.name)
+                    .is_some_and(|n| n.eq_ignore_ascii_case("postgresql"))
+            })
+        })
+}
+
+fn describe_addons(addons: &[ApiAddon]) -> String {
+    if addons.is_empty() {
+        return "none".into();
+    }
+    addons
+        .iter()
+        .map(|a| {
+            let p = a.addon_provider.clone();
+            let kind = p
+                .and_then(|p| p.id.or(p.name))
+                .unwrap_or_else(|| "?".into());
+            format!("{} ({kind})", a.id)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `2026-11-23T05:10:00.000+01:00` (any RFC 3339 form) as UTC.
+fn parse_created_at(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The `done` backup with the greatest `created_at`, whatever the list's order; newer
+/// backups that are running or failed are skipped.
+fn choose_newest_done(backups: &[ApiBackup]) -> Option<Backup> {
+    backups
+        .iter()
+        .filter(|b| b.status.as_deref().map(str::trim) == Some("done"))
+        .filter_map(|b| {
+            let created = b.created_at.as_deref().and_then(parse_created_at);
+            if created.is_none() {
+                tracing::warn!(backup_id = %b.id, "skipping a done backup without a readable created_at");
+            }
+            created.map(|c| (c, b))
+        })
+        .max_by_key(|(created, _)| *created)
+        .map(|(created, b)| Backup {
+            id: b.id.clone(),
+            name: b.name.clone().unwrap_or_else(|| b.id.clone()),
+            created_at: Some(created),
+            size: b.size.filter(|s| *s > 0),
+        })
+}
+
+fn describe_statuses(backups: &[ApiBackup]) -> String {
+    if backups.is_empty() {
+        return "the addon has no backup at all".into();
+    }
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for b in backups {
+        let s = b.status.clone().unwrap_or_else(|| "unknown".into());
+        match counts.iter_mut().find(|(k, _)| *k == s) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s, 1)),
+        }
+    }
+    let list: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!("{} backups, none done ({})", backups.len(), list.join(", "))
+}
+
 /// The HTTP client the downloads share (rustls, read timeout, no total timeout).
-pub fn http_client(_read_timeout: Duration) -> reqwest::Client {
-    todo!()
+///
+/// A multi-hour download must not have a total timeout; the read timeout is what notices a
+/// stalled connection.
+pub fn http_client(read_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .user_agent(concat!("replicator/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(read_timeout.min(Duration::from_secs(30)))
+        .read_timeout(read_timeout)
+        .tcp_keepalive(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::limited(10))
+        .build()
+        .expect("a rustls reqwest client always builds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(id: &str, status: &str, created_at: &str, size: Option<u64>) -> ApiBackup {
+        ApiBackup {
+            id: id.into(),
+            name: Some(format!("name-{id}")),
+            created_at: Some(created_at.into()),
+            size,
+            status: Some(status.into()),
+        }
+    }
+
+    #[test]
+    fn created_at_with_millis_and_offset_is_read_as_utc() {
+        let t = parse_created_at("2026-11-23T05:10:00.000+01:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-23T04:10:00+00:00");
+        let z = parse_created_at("2026-11-23T04:10:00.123Z").unwrap();
+        assert_eq!(z.timestamp_subsec_millis(), 123);
+        assert!(parse_created_at("yesterday").is_none());
+    }
+
+    #[test]
+    fn newest_done_wins_whatever_the_order() {
+        let list = vec![
+            backup("old", "done", "2026-11-21T05:10:00.000+01:00", Some(10)),
+            backup(
+                "running",
+                "running",
+                "2026-11-24T05:10:00.000+01:00",
+                Some(0),
+            ),
+            backup("new", "done", "2026-11-23T05:10:00.000+01:00", Some(20)),
+            backup("err", "error", "2026-11-23T23:10:00.000+01:00", None),
+        ];
+        let b = choose_newest_done(&list).unwrap();
+        assert_eq!(b.id, "new");
+        assert_eq!(b.name, "name-new");
+        assert_eq!(b.size, Some(20));
+    }
+
+    #[test]
+    fn offsets_are_compared_as_instants() {
+        // 05:10+01:00 is 04:10 UTC, earlier than 04:30Z.
+        let list = vec![
+            backup("a", "done", "2026-11-23T05:10:00.000+01:00", Some(1)),
+            backup("b", "done", "2026-11-23T04:30:00.000+00:00", Some(1)),
+        ];
+        assert_eq!(choose_newest_done(&list).unwrap().id, "b");
+    }
+
+    #[test]
+    fn no_done_backup_is_none_and_described() {
+        let list = vec![
+            backup("r", "running", "2026-11-24T05:10:00.000+01:00", None),
+            backup("e", "error", "2026-11-23T05:10:00.000+01:00", None),
+            backup("p", "pending", "2026-11-22T05:10:00.000+01:00", None),
+        ];
+        assert!(choose_newest_done(&list).is_none());
+        let d = describe_statuses(&list);
+        assert!(d.contains("1 running") && d.contains("1 error") && d.contains("1 pending"));
+    }
+
+    #[test]
+    fn postgres_addon_by_provider_id_then_name() {
+        let addon = |id: &str, pid: Option<&str>, name: Option<&str>| ApiAddon {
+            id: id.into(),
+            addon_provider: Some(AddonProvider {
+                id: pid.map(Into::into),
+                name: name.map(Into::into),
+            }),
+        };
+        let list = vec![
+            addon("r", Some("redis"), Some("Redis")),
+            addon("p", Some("postgresql"), Some("PostgreSQL")),
+        ];
+        assert_eq!(pick_postgres_addon(&list).unwrap().id, "p");
+        let legacy = vec![
+            addon("r", None, Some("Redis")),
+            addon("q", None, Some("postgreSQL")),
+        ];
+        assert_eq!(pick_postgres_addon(&legacy).unwrap().id, "q");
+        assert!(pick_postgres_addon(&list[..1]).is_none());
+    }
+
+    #[test]
+    fn retry_after_seconds_and_date() {
+        let now = Utc::now();
+        let mut h = header::HeaderMap::new();
+        h.insert(header::RETRY_AFTER, "17".parse().unwrap());
+        assert_eq!(parse_retry_after(&h, now), Some(Duration::from_secs(17)));
+        let later = (now + chrono::Duration::seconds(30)).to_rfc2822();
+        h.insert(header::RETRY_AFTER, later.parse().unwrap());
+        let d = parse_retry_after(&h, now).unwrap();
+        assert!(d.as_secs() >= 29 && d.as_secs() <= 30, "{d:?}");
+    }
+
+    #[test]
+    fn error_detail_is_short_and_not_json_dependent() {
+        assert_eq!(body_detail(b"Retry later"), ": Retry later");
+        assert_eq!(
+            body_detail(br#"{"error":"not found","resource":"app"}"#),
+            ": not found"
+        );
+        assert_eq!(body_detail(b""), "");
+        assert!(body_detail(&[b'x'; 5000]).len() < MAX_DETAIL + 5);
+    }
+
+    #[test]
+    fn redacted_url_keeps_path_only() {
+        let u = DownloadUrl(Secret::new(
+            "https://db-api.osc-fr1.scalingo.com/api/databases/ad-1/backups/b/download?token=SECRET",
+        ));
+        assert_eq!(
+            u.redacted(),
+            "https://db-api.osc-fr1.scalingo.com/api/databases/ad-1/backups/b/download"
+        );
+        assert!(!format!("{u:?}").contains("SECRET"));
+    }
 }

@@ -61,10 +61,11 @@ impl Store {
             match sled::Config::new().path(&self.dir).open() {
                 Ok(db) => {
                     if db.get(FORMAT_KEY).ok().flatten().is_none() {
-                        db.insert(FORMAT_KEY, FORMAT).map_err(|source| StoreError::Write {
-                            dir: self.dir.clone(),
-                            source,
-                        })?;
+                        db.insert(FORMAT_KEY, FORMAT)
+                            .map_err(|source| StoreError::Write {
+                                dir: self.dir.clone(),
+                                source,
+                            })?;
                     }
                     return Ok(db);
                 }
@@ -142,10 +143,12 @@ impl Store {
             return Ok(Vec::new());
         }
         let db = self.open()?;
-        let tree = db.open_tree(HISTORY_TREE).map_err(|source| StoreError::Open {
-            dir: self.dir.clone(),
-            source,
-        })?;
+        let tree = db
+            .open_tree(HISTORY_TREE)
+            .map_err(|source| StoreError::Open {
+                dir: self.dir.clone(),
+                source,
+            })?;
         let mut runs = Vec::new();
         for item in tree.iter().rev() {
             let (_, v) = item.map_err(|source| StoreError::Open {

@@ -1,1 +1,5 @@
 mod common;
+mod engine;
+mod fetch;
+mod postgres_ops;
+mod scalingo_api;

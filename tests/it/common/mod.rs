@@ -1,1 +1,3 @@
-
+pub mod fake_scalingo;
+pub mod pg;
+pub mod scenario;

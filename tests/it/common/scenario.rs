@@ -1,0 +1,259 @@
+//! A whole replication setting, as a new user would have it: a source database dumped with
+//! the real `pg_dump`, wrapped as Scalingo wraps its backups and served by the fake Scalingo,
+//! a target owned by a non-superuser role, a state directory, and the real binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::fake_scalingo::{API_TOKEN, APP, FakeConfig, FakeScalingo, write_archive};
+use super::pg::{
+    Fingerprint, PgCluster, TargetDb, create_rich_source, fingerprint, shared_cluster, unique_name,
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_replicator");
+
+/// Name of the dump inside the archive, as Scalingo names it.
+pub const BACKUP_NAME: &str = "20261123041000_my_app_4553";
+
+pub struct Scenario {
+    pub cluster: &'static PgCluster,
+    pub source_db: String,
+    pub target: TargetDb,
+    pub fake: FakeScalingo,
+    pub dump: PathBuf,
+    pub archive: PathBuf,
+    pub state_dir: PathBuf,
+    pub files: tempfile::TempDir,
+    /// Extra environment for every command.
+    pub env: Vec<(String, String)>,
+}
+
+impl Scenario {
+    /// A source filled by `fill` (as the superuser), dumped, archived and served.
+    pub fn new(prefix: &str, fill: impl FnOnce(&PgCluster, &str)) -> Scenario {
+        let cluster = shared_cluster();
+        let source_db = unique_name(&format!("{prefix}_src"));
+        cluster.create_source(&source_db);
+        fill(cluster, &source_db);
+        let target = cluster.create_target(&unique_name(&format!("{prefix}_dst")));
+        let files = tempfile::tempdir().expect("temp dir");
+        let dump = files.path().join(format!("{BACKUP_NAME}.pgsql"));
+        cluster.pg_dump(&source_db, &dump);
+        let archive = files.path().join(format!("{BACKUP_NAME}.tar.gz"));
+        write_archive(&dump, &format!("{BACKUP_NAME}.pgsql"), &archive).expect("archive");
+        let fake = FakeScalingo::start(FakeConfig::new(archive.clone()));
+        let state_dir = files.path().join("state");
+        Scenario {
+            cluster,
+            source_db,
+            target,
+            fake,
+            dump,
+            archive,
+            state_dir,
+            files,
+            env: Vec::new(),
+        }
+    }
+
+    /// The rich schema: quoted mixed-case and hyphenated names, partitions, generated and
+    /// identity columns, enums, domains, triggers, views and materialized views.
+    pub fn rich(prefix: &str) -> Scenario {
+        Scenario::new(prefix, create_rich_source)
+    }
+
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
+    /// The binary with a clean environment: only what a user would set.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_with_state(args, &self.state_dir)
+    }
+
+    pub fn cmd_with_state(&self, args: &[&str], state_dir: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.files.path())
+            .env("SCALINGO_APP", APP)
+            .env("SCALINGO_API_TOKEN", API_TOKEN)
+            .env("SCALINGO_AUTH_URL", self.fake.url())
+            .env("SCALINGO_API_URL", self.fake.url())
+            .env("SCALINGO_DB_URL", self.fake.url())
+            .env("DATABASE_URL", &self.target.url)
+            .env("REPLICATOR_STATE_DIR", state_dir)
+            .env("RETRY_INITIAL_DELAY_SECONDS", "1")
+            .env("RETRY_MAX_DELAY_SECONDS", "2")
+            .env("MAX_RETRY_COUNT", "3")
+            .env("PG_RESTORE_JOBS", "2")
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run the replicator")
+    }
+
+    /// Runs and asserts exit 0, printing the output on failure.
+    pub fn run_ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "replicator {args:?} exited {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the replicator")
+    }
+
+    pub fn status_json(&self) -> Value {
+        let out = self.run_ok(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Polls `status --json` until `pred` holds; panics after `timeout`.
+    pub fn wait_status(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let s = self.status_json();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "status never matched within {timeout:?}; last: {s:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn source_fingerprint(&self) -> Fingerprint {
+        fingerprint(self.cluster, &self.source_db)
+    }
+
+    pub fn target_fingerprint(&self) -> Fingerprint {
+        fingerprint(self.cluster, &self.target.dbname)
+    }
+
+    /// The target holds exactly the source's content: every table's rows, every sequence,
+    /// indexes, constraints, views, triggers, types and columns.
+    pub fn assert_target_is_source(&self) {
+        let src = self.source_fingerprint();
+        assert!(!src.tables.is_empty(), "the source has no table");
+        assert_eq!(self.target_fingerprint(), src);
+    }
+
+    /// Something the previous replica had that the source does not: must be gone after a run.
+    pub fn put_stale_table_in_target(&self) {
+        let sql = "CREATE TABLE stale_leftover (id int PRIMARY KEY, note text);\
+                   INSERT INTO stale_leftover VALUES (1, 'from yesterday');";
+        self.target_psql(sql);
+    }
+
+    /// SQL as the target's own role (over TCP, with its password).
+    pub fn target_psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.cluster.port().to_string())
+            .env("PGUSER", &self.target.role)
+            .env("PGPASSWORD", &self.target.password)
+            .env("PGDATABASE", &self.target.dbname)
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql as the target role failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Tables of schema public and their persistence (`p` logged, `u` unlogged).
+    pub fn table_persistence(&self) -> Vec<(String, String)> {
+        self.cluster
+            .superuser_psql(
+                &self.target.dbname,
+                "SELECT relname || '|' || relpersistence::text FROM pg_class \
+                 WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1",
+            )
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (a, b) = l.rsplit_once('|').unwrap();
+                (a.to_string(), b.to_string())
+            })
+            .collect()
+    }
+
+    /// Sessions of `pg_restore` still connected to the target.
+    pub fn restore_sessions(&self) -> u32 {
+        self.cluster
+            .superuser_psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+                     AND (application_name LIKE '%restore%')",
+                    self.target.dbname
+                ),
+            )
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn table_exists(&self, name: &str) -> bool {
+        self.target_psql(&format!("SELECT to_regclass('{name}') IS NOT NULL")) == "t"
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Sends SIGKILL, as `kill -9` does, and reaps the child.
+pub fn kill_9(child: &mut Child) {
+    // SAFETY: plain kill(2) on a child we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+/// Polls until `pred` holds, up to `timeout`.
+pub fn eventually(timeout: Duration, what: &str, pred: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
