@@ -58,9 +58,16 @@ fn unlogged_tables_end_unlogged_with_the_same_content() {
     s.run_ok(&["run"]);
     s.assert_target_is_source();
     let tables = s.table_persistence();
-    assert!(!tables.is_empty());
-    let logged: Vec<_> = tables.iter().filter(|(_, p)| p != "u").collect();
-    assert!(logged.is_empty(), "tables still logged: {logged:?}");
+    assert!(tables.len() >= 5, "{tables:?}");
+    // PostgreSQL keeps a partitioned table logged, and a logged table's foreign key may not
+    // reference an unlogged one: "UserAccounts", referenced by the partitioned "Events", is
+    // the one table that must stay logged. Every other one is unlogged.
+    let logged: Vec<_> = tables
+        .iter()
+        .filter(|(_, p)| p != "u")
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(logged, vec!["UserAccounts"], "{tables:?}");
 }
 
 #[test]
