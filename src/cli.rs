@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::config::{
     ConfigError, RestoreArgs, RetryArgs, ScalingoArgs, StateArgs, TargetArgs, parse_number,
 };
-use crate::driver::{Driver, Outcome, new_run_id};
+use crate::driver::{Driver, Outcome, RealSteps, new_run_id};
 use crate::liveness;
 use crate::machine::{Event, Origin, Phase, Run};
 use crate::postgres::{self, LockOutcome, Target};
@@ -254,11 +254,14 @@ pub fn build_driver(
     })?;
     Ok(Driver {
         store: Store::new(&state_dir),
+        steps: RealSteps {
+            state_dir: state_dir.clone(),
+            scalingo,
+            http: http_client(Duration::from_secs(60)),
+            target,
+            restore,
+        },
         state_dir,
-        scalingo,
-        http: http_client(Duration::from_secs(60)),
-        target,
-        restore,
         retry,
         force: false,
         max_backup_age,
@@ -282,13 +285,13 @@ pub async fn lock(driver: &Driver) -> Result<Locks, CliError> {
             )));
         }
     };
-    let target_lock = match postgres::lock_target(&driver.target).await {
+    let target_lock = match postgres::lock_target(&driver.steps.target).await {
         Ok(LockOutcome::Acquired(l)) => l,
         Ok(LockOutcome::Held { since, holder }) => {
             return Err(CliError::Refused(format!(
                 "another replication holds the target {}{}{}: two replicators must not restore into one \
                  database at once; wait for it to finish (or stop it) and retry",
-                driver.target.describe(),
+                driver.steps.target.describe(),
                 since.map(|s| format!(" since {s}")).unwrap_or_default(),
                 holder.map(|h| format!(" ({h})")).unwrap_or_default(),
             )));

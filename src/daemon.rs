@@ -42,7 +42,7 @@ pub async fn run(state_dir: PathBuf, args: DaemonArgs) -> Result<u8, CliError> {
     info!(
         schedule = %schedule.describe(),
         "daemon started: replicating into {} on schedule {}",
-        driver.target.describe(),
+        driver.steps.target.describe(),
         schedule.describe()
     );
 

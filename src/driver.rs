@@ -45,20 +45,55 @@ pub enum Outcome {
     AlreadyRestored(Backup),
 }
 
-/// Everything a drive needs besides the run itself.
-pub struct Driver {
+/// The IO of each phase. [`RealSteps`] talks to Scalingo, the disk and PostgreSQL; the
+/// model-based tests substitute one that injects faults and crashes. Steps know neither the
+/// store nor the machine: they take inputs and return results.
+pub trait Steps: Send + Sync {
+    /// The newest `done` backup (and any check that must pass before downloading it).
+    fn fetch_backup(&self) -> impl Future<Output = Result<Backup, StepError>> + Send;
+    /// The archive of `backup`, continuing what is on disk.
+    fn download(
+        &self,
+        run: &Run,
+        backup: &Backup,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// The dump out of the archive, read by `pg_restore --list`; the target answers.
+    fn extract_and_check(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// `DROP OWNED BY CURRENT_USER CASCADE` (after ending leftover restore sessions).
+    fn drop_target(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn restore(
+        &self,
+        run: &Run,
+        section: Section,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn unlog(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn post_restore(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Shutdown in the middle of `run`'s current step: end what the step left running.
+    fn on_interrupt(&self, run: &Run) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs runs: the policy (retries, skip, age) around a [`Steps`].
+pub struct Driver<S: Steps = RealSteps> {
     pub state_dir: PathBuf,
     pub store: Store,
-    pub scalingo: Option<ScalingoClient>,
-    pub http: reqwest::Client,
-    pub target: Target,
-    pub restore: RestoreConfig,
+    pub steps: S,
     pub retry: RetryConfig,
     /// Restore the newest backup even when the last `Done` run restored it.
     pub force: bool,
     /// A newest `done` backup older than this is not the night's yet (transient).
     pub max_backup_age: Option<Duration>,
     pub shutdown: CancellationToken,
+}
+
+/// The real steps.
+pub struct RealSteps {
+    pub state_dir: PathBuf,
+    pub scalingo: Option<ScalingoClient>,
+    pub http: reqwest::Client,
+    pub target: Target,
+    pub restore: RestoreConfig,
 }
 
 /// What a step produced.
@@ -91,21 +126,7 @@ pub fn work_dir(state_dir: &Path, run_id: &str) -> PathBuf {
     state_dir.join("work").join(run_id)
 }
 
-impl Driver {
-    fn archive_path(&self, run: &Run) -> PathBuf {
-        match &run.origin {
-            Origin::Archive { path } => path.clone(),
-            _ => work_dir(&self.state_dir, &run.run_id).join("archive.tar.gz"),
-        }
-    }
-
-    fn dump_path(&self, run: &Run) -> PathBuf {
-        match &run.origin {
-            Origin::Dump { path } => path.clone(),
-            _ => work_dir(&self.state_dir, &run.run_id).join("dump.pgsql"),
-        }
-    }
-
+impl<S: Steps> Driver<S> {
     fn apply(&self, run: &Run, event: Event) -> Result<Run, DriverError> {
         let next = transition(run, event, Utc::now())?;
         self.store.save(&next)?;
@@ -233,19 +254,7 @@ impl Driver {
     /// Shutdown: the step future is already dropped (which kills `pg_restore`); end its
     /// sessions and persist a state the next start resumes from.
     async fn interrupt(&self, run: Run) -> Result<Outcome, DriverError> {
-        if matches!(
-            run.phase,
-            Phase::Dropping { .. } | Phase::Restoring { .. } | Phase::Unlogging { .. }
-        ) {
-            let ended = tokio::time::timeout(
-                Duration::from_secs(10),
-                postgres::terminate_leftover_restores(&self.target),
-            )
-            .await;
-            if let Ok(Err(e)) = ended {
-                warn!("could not end the restore's sessions on the target: {e}");
-            }
-        }
+        self.steps.on_interrupt(&run).await;
         let run = self.apply(&run, Event::Crashed)?;
         warn!(
             run_id = %run.run_id,
@@ -269,68 +278,29 @@ impl Driver {
     }
 
     async fn step(&self, run: &Run, progress: &ProgressCell) -> Result<StepOutcome, StepError> {
-        let event = match &run.phase {
+        let report = |p: Progress| progress.set(p);
+        match &run.phase {
             Phase::FetchingUrl => return self.fetch_backup().await,
             Phase::Downloading { backup, .. } => {
-                self.download(run, backup, progress).await?;
-                Event::Succeeded
+                self.steps.download(run, backup, &report).await?;
             }
-            Phase::Extracting { .. } => {
-                self.extract_and_check(run).await?;
-                Event::Succeeded
-            }
-            Phase::Dropping { .. } => {
-                let ended = postgres::terminate_leftover_restores(&self.target).await?;
-                if ended > 0 {
-                    info!("ended {ended} leftover pg_restore session(s) on the target");
-                }
-                postgres::drop_owned(&self.target).await?;
-                Event::Succeeded
-            }
+            Phase::Extracting { .. } => self.steps.extract_and_check(run).await?,
+            Phase::Dropping { .. } => self.steps.drop_target(run).await?,
             Phase::Restoring { section, .. } => {
-                let dump = self.dump_path(run);
-                let report = |done: u64, total: u64| {
-                    progress.set(Progress::Items { done, total });
-                };
-                postgres::restore_section(
-                    &self.target,
-                    &dump,
-                    *section,
-                    self.restore.jobs,
-                    &report,
-                )
-                .await?;
-                if *section == Section::DataAndPostData {
-                    info!("data and post-data restored");
-                }
-                Event::Succeeded
+                self.steps.restore(run, *section, &report).await?;
             }
-            Phase::Unlogging { .. } => {
-                if self.restore.use_unlogged_tables {
-                    let n =
-                        postgres::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
-                    info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
-                }
-                Event::Succeeded
-            }
-            Phase::PostRestoreSql { .. } => Event::Succeeded,
+            Phase::Unlogging { .. } => self.steps.unlog(run).await?,
+            Phase::PostRestoreSql { .. } => self.steps.post_restore(run).await?,
             Phase::Idle | Phase::Done { .. } | Phase::Failed { .. } => {
                 unreachable!("no step runs in {:?}", run.phase.name())
             }
-        };
-        Ok(StepOutcome::Event(event))
+        }
+        Ok(StepOutcome::Event(Event::Succeeded))
     }
 
-    fn scalingo(&self) -> Result<&ScalingoClient, StepError> {
-        self.scalingo.as_ref().ok_or_else(|| {
-            StepError::permanent(
-                "this run needs Scalingo but no Scalingo configuration was given: set SCALINGO_APP and SCALINGO_API_TOKEN",
-            )
-        })
-    }
-
+    /// The backup to restore, unless it is the one already restored or not tonight's yet.
     async fn fetch_backup(&self) -> Result<StepOutcome, StepError> {
-        let backup = self.scalingo()?.newest_done_backup().await?;
+        let backup = self.steps.fetch_backup().await?;
         info!(
             backup_id = %backup.id,
             backup_name = %backup.name,
@@ -366,28 +336,65 @@ impl Driver {
                 )));
             }
         }
-        check_free_disk(&self.state_dir, backup.size)?;
         Ok(StepOutcome::Event(Event::Fetched(backup)))
+    }
+}
+
+impl RealSteps {
+    fn archive_path(&self, run: &Run) -> PathBuf {
+        match &run.origin {
+            Origin::Archive { path } => path.clone(),
+            _ => work_dir(&self.state_dir, &run.run_id).join("archive.tar.gz"),
+        }
+    }
+
+    /// Where the dump of `run` is (a file the user gave, or the one extracted in the state dir).
+    pub fn dump_path(&self, run: &Run) -> PathBuf {
+        match &run.origin {
+            Origin::Dump { path } => path.clone(),
+            _ => work_dir(&self.state_dir, &run.run_id).join("dump.pgsql"),
+        }
+    }
+
+    fn scalingo(&self) -> Result<&ScalingoClient, StepError> {
+        self.scalingo.as_ref().ok_or_else(|| {
+            StepError::permanent(
+                "this run needs Scalingo but no Scalingo configuration was given: set SCALINGO_APP and SCALINGO_API_TOKEN",
+            )
+        })
+    }
+}
+
+fn create_dir_for(path: &Path) -> Result<(), StepError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StepError::permanent(format!(
+                "cannot create the working directory {}: {e}; check REPLICATOR_STATE_DIR",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+impl Steps for RealSteps {
+    async fn fetch_backup(&self) -> Result<Backup, StepError> {
+        let backup = self.scalingo()?.newest_done_backup().await?;
+        check_free_disk(&self.state_dir, backup.size)?;
+        Ok(backup)
     }
 
     async fn download(
         &self,
         run: &Run,
         backup: &Backup,
-        progress: &ProgressCell,
+        progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), StepError> {
         let archive = self.archive_path(run);
-        if let Some(dir) = archive.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StepError::permanent(format!(
-                    "cannot create the working directory {}: {e}; check REPLICATOR_STATE_DIR",
-                    dir.display()
-                ))
-            })?;
-        }
+        create_dir_for(&archive)?;
         let url = self.scalingo()?.download_url(&backup.id).await?;
         let total = backup.size;
-        let report = |done: u64| progress.set(Progress::Bytes { done, total });
+        let report = |done: u64| progress(Progress::Bytes { done, total });
         let got = fetch::download(&self.http, &url, &archive, backup.size, &report).await?;
         info!(
             bytes = got.bytes,
@@ -408,14 +415,7 @@ impl Driver {
         let dump = self.dump_path(run);
         if !matches!(run.origin, Origin::Dump { .. }) {
             let archive = self.archive_path(run);
-            if let Some(dir) = dump.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StepError::permanent(format!(
-                        "cannot create the working directory {}: {e}; check REPLICATOR_STATE_DIR",
-                        dir.display()
-                    ))
-                })?;
-            }
+            create_dir_for(&dump)?;
             let (a, d) = (archive.clone(), dump.clone());
             let bytes = tokio::task::spawn_blocking(move || fetch::extract_dump(&a, &d))
                 .await
@@ -426,11 +426,63 @@ impl Driver {
                 let _ = std::fs::remove_file(&archive);
             }
         }
-        let info = postgres::check_dump(&dump).await?;
-        info!("the dump is readable by the local pg_restore: {info:?}");
-        let target = postgres::check_target(&self.target).await?;
-        info!("the target answers: {target:?}");
+        postgres::check_dump(&dump).await?;
+        postgres::check_target(&self.target).await?;
         Ok(())
+    }
+
+    async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
+        let ended = postgres::terminate_leftover_restores(&self.target).await?;
+        if ended > 0 {
+            info!("ended {ended} leftover pg_restore session(s) on the target");
+        }
+        postgres::drop_owned(&self.target).await?;
+        Ok(())
+    }
+
+    async fn restore(
+        &self,
+        run: &Run,
+        section: Section,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<(), StepError> {
+        let report = |done: u64, total: u64| progress(Progress::Items { done, total });
+        postgres::restore_section(
+            &self.target,
+            &self.dump_path(run),
+            section,
+            self.restore.jobs,
+            &report,
+        )
+        .await
+    }
+
+    async fn unlog(&self, run: &Run) -> Result<(), StepError> {
+        if self.restore.use_unlogged_tables {
+            let n = postgres::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
+            info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
+        }
+        Ok(())
+    }
+
+    async fn post_restore(&self, _run: &Run) -> Result<(), StepError> {
+        Ok(())
+    }
+
+    async fn on_interrupt(&self, run: &Run) {
+        if matches!(
+            run.phase,
+            Phase::Dropping { .. } | Phase::Restoring { .. } | Phase::Unlogging { .. }
+        ) {
+            let ended = tokio::time::timeout(
+                Duration::from_secs(10),
+                postgres::terminate_leftover_restores(&self.target),
+            )
+            .await;
+            if let Ok(Err(e)) = ended {
+                warn!("could not end the restore's sessions on the target: {e}");
+            }
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::common::fake_scalingo::{DONE_BACKUP_ID, Route};
-use crate::common::scenario::{BACKUP_NAME, Scenario, eventually, kill_9, stderr, stdout};
+use crate::common::scenario::{Scenario, eventually, kill_9, stderr, stdout};
 
 #[test]
 fn run_replaces_the_target_with_the_newest_done_backup() {
@@ -195,7 +195,11 @@ fn resume_refuses_when_there_is_nothing_to_resume() {
     let s = Scenario::rich("noresume");
     let out = s.run(&["resume"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("nothing to resume"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to resume"),
+        "{}",
+        stderr(&out)
+    );
     s.run_ok(&["run"]);
     let out = s.run(&["resume"]);
     assert_eq!(out.status.code(), Some(3));
@@ -243,12 +247,17 @@ fn invalid_configuration_is_refused_before_anything_is_touched() {
         let out = s.cmd(&["run"]).env(var, value).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{var}: {}", stderr(&out));
         assert!(
-            stderr(&out).contains(var) || stderr(&out).contains(&var.to_lowercase().replace('_', "-")),
+            stderr(&out).contains(var)
+                || stderr(&out).contains(&var.to_lowercase().replace('_', "-")),
             "{var}: {}",
             stderr(&out)
         );
     }
-    let out = s.cmd(&["run"]).env_remove("SCALINGO_API_TOKEN").output().unwrap();
+    let out = s
+        .cmd(&["run"])
+        .env_remove("SCALINGO_API_TOKEN")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("SCALINGO_API_TOKEN"));
     assert_eq!(s.fake.records().count(Route::Exchange), 0);

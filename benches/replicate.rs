@@ -1,0 +1,846 @@
+//! End-to-end benchmark: `replicator run` against the seed's procedure done with standard
+//! tools, on the same source, the same server and the same fake Scalingo on loopback.
+//!
+//! ```sh
+//! cargo bench --bench replicate -- --size-mb 1400 --cache-dir /work/bench-cache
+//! cargo bench --bench replicate -- --help
+//! ```
+//!
+//! What it does (see `docs/performance.md` for the results and what each lever is worth):
+//!
+//! 1. Builds a source of about `--size-mb` MiB on disk in a throwaway PostgreSQL 15 (six
+//!    tables shaped like Pix's, secondary indexes, validated foreign keys, text and jsonb that
+//!    do not compress to nothing), dumps it with `pg_dump -Fc`, wraps the dump as Scalingo
+//!    wraps its backups and caches the dump, the archive and the source's fingerprint under
+//!    `--cache-dir` (a source of 1.4 GB takes minutes to build: the next runs reuse it).
+//! 2. Serves the archive from the fake Scalingo on 127.0.0.1.
+//! 3. Alternates, `--rounds` times, A = `replicator run` (its defaults, plus
+//!    `USE_UNLOGGED_TABLES=true` and any `--env`) and B = the seed's procedure (`curl`,
+//!    `tar xzf`, `psql DROP OWNED`, `pg_restore -j4 --section=pre-data`, `ALTER TABLE ... SET
+//!    UNLOGGED` on each table, `pg_restore -j4 --section=data --section=post-data`), into the
+//!    same target database.
+//! 4. After each run, checks that the target holds the source (rows of every table, sequences,
+//!    indexes and constraints); the only difference allowed is a foreign key that the
+//!    replicator created `NOT VALID` (`FK_MODE=trust`).
+//! 5. Reports per-phase times, the end-to-end ratio A / B, the replicator's peak RSS
+//!    (`VmHWM` of its process) and the disk high-water mark of its state directory.
+//!
+//! It never talks to anything but 127.0.0.1 and stops by itself.
+
+#[path = "../tests/it/common/fake_scalingo.rs"]
+mod fake_scalingo;
+#[path = "../tests/it/common/pg.rs"]
+mod pg;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_scalingo::{API_TOKEN, APP, DONE_BACKUP_ID, FakeConfig, FakeScalingo, write_archive};
+use pg::{PgCluster, TargetDb};
+
+const BIN: &str = env!("CARGO_BIN_EXE_replicator");
+const BACKUP_NAME: &str = "20261123041000_my_app_4553";
+/// Bumped whenever the generated source changes, so that a stale cache is not reused.
+const SOURCE_VERSION: u32 = 1;
+
+const USAGE: &str = "\
+cargo bench --bench replicate -- [options]
+
+  --size-mb N        size of the source on disk, in MiB (default 1400)
+  --rounds N         A B pairs to run, alternated (default 2)
+  --cache-dir DIR    where the built source's dump, archive and fingerprint are kept
+                     (default $REPLICATOR_BENCH_CACHE, else /work/bench-cache)
+  --only a|b         run only the replicator (a) or only the seed (b)
+  --env K=V          extra environment for the replicator (repeatable), e.g. FK_MODE=validate
+  --seed-jobs N      pg_restore -j of the seed (default 4)
+  --no-verify        skip the content check after each run
+  --shared-buffers S the server's shared_buffers (default 512MB)
+";
+
+struct Args {
+    size_mb: u64,
+    rounds: u32,
+    cache_dir: PathBuf,
+    only: Option<char>,
+    env: Vec<(String, String)>,
+    seed_jobs: u32,
+    verify: bool,
+    shared_buffers: String,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        size_mb: 1400,
+        rounds: 2,
+        cache_dir: std::env::var_os("REPLICATOR_BENCH_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/work/bench-cache")),
+        only: None,
+        env: Vec::new(),
+        seed_jobs: 4,
+        verify: true,
+        shared_buffers: "512MB".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .unwrap_or_else(|| die(&format!("{name} needs a value\n\n{USAGE}")))
+        };
+        match arg.as_str() {
+            // What `cargo bench` passes to every bench target.
+            "--bench" => {}
+            "--size-mb" => a.size_mb = number(&value("--size-mb")),
+            "--rounds" => a.rounds = number(&value("--rounds")) as u32,
+            "--cache-dir" => a.cache_dir = PathBuf::from(value("--cache-dir")),
+            "--only" => {
+                a.only = match value("--only").as_str() {
+                    "a" => Some('a'),
+                    "b" => Some('b'),
+                    other => die(&format!("--only {other}: expected a or b")),
+                }
+            }
+            "--env" => {
+                let kv = value("--env");
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| die(&format!("--env {kv}: expected K=V")));
+                a.env.push((k.into(), v.into()));
+            }
+            "--seed-jobs" => a.seed_jobs = number(&value("--seed-jobs")) as u32,
+            "--no-verify" => a.verify = false,
+            "--shared-buffers" => a.shared_buffers = value("--shared-buffers"),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => die(&format!("unknown argument {other}\n\n{USAGE}")),
+        }
+    }
+    a
+}
+
+fn number(s: &str) -> u64 {
+    s.parse()
+        .unwrap_or_else(|_| die(&format!("{s}: expected a whole number")))
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("{msg}");
+    std::process::exit(2);
+}
+
+fn log(msg: &str) {
+    eprintln!("[bench {:>8.1}s] {msg}", started().elapsed().as_secs_f64());
+}
+
+fn started() -> Instant {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+// ---------------------------------------------------------------------------------------
+// The source
+// ---------------------------------------------------------------------------------------
+
+/// Six tables shaped like Pix's (users, organizations, memberships, assessments, answers,
+/// knowledge elements): hex and base64 text and jsonb derived from md5 (deterministic, and
+/// compressing to about 55-75%, not to nothing), eleven secondary indexes, a unique
+/// constraint, eight foreign keys validated by `ALTER TABLE ... ADD CONSTRAINT`.
+fn source_sql(units: u64) -> String {
+    let orgs = units / 100 + 10;
+    format!(
+        r#"
+SET synchronous_commit = off;
+SET maintenance_work_mem = '256MB';
+CREATE TABLE organizations (
+    id serial PRIMARY KEY, name text NOT NULL, type text NOT NULL,
+    settings jsonb NOT NULL, created_at timestamptz NOT NULL);
+CREATE TABLE users (
+    id serial PRIMARY KEY, email text NOT NULL, first_name text, last_name text,
+    created_at timestamptz NOT NULL, profile jsonb,
+    CONSTRAINT users_email_unique UNIQUE (email));
+CREATE TABLE memberships (
+    id serial PRIMARY KEY, user_id integer NOT NULL, organization_id integer NOT NULL,
+    role text NOT NULL, created_at timestamptz NOT NULL);
+CREATE TABLE assessments (
+    id bigserial PRIMARY KEY, user_id integer NOT NULL, organization_id integer,
+    state text NOT NULL, type text NOT NULL, created_at timestamptz NOT NULL, result jsonb);
+CREATE TABLE answers (
+    id bigserial PRIMARY KEY, assessment_id bigint NOT NULL, challenge_id text NOT NULL,
+    value text NOT NULL, result text NOT NULL, time_spent integer,
+    created_at timestamptz NOT NULL);
+CREATE TABLE knowledge_elements (
+    id bigserial PRIMARY KEY, user_id integer NOT NULL, assessment_id bigint NOT NULL,
+    answer_id bigint NOT NULL, skill_id text NOT NULL, earned_pix real NOT NULL,
+    status text NOT NULL, created_at timestamptz NOT NULL, details jsonb);
+
+INSERT INTO organizations (name, type, settings, created_at)
+SELECT 'Organization ' || md5(i::text), (ARRAY['SCO', 'SUP', 'PRO'])[1 + i % 3],
+       jsonb_build_object('code', upper(left(md5('o' || i), 8)), 'archived', i % 17 = 0,
+                          'tags', jsonb_build_array(left(md5('t' || i), 6), i % 50)),
+       '2016-01-01'::timestamptz + i * interval '1 hour'
+  FROM generate_series(1, {orgs}) i;
+
+INSERT INTO users (email, first_name, last_name, created_at, profile)
+SELECT left(md5('e' || i), 12) || '.' || i || '@example.' || (ARRAY['org', 'net', 'fr'])[1 + i % 3],
+       initcap(left(md5('f' || i), 3 + i % 7)), initcap(left(md5('l' || i), 4 + i % 9)),
+       '2016-01-01'::timestamptz + i * interval '37 seconds',
+       CASE WHEN i % 4 = 0 THEN NULL ELSE jsonb_build_object(
+           'lang', (ARRAY['fr', 'en', 'nl'])[1 + i % 3], 'cgu', i % 5 <> 0,
+           'token', encode(decode(md5('k' || i) || md5('K' || i), 'hex'), 'base64')) END
+  FROM generate_series(1, {units}) i;
+
+INSERT INTO memberships (user_id, organization_id, role, created_at)
+SELECT 1 + (i * 7919) % {units}, 1 + (i * 31) % {orgs}, (ARRAY['MEMBER', 'ADMIN'])[1 + (i % 9 = 0)::int],
+       '2017-01-01'::timestamptz + i * interval '41 seconds'
+  FROM generate_series(1, {units}) i;
+
+INSERT INTO assessments (user_id, organization_id, state, type, created_at, result)
+SELECT 1 + (i * 104729) % {units}, CASE WHEN i % 3 = 0 THEN NULL ELSE 1 + i % {orgs} END,
+       (ARRAY['completed', 'started', 'aborted', 'endedByInvigilator'])[1 + i % 4],
+       (ARRAY['CAMPAIGN', 'CERTIFICATION', 'COMPETENCE_EVALUATION', 'DEMO'])[1 + (i / 7) % 4],
+       '2018-01-01'::timestamptz + i * interval '19 seconds',
+       CASE WHEN i % 2 = 0 THEN jsonb_build_object('level', i % 8, 'pix', (i * 13) % 640,
+            'competences', jsonb_build_array(left(md5('c' || i), 10), left(md5('C' || i), 10))) END
+  FROM generate_series(1, {units} * 2) i;
+
+INSERT INTO answers (assessment_id, challenge_id, value, result, time_spent, created_at)
+SELECT 1 + (i * 15485863) % ({units} * 2), 'rec' || left(md5('ch' || (i % 5000)), 14),
+       left(md5('v' || i) || ' ' || encode(decode(md5('w' || i), 'hex'), 'base64') || ' ' || md5('x' || i),
+            20 + i % 90),
+       (ARRAY['ok', 'ko', 'aband', 'timedout', 'partially'])[1 + i % 5],
+       CASE WHEN i % 11 = 0 THEN NULL ELSE i % 600 END,
+       '2018-01-01'::timestamptz + i * interval '3 seconds'
+  FROM generate_series(1, {units} * 8) i;
+
+INSERT INTO knowledge_elements (user_id, assessment_id, answer_id, skill_id, earned_pix, status, created_at, details)
+SELECT 1 + (i * 7907) % {units}, 1 + (i * 7901) % ({units} * 2), 1 + (i * 7877) % ({units} * 8),
+       'rec' || left(md5('sk' || (i % 3000)), 10), (i % 8)::real / 2,
+       (ARRAY['validated', 'invalidated', 'reset'])[1 + i % 3],
+       '2018-01-01'::timestamptz + i * interval '4 seconds',
+       CASE WHEN i % 3 = 0 THEN NULL ELSE jsonb_build_object('source', (ARRAY['direct', 'inferred'])[1 + i % 2],
+            'competenceId', 'rec' || left(md5('cp' || (i % 16)), 10), 'hash', left(md5('h' || i), 16)) END
+  FROM generate_series(1, {units} * 6) i;
+
+CREATE INDEX users_lower_last_name_idx ON users (lower(last_name));
+CREATE INDEX memberships_user_id_idx ON memberships (user_id);
+CREATE INDEX memberships_organization_id_idx ON memberships (organization_id);
+CREATE INDEX assessments_user_id_idx ON assessments (user_id);
+CREATE INDEX assessments_created_at_idx ON assessments (created_at);
+CREATE INDEX answers_assessment_id_idx ON answers (assessment_id);
+CREATE INDEX answers_challenge_id_idx ON answers (challenge_id);
+CREATE INDEX knowledge_elements_user_id_idx ON knowledge_elements (user_id);
+CREATE INDEX knowledge_elements_assessment_id_idx ON knowledge_elements (assessment_id);
+CREATE INDEX knowledge_elements_answer_id_idx ON knowledge_elements (answer_id);
+CREATE INDEX knowledge_elements_skill_id_idx ON knowledge_elements (skill_id);
+
+ALTER TABLE memberships ADD CONSTRAINT memberships_user_id_foreign FOREIGN KEY (user_id) REFERENCES users(id);
+ALTER TABLE memberships ADD CONSTRAINT memberships_organization_id_foreign FOREIGN KEY (organization_id) REFERENCES organizations(id);
+ALTER TABLE assessments ADD CONSTRAINT assessments_user_id_foreign FOREIGN KEY (user_id) REFERENCES users(id);
+ALTER TABLE assessments ADD CONSTRAINT assessments_organization_id_foreign FOREIGN KEY (organization_id) REFERENCES organizations(id);
+ALTER TABLE answers ADD CONSTRAINT answers_assessment_id_foreign FOREIGN KEY (assessment_id) REFERENCES assessments(id);
+ALTER TABLE knowledge_elements ADD CONSTRAINT knowledge_elements_user_id_foreign FOREIGN KEY (user_id) REFERENCES users(id);
+ALTER TABLE knowledge_elements ADD CONSTRAINT knowledge_elements_assessment_id_foreign FOREIGN KEY (assessment_id) REFERENCES assessments(id);
+ALTER TABLE knowledge_elements ADD CONSTRAINT knowledge_elements_answer_id_foreign FOREIGN KEY (answer_id) REFERENCES answers(id);
+"#
+    )
+}
+
+/// Rows per "unit" were calibrated so that `units = size_mb * UNITS_PER_MB` gives about
+/// `size_mb` MiB of `pg_database_size`.
+const UNITS_PER_MB: f64 = 245.0;
+
+/// What a run must reproduce: every table's row count and an order-independent hash of its
+/// rows (a sum of per-row md5 prefixes: `string_agg` of a 1 GB table would exceed
+/// PostgreSQL's 1 GB string limit), sequences, index definitions, constraints.
+fn fingerprint(cluster: &PgCluster, db: &str) -> Vec<String> {
+    let sql = r#"
+\pset fieldsep '|'
+SELECT format('SELECT ''table'', %L, count(*), coalesce(sum((''x'' || left(md5(t::text), 15))::bit(60)::bigint), 0) FROM public.%I t', c.relname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY c.relname \gexec
+SELECT format('SELECT ''sequence'', %L, last_value, is_called FROM public.%I', c.relname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind = 'S' ORDER BY c.relname \gexec
+SELECT 'index', indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 2;
+SELECT 'constraint', conrelid::regclass::text, conname, contype, convalidated, pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 2, 3;
+"#;
+    cluster
+        .superuser_psql(db, sql)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `Ok(n)`: the target is the source, except `n` foreign keys that are `NOT VALID` there.
+fn compare(source: &[String], target: &[String]) -> Result<usize, String> {
+    let mut not_valid = 0;
+    let mut diffs = Vec::new();
+    for (i, s) in source.iter().enumerate() {
+        let t = target.get(i).map(String::as_str).unwrap_or("<missing>");
+        if s == t {
+            continue;
+        }
+        // constraint|table|name|f|t|def vs constraint|table|name|f|f|def
+        let sp: Vec<&str> = s.split('|').collect();
+        let tp: Vec<&str> = t.split('|').collect();
+        let fk_not_valid = sp.len() == 6
+            && tp.len() == 6
+            && sp[0] == "constraint"
+            && sp[3] == "f"
+            && sp[4] == "t"
+            && tp[4] == "f"
+            && sp[..4] == tp[..4]
+            && sp[5] == tp[5];
+        if fk_not_valid {
+            not_valid += 1;
+        } else {
+            diffs.push(format!("  source: {s}\n  target: {t}"));
+        }
+    }
+    for t in target.iter().skip(source.len()) {
+        diffs.push(format!("  source: <missing>\n  target: {t}"));
+    }
+    if diffs.is_empty() {
+        Ok(not_valid)
+    } else {
+        Err(diffs.join("\n"))
+    }
+}
+
+struct Cached {
+    dump: PathBuf,
+    archive: PathBuf,
+    fingerprint: Vec<String>,
+    source_bytes: u64,
+}
+
+/// Builds (or finds in the cache) the source's dump, archive and fingerprint.
+fn cached_source(cluster: &PgCluster, args: &Args) -> Cached {
+    let dir = args
+        .cache_dir
+        .join(format!("source-v{SOURCE_VERSION}-{}mb", args.size_mb));
+    let dump = dir.join(format!("{BACKUP_NAME}.pgsql"));
+    let archive = dir.join(format!("{BACKUP_NAME}.tar.gz"));
+    let fp_file = dir.join("fingerprint.txt");
+    let size_file = dir.join("source_bytes.txt");
+    if !(dump.exists() && archive.exists() && fp_file.exists() && size_file.exists()) {
+        fs::create_dir_all(&dir).expect("create the cache directory");
+        let units = ((args.size_mb as f64) * UNITS_PER_MB).max(1000.0) as u64;
+        log(&format!(
+            "building a source of ~{} MiB ({units} users) in {}",
+            args.size_mb,
+            dir.display()
+        ));
+        cluster.create_source("bench_source");
+        cluster.superuser_psql("bench_source", &source_sql(units));
+        cluster.superuser_psql("bench_source", "VACUUM ANALYZE");
+        let bytes: u64 = cluster
+            .superuser_psql("bench_source", "SELECT pg_database_size(current_database())")
+            .trim()
+            .parse()
+            .unwrap();
+        log(&format!("source built: {} MiB on disk; dumping", bytes >> 20));
+        let partial = dir.join("dump.partial");
+        cluster.pg_dump("bench_source", &partial);
+        fs::rename(&partial, &dump).unwrap();
+        log("archiving (tar + gzip, as Scalingo does)");
+        let partial = dir.join("archive.partial");
+        write_archive(&dump, &format!("{BACKUP_NAME}.pgsql"), &partial).expect("archive");
+        fs::rename(&partial, &archive).unwrap();
+        log("fingerprinting the source");
+        let fp = fingerprint(cluster, "bench_source");
+        fs::write(&fp_file, fp.join("\n")).unwrap();
+        fs::write(&size_file, bytes.to_string()).unwrap();
+        // Not needed any more: it would only take the target's place in the page cache.
+        cluster.superuser_psql("postgres", "DROP DATABASE bench_source");
+    } else {
+        log(&format!("reusing the source cached in {}", dir.display()));
+    }
+    Cached {
+        fingerprint: fs::read_to_string(&fp_file)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        source_bytes: fs::read_to_string(&size_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap(),
+        dump,
+        archive,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Measuring
+// ---------------------------------------------------------------------------------------
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(path) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_dir() {
+            total += dir_size(&e.path());
+        } else {
+            // Allocated blocks: what the disk actually holds (sled preallocates sparsely).
+            total += std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+        }
+    }
+    total
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs `cmd` to completion, polling the peak RSS of its process and the size of `watch`.
+/// Returns (success, peak RSS KiB, disk high-water bytes).
+fn run_watched(cmd: &mut Command, watch: &Path) -> (bool, u64, u64) {
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    let (mut rss, mut disk) = (0u64, 0u64);
+    loop {
+        if let Some(h) = vm_hwm_kib(pid) {
+            rss = rss.max(h);
+        }
+        disk = disk.max(dir_size(watch));
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.success(), rss, disk);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct RunResult {
+    label: &'static str,
+    phases: Vec<(String, f64)>,
+    total: f64,
+    peak_rss_kib: Option<u64>,
+    disk_high_water: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// A: the replicator
+// ---------------------------------------------------------------------------------------
+
+fn replicator_env(
+    cmd: &mut Command,
+    fake: &FakeScalingo,
+    target: &TargetDb,
+    state: &Path,
+    args: &Args,
+) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", state)
+        .env("SCALINGO_APP", APP)
+        .env("SCALINGO_API_TOKEN", API_TOKEN)
+        .env("SCALINGO_AUTH_URL", fake.url())
+        .env("SCALINGO_API_URL", fake.url())
+        .env("SCALINGO_DB_URL", fake.url())
+        .env("DATABASE_URL", &target.url)
+        .env("REPLICATOR_STATE_DIR", state)
+        .env("USE_UNLOGGED_TABLES", "true")
+        .env("RETRY_INITIAL_DELAY_SECONDS", "1")
+        .env("MAX_RETRY_COUNT", "0");
+    for (k, v) in &args.env {
+        cmd.env(k, v);
+    }
+}
+
+fn run_replicator(
+    fake: &FakeScalingo,
+    target: &TargetDb,
+    work: &Path,
+    args: &Args,
+    round: u32,
+) -> RunResult {
+    let state = work.join("replicator-state");
+    let _ = fs::remove_dir_all(&state);
+    fs::create_dir_all(&state).unwrap();
+    let log_path = work.join(format!("replicator-round{round}.log"));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run");
+    replicator_env(&mut cmd, fake, target, &state, args);
+    cmd.stdin(Stdio::null())
+        .stdout(fs::File::create(&log_path).unwrap())
+        .stderr(fs::File::create(work.join(format!("replicator-round{round}.err"))).unwrap());
+    let t0 = Instant::now();
+    let (ok, rss, disk) = run_watched(&mut cmd, &state);
+    let total = t0.elapsed().as_secs_f64();
+    if !ok {
+        die(&format!(
+            "replicator run failed; see {} and its .err",
+            log_path.display()
+        ));
+    }
+    let mut status = Command::new(BIN);
+    status.args(["status", "--json"]);
+    replicator_env(&mut status, fake, target, &state, args);
+    let out = status.output().expect("replicator status");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let phases = json["durations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["step"].as_str().unwrap_or("?").to_string(),
+                        d["seconds"].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = fs::remove_dir_all(&state);
+    RunResult {
+        label: "A replicator",
+        phases,
+        total,
+        peak_rss_kib: Some(rss),
+        disk_high_water: disk,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// B: the seed's procedure, with standard tools
+// ---------------------------------------------------------------------------------------
+
+fn pg_env(cmd: &mut Command, cluster: &PgCluster, target: &TargetDb) {
+    cmd.env("PGHOST", "127.0.0.1")
+        .env("PGPORT", cluster.port().to_string())
+        .env("PGUSER", &target.role)
+        .env("PGPASSWORD", &target.password)
+        .env("PGDATABASE", &target.dbname)
+        .env_remove("PGOPTIONS");
+}
+
+fn must(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| die(&format!("{what}: {e}")));
+    if !out.status.success() {
+        die(&format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_seed(
+    cluster: &PgCluster,
+    fake: &FakeScalingo,
+    target: &TargetDb,
+    work: &Path,
+    args: &Args,
+) -> RunResult {
+    let dir = work.join("seed");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let watch_dir = dir.clone();
+    // The seed's disk, polled on a thread while its steps run.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut high = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                high = dir_size(&watch_dir).max(high);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            high
+        })
+    };
+    let mut phases = Vec::new();
+    let t0 = Instant::now();
+    let mut step = |name: &str, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        phases.push((name.to_string(), t.elapsed().as_secs_f64()));
+    };
+    let archive = dir.join("archive.tar.gz");
+    let url = fake.issue_download_url(DONE_BACKUP_ID);
+    step("downloading", &mut || {
+        must(
+            Command::new("curl")
+                .args(["--silent", "--show-error", "--fail", "--output"])
+                .arg(&archive)
+                .arg(&url),
+            "curl",
+        );
+    });
+    step("extracting", &mut || {
+        must(
+            Command::new("tar").arg("xzf").arg(&archive).arg("-C").arg(&dir),
+            "tar xzf",
+        );
+    });
+    let dump = dir.join(format!("{BACKUP_NAME}.pgsql"));
+    let psql = |sql: &str| {
+        let mut c = Command::new("psql");
+        c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        pg_env(&mut c, cluster, target);
+        must(&mut c, "psql")
+    };
+    step("dropping", &mut || {
+        psql("DROP OWNED BY CURRENT_USER CASCADE");
+    });
+    let jobs = format!("-j{}", args.seed_jobs);
+    let restore = |sections: &[&str]| {
+        let mut c = Command::new("pg_restore");
+        c.args([
+            jobs.as_str(),
+            "--no-owner",
+            "--no-comments",
+            "--schema",
+            "public",
+        ]);
+        for s in sections {
+            c.arg(format!("--section={s}"));
+        }
+        c.arg("--dbname").arg(&target.dbname).arg(&dump);
+        pg_env(&mut c, cluster, target);
+        must(&mut c, "pg_restore");
+    };
+    step("restoring_pre_data", &mut || restore(&["pre-data"]));
+    step("unlogging", &mut || {
+        let tables = psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'");
+        for t in tables.lines().filter(|l| !l.is_empty()) {
+            psql(&format!("ALTER TABLE \"{t}\" SET UNLOGGED"));
+        }
+    });
+    step("restoring_data", &mut || restore(&["data", "post-data"]));
+    let total = t0.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let disk = poller.join().unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    RunResult {
+        label: "B seed",
+        phases,
+        total,
+        peak_rss_kib: None,
+        disk_high_water: disk,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------------------
+
+fn tune(cluster: &PgCluster, shared_buffers: &str) {
+    // A production-like server, not the test harness's (fsync off, 16 MB of buffers).
+    cluster.superuser_psql(
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET fsync = on;\n\
+             ALTER SYSTEM SET synchronous_commit = on;\n\
+             ALTER SYSTEM SET full_page_writes = on;\n\
+             ALTER SYSTEM SET shared_buffers = '{shared_buffers}';\n\
+             ALTER SYSTEM SET max_wal_size = '2GB';\n\
+             ALTER SYSTEM SET max_connections = 40;"
+        ),
+    );
+    cluster.stop();
+    cluster.start_again();
+}
+
+fn main() {
+    started();
+    let args = parse_args();
+    log(&format!(
+        "replicator {BIN}; {} cores; cache {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        args.cache_dir.display()
+    ));
+    let cluster = PgCluster::start();
+    let source = cached_source(&cluster, &args);
+    tune(&cluster, &args.shared_buffers);
+    let archive_len = fs::metadata(&source.archive).unwrap().len();
+    let dump_len = fs::metadata(&source.dump).unwrap().len();
+    log(&format!(
+        "source {} MiB on disk, dump {} MiB, archive {} MiB",
+        source.source_bytes >> 20,
+        dump_len >> 20,
+        archive_len >> 20
+    ));
+    let target = cluster.create_target("bench_target");
+    let fake = FakeScalingo::start(FakeConfig::new(source.archive.clone()));
+    let work = args.cache_dir.join("work");
+    fs::create_dir_all(&work).unwrap();
+    // Both sides read the archive from the page cache, the first run included.
+    must(
+        Command::new("cat")
+            .arg(&source.archive)
+            .stdout(Stdio::null()),
+        "cat",
+    );
+
+    let mut results: Vec<RunResult> = Vec::new();
+    for round in 1..=args.rounds {
+        for side in ['a', 'b'] {
+            if args.only.is_some_and(|o| o != side) {
+                continue;
+            }
+            log(&format!("round {round}: {}", if side == 'a' { "A replicator" } else { "B seed" }));
+            let r = if side == 'a' {
+                run_replicator(&fake, &target, &work, &args, round)
+            } else {
+                run_seed(&cluster, &fake, &target, &work, &args)
+            };
+            log(&format!(
+                "round {round}: {} took {:.1}s ({})",
+                r.label,
+                r.total,
+                r.phases
+                    .iter()
+                    .map(|(p, s)| format!("{p}={s:.1}s"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            if args.verify {
+                let t = Instant::now();
+                let fp = fingerprint(&cluster, &target.dbname);
+                match compare(&source.fingerprint, &fp) {
+                    Ok(n) => log(&format!(
+                        "round {round}: {}: the target holds the source ({n} foreign key(s) NOT VALID; checked in {:.0}s)",
+                        r.label,
+                        t.elapsed().as_secs_f64()
+                    )),
+                    Err(d) => die(&format!(
+                        "round {round}: {}: the target differs from the source:\n{d}",
+                        r.label
+                    )),
+                }
+            }
+            results.push(r);
+        }
+    }
+    report(&args, &source, archive_len, dump_len, &results);
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn report(args: &Args, source: &Cached, archive_len: u64, dump_len: u64, results: &[RunResult]) {
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    out.push_str(&format!(
+        "\n## replicate benchmark: source {} MiB on disk, dump {} MiB, archive {} MiB, {cores} cores, {} round(s)\n",
+        source.source_bytes >> 20,
+        dump_len >> 20,
+        archive_len >> 20,
+        args.rounds
+    ));
+    if !args.env.is_empty() {
+        out.push_str(&format!("replicator extra env: {:?}\n", args.env));
+    }
+    // Phase order as first seen.
+    let mut order: Vec<String> = Vec::new();
+    for r in results {
+        for (p, _) in &r.phases {
+            if !order.contains(p) {
+                order.push(p.clone());
+            }
+        }
+    }
+    out.push_str("\n| run | ");
+    out.push_str(&order.join(" | "));
+    out.push_str(" | total (s) | peak RSS (MiB) | disk high-water (MiB) |\n|---|");
+    out.push_str(&"---|".repeat(order.len() + 3));
+    out.push('\n');
+    for r in results {
+        let by: BTreeMap<&str, f64> = r.phases.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        out.push_str(&format!("| {} |", r.label));
+        for p in &order {
+            match by.get(p.as_str()) {
+                Some(s) => out.push_str(&format!(" {s:.1} |")),
+                None => out.push_str(" - |"),
+            }
+        }
+        out.push_str(&format!(
+            " {:.1} | {} | {} |\n",
+            r.total,
+            r.peak_rss_kib
+                .map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into()),
+            r.disk_high_water >> 20
+        ));
+    }
+    let a: Vec<f64> = results
+        .iter()
+        .filter(|r| r.label.starts_with('A'))
+        .map(|r| r.total)
+        .collect();
+    let b: Vec<f64> = results
+        .iter()
+        .filter(|r| r.label.starts_with('B'))
+        .map(|r| r.total)
+        .collect();
+    if !a.is_empty() && !b.is_empty() {
+        let (ma, mb) = (median(a.clone()), median(b.clone()));
+        out.push_str(&format!(
+            "\nend to end, median: replicator {ma:.1}s, seed {mb:.1}s, ratio replicator / seed = {:.2} (target <= 0.70)\n",
+            ma / mb
+        ));
+    }
+    let rss = results.iter().filter_map(|r| r.peak_rss_kib).max();
+    let disk = results
+        .iter()
+        .filter(|r| r.label.starts_with('A'))
+        .map(|r| r.disk_high_water)
+        .max();
+    if let (Some(rss), Some(disk)) = (rss, disk) {
+        out.push_str(&format!(
+            "replicator peak RSS {:.1} MiB (target <= 64); disk high-water {} MiB vs archive + dump {} MiB (target <=)\n",
+            rss as f64 / 1024.0,
+            disk >> 20,
+            (archive_len + dump_len) >> 20
+        ));
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+    let results_file = args.cache_dir.join("results.md");
+    if let Ok(mut f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&results_file)
+    {
+        let _ = writeln!(
+            f,
+            "{out}\n(at unix time {})",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        );
+    }
+}
