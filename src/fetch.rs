@@ -335,6 +335,7 @@ async fn write_body(
         }
     };
     out.flush().await.map_err(disk)?;
+    progress(on_disk);
     let file = out.into_inner();
     file.sync_all().await.map_err(disk)?;
     if let Some(detail) = cut {
