@@ -217,4 +217,56 @@ mod tests {
         drop(held);
         assert_eq!(reader.join().unwrap().unwrap().unwrap().run_id, "r");
     }
+
+    mod roundtrip {
+        use super::*;
+        use crate::machine::{Backup, Progress};
+        use proptest::prelude::*;
+
+        fn event(i: u8, now: chrono::DateTime<Utc>) -> Event {
+            let backup = Backup {
+                id: "6761a1f0c2d4e5f6a7b8c9d0".into(),
+                name: "20261123051000_my_app_4553".into(),
+                created_at: Some(now),
+                size: Some(123_456),
+            };
+            match i % 7 {
+                0 => Event::Fetched(backup),
+                1 | 2 => Event::Succeeded,
+                3 => Event::TransientFailure {
+                    error: "HTTP 503".into(),
+                    retry_at: now + chrono::Duration::seconds(30),
+                },
+                4 => Event::Crashed,
+                5 => Event::Resume,
+                _ => Event::Progress(Progress::Bytes {
+                    done: i as u64 * 1000,
+                    total: Some(123_456),
+                }),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+
+            /// Every state a run goes through is read back from sled exactly as it was saved.
+            #[test]
+            fn every_state_round_trips_through_the_store(events in proptest::collection::vec(any::<u8>(), 0..25)) {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::new(dir.path());
+                let now = Utc::now();
+                let mut run = Run::new("rt".into(), Origin::Scalingo, 3, now);
+                run = transition(&run, Event::Start, now).unwrap();
+                store.save(&run).unwrap();
+                prop_assert_eq!(store.current().unwrap().unwrap(), run.clone());
+                for i in events {
+                    if let Ok(next) = transition(&run, event(i, now), now) {
+                        run = next;
+                        store.save(&run).unwrap();
+                        prop_assert_eq!(store.current().unwrap().unwrap(), run.clone());
+                    }
+                }
+            }
+        }
+    }
 }
