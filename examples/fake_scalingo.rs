@@ -11,7 +11,6 @@
 //! after K bytes), `FAKE_NO_RANGE=1` (ignore `Range`).
 
 #[path = "../tests/it/common/fake_scalingo.rs"]
-#[allow(dead_code)]
 mod fake_scalingo;
 
 use fake_scalingo::{API_TOKEN, APP, ErrorFault, FakeConfig, FakeScalingo, Times};

@@ -41,9 +41,13 @@ pub mod exit {
     about = "Keeps a PostgreSQL database fed from a production database's Scalingo backups",
     long_about = "Keeps a PostgreSQL database (the target, DATABASE_URL) a fresh copy of a Scalingo app's \
 PostgreSQL database by restoring its newest nightly backup: download, extract, wipe the target, pg_restore.\n\n\
-Exit codes: 0 done (or nothing to do, or stopped by SIGTERM/SIGINT, resumable), 1 the run failed, \
-2 invalid configuration (nothing touched), 3 refused (another replicator holds the target or the \
-state directory, or nothing to resume)."
+Every option also reads the environment variable shown in its command's --help; a flag overrides \
+its variable.\n\n\
+Exit codes: 0 done (or nothing to do, or stopped by SIGTERM/SIGINT, resumable), 1 the run failed \
+(check: a check failed), 2 invalid configuration (nothing touched), 3 refused (another replicator \
+holds the target or the state directory, or nothing to resume).\n\n\
+Logs: readable lines on stdout (status and check: on stderr, their report is on stdout); \
+LOG_FORMAT=json for one JSON object per line; RUST_LOG filters them (default: info)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -67,6 +71,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Continue an interrupted run (crash, kill -9, reboot) from its resume point
     Resume(EngineArgs),
+    /// Dry run: check the configuration, Scalingo, the backup a run would take, the target,
+    /// pg_restore and the disk, one line each; changes nothing (exit 1 if a check fails, 2
+    /// if the configuration is invalid)
+    Check(crate::check::CheckArgs),
     /// Serve the health check and this container's status as JSON on $PORT (the `web` process)
     Web(WebArgs),
 }
@@ -86,6 +94,10 @@ pub struct EngineArgs {
     /// (transient failure, retried)
     #[arg(long, env = "MAX_BACKUP_AGE_HOURS")]
     pub max_backup_age_hours: Option<String>,
+    /// Seconds a download may receive nothing before the attempt is given up (and resumed
+    /// with `Range`): a server that stops sending must not hang the night
+    #[arg(long, env = "DOWNLOAD_IDLE_TIMEOUT_SECONDS", default_value = "60")]
+    pub download_idle_timeout_seconds: String,
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +153,12 @@ pub struct StatusArgs {
     /// Print one JSON object (schema in docs/status-json.md)
     #[arg(long)]
     pub json: bool,
+    /// Read the runs recorded in the target database (DATABASE_URL) even when this state
+    /// directory has some [default: only when the state directory knows no run]
+    #[arg(long)]
+    pub from_target: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +173,9 @@ pub struct WebArgs {
 pub enum CliError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// `SCHEDULE` or `SCHEDULE_TIMEZONE` (its message names the variable).
+    #[error("{0}")]
+    Schedule(#[from] crate::schedule::ScheduleError),
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
@@ -164,7 +185,7 @@ pub enum CliError {
 impl CliError {
     pub fn code(&self) -> u8 {
         match self {
-            CliError::Config(_) => exit::CONFIG,
+            CliError::Config(_) | CliError::Schedule(_) => exit::CONFIG,
             CliError::Refused(_) => exit::REFUSED,
             CliError::Fatal(_) => exit::FAILED,
         }
@@ -182,14 +203,18 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Restore(args) => cmd_restore(state_dir, args).await,
         Command::Resume(args) => cmd_resume(state_dir, args).await,
         Command::Status(args) => cmd_status(state_dir, args).await,
+        Command::Check(args) => crate::check::run(state_dir, args).await,
         Command::Daemon(args) => crate::daemon::run(state_dir, args).await,
         Command::Web(args) => cmd_web(state_dir, args).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("replicator: {e}");
-            error!("{e}");
+            crate::logging::print_final_error(&e.to_string(), e.code());
+            // In JSON mode the line above is already the log drain's JSON object.
+            if !crate::logging::is_json() {
+                error!("{e}");
+            }
             ExitCode::from(e.code())
         }
     }
@@ -257,8 +282,13 @@ pub fn build_driver(
         steps: RealSteps {
             state_dir: state_dir.clone(),
             scalingo,
-            http: http_client(Duration::from_secs(60)),
-            target,
+            http: http_client(Duration::from_secs(parse_number(
+                &engine.download_idle_timeout_seconds,
+                "DOWNLOAD_IDLE_TIMEOUT_SECONDS",
+                1,
+                3600,
+            )?)),
+            target: target.clone(),
             restore,
         },
         state_dir,
@@ -266,6 +296,7 @@ pub fn build_driver(
         force: false,
         max_backup_age,
         shutdown,
+        remote: Some(crate::remote_state::RemoteWriter::new(target)),
     })
 }
 
@@ -312,14 +343,17 @@ fn finish(outcome: Outcome) -> u8 {
     match outcome {
         Outcome::Finished(run) if matches!(run.phase, Phase::Done { .. }) => exit::OK,
         Outcome::Finished(run) => {
-            eprintln!(
-                "replicator: run {} failed in {}: {}",
-                run.run_id,
-                match &run.phase {
-                    Phase::Failed { failed_in, .. } => failed_in.as_str(),
-                    _ => "?",
-                },
-                run.error.as_deref().unwrap_or("unknown error")
+            crate::logging::print_final_error(
+                &format!(
+                    "run {} failed in {}: {}",
+                    run.run_id,
+                    match &run.phase {
+                        Phase::Failed { failed_in, .. } => failed_in.as_str(),
+                        _ => "?",
+                    },
+                    run.error.as_deref().unwrap_or("unknown error")
+                ),
+                exit::FAILED,
             );
             exit::FAILED
         }
@@ -415,6 +449,7 @@ async fn cmd_restore(state_dir: PathBuf, args: RestoreCmdArgs) -> Result<u8, Cli
         restore: args.restore,
         retry: args.retry,
         max_backup_age_hours: None,
+        download_idle_timeout_seconds: "60".into(),
     };
     let driver = build_driver(state_dir, &engine, false, shutdown_on_signals())?;
     let _locks = lock(&driver).await?;
@@ -488,18 +523,64 @@ async fn cmd_status(state_dir: PathBuf, args: StatusArgs) -> Result<u8, CliError
     let current = store.current().map_err(fatal)?;
     let history = store.history().map_err(fatal)?;
     let holder = liveness::holder(&state_dir).map_err(fatal)?;
-    let view = StatusView {
-        current: current.as_ref(),
-        history: &history,
-        live: holder.is_some(),
-        live_pid: holder.and_then(|h| h.pid),
-        source: format!("state directory {}", state_dir.display()),
+    let local_source = format!("state directory {}", state_dir.display());
+    let has_url = args
+        .target
+        .database_url
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
+    // A container that cannot see the daemon's disk (a `scalingo run`) knows no run: the
+    // target database, which every container reaches, does.
+    let mut remote = None;
+    let mut unreadable = None;
+    if args.from_target || (current.is_none() && has_url) {
+        let url = args.target.validate()?;
+        let target = Target::parse(&url).map_err(|e| {
+            CliError::Config(ConfigError::Invalid {
+                var: "DATABASE_URL",
+                value: "(hidden)".into(),
+                expected: e.to_string(),
+            })
+        })?;
+        match crate::remote_state::read(&target).await {
+            Ok(runs) => remote = Some((target.describe(), runs)),
+            Err(e) if args.from_target => return Err(fatal(e)),
+            Err(e) => unreadable = Some(e.to_string()),
+        }
+    }
+    let view = match &remote {
+        Some((target, runs)) => StatusView {
+            current: runs.current.as_ref(),
+            history: &runs.history,
+            live: runs.lock_held && runs.current.as_ref().is_some_and(|r| !r.is_terminal()),
+            live_pid: None,
+            source: crate::report::target_source(target, runs.schema_exists),
+            source_kind: crate::report::SourceKind::Target,
+            written_by: runs.current_written_by.clone(),
+            target_lock_held: Some(runs.lock_held),
+        },
+        None => StatusView {
+            current: current.as_ref(),
+            history: &history,
+            live: holder.is_some(),
+            live_pid: holder.and_then(|h| h.pid),
+            source: match &unreadable {
+                Some(e) => format!("{local_source} (the target database could not be read: {e})"),
+                None => local_source,
+            },
+            ..Default::default()
+        },
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status_json(&view)).expect("JSON")
-        );
+    let json = args.json
+        || (crate::logging::is_json() && !std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if json {
+        let value = status_json(&view);
+        // One line per JSON object in JSON log mode, so that every line parses.
+        if crate::logging::is_json() {
+            println!("{value}");
+        } else {
+            println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
+        }
     } else {
         print!("{}", status_text(&view, Utc::now()));
     }
@@ -522,6 +603,7 @@ async fn cmd_web(state_dir: PathBuf, args: WebArgs) -> Result<u8, CliError> {
             live: holder.is_some(),
             live_pid: holder.and_then(|h| h.pid),
             source: format!("state directory {}", state_dir.display()),
+            ..Default::default()
         };
         status_json(&view)
     });

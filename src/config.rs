@@ -93,6 +93,24 @@ pub struct RestoreArgs {
     /// Parallel jobs of pg_restore (--jobs)
     #[arg(long, env = "PG_RESTORE_JOBS", default_value = "4")]
     pub pg_restore_jobs: String,
+    /// Foreign keys: `trust` (added NOT VALID after the rows: enforced for new rows, no scan),
+    /// `validate` (as the source has them: a full scan each) or `skip` (none)
+    #[arg(long, env = "FK_MODE", default_value = "trust")]
+    pub fk_mode: String,
+    /// Tables whose rows are not restored (comma-separated exact names, `knowledge-elements`
+    /// or `"Quoted, name"`): they exist, empty, with their indexes and constraints
+    #[arg(long, env = "EXCLUDE_TABLE_DATA")]
+    pub exclude_table_data: Option<String>,
+    /// A .sql file, or a directory whose .sql files run in name order, against the target after
+    /// the restore and before Done; each file in one transaction, all re-run on resume
+    #[arg(long, env = "POST_RESTORE_SQL")]
+    pub post_restore_sql: Option<PathBuf>,
+    /// Comma-separated http(s) URLs that get a JSON POST when a run ends (Done or Failed)
+    #[arg(long, env = "NOTIFY_URLS", hide_env_values = true)]
+    pub notify_urls: Option<String>,
+    /// Sent to NOTIFY_URLS as `Authorization: Bearer ...`; never printed
+    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
+    pub notify_token: Option<String>,
 }
 
 /// How failures are retried.
@@ -134,6 +152,13 @@ pub struct ScalingoConfig {
 pub struct RestoreConfig {
     pub use_unlogged_tables: bool,
     pub jobs: u32,
+    /// `FK_MODE`.
+    pub fk_mode: crate::fk::FkMode,
+    /// Tables whose rows are left out (`EXCLUDE_TABLE_DATA`).
+    pub exclude_table_data: Vec<String>,
+    /// `POST_RESTORE_SQL`, checked to name at least one .sql file.
+    pub post_restore_sql: Option<PathBuf>,
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// Retry settings, validated.
@@ -219,9 +244,63 @@ impl TargetArgs {
 
 impl RestoreArgs {
     pub fn validate(&self) -> Result<RestoreConfig, ConfigError> {
+        let exclude_table_data = match self.exclude_table_data.as_deref() {
+            Some(v) => {
+                crate::toc::parse_table_list(v).map_err(|expected| ConfigError::Invalid {
+                    var: "EXCLUDE_TABLE_DATA",
+                    value: v.to_string(),
+                    expected: format!(
+                        "comma-separated table names (bare like knowledge-elements, or double-quoted): {expected}"
+                    ),
+                })?
+            }
+            None => Vec::new(),
+        };
+        let post_restore_sql = match &self.post_restore_sql {
+            Some(p) if !p.as_os_str().is_empty() => {
+                crate::post_restore::sql_files(p).map_err(|e| ConfigError::Invalid {
+                    var: "POST_RESTORE_SQL",
+                    value: p.display().to_string(),
+                    expected: format!("it {}", e.reason()),
+                })?;
+                // The phase may run from another working directory (the daemon, a resume).
+                Some(std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            }
+            _ => None,
+        };
+        let notify = crate::notify::NotifyConfig {
+            urls: match self.notify_urls.as_deref() {
+                Some(v) => {
+                    crate::notify::parse_urls(v).map_err(|expected| ConfigError::Invalid {
+                        var: "NOTIFY_URLS",
+                        // URLs may hold a webhook secret in their path.
+                        value: "(hidden)".into(),
+                        expected: format!("comma-separated http:// or https:// URLs: {expected}"),
+                    })?
+                }
+                None => Vec::new(),
+            },
+            token: self
+                .notify_token
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+        };
         Ok(RestoreConfig {
+            exclude_table_data,
+            post_restore_sql,
+            notify,
             use_unlogged_tables: self.use_unlogged_tables,
             jobs: parse_number(&self.pg_restore_jobs, "PG_RESTORE_JOBS", 1, 64)? as u32,
+            fk_mode: self
+                .fk_mode
+                .parse()
+                .map_err(|expected| ConfigError::Invalid {
+                    var: "FK_MODE",
+                    value: self.fk_mode.clone(),
+                    expected,
+                })?,
         })
     }
 }

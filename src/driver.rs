@@ -16,6 +16,7 @@ use crate::config::{RestoreConfig, RetryConfig};
 use crate::error::StepError;
 use crate::machine::{Backup, Event, Origin, Phase, Progress, Run, Section, transition};
 use crate::postgres::Target;
+use crate::remote_state::{RemoteWriter, Write};
 use crate::scalingo::ScalingoClient;
 use crate::store::{Store, StoreError};
 use crate::{fetch, postgres, retry};
@@ -70,6 +71,10 @@ pub trait Steps: Send + Sync {
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     fn unlog(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     fn post_restore(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// `run` just became `Done` or `Failed` (notifications). Must not fail, nor take long.
+    fn finished(&self, _run: &Run) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// Shutdown in the middle of `run`'s current step: end what the step left running.
     fn on_interrupt(&self, run: &Run) -> impl Future<Output = ()> + Send;
 }
@@ -85,6 +90,9 @@ pub struct Driver<S: Steps = RealSteps> {
     /// A newest `done` backup older than this is not the night's yet (transient).
     pub max_backup_age: Option<Duration>,
     pub shutdown: CancellationToken,
+    /// Records each run in the target too, for `status` in containers that cannot see this
+    /// disk (`None`: only the local store).
+    pub remote: Option<RemoteWriter>,
 }
 
 /// The real steps.
@@ -133,24 +141,42 @@ impl<S: Steps> Driver<S> {
         Ok(next)
     }
 
+    /// The best-effort copy of `run` in the target (never fails the run).
+    async fn publish(&self, run: &Run, why: Write) {
+        if let Some(remote) = &self.remote {
+            remote.publish(run, why).await;
+        }
+    }
+
     /// Drives `run` until it finishes or shutdown is asked. `run` may be new (`Idle`) or
     /// resumed; every transition is persisted before its step starts.
     pub async fn drive(&self, mut run: Run) -> Result<Outcome, DriverError> {
+        // What `status` showed before this run, put back if the run turns out to be a skip.
+        let previous_current = self
+            .store
+            .current()?
+            .filter(|r| r.run_id != run.run_id);
         if matches!(run.phase, Phase::Idle) {
             self.store.save(&run)?;
             run = self.apply(&run, Event::Start)?;
         } else {
             self.store.save(&run)?;
         }
-        let previous_current = self.store.last_done()?;
+        if let Some(remote) = &self.remote {
+            remote
+                .prepare(&self.store.history().unwrap_or_default())
+                .await;
+        }
         let mut warned_retrying = false;
         let mut phase_clock = Instant::now();
         log_phase(&run, None);
+        self.publish(&run, Write::Transition).await;
 
         loop {
             if run.is_terminal() {
                 self.remove_working_files(&run);
                 log_summary(&run);
+                self.steps.finished(&run).await;
                 return Ok(Outcome::Finished(run));
             }
             if let Some(at) = run.next_attempt_at {
@@ -201,6 +227,7 @@ impl<S: Steps> Driver<S> {
                             if let Some(p) = cell.take() {
                                 logger.log(&run, &p);
                                 run = self.apply(&run, Event::Progress(p))?;
+                                self.publish(&run, Write::Progress).await;
                             }
                         }
                         _ = self.shutdown.cancelled() => break None,
@@ -215,8 +242,9 @@ impl<S: Steps> Driver<S> {
                 Ok(StepOutcome::Event(event)) => event,
                 Ok(StepOutcome::AlreadyRestored(backup)) => {
                     // Put the last run back as the current one: a skip is not a run.
-                    if let Some(prev) = previous_current {
-                        self.store.save(&prev)?;
+                    match &previous_current {
+                        Some(prev) => self.store.save(prev)?,
+                        None => self.store.clear_current()?,
                     }
                     self.remove_working_files(&run);
                     return Ok(Outcome::AlreadyRestored(backup));
@@ -244,6 +272,7 @@ impl<S: Steps> Driver<S> {
             let before = run.phase.clone();
             let elapsed = phase_clock.elapsed();
             run = self.apply(&run, event)?;
+            self.publish(&run, Write::Transition).await;
             if run.phase != before {
                 phase_clock = Instant::now();
                 log_phase(&run, Some((&before, elapsed)));
@@ -256,6 +285,7 @@ impl<S: Steps> Driver<S> {
     async fn interrupt(&self, run: Run) -> Result<Outcome, DriverError> {
         self.steps.on_interrupt(&run).await;
         let run = self.apply(&run, Event::Crashed)?;
+        self.publish(&run, Write::Transition).await;
         warn!(
             run_id = %run.run_id,
             phase = %run.phase.name(),
@@ -278,6 +308,7 @@ impl<S: Steps> Driver<S> {
     }
 
     async fn step(&self, run: &Run, progress: &ProgressCell) -> Result<StepOutcome, StepError> {
+        crate::test_hooks::pause_before_step(run).await;
         let report = |p: Progress| progress.set(p);
         match &run.phase {
             Phase::FetchingUrl => return self.fetch_backup().await,
@@ -308,13 +339,19 @@ impl<S: Steps> Driver<S> {
             created_at = %backup.created_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
             "newest done backup: {}", backup.name
         );
+        // This state directory's history first; a new container (Scalingo's disk does not
+        // survive a restart) knows the last restore from the records kept in the target.
+        let mut last_done = self
+            .store
+            .last_done()
+            .map_err(|e| StepError::permanent(e.to_string()))?;
+        if last_done.is_none()
+            && let Some(remote) = &self.remote
+        {
+            last_done = remote.last_done().await;
+        }
         if !self.force
-            && let Some(last) = self
-                .store
-                .last_done()
-                .map_err(|e| StepError::permanent(e.to_string()))?
-                .as_ref()
-                .and_then(|r| r.backup())
+            && let Some(last) = last_done.as_ref().and_then(|r| r.backup())
             && last.id == backup.id
         {
             info!(
@@ -354,6 +391,41 @@ impl RealSteps {
             Origin::Dump { path } => path.clone(),
             _ => work_dir(&self.state_dir, &run.run_id).join("dump.pgsql"),
         }
+    }
+
+    /// Writes the `--use-list` that leaves out the rows of `EXCLUDE_TABLE_DATA` (and the
+    /// foreign keys that point at them), warning about names that match no table.
+    async fn exclusion_list(&self, run: &Run, dump: &Path) -> Result<PathBuf, StepError> {
+        let toc = crate::toc::Toc::read(dump).await?;
+        let fks = crate::toc::foreign_key_targets(dump).await?;
+        let plan = crate::toc::plan_exclusion(&toc, &self.restore.exclude_table_data, &fks);
+        for name in &plan.unmatched {
+            warn!(
+                table = %name,
+                "EXCLUDE_TABLE_DATA names {name:?}, but the dump has no table of that exact name in schema public: nothing is excluded for it; check the spelling (names are exact, case and hyphens included)"
+            );
+        }
+        for (table, fk, referenced) in &plan.dropped_foreign_keys {
+            warn!(
+                table = %table,
+                constraint = %fk,
+                references = %referenced,
+                "foreign key {fk:?} of {table:?} is not restored: it references {referenced:?}, whose rows EXCLUDE_TABLE_DATA leaves out"
+            );
+        }
+        if !plan.excluded.is_empty() {
+            info!(
+                tables = %plan.excluded.join(","),
+                "rows left out (EXCLUDE_TABLE_DATA): {}",
+                plan.excluded.join(", ")
+            );
+        }
+        let list = work_dir(&self.state_dir, &run.run_id).join("restore.list");
+        let mut skip = plan.skip;
+        let fk_list = work_dir(&self.state_dir, &run.run_id).join("fk.list");
+        skip.extend(crate::fk::defer(&toc, self.restore.fk_mode, &skip, &fk_list)?);
+        toc.write_list(&list, &skip)?;
+        Ok(list)
     }
 
     fn scalingo(&self) -> Result<&ScalingoClient, StepError> {
@@ -428,6 +500,10 @@ impl Steps for RealSteps {
         }
         postgres::check_dump(&dump).await?;
         postgres::check_target(&self.target).await?;
+        // Before Dropping: a dump cut in its data, or objects the wipe cannot remove, would
+        // fail the restore only after the target is gone (docs/reliability.md).
+        crate::preflight::check_dump_complete(&dump).await?;
+        crate::preflight::check_target_can_take(&self.target, &dump).await?;
         Ok(())
     }
 
@@ -447,14 +523,44 @@ impl Steps for RealSteps {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), StepError> {
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
-        postgres::restore_section(
+        let dump = self.dump_path(run);
+        // Rows are left out of the data section only: the tables' schema is pre-data.
+        let use_list = match section {
+            Section::DataAndPostData
+                if !self.restore.exclude_table_data.is_empty()
+                    || self.restore.fk_mode != crate::fk::FkMode::Validate =>
+            {
+                Some(self.exclusion_list(run, &dump).await?)
+            }
+            _ => None,
+        };
+        postgres::restore_section_with_list(
             &self.target,
-            &self.dump_path(run),
+            &dump,
             section,
             self.restore.jobs,
+            use_list.as_deref(),
             &report,
         )
-        .await
+        .await?;
+        // FK_MODE=trust: the keys left out of the list, now that the rows are in.
+        if section == Section::DataAndPostData && self.restore.fk_mode == crate::fk::FkMode::Trust
+        {
+            let fk_list = work_dir(&self.state_dir, &run.run_id).join("fk.list");
+            let (not_valid, validated) =
+                crate::fk::add_not_valid(&self.target, &dump, &fk_list).await?;
+            info!(
+                not_valid,
+                validated,
+                "{not_valid} foreign key(s) added NOT VALID (FK_MODE=trust){}",
+                if validated > 0 {
+                    format!(", {validated} validated (partitioned tables)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(())
     }
 
     async fn unlog(&self, run: &Run) -> Result<(), StepError> {
@@ -466,13 +572,24 @@ impl Steps for RealSteps {
     }
 
     async fn post_restore(&self, _run: &Run) -> Result<(), StepError> {
+        if let Some(path) = &self.restore.post_restore_sql {
+            let n = crate::post_restore::run(&self.target, path).await?;
+            info!(files = n, "post-restore SQL: {n} file(s) applied");
+        }
         Ok(())
+    }
+
+    async fn finished(&self, run: &Run) {
+        crate::notify::notify(&self.http, &self.restore.notify, run).await;
     }
 
     async fn on_interrupt(&self, run: &Run) {
         if matches!(
             run.phase,
-            Phase::Dropping { .. } | Phase::Restoring { .. } | Phase::Unlogging { .. }
+            Phase::Dropping { .. }
+                | Phase::Restoring { .. }
+                | Phase::Unlogging { .. }
+                | Phase::PostRestoreSql { .. }
         ) {
             let ended = tokio::time::timeout(
                 Duration::from_secs(10),
@@ -491,7 +608,7 @@ impl Steps for RealSteps {
 /// at the archive's size, plus 10% for the gzip and tar overhead and 64 MiB of slack.
 fn check_free_disk(state_dir: &Path, size: Option<u64>) -> Result<(), StepError> {
     let Some(size) = size else { return Ok(()) };
-    let needed = size + size + size / 10 + 64 * 1024 * 1024;
+    let needed = disk_needed(size);
     std::fs::create_dir_all(state_dir).ok();
     let Some(free) = free_bytes(state_dir) else {
         return Ok(());
@@ -508,7 +625,13 @@ fn check_free_disk(state_dir: &Path, size: Option<u64>) -> Result<(), StepError>
     Ok(())
 }
 
-fn free_bytes(path: &Path) -> Option<u64> {
+/// Free disk a run needs for a backup of `size` bytes (see [`check_free_disk`]).
+pub fn disk_needed(size: u64) -> u64 {
+    size + size + size / 10 + 64 * 1024 * 1024
+}
+
+/// Bytes free for an unprivileged user on the file system of `path` (`None`: unknown).
+pub fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -5,7 +5,12 @@ use replicator::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = replicator::logging::init(Some(&cli.log_format)) {
+    // These two print a report on stdout: their logs go to stderr, out of its way.
+    let report = matches!(
+        cli.command,
+        cli::Command::Status(_) | cli::Command::Check(_)
+    );
+    if let Err(e) = replicator::logging::init_to(Some(&cli.log_format), report) {
         eprintln!("replicator: {e}");
         return ExitCode::from(cli::exit::CONFIG);
     }

@@ -39,6 +39,16 @@ pub const RESTORE_APPLICATION_NAME: &str = "replicator-restore";
 /// `application_name` of the short-lived sessions of the checks, the wipe and `set_unlogged`.
 pub const CONTROL_APPLICATION_NAME: &str = "replicator";
 
+/// Settings of `pg_restore`'s own sessions (`PGOPTIONS`; a role may set both itself), measured
+/// in `docs/performance.md`:
+/// - `synchronous_commit=off`: each table's `COPY` and each index is one transaction whose
+///   commit need not wait for the WAL flush; a crash loses nothing a rerun does not redo
+///   (a partial restore always starts again from the wipe).
+/// - `maintenance_work_mem=256MB`: index and primary-key builds sort in memory rather than
+///   in temporary files (the server default is 64MB); at most one build per job runs at once.
+pub const RESTORE_SESSION_OPTIONS: &str =
+    "-c synchronous_commit=off -c maintenance_work_mem=256MB";
+
 /// How many `pg_restore` stderr lines an error message keeps.
 const STDERR_TAIL: usize = 20;
 
@@ -425,7 +435,7 @@ impl Target {
         Ok(self.connect_as(CONTROL_APPLICATION_NAME).await?)
     }
 
-    async fn connect_as(&self, application_name: &str) -> Result<Client, PostgresError> {
+    pub async fn connect_as(&self, application_name: &str) -> Result<Client, PostgresError> {
         let config = self.config(application_name)?;
         let (client, connection) = config.connect(NoTls).await.map_err(|e| {
             let (transient, hint) = classify(&e);
@@ -1213,13 +1223,33 @@ pub fn restore_command(
     section: Section,
     jobs: u32,
 ) -> tokio::process::Command {
+    restore_command_with_list(target, dump, section, jobs, None)
+}
+
+/// [`restore_command`] restricted to the entries of a `--use-list` file (see `toc.rs`): the
+/// other filters still apply, and what the list comments out is never read.
+pub fn restore_command_with_list(
+    target: &Target,
+    dump: &Path,
+    section: Section,
+    jobs: u32,
+    use_list: Option<&Path>,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("pg_restore");
-    cmd.args(restore_args(&target.dbname, dump, section, jobs));
+    let mut args = restore_args(&target.dbname, dump, section, jobs);
+    if let Some(list) = use_list {
+        let mut arg = std::ffi::OsString::from("--use-list=");
+        arg.push(list);
+        // Before the dump, which stays the last argument.
+        args.insert(args.len() - 1, arg);
+    }
+    cmd.args(args);
     // A PGSERVICE or PGOPTIONS of the replicator's own environment must not redirect the restore.
     for var in ["PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGPASSFILE"] {
         cmd.env_remove(var);
     }
     cmd.envs(target.child_env(RESTORE_APPLICATION_NAME));
+    cmd.env("PGOPTIONS", RESTORE_SESSION_OPTIONS);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1325,11 +1355,24 @@ pub async fn restore_section(
     jobs: u32,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<(), StepError> {
+    restore_section_with_list(target, dump, section, jobs, None, progress).await
+}
+
+/// [`restore_section`] restricted to the entries of a `--use-list` file (`toc.rs`). The
+/// progress total still counts the entries the list leaves out.
+pub async fn restore_section_with_list(
+    target: &Target,
+    dump: &Path,
+    section: Section,
+    jobs: u32,
+    use_list: Option<&Path>,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<(), StepError> {
     let total = match check_dump(dump).await {
         Ok(info) => info.items(section),
         Err(e) => return Err(e),
     };
-    let mut cmd = restore_command(target, dump, section, jobs);
+    let mut cmd = restore_command_with_list(target, dump, section, jobs, use_list);
     let mut child = cmd.spawn().map_err(|source| PostgresError::Spawn {
         program: "pg_restore".into(),
         source,

@@ -309,6 +309,17 @@ impl ScalingoClient {
         Ok(self.find_newest_done_backup().await?)
     }
 
+    /// Exchanges the API token for a bearer: proves the token is good (`replicator check`).
+    pub async fn check_token(&self) -> Result<(), StepError> {
+        self.bearer().await?;
+        Ok(())
+    }
+
+    /// The id of the app's PostgreSQL addon (`replicator check`).
+    pub async fn postgres_addon(&self) -> Result<String, StepError> {
+        Ok(self.postgres_addon_id().await?)
+    }
+
     /// A fresh download URL for `backup_id` (asked for anew before every download attempt).
     pub async fn download_url(&self, backup_id: &str) -> Result<DownloadUrl, StepError> {
         Ok(self.fetch_download_url(backup_id).await?)

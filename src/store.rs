@@ -137,6 +137,18 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the current run (a skipped run that had nothing before it); the history stays.
+    pub fn clear_current(&self) -> Result<(), StoreError> {
+        let write = |source| StoreError::Write {
+            dir: self.dir.clone(),
+            source,
+        };
+        let db = self.open()?;
+        db.remove(CURRENT_KEY).map_err(write)?;
+        db.flush().map_err(write)?;
+        Ok(())
+    }
+
     /// Finished runs, newest first.
     pub fn history(&self) -> Result<Vec<Run>, StoreError> {
         if !self.dir.exists() {

@@ -1,5 +1,12 @@
 mod common;
+mod crash;
+mod daemon;
 mod engine;
 mod fetch;
+mod model;
+mod fk_mode;
+mod operator;
 mod postgres_ops;
+mod reliability;
 mod scalingo_api;
+mod shaping;

@@ -163,9 +163,42 @@ impl Scenario {
     /// The target holds exactly the source's content: every table's rows, every sequence,
     /// indexes, constraints, views, triggers, types and columns.
     pub fn assert_target_is_source(&self) {
-        let src = self.source_fingerprint();
+        let src = self.expected_fingerprint();
         assert!(!src.tables.is_empty(), "the source has no table");
         assert_eq!(self.target_fingerprint(), src);
+    }
+
+    /// The source's fingerprint with its foreign keys as the scenario's `FK_MODE` restores
+    /// them: `trust` (the default) adds them `NOT VALID`, except on partitioned tables and
+    /// their partitions (PostgreSQL before 18 cannot), `skip` leaves them out, `validate`
+    /// keeps them as they are.
+    pub fn expected_fingerprint(&self) -> Fingerprint {
+        let mut f = self.source_fingerprint();
+        let mode = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "FK_MODE")
+            .map_or("trust", |(_, v)| v.as_str());
+        let partitioned = self.cluster.superuser_psql(
+            &self.source_db,
+            "SELECT oid::regclass::text FROM pg_class WHERE relnamespace = 'public'::regnamespace \
+             AND (relkind = 'p' OR relispartition)",
+        );
+        let partitioned: Vec<&str> = partitioned.lines().collect();
+        match mode {
+            "skip" => f.constraints.retain(|c| c.2 != "f"),
+            "trust" => {
+                for c in f.constraints.iter_mut() {
+                    if c.2 == "f" && !partitioned.contains(&c.0.as_str()) {
+                        c.3 = false;
+                        c.4.push_str(" NOT VALID");
+                    }
+                }
+            }
+            _ => {}
+        }
+        f
     }
 
     /// Something the previous replica had that the source does not: must be gone after a run.

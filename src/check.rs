@@ -1,0 +1,651 @@
+//! `replicator check`: a dry run that changes nothing. It answers "would a run work now, and
+//! what would it restore?" one line per check, each `ok`, `FAIL` with what to fix, or `skip`
+//! when an earlier failure makes it pointless.
+//!
+//! Nothing is written: no state directory is created, the target is only read (no lock is
+//! taken, so a check can run beside a live run), Scalingo is only asked (no download URL).
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::cli::{CliError, EngineArgs, exit};
+use crate::config::parse_number;
+use crate::machine::{Backup, Phase, Run};
+use crate::postgres::{self, Target};
+use crate::report::human_duration;
+use crate::scalingo::ScalingoClient;
+use crate::store::Store;
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Print one JSON object per check, then a summary object (also the default in
+    /// LOG_FORMAT=json when stdout is not a terminal)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Fail,
+    /// Not run: an earlier check it depends on failed.
+    Skip,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Fail => "fail",
+            Verdict::Skip => "skip",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    /// What was found, or the problem and its fix.
+    pub detail: String,
+    /// Extra fields for `--json` (the backup a run would take).
+    pub data: Option<Value>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            verdict: Verdict::Ok,
+            detail: detail.into(),
+            data: None,
+        }
+    }
+    fn fail(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            verdict: Verdict::Fail,
+            detail: detail.into(),
+            data: None,
+        }
+    }
+    fn skip(name: &'static str, why: &str) -> Check {
+        Check {
+            name,
+            verdict: Verdict::Skip,
+            detail: format!("not checked: {why}"),
+            data: None,
+        }
+    }
+}
+
+/// `replicator check`.
+pub async fn run(state_dir: PathBuf, args: CheckArgs) -> Result<u8, CliError> {
+    let checks = gather(&state_dir, &args.engine).await;
+    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    let config_failed = checks
+        .iter()
+        .any(|c| c.name == "configuration" && c.verdict == Verdict::Fail);
+    let code = if config_failed {
+        exit::CONFIG
+    } else if failed > 0 {
+        exit::FAILED
+    } else {
+        exit::OK
+    };
+    let summary = if failed == 0 {
+        format!(
+            "all {} checks passed: `replicator run` would work now",
+            checks.len()
+        )
+    } else {
+        format!(
+            "{failed} of {} checks failed: fix them, then run `replicator check` again",
+            checks.len()
+        )
+    };
+    let json = args.json
+        || (crate::logging::is_json() && !std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if json {
+        for c in &checks {
+            let mut line =
+                json!({"check": c.name, "status": c.verdict.as_str(), "detail": c.detail});
+            if let Some(data) = &c.data {
+                line["data"] = data.clone();
+            }
+            println!("{line}");
+        }
+        println!(
+            "{}",
+            json!({"summary": summary, "failed": failed, "exit_code": code})
+        );
+    } else {
+        print!("{}", render(&checks));
+        println!("{summary}");
+    }
+    Ok(code)
+}
+
+/// The text form: `ok    name            detail`.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let tag = match c.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "skip",
+        };
+        out.push_str(&format!("{tag:<5} {:<15} {}\n", c.name, c.detail));
+    }
+    out
+}
+
+/// Runs every check, in the order a run meets them.
+pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
+    let mut checks = Vec::new();
+
+    // Configuration: every variable, all problems at once.
+    let mut problems = Vec::new();
+    let scalingo = engine
+        .scalingo
+        .validate()
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let target = match engine.target.validate() {
+        Ok(url) => match Target::parse(&url) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        },
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    let restore = engine
+        .restore
+        .validate()
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let retry = engine
+        .retry
+        .validate()
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let max_age_hours = match engine
+        .max_backup_age_hours
+        .as_deref()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| parse_number(v, "MAX_BACKUP_AGE_HOURS", 1, 24 * 365))
+        .transpose()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    if problems.is_empty() {
+        let (s, t, r, y) = (
+            scalingo.as_ref().expect("validated"),
+            target.as_ref().expect("validated"),
+            restore.as_ref().expect("validated"),
+            retry.as_ref().expect("validated"),
+        );
+        checks.push(Check::ok(
+            "configuration",
+            format!(
+                "app {} ({}), target {}, PG_RESTORE_JOBS={}, USE_UNLOGGED_TABLES={}, MAX_RETRY_COUNT={}{}",
+                s.app,
+                s.region,
+                t.describe(),
+                r.jobs,
+                r.use_unlogged_tables,
+                y.max_retry_count,
+                max_age_hours
+                    .map(|h| format!(", MAX_BACKUP_AGE_HOURS={h}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    } else {
+        checks.push(Check::fail("configuration", problems.join("; ")));
+    }
+
+    checks.push(state_dir_check(state_dir));
+
+    // Scalingo: the token, the addon, the backup a run would take now.
+    let mut backup = None;
+    match &scalingo {
+        None => {
+            for name in ["scalingo token", "addon", "backup"] {
+                checks.push(Check::skip(
+                    name,
+                    "SCALINGO_APP and SCALINGO_API_TOKEN are needed",
+                ));
+            }
+        }
+        Some(s) => {
+            let client =
+                ScalingoClient::new(s.endpoints.clone(), s.app.clone(), s.api_token.clone());
+            match client.check_token().await {
+                Err(e) => {
+                    checks.push(Check::fail("scalingo token", e.to_string()));
+                    checks.push(Check::skip("addon", "the token was refused"));
+                    checks.push(Check::skip("backup", "the token was refused"));
+                }
+                Ok(()) => {
+                    checks.push(Check::ok(
+                        "scalingo token",
+                        format!(
+                            "Scalingo accepted SCALINGO_API_TOKEN ({})",
+                            s.endpoints.auth
+                        ),
+                    ));
+                    match client.postgres_addon().await {
+                        Err(e) => {
+                            checks.push(Check::fail("addon", e.to_string()));
+                            checks.push(Check::skip("backup", "no PostgreSQL addon"));
+                        }
+                        Ok(id) => {
+                            checks.push(Check::ok(
+                                "addon",
+                                format!("app {} has the PostgreSQL addon {id}", s.app),
+                            ));
+                            match client.newest_done_backup().await {
+                                Err(e) => checks.push(Check::fail("backup", e.to_string())),
+                                Ok(b) => {
+                                    let restored =
+                                        already_restored(state_dir, target.as_ref(), &b).await;
+                                    checks.push(backup_check(
+                                        &b,
+                                        max_age_hours,
+                                        restored,
+                                        Utc::now(),
+                                    ));
+                                    backup = Some(b);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    checks.push(match backup.as_ref() {
+        Some(b) => disk_check(state_dir, b),
+        None => Check::skip("disk", "the backup's size is unknown"),
+    });
+
+    // The target: answers, and the role can do what a run needs.
+    match &target {
+        None => {
+            for name in ["target", "target role", "target lock"] {
+                checks.push(Check::skip(name, "DATABASE_URL is needed"));
+            }
+        }
+        Some(t) => match postgres::check_target(t).await {
+            Err(e) => {
+                checks.push(Check::fail("target", e.to_string()));
+                checks.push(Check::skip("target role", "the target did not answer"));
+                checks.push(Check::skip("target lock", "the target did not answer"));
+            }
+            Ok(info) => {
+                checks.push(Check::ok(
+                    "target",
+                    format!(
+                        "{} answers: PostgreSQL {}, role {} (not a superuser)",
+                        t.describe(),
+                        info.server_version,
+                        info.current_user
+                    ),
+                ));
+                checks.push(role_check(t, info.owns_database).await);
+                checks.push(lock_check(t).await);
+            }
+        },
+    }
+
+    checks.push(match postgres::pg_restore_version().await {
+        Ok(v) => Check::ok(
+            "pg_restore",
+            format!("{v}: reads dumps made by pg_dump up to its own major version"),
+        ),
+        Err(e) => Check::fail(
+            "pg_restore",
+            format!(
+                "{e}; install the PostgreSQL client of the production database's major version (e.g. apt-get install postgresql-client-15) and put pg_restore on PATH"
+            ),
+        ),
+    });
+    checks
+}
+
+/// The state directory exists and is writable (or can be created), and holds no run that
+/// would make `replicator run` refuse.
+fn state_dir_check(state_dir: &Path) -> Check {
+    let name = "state directory";
+    let existing = state_dir.ancestors().find(|p| p.exists());
+    let Some(existing) = existing else {
+        return Check::fail(
+            name,
+            format!(
+                "{} cannot be created (no parent exists); set REPLICATOR_STATE_DIR",
+                state_dir.display()
+            ),
+        );
+    };
+    if !writable(existing) {
+        return Check::fail(
+            name,
+            format!(
+                "{} is not writable by this user{}; point REPLICATOR_STATE_DIR at a writable directory",
+                existing.display(),
+                if existing == state_dir {
+                    String::new()
+                } else {
+                    format!(" (so {} cannot be created)", state_dir.display())
+                }
+            ),
+        );
+    }
+    if existing != state_dir {
+        return Check::ok(
+            name,
+            format!(
+                "{} will be created (no run recorded yet)",
+                state_dir.display()
+            ),
+        );
+    }
+    let live = crate::liveness::holder(state_dir).ok().flatten();
+    let current = Store::new(state_dir).current();
+    match (live, current) {
+        (Some(h), _) => Check::ok(
+            name,
+            format!(
+                "{}: a run is live now{} (`replicator status` shows it); a new run would wait for the next tick or be refused until it ends",
+                state_dir.display(),
+                h.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+            ),
+        ),
+        (None, Err(e)) => Check::fail(name, e.to_string()),
+        (None, Ok(Some(run))) if !run.is_terminal() => Check::fail(
+            name,
+            format!(
+                "run {} was interrupted in {}: `replicator run` would refuse; `replicator resume` continues it, `replicator run --restart` abandons it",
+                run.run_id,
+                run.phase.name()
+            ),
+        ),
+        (None, Ok(_)) => Check::ok(name, format!("{} is writable", state_dir.display())),
+    }
+}
+
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path; access(2) only reads it.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// The last `Done` run that restored `backup`, from this state directory or, when it has
+/// none, from the target's records (a fresh container).
+async fn already_restored(
+    state_dir: &Path,
+    target: Option<&Target>,
+    backup: &Backup,
+) -> Option<Run> {
+    let local = Store::new(state_dir).last_done().ok().flatten();
+    let last_done = match (local, target) {
+        (Some(r), _) => Some(r),
+        (None, Some(t)) => crate::remote_state::read(t).await.ok().and_then(|runs| {
+            runs.history
+                .into_iter()
+                .find(|r| matches!(r.phase, Phase::Done { .. }))
+        }),
+        (None, None) => None,
+    };
+    last_done.filter(|r| r.backup().is_some_and(|b| b.id == backup.id))
+}
+
+fn backup_check(
+    b: &Backup,
+    max_age_hours: Option<u64>,
+    restored: Option<Run>,
+    now: DateTime<Utc>,
+) -> Check {
+    let age = b.created_at.map(|c| (now - c).num_seconds().max(0) as f64);
+    let mut detail = format!(
+        "a run now would take {} (id {}{}{})",
+        b.name,
+        b.id,
+        age.map(|a| format!(", {} old", human_duration(a)))
+            .unwrap_or_default(),
+        b.size
+            .map(|s| format!(", {}", crate::report::size(s)))
+            .unwrap_or_default()
+    );
+    match &restored {
+        Some(r) => detail.push_str(&format!(
+            "; already restored by run {}{}: `replicator run` would do nothing (`--force` restores it again)",
+            r.run_id,
+            r.finished_at
+                .map(|f| format!(" at {}", f.format("%Y-%m-%d %H:%M UTC")))
+                .unwrap_or_default()
+        )),
+        None => detail.push_str("; not restored yet"),
+    }
+    let data = json!({
+        "name": b.name,
+        "id": b.id,
+        "created_at": b.created_at.map(|t| t.to_rfc3339()),
+        "size": b.size,
+        "age_seconds": age.map(|a| a as u64),
+        "already_restored": restored.is_some(),
+    });
+    let too_old = match (max_age_hours, age) {
+        (Some(h), Some(a)) if a > (h * 3600) as f64 => Some(h),
+        _ => None,
+    };
+    let mut check = match too_old {
+        Some(h) => Check::fail(
+            "backup",
+            format!(
+                "{detail}; it is older than MAX_BACKUP_AGE_HOURS ({h}h): a run now would wait for a newer one; wait for tonight's backup, or raise MAX_BACKUP_AGE_HOURS"
+            ),
+        ),
+        None => Check::ok("backup", detail),
+    };
+    check.data = Some(data);
+    check
+}
+
+fn disk_check(state_dir: &Path, b: &Backup) -> Check {
+    let name = "disk";
+    let Some(size) = b.size else {
+        return Check::ok(
+            name,
+            "Scalingo gives no size for this backup: free disk not checked",
+        );
+    };
+    let needed = crate::driver::disk_needed(size);
+    let probe = state_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    match crate::driver::free_bytes(probe) {
+        None => Check::ok(name, format!("free space of {} unknown", probe.display())),
+        Some(free) if free < needed => Check::fail(
+            name,
+            format!(
+                "{} MiB free in {}, but the archive plus the dump need about {} MiB (twice the backup's {} MiB, plus 10% and 64 MiB); free some space or point REPLICATOR_STATE_DIR at a larger disk",
+                free >> 20,
+                probe.display(),
+                needed >> 20,
+                size >> 20
+            ),
+        ),
+        Some(free) => Check::ok(
+            name,
+            format!(
+                "{} MiB free in {}, {} MiB needed (archive plus dump)",
+                free >> 20,
+                probe.display(),
+                needed >> 20
+            ),
+        ),
+    }
+}
+
+/// What a run does as the role: `DROP OWNED BY CURRENT_USER` (only what it owns goes),
+/// `CREATE SCHEMA public` when the drop took it, and creating tables in `public`.
+async fn role_check(target: &Target, owns_database: bool) -> Check {
+    let name = "target role";
+    let client = match target.connect().await {
+        Ok(c) => c,
+        Err(e) => return Check::fail(name, e.to_string()),
+    };
+    let row = match client
+        .query_one(
+            "SELECT current_user::text,
+                    has_database_privilege(current_database(), 'CREATE'),
+                    (SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'public'),
+                    (SELECT string_agg(quote_ident(c.relname) || ' (owner ' || pg_get_userbyid(c.relowner) || ')', ', ' ORDER BY c.relname)
+                       FROM (SELECT * FROM pg_class c
+                              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+                                AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                              ORDER BY c.relname LIMIT 5) c)",
+            &[],
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!("cannot read the role's privileges on {}: {e}", target.describe()),
+            );
+        }
+    };
+    let role: String = row.get(0);
+    let create_db: bool = row.get(1);
+    let create_public: Option<bool> = row.get(2);
+    let foreign: Option<String> = row.get(3);
+    let mut problems = Vec::new();
+    if !create_db {
+        problems.push(format!(
+            "role {role} cannot CREATE in the database (the restore recreates schema public): `GRANT CREATE ON DATABASE {} TO {role}` as its owner",
+            target.dbname()
+        ));
+    }
+    if create_public == Some(false) {
+        problems.push(format!(
+            "role {role} cannot create tables in schema public: `GRANT CREATE ON SCHEMA public TO {role}` (or make it the schema's owner)"
+        ));
+    }
+    if let Some(objects) = foreign {
+        problems.push(format!(
+            "schema public holds objects {role} does not own, which DROP OWNED leaves and the restore would collide with: {objects}; drop them or `ALTER ... OWNER TO {role}`"
+        ));
+    }
+    if problems.is_empty() {
+        Check::ok(
+            name,
+            format!(
+                "role {role} can wipe and restore schema public{}",
+                if owns_database {
+                    " (it owns the database)"
+                } else {
+                    " (it does not own the database, but has the privileges a run needs)"
+                }
+            ),
+        )
+    } else {
+        Check::fail(name, problems.join("; "))
+    }
+}
+
+/// Whether another replicator holds the target now: not a fault, but a run now would be
+/// refused (exit 3) until it ends.
+async fn lock_check(target: &Target) -> Check {
+    let name = "target lock";
+    match crate::remote_state::read(target).await {
+        Ok(r) if r.lock_held => Check::ok(
+            name,
+            "a replicator is restoring into the target now: a run would be refused (exit 3) until it ends",
+        ),
+        Ok(_) => Check::ok(name, "free: no replicator is using the target now"),
+        Err(e) => Check::fail(name, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn backup(hours_old: i64) -> (Backup, DateTime<Utc>) {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        (
+            Backup {
+                id: "6761a1f0c2d4e5f6a7b8c9d0".into(),
+                name: "20261123041000_my_app_4553".into(),
+                created_at: Some(now - chrono::Duration::hours(hours_old)),
+                size: Some(3 << 20),
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn a_backup_older_than_max_backup_age_hours_fails_and_says_what_to_do() {
+        let (b, now) = backup(30);
+        let c = backup_check(&b, Some(24), None, now);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.detail.contains("MAX_BACKUP_AGE_HOURS"), "{}", c.detail);
+        let (b, now) = backup(8);
+        let c = backup_check(&b, Some(24), None, now);
+        assert_eq!(c.verdict, Verdict::Ok, "{}", c.detail);
+        assert!(
+            c.detail.contains("20261123041000_my_app_4553"),
+            "{}",
+            c.detail
+        );
+        assert!(c.detail.contains("8h00m old"), "{}", c.detail);
+        assert!(c.detail.contains("3.0 MiB"), "{}", c.detail);
+        assert_eq!(c.data.unwrap()["already_restored"], false);
+    }
+
+    #[test]
+    fn the_text_has_one_line_per_check() {
+        let text = render(&[
+            Check::ok("configuration", "fine"),
+            Check::fail("target", "down; start it"),
+            Check::skip("target role", "the target did not answer"),
+        ]);
+        assert_eq!(
+            text,
+            "ok    configuration   fine\nFAIL  target          down; start it\nskip  target role     not checked: the target did not answer\n"
+        );
+    }
+
+    #[test]
+    fn a_state_directory_that_does_not_exist_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/b");
+        let c = state_dir_check(&state);
+        assert_eq!(c.verdict, Verdict::Ok, "{}", c.detail);
+        assert!(!state.exists());
+    }
+}

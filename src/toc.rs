@@ -1,0 +1,592 @@
+//! A dump's table of contents (`pg_restore --list`), and the `--use-list` files that restore
+//! only part of it.
+//!
+//! Filtering the table of contents is how rows are left out without ever being read: an entry
+//! commented out of the list given to `pg_restore --use-list` is skipped, while the other
+//! filters (`--section`, `--schema`) still apply. [`Toc`] is general (any entry kind can be
+//! left out) so that other filters, such as foreign keys, build on it.
+//!
+//! `pg_restore --list` prints each entry as `<id>; <tableoid> <oid> <desc> <schema> <tag>
+//! <owner>`, with names *unquoted* (a table `"my table"` prints as `my table`, `"we""ird"` as
+//! `we"ird`, a newline becomes a space). The desc comes from a known set (some have spaces,
+//! `TABLE DATA`), the schema never has a space in practice, the owner is the last word: the
+//! tag is what lies between.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use crate::error::StepError;
+
+/// Why the table of contents could not be read or a list written.
+#[derive(Debug, thiserror::Error)]
+pub enum TocError {
+    #[error(
+        "cannot run pg_restore: {0}; install the PostgreSQL client tools (pg_restore) and make sure they are on PATH"
+    )]
+    Spawn(#[source] std::io::Error),
+    #[error(
+        "pg_restore {what} of the dump {path} failed ({status}): {stderr}; the dump is not a complete pg_dump -Fc archive, the backup must be downloaded again"
+    )]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "cannot write the restore list {path}: {source}; check that REPLICATOR_STATE_DIR is writable and has free space"
+    )]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<TocError> for StepError {
+    fn from(e: TocError) -> StepError {
+        // A missing binary, an unreadable dump or a full disk: none goes away by waiting.
+        StepError::permanent(e.to_string())
+    }
+}
+
+/// The descs that contain a space, longest first, so that `FK CONSTRAINT public t c` is not
+/// read as desc `FK` (pg_dump's `pg_backup_archiver.c` and `pg_dump.c`).
+const MULTI_WORD_DESCS: &[&str] = &[
+    "PUBLICATION TABLES IN SCHEMA",
+    "TEXT SEARCH CONFIGURATION",
+    "TEXT SEARCH DICTIONARY",
+    "MATERIALIZED VIEW DATA",
+    "FOREIGN DATA WRAPPER",
+    "TEXT SEARCH TEMPLATE",
+    "PROCEDURAL LANGUAGE",
+    "TEXT SEARCH PARSER",
+    "SUBSCRIPTION TABLE",
+    "MATERIALIZED VIEW",
+    "PUBLICATION TABLE",
+    "SEQUENCE OWNED BY",
+    "CHECK CONSTRAINT",
+    "OPERATOR FAMILY",
+    "OPERATOR CLASS",
+    "FOREIGN SERVER",
+    "SECURITY LABEL",
+    "EVENT TRIGGER",
+    "FK CONSTRAINT",
+    "FOREIGN TABLE",
+    "INDEX ATTACH",
+    "LARGE OBJECT",
+    "ROW SECURITY",
+    "SEQUENCE SET",
+    "TABLE ATTACH",
+    "USER MAPPING",
+    "DEFAULT ACL",
+    "SHELL TYPE",
+    "TABLE DATA",
+];
+
+/// Descs whose tag is `<table> <object>` (pg_dump builds it as `"%s %s"`).
+const TABLE_AND_NAME_DESCS: &[&str] = &[
+    "CONSTRAINT",
+    "CHECK CONSTRAINT",
+    "FK CONSTRAINT",
+    "TRIGGER",
+    "RULE",
+    "POLICY",
+    "DEFAULT",
+];
+
+/// Descs whose tag is the name of a relation.
+const RELATION_DESCS: &[&str] = &["TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE"];
+
+/// One entry of the table of contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TocEntry {
+    /// The dump id: the first number of the line, what `--use-list` reads.
+    pub id: u32,
+    /// `TABLE`, `TABLE DATA`, `FK CONSTRAINT`, `INDEX`...
+    pub desc: String,
+    /// `-` for objects outside any schema (extensions, schemas themselves).
+    pub schema: String,
+    /// The tag as printed: `answers`, or `answers answers_pkey` for a constraint.
+    pub tag: String,
+    /// The object's own name: the tag, or its second half for `<table> <object>` tags.
+    pub name: String,
+    /// The relation the entry belongs to: the tag of a `TABLE DATA`, the first half of a
+    /// constraint's, trigger's, rule's or default's tag; `None` for other entries.
+    pub table: Option<String>,
+    pub owner: String,
+}
+
+/// A dump's table of contents, with the original lines so that a list can be written back.
+#[derive(Clone, Debug, Default)]
+pub struct Toc {
+    lines: Vec<String>,
+    /// Entry and the index of its line in `lines`.
+    entries: Vec<(TocEntry, usize)>,
+}
+
+impl Toc {
+    /// `pg_restore --list` of `dump`.
+    pub async fn read(dump: &Path) -> Result<Toc, TocError> {
+        let out = tokio::process::Command::new("pg_restore")
+            .arg("--list")
+            .arg(dump)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(TocError::Spawn)?;
+        if !out.status.success() {
+            return Err(TocError::Unreadable {
+                what: "--list",
+                path: dump.to_path_buf(),
+                status: out.status.to_string(),
+                stderr: last_lines(&String::from_utf8_lossy(&out.stderr), 5),
+            });
+        }
+        Ok(Toc::parse(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Parses the output of `pg_restore --list`.
+    pub fn parse(list: &str) -> Toc {
+        let lines: Vec<String> = list.lines().map(str::to_string).collect();
+        let mut entries: Vec<(TocEntry, usize)> = lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| parse_line(l).map(|e| (e, i)))
+            .collect();
+        // The relations of each schema, to cut `<table> <object>` tags where a table name
+        // ends even when the table's name has spaces.
+        let mut relations: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (e, _) in &entries {
+            if RELATION_DESCS.contains(&e.desc.as_str()) {
+                relations.entry(&e.schema).or_default().push(&e.tag);
+            }
+        }
+        let splits: Vec<Option<(String, String)>> = entries
+            .iter()
+            .map(|(e, _)| {
+                if !TABLE_AND_NAME_DESCS.contains(&e.desc.as_str()) {
+                    return None;
+                }
+                let known = relations.get(e.schema.as_str());
+                // The longest relation name that the tag starts with, then a space.
+                let table = known
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| {
+                        e.tag
+                            .strip_prefix(**t)
+                            .is_some_and(|rest| rest.starts_with(' '))
+                    })
+                    .max_by_key(|t| t.len())
+                    .map(|t| t.to_string())
+                    .or_else(|| e.tag.split_once(' ').map(|(t, _)| t.to_string()))?;
+                let name = e.tag[table.len()..].trim_start().to_string();
+                Some((table, name))
+            })
+            .collect();
+        for ((e, _), split) in entries.iter_mut().zip(splits) {
+            if let Some((table, name)) = split {
+                e.table = Some(table);
+                e.name = name;
+            } else if e.desc == "TABLE DATA" {
+                e.table = Some(e.tag.clone());
+            }
+        }
+        Toc { lines, entries }
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &TocEntry> {
+        self.entries.iter().map(|(e, _)| e)
+    }
+
+    /// The `TABLE DATA` entry of `schema.table`, if the dump has one.
+    pub fn table_data(&self, schema: &str, table: &str) -> Option<&TocEntry> {
+        self.entries()
+            .find(|e| e.desc == "TABLE DATA" && e.schema == schema && e.tag == table)
+    }
+
+    /// Writes a `--use-list` file: every line as listed, with the entries whose id is in
+    /// `skip` commented out (`pg_restore` ignores lines that start with `;`).
+    pub fn write_list(&self, path: &Path, skip: &HashSet<u32>) -> Result<(), TocError> {
+        let skipped: HashSet<usize> = self
+            .entries
+            .iter()
+            .filter(|(e, _)| skip.contains(&e.id))
+            .map(|(_, i)| *i)
+            .collect();
+        let mut out = String::new();
+        for (i, line) in self.lines.iter().enumerate() {
+            if skipped.contains(&i) {
+                out.push_str(";excluded by replicator: ");
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, out)
+        };
+        write().map_err(|source| TocError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+fn parse_line(line: &str) -> Option<TocEntry> {
+    if line.starts_with(';') {
+        return None;
+    }
+    // `3530; 0 16430 TABLE DATA public answers postgres`
+    let (id, rest) = line.split_once("; ")?;
+    let id: u32 = id.trim().parse().ok()?;
+    let mut words = rest.splitn(3, ' ');
+    let (_tableoid, _oid, rest) = (words.next()?, words.next()?, words.next()?);
+    let desc = MULTI_WORD_DESCS
+        .iter()
+        .find(|d| {
+            rest.strip_prefix(**d)
+                .is_some_and(|r| r.is_empty() || r.starts_with(' '))
+        })
+        .copied()
+        .unwrap_or_else(|| rest.split(' ').next().unwrap_or(""));
+    let rest = rest[desc.len()..].strip_prefix(' ').unwrap_or("");
+    let (schema, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    // The owner is the last word, possibly empty (`EXTENSION - plpgsql ` ends with a space).
+    let (tag, owner) = rest.rsplit_once(' ').unwrap_or((rest, ""));
+    Some(TocEntry {
+        id,
+        desc: desc.to_string(),
+        schema: schema.to_string(),
+        tag: tag.to_string(),
+        name: tag.to_string(),
+        table: None,
+        owner: owner.to_string(),
+    })
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The table each foreign key references: `FK CONSTRAINT` dump id to `(schema, table)`,
+/// read from the SQL `pg_restore --verbose` prints for the post-data section (the list
+/// itself does not say what a foreign key references).
+pub async fn foreign_key_targets(dump: &Path) -> Result<HashMap<u32, (String, String)>, TocError> {
+    let out = tokio::process::Command::new("pg_restore")
+        .args([
+            "--verbose",
+            "--section=post-data",
+            "--no-owner",
+            "--no-privileges",
+            "--file=-",
+        ])
+        .arg(dump)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(TocError::Spawn)?;
+    if !out.status.success() {
+        return Err(TocError::Unreadable {
+            what: "--section=post-data --file=-",
+            path: dump.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: last_lines(&String::from_utf8_lossy(&out.stderr), 5),
+        });
+    }
+    Ok(parse_foreign_key_targets(&String::from_utf8_lossy(
+        &out.stdout,
+    )))
+}
+
+/// Reads `-- TOC entry N (...)` headers and, in the entry's statement,
+/// `... FOREIGN KEY (...) REFERENCES schema.table(...)`.
+fn parse_foreign_key_targets(sql: &str) -> HashMap<u32, (String, String)> {
+    let mut found = HashMap::new();
+    let mut current: Option<u32> = None;
+    for line in sql.lines() {
+        if let Some(rest) = line.strip_prefix("-- TOC entry ") {
+            current = rest.split(' ').next().and_then(|n| n.parse().ok());
+            continue;
+        }
+        let Some(id) = current else { continue };
+        if !line.contains("FOREIGN KEY (") {
+            continue;
+        }
+        // The last one: a quoted column name could itself hold `) REFERENCES `.
+        let Some(pos) = line.rfind(") REFERENCES ") else {
+            continue;
+        };
+        if let Some((schema, table)) = parse_qualified(&line[pos + ") REFERENCES ".len()..]) {
+            found.insert(id, (schema, table));
+            current = None;
+        }
+    }
+    found
+}
+
+/// `schema.name`, each an SQL identifier, quoted or not.
+fn parse_qualified(s: &str) -> Option<(String, String)> {
+    let (schema, rest) = parse_ident(s)?;
+    let (name, _) = parse_ident(rest.strip_prefix('.')?)?;
+    Some((schema, name))
+}
+
+/// One SQL identifier at the start of `s`: `"quoted ""x"""` (kept as written) or an
+/// unquoted one (as pg_dump prints them: already lower case).
+pub fn parse_ident(s: &str) -> Option<(String, &str)> {
+    if let Some(mut rest) = s.strip_prefix('"') {
+        let mut out = String::new();
+        loop {
+            let end = rest.find('"')?;
+            out.push_str(&rest[..end]);
+            rest = &rest[end + 1..];
+            match rest.strip_prefix('"') {
+                Some(r) => {
+                    out.push('"');
+                    rest = r;
+                }
+                None => return Some((out, rest)),
+            }
+        }
+    }
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .unwrap_or(s.len());
+    (end > 0).then(|| (s[..end].to_string(), &s[end..]))
+}
+
+/// Parses `EXCLUDE_TABLE_DATA`: comma-separated table names, exact (case kept, no folding),
+/// each bare (`knowledge-elements`, `Answers`) or double-quoted (`"a,b"`, `"we""ird"`), with
+/// an optional `public.` prefix. Returns the names, or what is wrong.
+pub fn parse_table_list(value: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut rest = value.trim_start();
+    while !rest.is_empty() {
+        let (name, after) = if rest.starts_with('"') {
+            let (first, after) =
+                parse_ident(rest).ok_or_else(|| format!("unterminated quoted name at `{rest}`"))?;
+            // `"public"."t"` or `"public".t`
+            match after.strip_prefix('.') {
+                Some(a) if first == "public" => {
+                    parse_name_part(a).ok_or_else(|| format!("no table name after `{first}.`"))?
+                }
+                _ => (first, after),
+            }
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            let bare = rest[..end].trim();
+            let bare = bare.strip_prefix("public.").unwrap_or(bare);
+            (bare.to_string(), &rest[end..])
+        };
+        let after = after.trim_start();
+        let after = match after.strip_prefix(',') {
+            Some(a) => a,
+            None if after.is_empty() => after,
+            None => return Err(format!("expected a comma after `{name}`, found `{after}`")),
+        };
+        if name.is_empty() {
+            return Err("an empty name (two commas in a row, or a trailing comma)".into());
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        rest = after.trim_start();
+    }
+    Ok(names)
+}
+
+fn parse_name_part(s: &str) -> Option<(String, &str)> {
+    if s.starts_with('"') {
+        return parse_ident(s);
+    }
+    let end = s.find(',').unwrap_or(s.len());
+    let name = s[..end].trim();
+    (!name.is_empty()).then(|| (name.to_string(), &s[end..]))
+}
+
+/// What leaving out the rows of some tables means for one dump.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exclusion {
+    /// Dump ids to comment out of the list.
+    pub skip: HashSet<u32>,
+    /// Names that matched a `TABLE DATA` entry of schema public.
+    pub excluded: Vec<String>,
+    /// Names that matched nothing (a typo, or a table dropped in production).
+    pub unmatched: Vec<String>,
+    /// Foreign keys left out because they reference an excluded table, whose rows are
+    /// missing: `(table, constraint, referenced table)`.
+    pub dropped_foreign_keys: Vec<(String, String, String)>,
+}
+
+/// Which entries to leave out so that `names` keep their schema but not their rows.
+///
+/// A foreign key of another table that references an excluded one cannot be restored (its
+/// rows point at rows that are not there, and `pg_restore --exit-on-error` would fail the
+/// run): it is left out too, and reported.
+pub fn plan_exclusion(
+    toc: &Toc,
+    names: &[String],
+    fk_targets: &HashMap<u32, (String, String)>,
+) -> Exclusion {
+    let mut plan = Exclusion::default();
+    for name in names {
+        match toc.table_data("public", name) {
+            Some(e) => {
+                plan.skip.insert(e.id);
+                plan.excluded.push(name.clone());
+            }
+            None => plan.unmatched.push(name.clone()),
+        }
+    }
+    for e in toc.entries() {
+        if e.desc != "FK CONSTRAINT" || e.schema != "public" {
+            continue;
+        }
+        let Some((schema, referenced)) = fk_targets.get(&e.id) else {
+            continue;
+        };
+        // A table's own foreign keys stay: it is empty, so they hold.
+        if schema == "public"
+            && plan.excluded.contains(referenced)
+            && e.table.as_deref() != Some(referenced.as_str())
+        {
+            plan.skip.insert(e.id);
+            plan.dropped_foreign_keys.push((
+                e.table.clone().unwrap_or_default(),
+                e.name.clone(),
+                referenced.clone(),
+            ));
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIST: &str = ";\n;     Dumped from database version: 15.18\n;\n\
+        220; 1259 16414 TABLE public Answers postgres\n\
+        221; 1259 16417 TABLE public a b c postgres\n\
+        215; 1259 16386 TABLE public answers postgres\n\
+        217; 1259 16395 TABLE public element-answers postgres\n\
+        218; 1259 16406 TABLE public my table postgres\n\
+        219; 1259 16411 TABLE public we\"ird postgres\n\
+        3382; 0 16414 TABLE DATA public Answers postgres\n\
+        3383; 0 16417 TABLE DATA public a b c postgres\n\
+        3377; 0 16386 TABLE DATA public answers postgres\n\
+        3379; 0 16395 TABLE DATA public element-answers postgres\n\
+        3380; 0 16406 TABLE DATA public my table postgres\n\
+        3381; 0 16411 TABLE DATA public we\"ird postgres\n\
+        3226; 2606 16393 CONSTRAINT public answers answers_pkey postgres\n\
+        3230; 2606 16410 CONSTRAINT public my table my table_pkey postgres\n\
+        3232; 2606 16401 FK CONSTRAINT public element-answers element-answers_answer_id_fkey postgres\n\
+        3233; 2606 16421 FK CONSTRAINT public my table fk z postgres\n\
+        2; 3079 16385 EXTENSION - pgcrypto \n";
+
+    #[test]
+    fn reads_names_with_spaces_quotes_and_hyphens() {
+        let toc = Toc::parse(LIST);
+        assert_eq!(toc.entries().count(), 17);
+        let e = toc.table_data("public", "my table").unwrap();
+        assert_eq!((e.id, e.owner.as_str()), (3380, "postgres"));
+        assert_eq!(toc.table_data("public", "we\"ird").unwrap().id, 3381);
+        assert_eq!(
+            toc.table_data("public", "element-answers").unwrap().id,
+            3379
+        );
+        let fk = toc.entries().find(|e| e.id == 3233).unwrap();
+        assert_eq!(fk.desc, "FK CONSTRAINT");
+        assert_eq!(fk.table.as_deref(), Some("my table"));
+        assert_eq!(fk.name, "fk z");
+        let pk = toc.entries().find(|e| e.id == 3230).unwrap();
+        assert_eq!(
+            (pk.table.as_deref(), pk.name.as_str()),
+            (Some("my table"), "my table_pkey")
+        );
+        let ext = toc.entries().find(|e| e.id == 2).unwrap();
+        assert_eq!(
+            (ext.desc.as_str(), ext.schema.as_str(), ext.tag.as_str()),
+            ("EXTENSION", "-", "pgcrypto")
+        );
+    }
+
+    #[test]
+    fn matching_is_exact() {
+        let toc = Toc::parse(LIST);
+        let names = parse_table_list("answers, nope").unwrap();
+        let plan = plan_exclusion(&toc, &names, &HashMap::new());
+        // Neither `element-answers` nor `Answers`.
+        assert_eq!(plan.skip, HashSet::from([3377]));
+        assert_eq!(plan.unmatched, vec!["nope".to_string()]);
+    }
+
+    #[test]
+    fn foreign_keys_to_an_excluded_table_are_left_out() {
+        let toc = Toc::parse(LIST);
+        let fks = HashMap::from([
+            (3232, ("public".to_string(), "answers".to_string())),
+            (3233, ("public".to_string(), "answers".to_string())),
+        ]);
+        let plan = plan_exclusion(&toc, &["answers".into()], &fks);
+        assert_eq!(plan.skip, HashSet::from([3377, 3232, 3233]));
+        assert!(plan.dropped_foreign_keys.contains(&(
+            "my table".into(),
+            "fk z".into(),
+            "answers".into()
+        )));
+    }
+
+    #[test]
+    fn the_list_comments_out_what_is_skipped_only() {
+        let toc = Toc::parse(LIST);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l/restore.list");
+        toc.write_list(&path, &HashSet::from([3377])).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let commented: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(";excluded"))
+            .collect();
+        assert_eq!(
+            commented,
+            vec![";excluded by replicator: 3377; 0 16386 TABLE DATA public answers postgres"]
+        );
+        assert_eq!(text.lines().count(), LIST.lines().count());
+    }
+
+    #[test]
+    fn parses_the_exclusion_variable() {
+        assert_eq!(
+            parse_table_list(
+                " knowledge-elements ,\"My, table\",\"we\"\"ird\",public.x,\"public\".\"Y\""
+            )
+            .unwrap(),
+            vec!["knowledge-elements", "My, table", "we\"ird", "x", "Y"]
+        );
+        assert_eq!(parse_table_list("").unwrap(), Vec::<String>::new());
+        assert!(parse_table_list("a,,b").is_err());
+        assert!(parse_table_list("\"open").is_err());
+        assert!(parse_table_list("\"a\" b").is_err());
+    }
+
+    #[test]
+    fn reads_what_foreign_keys_reference() {
+        let sql = "--\n-- TOC entry 3232 (class 2606 OID 16401)\n-- Name: x\n--\n\n\
+            ALTER TABLE ONLY public.\"element-answers\"\n    ADD CONSTRAINT \"element-answers_answer_id_fkey\" FOREIGN KEY (answer_id) REFERENCES public.answers(id);\n\n\
+            --\n-- TOC entry 3226 (class 2606 OID 16393)\n--\n\nALTER TABLE ONLY public.answers\n    ADD CONSTRAINT answers_pkey PRIMARY KEY (id);\n\
+            --\n-- TOC entry 3233 (class 2606 OID 16421)\n--\n\nALTER TABLE ONLY public.\"my table\"\n    ADD CONSTRAINT \"fk z\" FOREIGN KEY (id, \"o ) REFERENCES x\") REFERENCES public.\"Answers\"(id);\n";
+        let fks = parse_foreign_key_targets(sql);
+        assert_eq!(fks.len(), 2, "{fks:?}");
+        assert_eq!(fks[&3232], ("public".into(), "answers".into()));
+        assert_eq!(fks[&3233], ("public".into(), "Answers".into()));
+    }
+}
