@@ -363,11 +363,17 @@ fn cached_source(cluster: &PgCluster, args: &Args) -> Cached {
         cluster.superuser_psql("bench_source", &source_sql(units));
         cluster.superuser_psql("bench_source", "VACUUM ANALYZE");
         let bytes: u64 = cluster
-            .superuser_psql("bench_source", "SELECT pg_database_size(current_database())")
+            .superuser_psql(
+                "bench_source",
+                "SELECT pg_database_size(current_database())",
+            )
             .trim()
             .parse()
             .unwrap();
-        log(&format!("source built: {} MiB on disk; dumping", bytes >> 20));
+        log(&format!(
+            "source built: {} MiB on disk; dumping",
+            bytes >> 20
+        ));
         let partial = dir.join("dump.partial");
         cluster.pg_dump("bench_source", &partial);
         fs::rename(&partial, &dump).unwrap();
@@ -560,7 +566,9 @@ fn pg_env(cmd: &mut Command, cluster: &PgCluster, target: &TargetDb) {
 }
 
 fn must(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| die(&format!("{what}: {e}")));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| die(&format!("{what}: {e}")));
     if !out.status.success() {
         die(&format!(
             "{what} failed: {}",
@@ -614,7 +622,11 @@ fn run_seed(
     });
     step("extracting", &mut || {
         must(
-            Command::new("tar").arg("xzf").arg(&archive).arg("-C").arg(&dir),
+            Command::new("tar")
+                .arg("xzf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(&dir),
             "tar xzf",
         );
     });
@@ -727,7 +739,10 @@ fn main() {
             if args.only.is_some_and(|o| o != side) {
                 continue;
             }
-            log(&format!("round {round}: {}", if side == 'a' { "A" } else { "B" }));
+            log(&format!(
+                "round {round}: {}",
+                if side == 'a' { "A" } else { "B" }
+            ));
             let r = if side == 'a' {
                 let a = Side {
                     label: "A replicator",
@@ -805,7 +820,10 @@ fn report(args: &Args, source: &Cached, archive_len: u64, dump_len: u64, results
         out.push_str(&format!("A replicator extra env: {:?}\n", args.env));
     }
     if let Some(b) = &args.b_bin {
-        out.push_str(&format!("B is the replicator {} (not the seed)\n", b.display()));
+        out.push_str(&format!(
+            "B is the replicator {} (not the seed)\n",
+            b.display()
+        ));
     }
     if !args.b_env.is_empty() {
         out.push_str(&format!("B replicator extra env: {:?}\n", args.b_env));

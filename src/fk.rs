@@ -261,7 +261,11 @@ mod tests {
             \\unrestrict abc\n";
         let (out, nv, v) = make_not_valid(sql);
         assert_eq!((nv, v), (1, 1));
-        assert!(out.contains("REFERENCES public.\"A; b\"(id) ON DELETE CASCADE DEFERRABLE NOT VALID;\n"));
+        assert!(
+            out.contains(
+                "REFERENCES public.\"A; b\"(id) ON DELETE CASCADE DEFERRABLE NOT VALID;\n"
+            )
+        );
         assert!(out.contains("REFERENCES public.users(id);\n"));
         assert!(out.starts_with("SET search_path = '';\n"));
         assert!(!out.contains("unrestrict"));
@@ -280,7 +284,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("fk.list");
         let skip = HashSet::from([3233]);
-        assert!(defer(&toc, FkMode::Validate, &skip, &list).unwrap().is_empty());
+        assert!(
+            defer(&toc, FkMode::Validate, &skip, &list)
+                .unwrap()
+                .is_empty()
+        );
         assert!(!list.exists());
         assert_eq!(
             defer(&toc, FkMode::Skip, &skip, &list).unwrap(),

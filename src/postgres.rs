@@ -39,16 +39,6 @@ pub const RESTORE_APPLICATION_NAME: &str = "replicator-restore";
 /// `application_name` of the short-lived sessions of the checks, the wipe and `set_unlogged`.
 pub const CONTROL_APPLICATION_NAME: &str = "replicator";
 
-/// Settings of `pg_restore`'s own sessions (`PGOPTIONS`; a role may set both itself), measured
-/// in `docs/performance.md`:
-/// - `synchronous_commit=off`: each table's `COPY` and each index is one transaction whose
-///   commit need not wait for the WAL flush; a crash loses nothing a rerun does not redo
-///   (a partial restore always starts again from the wipe).
-/// - `maintenance_work_mem=256MB`: index and primary-key builds sort in memory rather than
-///   in temporary files (the server default is 64MB); at most one build per job runs at once.
-pub const RESTORE_SESSION_OPTIONS: &str =
-    "-c synchronous_commit=off -c maintenance_work_mem=256MB";
-
 /// How many `pg_restore` stderr lines an error message keeps.
 const STDERR_TAIL: usize = 20;
 
@@ -1249,7 +1239,6 @@ pub fn restore_command_with_list(
         cmd.env_remove(var);
     }
     cmd.envs(target.child_env(RESTORE_APPLICATION_NAME));
-    cmd.env("PGOPTIONS", RESTORE_SESSION_OPTIONS);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
