@@ -510,7 +510,9 @@ fn run_replicator(
     let tag = &side.label[..1];
     let log_path = work.join(format!("replicator-{tag}-round{round}.log"));
     let mut cmd = Command::new(side.bin);
-    cmd.arg("run");
+    // Every round restores the same backup: without --force the records kept in the target
+    // would (rightly) make the replicator skip it as already restored.
+    cmd.args(["run", "--force"]);
     replicator_env(&mut cmd, fake, target, &state, side.env);
     cmd.stdin(Stdio::null())
         .stdout(fs::File::create(&log_path).unwrap())
