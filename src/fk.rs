@@ -15,13 +15,13 @@
 //!   enforcement; for a replica nobody writes to.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::ffi::OsString;
+use std::path::Path;
 use std::str::FromStr;
 
 use crate::error::StepError;
 use crate::postgres::Target;
-use crate::toc::{Toc, TocError};
+use crate::toc::{Toc, TocError, pg_restore_stdout};
 
 /// `FK_MODE`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,22 +63,6 @@ impl FromStr for FkMode {
 pub enum FkError {
     #[error(transparent)]
     Toc(#[from] TocError),
-    #[error(
-        "cannot run pg_restore to read the foreign keys of {dump}: {source}; install the PostgreSQL client tools (pg_restore) and make sure they are on PATH"
-    )]
-    Spawn {
-        dump: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "pg_restore could not print the foreign keys of {dump} ({status}): {stderr}; the dump is not a complete pg_dump -Fc archive, the backup must be downloaded again"
-    )]
-    Unreadable {
-        dump: PathBuf,
-        status: String,
-        stderr: String,
-    },
     #[error(
         "adding the foreign keys NOT VALID on {target} failed: {detail}; the run goes back to Dropping and retries (set FK_MODE=validate to let pg_restore create them instead)"
     )]
@@ -173,38 +157,26 @@ pub async fn add_not_valid(
 
 /// The SQL `pg_restore` would run for the entries of `list`.
 async fn foreign_key_sql(dump: &Path, list: &Path) -> Result<String, FkError> {
-    let mut use_list = std::ffi::OsString::from("--use-list=");
+    let mut use_list = OsString::from("--use-list=");
     use_list.push(list);
-    let out = tokio::process::Command::new("pg_restore")
-        .args([
-            "--section=post-data",
-            "--schema=public",
-            "--no-owner",
-            "--no-privileges",
-            "--no-comments",
-            "--no-tablespaces",
-            "--file=-",
-        ])
-        .arg(use_list)
-        .arg(dump)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| FkError::Spawn {
-            dump: dump.to_path_buf(),
-            source,
-        })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        return Err(FkError::Unreadable {
-            dump: dump.to_path_buf(),
-            status: out.status.to_string(),
-            stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut args: Vec<OsString> = [
+        "--section=post-data",
+        "--schema=public",
+        "--no-owner",
+        "--no-privileges",
+        "--no-comments",
+        "--no-tablespaces",
+        "--file=-",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    args.push(use_list);
+    Ok(pg_restore_stdout(
+        dump,
+        &args,
+        "--section=post-data --use-list (the foreign keys to add NOT VALID)",
+    )
+    .await?)
 }
 
 /// Adds `NOT VALID` to each foreign key of pg_dump's form

@@ -13,6 +13,7 @@
 //! tag is what lies between.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -33,6 +34,14 @@ pub enum TocError {
         path: PathBuf,
         status: String,
         stderr: String,
+    },
+    #[error(
+        "cannot read the restore list {path}: {source}; it is written at the start of the restore step: check that REPLICATOR_STATE_DIR is readable, then run `replicator resume`"
+    )]
+    ReadList {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error(
         "cannot write the restore list {path}: {source}; check that REPLICATOR_STATE_DIR is writable and has free space"
@@ -99,6 +108,17 @@ const TABLE_AND_NAME_DESCS: &[&str] = &[
 /// Descs whose tag is the name of a relation.
 const RELATION_DESCS: &[&str] = &["TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE"];
 
+/// The section of the dump an entry belongs to, which `pg_restore --section` filters on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TocSection {
+    /// Comments, security labels and privileges: in no section (`--no-comments` and
+    /// `--no-privileges` skip them anyway).
+    None,
+    PreData,
+    Data,
+    PostData,
+}
+
 /// One entry of the table of contents.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TocEntry {
@@ -118,6 +138,35 @@ pub struct TocEntry {
     pub owner: String,
 }
 
+impl TocEntry {
+    /// The section pg_dump assigns to an entry of this desc (`pg_dump.c`: `dumpTableData`,
+    /// `dumpIndex`...); the list does not print it.
+    pub fn section(&self) -> TocSection {
+        match self.desc.as_str() {
+            "COMMENT" | "ACL" | "SECURITY LABEL" | "DEFAULT ACL" => TocSection::None,
+            "TABLE DATA" | "SEQUENCE SET" | "BLOB" | "BLOBS" | "LARGE OBJECT" => TocSection::Data,
+            "INDEX"
+            | "INDEX ATTACH"
+            | "CONSTRAINT"
+            | "CHECK CONSTRAINT"
+            | "FK CONSTRAINT"
+            | "TRIGGER"
+            | "RULE"
+            | "EVENT TRIGGER"
+            | "MATERIALIZED VIEW DATA"
+            | "POLICY"
+            | "ROW SECURITY"
+            | "STATISTICS"
+            | "PUBLICATION TABLE"
+            | "PUBLICATION TABLES IN SCHEMA"
+            | "PUBLICATION"
+            | "SUBSCRIPTION"
+            | "SUBSCRIPTION TABLE" => TocSection::PostData,
+            _ => TocSection::PreData,
+        }
+    }
+}
+
 /// A dump's table of contents, with the original lines so that a list can be written back.
 #[derive(Clone, Debug, Default)]
 pub struct Toc {
@@ -129,23 +178,37 @@ pub struct Toc {
 impl Toc {
     /// `pg_restore --list` of `dump`.
     pub async fn read(dump: &Path) -> Result<Toc, TocError> {
-        let out = tokio::process::Command::new("pg_restore")
-            .arg("--list")
-            .arg(dump)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(TocError::Spawn)?;
-        if !out.status.success() {
-            return Err(TocError::Unreadable {
-                what: "--list",
-                path: dump.to_path_buf(),
-                status: out.status.to_string(),
-                stderr: last_lines(&String::from_utf8_lossy(&out.stderr), 5),
-            });
-        }
-        Ok(Toc::parse(&String::from_utf8_lossy(&out.stdout)))
+        let list = pg_restore_stdout(dump, &["--list".into()], "--list").await?;
+        Ok(Toc::parse(&list))
+    }
+
+    /// A `--use-list` file as [`Toc::write_list`] wrote it: its entries are exactly what a
+    /// `pg_restore --use-list` of it runs (before `--section` and `--schema` filter), since
+    /// the commented-out ones are not entries.
+    pub fn read_list(path: &Path) -> Result<Toc, TocError> {
+        let list = std::fs::read_to_string(path).map_err(|source| TocError::ReadList {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Toc::parse(&list))
+    }
+
+    /// `Dumped from database version` of the list's header: the production server's.
+    pub fn dumped_from(&self) -> Option<&str> {
+        self.header("Dumped from database version:")
+    }
+
+    /// `Dumped by pg_dump version` of the list's header.
+    pub fn dumped_by(&self) -> Option<&str> {
+        self.header("Dumped by pg_dump version:")
+    }
+
+    fn header(&self, key: &str) -> Option<&str> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(';'))
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
     }
 
     /// Parses the output of `pg_restore --list`.
@@ -275,18 +338,15 @@ fn last_lines(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The table each foreign key references: `FK CONSTRAINT` dump id to `(schema, table)`,
-/// read from the SQL `pg_restore --verbose` prints for the post-data section (the list
-/// itself does not say what a foreign key references).
-pub async fn foreign_key_targets(dump: &Path) -> Result<HashMap<u32, (String, String)>, TocError> {
+/// Runs `pg_restore ARGS DUMP` and returns what it prints on stdout. `what` names the
+/// arguments in the error (`--list`).
+pub async fn pg_restore_stdout(
+    dump: &Path,
+    args: &[OsString],
+    what: &'static str,
+) -> Result<String, TocError> {
     let out = tokio::process::Command::new("pg_restore")
-        .args([
-            "--verbose",
-            "--section=post-data",
-            "--no-owner",
-            "--no-privileges",
-            "--file=-",
-        ])
+        .args(args)
         .arg(dump)
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -295,38 +355,89 @@ pub async fn foreign_key_targets(dump: &Path) -> Result<HashMap<u32, (String, St
         .map_err(TocError::Spawn)?;
     if !out.status.success() {
         return Err(TocError::Unreadable {
-            what: "--section=post-data --file=-",
+            what,
             path: dump.to_path_buf(),
             status: out.status.to_string(),
             stderr: last_lines(&String::from_utf8_lossy(&out.stderr), 5),
         });
     }
-    Ok(parse_foreign_key_targets(&String::from_utf8_lossy(
-        &out.stdout,
-    )))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Reads `-- TOC entry N (...)` headers and, in the entry's statement,
-/// `... FOREIGN KEY (...) REFERENCES schema.table(...)`.
-fn parse_foreign_key_targets(sql: &str) -> HashMap<u32, (String, String)> {
-    let mut found = HashMap::new();
-    let mut current: Option<u32> = None;
+/// One foreign key of the dump, as its post-data SQL declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// Its `FK CONSTRAINT` dump id (`None` if the SQL had no `-- TOC entry` header).
+    pub id: Option<u32>,
+    /// The referencing table.
+    pub schema: String,
+    pub table: String,
+    /// The referenced table.
+    pub ref_schema: String,
+    pub ref_table: String,
+}
+
+/// Every foreign key of the dump, in the dump's order, read from the SQL `pg_restore
+/// --verbose` prints for the post-data section (the list itself does not say what a foreign
+/// key references; the SQL costs no data read).
+pub async fn foreign_keys(dump: &Path) -> Result<Vec<ForeignKey>, TocError> {
+    let args: Vec<OsString> = [
+        "--verbose",
+        "--section=post-data",
+        "--no-owner",
+        "--no-privileges",
+        "--file=-",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    let sql = pg_restore_stdout(dump, &args, "--section=post-data --file=-").await?;
+    Ok(parse_foreign_keys(&sql))
+}
+
+/// The table each foreign key references: `FK CONSTRAINT` dump id to `(schema, table)`.
+pub async fn foreign_key_targets(dump: &Path) -> Result<HashMap<u32, (String, String)>, TocError> {
+    Ok(foreign_keys(dump)
+        .await?
+        .into_iter()
+        .filter_map(|fk| Some((fk.id?, (fk.ref_schema, fk.ref_table))))
+        .collect())
+}
+
+/// Reads pg_dump's form of a foreign key, under its `-- TOC entry N (...)` header:
+/// `ALTER TABLE [ONLY] public."T"\n    ADD CONSTRAINT "c" FOREIGN KEY (a) REFERENCES public."U"(id);`
+fn parse_foreign_keys(sql: &str) -> Vec<ForeignKey> {
+    let mut found = Vec::new();
+    let mut id: Option<u32> = None;
+    let mut table: Option<(String, String)> = None;
     for line in sql.lines() {
         if let Some(rest) = line.strip_prefix("-- TOC entry ") {
-            current = rest.split(' ').next().and_then(|n| n.parse().ok());
+            id = rest.split(' ').next().and_then(|n| n.parse().ok());
             continue;
         }
-        let Some(id) = current else { continue };
-        if !line.contains("FOREIGN KEY (") {
+        if let Some(rest) = line.strip_prefix("ALTER TABLE ") {
+            table = parse_qualified(rest.strip_prefix("ONLY ").unwrap_or(rest));
+            continue;
+        }
+        // The constraint is on the line right after its `ALTER TABLE`.
+        let Some((schema, name)) = table.take() else {
+            continue;
+        };
+        if !line.trim_start().starts_with("ADD CONSTRAINT ") || !line.contains(" FOREIGN KEY (") {
             continue;
         }
         // The last one: a quoted column name could itself hold `) REFERENCES `.
         let Some(pos) = line.rfind(") REFERENCES ") else {
             continue;
         };
-        if let Some((schema, table)) = parse_qualified(&line[pos + ") REFERENCES ".len()..]) {
-            found.insert(id, (schema, table));
-            current = None;
+        if let Some((ref_schema, ref_table)) = parse_qualified(&line[pos + ") REFERENCES ".len()..])
+        {
+            found.push(ForeignKey {
+                id: id.take(),
+                schema,
+                table: name,
+                ref_schema,
+                ref_table,
+            });
         }
     }
     found
@@ -520,6 +631,50 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_header_and_sorts_entries_into_sections() {
+        let toc = Toc::parse(
+            ";\n;     Dumped from database version: 12.4\n;     Dumped by pg_dump version: 12.5\n;\n\
+             3600; 0 0 COMMENT public TABLE answers postgres\n",
+        );
+        assert_eq!(
+            (toc.dumped_from(), toc.dumped_by()),
+            (Some("12.4"), Some("12.5"))
+        );
+        assert_eq!(Toc::parse(LIST).dumped_by(), None);
+        let sections: Vec<(u32, TocSection)> = Toc::parse(LIST)
+            .entries()
+            .filter(|e| [215, 3377, 3232, 3226].contains(&e.id))
+            .map(|e| (e.id, e.section()))
+            .collect();
+        assert_eq!(
+            sections,
+            vec![
+                (215, TocSection::PreData),
+                (3377, TocSection::Data),
+                (3226, TocSection::PostData),
+                (3232, TocSection::PostData),
+            ]
+        );
+        assert_eq!(
+            toc.entries().next().map(TocEntry::section),
+            Some(TocSection::None)
+        );
+    }
+
+    #[test]
+    fn a_written_list_reads_back_without_what_it_comments_out() {
+        let toc = Toc::parse(LIST);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("restore.list");
+        toc.write_list(&path, &HashSet::from([3377, 3232])).unwrap();
+        let back = Toc::read_list(&path).unwrap();
+        assert_eq!(back.entries().count(), toc.entries().count() - 2);
+        assert!(back.entries().all(|e| e.id != 3377 && e.id != 3232));
+        let missing = Toc::read_list(&dir.path().join("nope.list")).unwrap_err();
+        assert!(missing.to_string().contains("nope.list"), "{missing}");
+    }
+
+    #[test]
     fn matching_is_exact() {
         let toc = Toc::parse(LIST);
         let names = parse_table_list("answers, nope").unwrap();
@@ -579,14 +734,56 @@ mod tests {
     }
 
     #[test]
+    fn reads_foreign_keys_of_partitioned_tables_and_other_schemas() {
+        let sql = "ALTER TABLE ONLY public.answers\n    ADD CONSTRAINT \"answers_x_fkey\" FOREIGN KEY (\"ke Id\") REFERENCES public.\"knowledge-elements\"(id);\n\n\
+            ALTER TABLE public.\"Events\"\n    ADD CONSTRAINT \"Events_userId_fkey\" FOREIGN KEY (\"userId\") REFERENCES public.\"User\"\"Accounts\"(id);\n\
+            ALTER TABLE ONLY public.\"User\"\"Accounts\"\n    ADD CONSTRAINT u_fkey FOREIGN KEY (org) REFERENCES public.orgs(id) ON DELETE CASCADE;\n\
+            ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n\
+            ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_fk FOREIGN KEY (o) REFERENCES other.o(id);\n";
+        let fks = parse_foreign_keys(sql);
+        assert!(fks.iter().all(|f| f.schema == "public" && f.id.is_none()));
+        let pairs: Vec<(&str, &str, &str)> = fks
+            .iter()
+            .map(|f| {
+                (
+                    f.table.as_str(),
+                    f.ref_schema.as_str(),
+                    f.ref_table.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("answers", "public", "knowledge-elements"),
+                ("Events", "public", "User\"Accounts"),
+                ("User\"Accounts", "public", "orgs"),
+                ("t", "other", "o"),
+            ]
+        );
+    }
+
+    #[test]
     fn reads_what_foreign_keys_reference() {
         let sql = "--\n-- TOC entry 3232 (class 2606 OID 16401)\n-- Name: x\n--\n\n\
             ALTER TABLE ONLY public.\"element-answers\"\n    ADD CONSTRAINT \"element-answers_answer_id_fkey\" FOREIGN KEY (answer_id) REFERENCES public.answers(id);\n\n\
             --\n-- TOC entry 3226 (class 2606 OID 16393)\n--\n\nALTER TABLE ONLY public.answers\n    ADD CONSTRAINT answers_pkey PRIMARY KEY (id);\n\
             --\n-- TOC entry 3233 (class 2606 OID 16421)\n--\n\nALTER TABLE ONLY public.\"my table\"\n    ADD CONSTRAINT \"fk z\" FOREIGN KEY (id, \"o ) REFERENCES x\") REFERENCES public.\"Answers\"(id);\n";
-        let fks = parse_foreign_key_targets(sql);
+        let fks = parse_foreign_keys(sql);
         assert_eq!(fks.len(), 2, "{fks:?}");
-        assert_eq!(fks[&3232], ("public".into(), "answers".into()));
-        assert_eq!(fks[&3233], ("public".into(), "Answers".into()));
+        assert_eq!(
+            fks[0],
+            ForeignKey {
+                id: Some(3232),
+                schema: "public".into(),
+                table: "element-answers".into(),
+                ref_schema: "public".into(),
+                ref_table: "answers".into(),
+            }
+        );
+        assert_eq!(
+            (fks[1].id, fks[1].table.as_str(), fks[1].ref_table.as_str()),
+            (Some(3233), "my table", "Answers")
+        );
     }
 }
