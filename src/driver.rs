@@ -152,10 +152,7 @@ impl<S: Steps> Driver<S> {
     /// resumed; every transition is persisted before its step starts.
     pub async fn drive(&self, mut run: Run) -> Result<Outcome, DriverError> {
         // What `status` showed before this run, put back if the run turns out to be a skip.
-        let previous_current = self
-            .store
-            .current()?
-            .filter(|r| r.run_id != run.run_id);
+        let previous_current = self.store.current()?.filter(|r| r.run_id != run.run_id);
         if matches!(run.phase, Phase::Idle) {
             self.store.save(&run)?;
             run = self.apply(&run, Event::Start)?;
@@ -423,7 +420,12 @@ impl RealSteps {
         let list = work_dir(&self.state_dir, &run.run_id).join("restore.list");
         let mut skip = plan.skip;
         let fk_list = work_dir(&self.state_dir, &run.run_id).join("fk.list");
-        skip.extend(crate::fk::defer(&toc, self.restore.fk_mode, &skip, &fk_list)?);
+        skip.extend(crate::fk::defer(
+            &toc,
+            self.restore.fk_mode,
+            &skip,
+            &fk_list,
+        )?);
         toc.write_list(&list, &skip)?;
         Ok(list)
     }
@@ -467,7 +469,17 @@ impl Steps for RealSteps {
         let url = self.scalingo()?.download_url(&backup.id).await?;
         let total = backup.size;
         let report = |done: u64| progress(Progress::Bytes { done, total });
-        let got = fetch::download(&self.http, &url, &archive, backup.size, &report).await?;
+        let dump = self.dump_path(run);
+        let fetched =
+            fetch::download_extracting(&self.http, &url, &archive, &dump, backup.size, &report)
+                .await?;
+        let got = fetched.download;
+        if let Some(bytes) = fetched.dump_bytes {
+            info!(
+                bytes,
+                "extracted the dump during the download ({bytes} bytes)"
+            );
+        }
         info!(
             bytes = got.bytes,
             resumed_from = got.resumed_from,
@@ -488,11 +500,34 @@ impl Steps for RealSteps {
         if !matches!(run.origin, Origin::Dump { .. }) {
             let archive = self.archive_path(run);
             create_dir_for(&dump)?;
-            let (a, d) = (archive.clone(), dump.clone());
-            let bytes = tokio::task::spawn_blocking(move || fetch::extract_dump(&a, &d))
-                .await
-                .map_err(|e| StepError::transient(format!("extraction task failed: {e}")))??;
-            info!(bytes, "extracted the dump ({bytes} bytes)");
+            // A dump from the download step (or an earlier attempt of this one) is used only
+            // when its marker proves it whole; a file the user gave is always extracted.
+            let scalingo = matches!(run.origin, Origin::Scalingo);
+            let expected = run.backup().and_then(|b| b.size);
+            match fetch::complete_dump(&dump, &archive, expected).filter(|_| scalingo) {
+                Some(bytes) => info!(
+                    bytes,
+                    "the dump is already extracted and whole ({bytes} bytes, during the download or by an earlier attempt): not extracting it again"
+                ),
+                None => {
+                    fetch::discard_extracted(&dump);
+                    let (a, d) = (archive.clone(), dump.clone());
+                    let bytes = tokio::task::spawn_blocking(move || {
+                        let bytes = fetch::extract_dump(&a, &d)?;
+                        if scalingo {
+                            // Lets a retry of this step after the archive's removal go on.
+                            let len = std::fs::metadata(&a).map(|m| m.len()).unwrap_or(0);
+                            if let Err(e) = fetch::record_complete_dump(&d, len, bytes) {
+                                warn!("could not write the marker of {}: {e}", d.display());
+                            }
+                        }
+                        Ok::<_, StepError>(bytes)
+                    })
+                    .await
+                    .map_err(|e| StepError::transient(format!("extraction task failed: {e}")))??;
+                    info!(bytes, "extracted the dump ({bytes} bytes)");
+                }
+            }
             // Only our own download goes: a file the user gave is theirs.
             if matches!(run.origin, Origin::Scalingo) {
                 let _ = std::fs::remove_file(&archive);
@@ -544,8 +579,7 @@ impl Steps for RealSteps {
         )
         .await?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
-        if section == Section::DataAndPostData && self.restore.fk_mode == crate::fk::FkMode::Trust
-        {
+        if section == Section::DataAndPostData && self.restore.fk_mode == crate::fk::FkMode::Trust {
             let fk_list = work_dir(&self.state_dir, &run.run_id).join("fk.list");
             let (not_valid, validated) =
                 crate::fk::add_not_valid(&self.target, &dump, &fk_list).await?;

@@ -2,12 +2,19 @@
 //! the `*.pgsql` member from Scalingo's `.tar.gz`.
 //!
 //! Both stream: memory use does not grow with the archive (Pix's is tens of GB).
+//!
+//! A download that starts from byte 0 and completes in one response is also extracted while
+//! it arrives ([`download_extracting`]): a blocking thread follows the growing archive file,
+//! so that over a slow network the extraction costs nothing. Anything else (a `Range` resume,
+//! a server that restarts from 0, a failed follower) leaves the extraction to the
+//! `Extracting` step, as before. A dump extracted that way is trusted only with its marker
+//! (`dump.pgsql.complete`), written once both the archive and the dump are whole.
 
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use reqwest::{StatusCode, header};
@@ -23,6 +30,15 @@ pub struct Downloaded {
     pub bytes: u64,
     /// Bytes that were already on disk and kept (0 when it started from scratch).
     pub resumed_from: u64,
+}
+
+/// What [`download_extracting`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub download: Downloaded,
+    /// The dump's length when it was extracted while downloading (and its marker written);
+    /// `None`: the `Extracting` step extracts it.
+    pub dump_bytes: Option<u64>,
 }
 
 /// Large enough that a fast link does not turn into a syscall per network chunk.
@@ -133,16 +149,39 @@ pub async fn download(
     expected_size: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Downloaded, StepError> {
-    Ok(download_inner(http, url, dest, expected_size, progress).await?)
+    let (downloaded, _) = download_inner(http, url, dest, None, expected_size, progress).await?;
+    Ok(downloaded)
+}
+
+/// [`download`], extracting the `*.pgsql` member into `dump` while the archive arrives when
+/// the download starts from byte 0 and completes in one response.
+///
+/// Whatever a previous attempt extracted is discarded first, unless the archive is already
+/// complete: a dump is trusted only with the marker written after a whole extraction.
+pub async fn download_extracting(
+    http: &reqwest::Client,
+    url: &DownloadUrl,
+    dest: &Path,
+    dump: &Path,
+    expected_size: Option<u64>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Fetched, StepError> {
+    let (download, dump_bytes) =
+        download_inner(http, url, dest, Some(dump), expected_size, progress).await?;
+    Ok(Fetched {
+        download,
+        dump_bytes,
+    })
 }
 
 async fn download_inner(
     http: &reqwest::Client,
     url: &DownloadUrl,
     dest: &Path,
+    dump: Option<&Path>,
     expected_size: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<Downloaded, DownloadError> {
+) -> Result<(Downloaded, Option<u64>), DownloadError> {
     let location = url.redacted();
     let disk = |source| DownloadError::Disk {
         path: dest.to_path_buf(),
@@ -156,11 +195,17 @@ async fn download_inner(
             on_disk = 0;
         } else if on_disk == expected && on_disk > 0 {
             tracing::info!(path = %dest.display(), bytes = on_disk, "archive already complete");
-            return Ok(Downloaded {
+            let downloaded = Downloaded {
                 bytes: on_disk,
                 resumed_from: on_disk,
-            });
+            };
+            return Ok((downloaded, None));
         }
+    }
+    // The archive is about to change: a dump taken out of an earlier state of it is stale
+    // (and would hold disk the next extraction needs).
+    if let Some(dump) = dump {
+        discard_extracted(dump);
     }
     // A second pass only when the server refused a resume (416 or a mismatched 206).
     for pass in 0..2 {
@@ -171,20 +216,52 @@ async fn download_inner(
                     Start::Append(n) => n,
                     Start::FromZero => 0,
                 };
-                let bytes =
-                    write_body(resp, dest, start, expected_size, progress, &location).await?;
-                check_final_length(dest, bytes, expected_size)?;
+                // Only a fresh download is followed: one resumed or restarted is extracted by
+                // the `Extracting` step, from the whole file, as it always was.
+                let follower = match (dump, &start) {
+                    (Some(dump), Start::FromZero) if pass == 0 && on_disk == 0 => {
+                        Some(Follower::start(dest, dump).map_err(disk)?)
+                    }
+                    _ => None,
+                };
+                let feed = follower.as_ref().map(|f| f.feed.clone());
+                let report = |n: u64| {
+                    if let Some(feed) = &feed {
+                        feed.more.notify_all();
+                    }
+                    progress(n);
+                };
+                let written = write_body(resp, dest, start, expected_size, &report, &location)
+                    .await
+                    .and_then(|bytes| {
+                        check_final_length(dest, bytes, expected_size).map(|()| bytes)
+                    });
+                let bytes = match written {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        if let Some(f) = follower {
+                            f.abandon().await;
+                        }
+                        return Err(e);
+                    }
+                };
                 tracing::info!(path = %dest.display(), bytes, resumed_from, "download complete");
-                return Ok(Downloaded {
+                let dump_bytes = match (follower, dump) {
+                    (Some(f), Some(dump)) => f.finish(bytes, dump).await,
+                    _ => None,
+                };
+                let downloaded = Downloaded {
                     bytes,
                     resumed_from,
-                });
+                };
+                return Ok((downloaded, dump_bytes));
             }
             Outcome::AlreadyComplete => {
-                return Ok(Downloaded {
+                let downloaded = Downloaded {
                     bytes: on_disk,
                     resumed_from: on_disk,
-                });
+                };
+                return Ok((downloaded, None));
             }
             Outcome::Restart(why) if pass == 0 => {
                 tracing::warn!(location = %location, on_disk, why = %why, "cannot resume: starting over from byte 0");
@@ -396,6 +473,187 @@ fn truncate(path: &Path) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Extraction while downloading
+// ---------------------------------------------------------------------------------------
+
+/// How long the follower sleeps at the end of the file when no wake-up comes (a missed
+/// notification costs at most this).
+const FOLLOW_POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FeedState {
+    /// The downloader is still writing: the end of the file is not the end of the archive.
+    Growing,
+    /// Every byte is in the file (flushed and synced): its end is the archive's.
+    Complete,
+    /// The download failed or was abandoned: the follower stops at its next read.
+    Aborted,
+}
+
+/// What the downloader tells the thread that follows the archive file.
+struct Feed {
+    state: Mutex<FeedState>,
+    more: Condvar,
+}
+
+impl Feed {
+    fn set(&self, to: FeedState) {
+        let mut state = self.state.lock().expect("feed lock");
+        // Aborted is final: a complete archive whose follower is abandoned still stops it.
+        if *state != FeedState::Aborted {
+            *state = to;
+        }
+        drop(state);
+        self.more.notify_all();
+    }
+
+    fn get(&self) -> FeedState {
+        *self.state.lock().expect("feed lock")
+    }
+}
+
+/// A `Read` over an archive file that is still being written: at the end of the file it waits
+/// for more until the download is complete (then it is the end) or aborted (then an error).
+struct FollowFile {
+    file: fs::File,
+    feed: Arc<Feed>,
+}
+
+impl Read for FollowFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // Read before the file: `Complete` is set only once every byte is in it, so a
+            // read that then finds nothing is at the true end.
+            let state = self.feed.get();
+            if state == FeedState::Aborted {
+                return Err(io::Error::other(
+                    "the download stopped before the archive was complete",
+                ));
+            }
+            let n = self.file.read(buf)?;
+            if n > 0 || buf.is_empty() || state == FeedState::Complete {
+                return Ok(n);
+            }
+            let guard = self.feed.state.lock().expect("feed lock");
+            if *guard == FeedState::Growing {
+                drop(self.feed.more.wait_timeout(guard, FOLLOW_POLL));
+            }
+        }
+    }
+}
+
+/// The thread extracting the dump from the archive as it is downloaded. Dropping it (the
+/// download failed, or its future was dropped on shutdown) stops the thread at its next
+/// read; the thread then removes its `.partial`.
+struct Follower {
+    feed: Arc<Feed>,
+    task: tokio::task::JoinHandle<Result<u64, ExtractError>>,
+}
+
+impl Follower {
+    /// Creates the (empty) archive file, so that the thread can open it before the body's
+    /// first byte, and starts the thread.
+    fn start(archive: &Path, dump: &Path) -> io::Result<Follower> {
+        fs::File::create(archive)?;
+        let file = fs::File::open(archive)?;
+        let feed = Arc::new(Feed {
+            state: Mutex::new(FeedState::Growing),
+            more: Condvar::new(),
+        });
+        let input = FollowFile {
+            file,
+            feed: feed.clone(),
+        };
+        let (archive, dump) = (archive.to_path_buf(), dump.to_path_buf());
+        let task = tokio::task::spawn_blocking(move || extract_from(input, &archive, &dump));
+        Ok(Follower { feed, task })
+    }
+
+    /// The archive is whole (`archive_bytes`): lets the thread read to its end, waits for
+    /// it, and writes the dump's marker. `None` (and nothing left behind) when the extraction
+    /// failed: the `Extracting` step then extracts again and reports what is wrong.
+    async fn finish(mut self, archive_bytes: u64, dump: &Path) -> Option<u64> {
+        self.feed.set(FeedState::Complete);
+        let outcome = match (&mut self.task).await {
+            Ok(Ok(dump_bytes)) => record_complete_dump(dump, archive_bytes, dump_bytes)
+                .map(|()| dump_bytes)
+                .map_err(|e| format!("writing the marker of {}: {e}", dump.display())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the extraction thread failed: {e}")),
+        };
+        match outcome {
+            Ok(dump_bytes) => Some(dump_bytes),
+            Err(why) => {
+                tracing::warn!(dump = %dump.display(), "extracting the dump during the download failed ({why}); the Extracting step extracts it again");
+                discard_extracted(dump);
+                None
+            }
+        }
+    }
+}
+
+impl Follower {
+    /// The download failed: stops the thread and waits for it to remove its `.partial`.
+    async fn abandon(mut self) {
+        self.feed.set(FeedState::Aborted);
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.feed.set(FeedState::Aborted);
+    }
+}
+
+fn marker_path(dump: &Path) -> PathBuf {
+    with_suffix(dump, ".complete")
+}
+
+/// Records that `dump` is whole and came from a whole archive of `archive_bytes`. Written after
+/// the dump's rename and the gzip check to the archive's end, so a crash before it leaves no
+/// marker (and the dump is extracted again).
+pub fn record_complete_dump(dump: &Path, archive_bytes: u64, dump_bytes: u64) -> io::Result<()> {
+    let mut f = fs::File::create(marker_path(dump))?;
+    writeln!(f, "archive_bytes={archive_bytes} dump_bytes={dump_bytes}")?;
+    f.sync_all()
+}
+
+/// The length of `dump` when its marker proves it whole: the marker parses, the dump has the
+/// length recorded, the archive recorded has the backup's size (`expected_archive`, when
+/// known), and the archive, if still on disk, has the length recorded.
+pub fn complete_dump(dump: &Path, archive: &Path, expected_archive: Option<u64>) -> Option<u64> {
+    let text = fs::read_to_string(marker_path(dump)).ok()?;
+    let field = |key: &str| -> Option<u64> {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    let (archive_bytes, dump_bytes) = (field("archive_bytes")?, field("dump_bytes")?);
+    let archive_ok = match fs::metadata(archive) {
+        Ok(m) => m.len() == archive_bytes,
+        // Removed once the dump was extracted from it.
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    };
+    let proven = archive_ok
+        && expected_archive.is_none_or(|e| e == archive_bytes)
+        && fs::metadata(dump).is_ok_and(|m| m.len() == dump_bytes);
+    proven.then_some(dump_bytes)
+}
+
+/// Removes whatever an extraction left for `dump`: the dump, its `.partial`, its marker.
+pub fn discard_extracted(dump: &Path) {
+    for path in [marker_path(dump), dump.to_path_buf(), partial_path(dump)] {
+        match fs::remove_file(&path) {
+            Ok(()) => tracing::debug!(path = %path.display(), "removed a stale extraction"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "could not remove {}: {e}", path.display())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Extraction
 // ---------------------------------------------------------------------------------------
 
@@ -464,23 +722,32 @@ const PGDMP: &[u8] = b"PGDMP";
 /// Streams the `*.pgsql` member of `archive` into `dump` and returns the dump's length.
 /// Blocking: run it on a blocking thread.
 pub fn extract_dump(archive: &Path, dump: &Path) -> Result<u64, StepError> {
-    Ok(extract(archive, dump)?)
+    let file = fs::File::open(archive).map_err(|source| ExtractError::OpenArchive {
+        archive: archive.to_path_buf(),
+        source,
+    })?;
+    Ok(extract_from(file, archive, dump)?)
 }
 
-fn extract(archive: &Path, dump: &Path) -> Result<u64, ExtractError> {
+/// The extraction from any reader of the archive's bytes (the file, or the file followed as
+/// it is downloaded); `archive` names it in messages.
+fn extract_from(source: impl Read, archive: &Path, dump: &Path) -> Result<u64, ExtractError> {
     let open_err = |source| ExtractError::OpenArchive {
         archive: archive.to_path_buf(),
         source,
     };
-    let mut input = BufReader::with_capacity(1 << 20, fs::File::open(archive).map_err(open_err)?);
-    if !starts_with_gzip_magic(&mut input).map_err(open_err)? {
+    let mut input = BufReader::with_capacity(1 << 20, source);
+    // Read, not peeked: a followed file may hold a single byte yet.
+    let mut magic = [0u8; 2];
+    let got = read_up_to(&mut input, &mut magic).map_err(open_err)?;
+    if got < magic.len() || magic != [0x1f, 0x8b] {
         return Err(ExtractError::NotGzip {
             archive: archive.to_path_buf(),
         });
     }
     let gz_failure = Arc::new(Mutex::new(None));
     let gz = WatchedReader {
-        inner: flate2::bufread::GzDecoder::new(input),
+        inner: flate2::bufread::GzDecoder::new(io::Cursor::new(magic).chain(input)),
         failure: gz_failure.clone(),
     };
     let mut tar = tar::Archive::new(gz);
@@ -501,10 +768,18 @@ fn extract(archive: &Path, dump: &Path) -> Result<u64, ExtractError> {
     Ok(length)
 }
 
-fn starts_with_gzip_magic(input: &mut BufReader<fs::File>) -> io::Result<bool> {
-    use std::io::BufRead;
-    let head = input.fill_buf()?;
-    Ok(head.len() >= 2 && head[..2] == [0x1f, 0x8b])
+/// Fills `buf` unless the input ends first; returns how much was read.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Remembers the first error of the gzip layer, which tar would otherwise reword.
@@ -642,9 +917,13 @@ fn not_custom_hint(head: &[u8]) -> &'static str {
 }
 
 fn partial_path(dump: &Path) -> PathBuf {
-    let mut name: OsString = dump.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    dump.with_file_name(name)
+    with_suffix(dump, ".partial")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name: OsString = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 #[cfg(test)]
@@ -666,6 +945,92 @@ mod tests {
             partial_path(Path::new("/d/x.pgsql")),
             PathBuf::from("/d/x.pgsql.partial")
         );
+    }
+
+    fn feed() -> Arc<Feed> {
+        Arc::new(Feed {
+            state: Mutex::new(FeedState::Growing),
+            more: Condvar::new(),
+        })
+    }
+
+    #[test]
+    fn a_followed_file_is_read_as_it_grows_and_ends_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        let mut writer = fs::File::create(&path).unwrap();
+        writer.write_all(b"ab").unwrap();
+        let feed = feed();
+        let mut reader = FollowFile {
+            file: fs::File::open(&path).unwrap(),
+            feed: feed.clone(),
+        };
+        let got = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).map(|_| all)
+        });
+        // The reader is at the end of "ab" and must wait, not stop there.
+        std::thread::sleep(Duration::from_millis(100));
+        writer.write_all(b"cd").unwrap();
+        feed.more.notify_all();
+        std::thread::sleep(Duration::from_millis(100));
+        writer.write_all(b"ef").unwrap();
+        feed.set(FeedState::Complete);
+        assert_eq!(got.join().unwrap().unwrap(), b"abcdef");
+    }
+
+    #[test]
+    fn a_followed_file_errors_once_the_download_is_aborted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        fs::write(&path, b"xy").unwrap();
+        let feed = feed();
+        let mut reader = FollowFile {
+            file: fs::File::open(&path).unwrap(),
+            feed: feed.clone(),
+        };
+        let got = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all)
+        });
+        feed.set(FeedState::Aborted);
+        // Complete after Aborted does not revive it.
+        feed.set(FeedState::Complete);
+        assert!(got.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn only_a_marked_dump_of_the_right_lengths_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, dump) = (dir.path().join("a.tar.gz"), dir.path().join("d.pgsql"));
+        fs::write(&archive, vec![0; 100]).unwrap();
+        fs::write(&dump, vec![0; 40]).unwrap();
+        assert_eq!(complete_dump(&dump, &archive, Some(100)), None, "no marker");
+        record_complete_dump(&dump, 100, 40).unwrap();
+        assert_eq!(complete_dump(&dump, &archive, Some(100)), Some(40));
+        assert_eq!(complete_dump(&dump, &archive, None), Some(40));
+        assert_eq!(
+            complete_dump(&dump, &archive, Some(101)),
+            None,
+            "not the backup's size"
+        );
+        fs::write(&archive, vec![0; 99]).unwrap();
+        assert_eq!(
+            complete_dump(&dump, &archive, Some(100)),
+            None,
+            "archive changed"
+        );
+        fs::remove_file(&archive).unwrap();
+        assert_eq!(
+            complete_dump(&dump, &archive, Some(100)),
+            Some(40),
+            "archive removed"
+        );
+        fs::write(&dump, vec![0; 39]).unwrap();
+        assert_eq!(complete_dump(&dump, &archive, Some(100)), None, "dump cut");
+        fs::write(partial_path(&dump), b"x").unwrap();
+        discard_extracted(&dump);
+        assert!(!dump.exists() && !partial_path(&dump).exists() && !marker_path(&dump).exists());
     }
 
     #[test]

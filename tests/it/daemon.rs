@@ -433,17 +433,30 @@ fn the_backup_already_restored_is_skipped_and_force_restores_it() {
     let fresh = s.files.path().join("fresh-container");
     s.put_stale_table_in_target();
     let out = s.cmd_with_state(&["run"], &fresh).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout(&out).contains("already restored"),
         "{}",
         stdout(&out)
     );
-    assert!(s.table_exists("stale_leftover"), "a skipped run touched the target");
-    let out = s.cmd_with_state(&["status", "--json"], &fresh).output().unwrap();
+    assert!(
+        s.table_exists("stale_leftover"),
+        "a skipped run touched the target"
+    );
+    let out = s
+        .cmd_with_state(&["status", "--json"], &fresh)
+        .output()
+        .unwrap();
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st["phase"], "Done", "{st:#}");
-    assert_ne!(st["phase"], "FetchingUrl", "the skip left a run behind: {st:#}");
+    assert_ne!(
+        st["phase"], "FetchingUrl",
+        "the skip left a run behind: {st:#}"
+    );
 }
 
 #[test]
