@@ -270,13 +270,7 @@ pub fn build_driver(
         .map(|v| parse_number(v, "MAX_BACKUP_AGE_HOURS", 1, 24 * 365))
         .transpose()?
         .map(|h| Duration::from_secs(h * 3600));
-    let target = Target::parse(&database_url).map_err(|e| {
-        CliError::Config(ConfigError::Invalid {
-            var: "DATABASE_URL",
-            value: "(hidden)".into(),
-            expected: e.to_string(),
-        })
-    })?;
+    let target = parse_target(&database_url)?;
     Ok(Driver {
         store: Store::new(&state_dir),
         steps: RealSteps {
@@ -297,6 +291,18 @@ pub fn build_driver(
         max_backup_age,
         shutdown,
         remote: Some(crate::remote_state::RemoteWriter::new(target)),
+    })
+}
+
+/// The target of `DATABASE_URL`; a URL it cannot use is a configuration error (the URL may
+/// hold a password: it is never repeated).
+fn parse_target(url: &crate::secret::Secret) -> Result<Target, CliError> {
+    Target::parse(url).map_err(|e| {
+        CliError::Config(ConfigError::Invalid {
+            var: "DATABASE_URL",
+            value: "(hidden)".into(),
+            expected: e.to_string(),
+        })
     })
 }
 
@@ -535,13 +541,7 @@ async fn cmd_status(state_dir: PathBuf, args: StatusArgs) -> Result<u8, CliError
     let mut unreadable = None;
     if args.from_target || (current.is_none() && has_url) {
         let url = args.target.validate()?;
-        let target = Target::parse(&url).map_err(|e| {
-            CliError::Config(ConfigError::Invalid {
-                var: "DATABASE_URL",
-                value: "(hidden)".into(),
-                expected: e.to_string(),
-            })
-        })?;
+        let target = parse_target(&url)?;
         match crate::remote_state::read(&target).await {
             Ok(runs) => remote = Some((target.describe(), runs)),
             Err(e) if args.from_target => return Err(fatal(e)),
