@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::common::fake_scalingo::{ErrorFault, Route, Times};
-use crate::common::scenario::{Scenario, eventually, kill_9, stderr, stdout};
+use crate::common::scenario::{Scenario, big_source, eventually, kill_9, stderr, stdout};
 
 /// Never fires within a test: only the resume at start can make such a daemon replicate.
 const YEARLY: &str = "0 0 1 1 *";
@@ -178,18 +178,6 @@ fn the_daemon_retries_500s_replicates_on_its_schedule_and_stops_on_sigterm() {
         "acceptance: Done {:.1}s after start, SIGTERM to exit {:.2}s",
         to_done.as_secs_f64(),
         took.as_secs_f64()
-    );
-}
-
-/// A source whose data section takes long enough to be stopped in the middle of.
-fn big_source(cluster: &crate::common::pg::PgCluster, db: &str) {
-    crate::common::pg::create_rich_source(cluster, db);
-    cluster.superuser_psql(
-        db,
-        "CREATE TABLE \"Big-Events\" (id bigserial PRIMARY KEY, payload text, n int);\
-         INSERT INTO \"Big-Events\" (payload, n) SELECT md5(g::text) || md5((g*7)::text), g % 1000 \
-         FROM generate_series(1, 1500000) g;\
-         CREATE INDEX big_events_n ON \"Big-Events\" (n);",
     );
 }
 

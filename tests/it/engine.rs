@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::common::fake_scalingo::{DONE_BACKUP_ID, Route};
-use crate::common::scenario::{Scenario, eventually, kill_9, stderr, stdout};
+use crate::common::scenario::{Scenario, big_source, eventually, kill_9, stderr, stdout};
 
 #[test]
 fn run_replaces_the_target_with_the_newest_done_backup() {
@@ -147,18 +147,6 @@ fn status_answers_while_a_download_is_live_and_resume_continues_it_with_range() 
     );
     s.assert_target_is_source();
     assert_eq!(s.status_json()["phase"], "Done");
-}
-
-/// A source whose data section takes long enough to be killed in the middle of.
-fn big_source(cluster: &crate::common::pg::PgCluster, db: &str) {
-    crate::common::pg::create_rich_source(cluster, db);
-    cluster.superuser_psql(
-        db,
-        "CREATE TABLE \"Big-Events\" (id bigserial PRIMARY KEY, payload text, n int);\
-         INSERT INTO \"Big-Events\" (payload, n) SELECT md5(g::text) || md5((g*7)::text), g % 1000 \
-         FROM generate_series(1, 1500000) g;\
-         CREATE INDEX big_events_n ON \"Big-Events\" (n);",
-    );
 }
 
 #[test]

@@ -265,6 +265,19 @@ impl Scenario {
     }
 }
 
+/// The rich source plus 1.5 M rows: its data section takes long enough (seconds) to be killed
+/// or stopped in the middle of.
+pub fn big_source(cluster: &PgCluster, db: &str) {
+    create_rich_source(cluster, db);
+    cluster.superuser_psql(
+        db,
+        "CREATE TABLE \"Big-Events\" (id bigserial PRIMARY KEY, payload text, n int);\
+         INSERT INTO \"Big-Events\" (payload, n) SELECT md5(g::text) || md5((g*7)::text), g % 1000 \
+         FROM generate_series(1, 1500000) g;\
+         CREATE INDEX big_events_n ON \"Big-Events\" (n);",
+    );
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
