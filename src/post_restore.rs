@@ -285,37 +285,9 @@ pub fn split_statements<'a>(sql: &'a str) -> Vec<Statement<'a>> {
             b'\'' => {
                 let escapes =
                     i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident_byte(b[i - 2]));
-                i += 1;
-                while i < b.len() {
-                    if escapes && b[i] == b'\\' {
-                        i += 2;
-                    } else if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                        } else {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                i += 1;
+                i = after_quoted(b, i, b'\'', escapes);
             }
-            b'"' => {
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'"' {
-                        if b.get(i + 1) == Some(&b'"') {
-                            i += 2;
-                        } else {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                i += 1;
-            }
+            b'"' => i = after_quoted(b, i, b'"', false),
             b'$' if i == 0 || !is_ident_byte(b[i - 1]) => {
                 // `$tag$` or `$$`; `$1` is a parameter, not a quote.
                 let tag_end = sql[i + 1..]
@@ -363,6 +335,26 @@ pub fn split_statements<'a>(sql: &'a str) -> Vec<Statement<'a>> {
     }
     push(start, sql.len(), &mut out);
     out
+}
+
+/// The index just past the quoted string or identifier that opens at `b[open]`: a doubled
+/// `quote` stands for itself, and in an `E'...'` string a backslash escapes the next byte.
+fn after_quoted(b: &[u8], open: usize, quote: u8, backslash_escapes: bool) -> usize {
+    let mut i = open + 1;
+    while i < b.len() {
+        if backslash_escapes && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i + 1
 }
 
 fn is_ident_byte(c: u8) -> bool {
