@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::fake_scalingo::{DONE_BACKUP_ID, Route};
+use crate::common::fake_scalingo::{DONE_BACKUP_ID, Route, default_backups, write_archive};
 use crate::common::scenario::{Scenario, big_source, eventually, kill_9, stderr, stdout};
 
 #[test]
@@ -250,4 +250,35 @@ fn invalid_configuration_is_refused_before_anything_is_touched() {
     assert!(stderr(&out).contains("SCALINGO_API_TOKEN"));
     assert_eq!(s.fake.records().count(Route::Exchange), 0);
     assert!(s.table_exists("stale_leftover"));
+}
+
+#[test]
+fn run_restores_the_real_pix_dump_exactly() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/pix-source-2020.pgsql");
+    if !fixture.exists() {
+        eprintln!(
+            "skipped: the Pix fixture {} is absent (it sits beside the project, in shared/)",
+            fixture.display()
+        );
+        return;
+    }
+    // The source is what the dump holds, restored by hand as the superuser: the reference.
+    let mut s = Scenario::new("pix", |c, db| c.pg_restore_as_superuser(db, &fixture));
+    // Serve the real 2020 dump itself (made by pg_dump 12.4), not a re-dump of the source.
+    let archive = s.files.path().join("pix.tar.gz");
+    let len = write_archive(&fixture, "20201020041000_pix_1234.pgsql", &archive).unwrap();
+    s.fake.set_archive(archive);
+    s.fake.set_backups(default_backups(len));
+    s.set_env("USE_UNLOGGED_TABLES", "true");
+    s.put_stale_table_in_target();
+
+    s.run_ok(&["run"]);
+    s.assert_target_is_source();
+    assert!(!s.table_exists("stale_leftover"));
+    let tables = s.table_persistence();
+    assert_eq!(tables.len(), 40, "{tables:?}");
+    assert!(tables.iter().all(|(_, p)| p == "u"), "{tables:?}");
+    assert!(s.table_exists("\"knowledge-elements\""));
+    assert_eq!(s.status_json()["phase"], "Done");
 }
