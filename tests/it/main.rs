@@ -11,4 +11,5 @@ mod postgres_ops;
 mod reliability;
 mod scalingo_api;
 mod shaping;
+mod tls;
 mod toc_progress;
