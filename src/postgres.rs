@@ -39,7 +39,8 @@ pub const LOCK_APPLICATION_NAME: &str = "replicator lock";
 /// [`terminate_leftover_restores`] looks for after a crash.
 pub const RESTORE_APPLICATION_NAME: &str = "replicator-restore";
 
-/// `application_name` of the short-lived sessions of the checks, the wipe and `set_unlogged`.
+/// `application_name` of the short-lived sessions of the checks, the wipe and
+/// `set_unlogged_with_dump`.
 pub const CONTROL_APPLICATION_NAME: &str = "replicator";
 
 /// How many `pg_restore` stderr lines an error message keeps.
@@ -1259,20 +1260,6 @@ async fn count_tables_with(client: &Client, target: &Target) -> Result<u64, Post
 /// read. Partitions themselves are ordinary tables and are converted.
 pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usize, StepError> {
     let fks = foreign_keys_in_dump(dump).await?;
-    set_unlogged_inner(target, Some(&fks)).await
-}
-
-/// [`set_unlogged_with_dump`] without the dump: when schema public has a partitioned table,
-/// which tables its foreign keys will reference is unknown, so nothing is converted (a slower
-/// restore rather than a failed one). Prefer [`set_unlogged_with_dump`].
-pub async fn set_unlogged(target: &Target) -> Result<usize, StepError> {
-    set_unlogged_inner(target, None).await
-}
-
-async fn set_unlogged_inner(
-    target: &Target,
-    fks: Option<&[(String, String)]>,
-) -> Result<usize, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let partitioned: Vec<String> = client
         .query(
@@ -1285,17 +1272,7 @@ async fn set_unlogged_inner(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let keep_logged = match fks {
-        Some(fks) => must_stay_logged(&partitioned, fks),
-        None if partitioned.is_empty() => Vec::new(),
-        None => {
-            tracing::warn!(
-                target = %target.describe(),
-                "partitioned tables and no dump to read their foreign keys from: tables stay logged"
-            );
-            return Ok(0);
-        }
-    };
+    let keep_logged = must_stay_logged(&partitioned, &fks);
     if !keep_logged.is_empty() {
         tracing::info!(
             target = %target.describe(),
