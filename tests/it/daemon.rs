@@ -396,16 +396,20 @@ fn the_backup_already_restored_is_skipped_and_force_restores_it() {
     let downloads = s.fake.records().count(Route::Download);
     s.put_stale_table_in_target();
 
-    let out = s.run_ok(&["run"]);
-    assert!(
-        stdout(&out).contains("already restored"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        s.table_exists("stale_leftover"),
-        "a skipped run touched the target"
-    );
+    // A skip says so and leaves the target (and its stale table) alone.
+    let assert_skipped = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout(out).contains("already restored"), "{}", stdout(out));
+        assert!(
+            s.table_exists("stale_leftover"),
+            "a skipped run touched the target"
+        );
+    };
+    assert_skipped(&s.run_ok(&["run"]));
     assert_eq!(s.fake.records().count(Route::Download), downloads);
     let st = s.status_json();
     assert_eq!(st["run_id"], first["run_id"], "a skip is not a run");
@@ -420,21 +424,7 @@ fn the_backup_already_restored_is_skipped_and_force_restores_it() {
     // directory: the records in the target tell it the backup is already there.
     let fresh = s.files.path().join("fresh-container");
     s.put_stale_table_in_target();
-    let out = s.cmd_with_state(&["run"], &fresh).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout(&out).contains("already restored"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        s.table_exists("stale_leftover"),
-        "a skipped run touched the target"
-    );
+    assert_skipped(&s.cmd_with_state(&["run"], &fresh).output().unwrap());
     let out = s
         .cmd_with_state(&["status", "--json"], &fresh)
         .output()
