@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::scalingo::Endpoints;
 use crate::secret::Secret;
+use crate::source::scalingo::Endpoints;
 
 /// A configuration value that is missing or invalid.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +153,7 @@ pub struct RestoreConfig {
     pub use_unlogged_tables: bool,
     pub jobs: u32,
     /// `FK_MODE`.
-    pub fk_mode: crate::fk::FkMode,
+    pub fk_mode: crate::target::fk::FkMode,
     /// Tables whose rows are left out (`EXCLUDE_TABLE_DATA`).
     pub exclude_table_data: Vec<String>,
     /// `POST_RESTORE_SQL`, checked to name at least one .sql file.
@@ -246,7 +246,7 @@ impl RestoreArgs {
     pub fn validate(&self) -> Result<RestoreConfig, ConfigError> {
         let exclude_table_data = match self.exclude_table_data.as_deref() {
             Some(v) => {
-                crate::toc::parse_table_list(v).map_err(|expected| ConfigError::Invalid {
+                crate::dump::toc::parse_table_list(v).map_err(|expected| ConfigError::Invalid {
                     var: "EXCLUDE_TABLE_DATA",
                     value: v.to_string(),
                     expected: format!(
@@ -258,7 +258,7 @@ impl RestoreArgs {
         };
         let post_restore_sql = match &self.post_restore_sql {
             Some(p) if !p.as_os_str().is_empty() => {
-                crate::post_restore::sql_files(p).map_err(|e| ConfigError::Invalid {
+                crate::target::post_restore::sql_files(p).map_err(|e| ConfigError::Invalid {
                     var: "POST_RESTORE_SQL",
                     value: p.display().to_string(),
                     expected: format!("it {}", e.reason()),

@@ -62,7 +62,7 @@ fn crash_then_resume(mut s: Scenario, c: Crash) {
     }
     if let Some(label) = c.pause_at {
         s.set_env(
-            replicator::test_hooks::PAUSE_AT_VAR,
+            replicator::engine::test_hooks::PAUSE_AT_VAR,
             &format!("{label}:120"),
         );
     }
@@ -104,7 +104,7 @@ fn crash_then_resume(mut s: Scenario, c: Crash) {
     );
 
     s.env
-        .retain(|(k, _)| k != replicator::test_hooks::PAUSE_AT_VAR);
+        .retain(|(k, _)| k != replicator::engine::test_hooks::PAUSE_AT_VAR);
     if let Some((_, after)) = c.target_sql {
         s.cluster.superuser_psql(&s.target.dbname, after);
     }

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use replicator::error::StepError;
-use replicator::fetch::{Downloaded, download, extract_dump};
-use replicator::scalingo::{DownloadUrl, http_client};
 use replicator::secret::Secret;
+use replicator::source::fetch::{Downloaded, download, extract_dump};
+use replicator::source::scalingo::{DownloadUrl, http_client};
 
 use crate::common::fake_scalingo::*;
 

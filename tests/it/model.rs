@@ -21,10 +21,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use replicator::config::RetryConfig;
-use replicator::driver::{Driver, Outcome, Steps};
+use replicator::engine::{Driver, Outcome, Steps};
 use replicator::error::StepError;
 use replicator::machine::{Backup, Origin, Phase, Progress, Run, Section};
-use replicator::store::Store;
+use replicator::state::store::Store;
 
 const SIZE: u64 = 1000;
 

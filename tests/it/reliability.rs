@@ -183,7 +183,10 @@ fn a_bad_api_token_fails_at_once_naming_the_variable() {
 fn an_expired_bearer_is_exchanged_again_once_then_fails() {
     let mut s = scenario("rel_expired");
     // Hold the run in Downloading, before its step, while the bearer is made to expire.
-    s.set_env(replicator::test_hooks::PAUSE_AT_VAR, "downloading:2");
+    s.set_env(
+        replicator::engine::test_hooks::PAUSE_AT_VAR,
+        "downloading:2",
+    );
     let expire_during_download = |s: &Scenario, times: Times| {
         let child = s.spawn(&["run"]);
         s.wait_status(Duration::from_secs(60), |st| st["phase"] == "Downloading");

@@ -237,12 +237,12 @@ async fn an_unreachable_host_is_transient_and_leaks_nothing() {
         .unwrap()
         .port();
     let origin = format!("http://127.0.0.1:{port}");
-    let endpoints = replicator::scalingo::Endpoints {
+    let endpoints = replicator::source::scalingo::Endpoints {
         auth: origin.clone(),
         api: origin.clone(),
         db: origin,
     };
-    let client = replicator::scalingo::ScalingoClient::new(
+    let client = replicator::source::scalingo::ScalingoClient::new(
         endpoints,
         APP.into(),
         replicator::secret::Secret::new(API_TOKEN),

@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, oneshot};
 
-use replicator::scalingo::{Endpoints, ScalingoClient};
 use replicator::secret::Secret;
+use replicator::source::scalingo::{Endpoints, ScalingoClient};
 
 pub const API_TOKEN: &str = "tk-us-fake-0123456789abcdef";
 pub const APP: &str = "my-app";

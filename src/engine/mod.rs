@@ -15,11 +15,14 @@ use tracing::{error, info, warn};
 use crate::config::{RestoreConfig, RetryConfig};
 use crate::error::StepError;
 use crate::machine::{Backup, Event, Origin, Phase, Progress, Run, Section, transition};
-use crate::postgres::Target;
-use crate::remote_state::{RemoteWriter, Write};
-use crate::scalingo::ScalingoClient;
-use crate::store::{Store, StoreError};
-use crate::{fetch, postgres, retry};
+use crate::source::fetch;
+use crate::source::scalingo::ScalingoClient;
+use crate::state::remote::{RemoteWriter, Write};
+use crate::state::store::{Store, StoreError};
+use crate::target;
+use crate::target::Target;
+mod retry;
+pub mod test_hooks;
 
 /// How often progress is persisted while a step runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -305,7 +308,7 @@ impl<S: Steps> Driver<S> {
     }
 
     async fn step(&self, run: &Run, progress: &ProgressCell) -> Result<StepOutcome, StepError> {
-        crate::test_hooks::pause_before_step(run).await;
+        crate::engine::test_hooks::pause_before_step(run).await;
         let report = |p: Progress| progress.set(p);
         match &run.phase {
             Phase::FetchingUrl => return self.fetch_backup().await,
@@ -393,9 +396,9 @@ impl RealSteps {
     /// Writes the `--use-list` that leaves out the rows of `EXCLUDE_TABLE_DATA` (and the
     /// foreign keys that point at them), warning about names that match no table.
     async fn exclusion_list(&self, run: &Run, dump: &Path) -> Result<PathBuf, StepError> {
-        let toc = crate::toc::Toc::read(dump).await?;
-        let fks = crate::toc::foreign_key_targets(dump).await?;
-        let plan = crate::toc::plan_exclusion(&toc, &self.restore.exclude_table_data, &fks);
+        let toc = crate::dump::toc::Toc::read(dump).await?;
+        let fks = crate::dump::toc::foreign_key_targets(dump).await?;
+        let plan = crate::dump::toc::plan_exclusion(&toc, &self.restore.exclude_table_data, &fks);
         for name in &plan.unmatched {
             warn!(
                 table = %name,
@@ -420,7 +423,7 @@ impl RealSteps {
         let list = work_dir(&self.state_dir, &run.run_id).join("restore.list");
         let mut skip = plan.skip;
         let fk_list = work_dir(&self.state_dir, &run.run_id).join("fk.list");
-        skip.extend(crate::fk::defer(
+        skip.extend(crate::target::fk::defer(
             &toc,
             self.restore.fk_mode,
             &skip,
@@ -533,21 +536,21 @@ impl Steps for RealSteps {
                 let _ = std::fs::remove_file(&archive);
             }
         }
-        postgres::check_dump(&dump).await?;
-        postgres::check_target(&self.target).await?;
+        target::check_dump(&dump).await?;
+        target::check_target(&self.target).await?;
         // Before Dropping: a dump cut in its data, or objects the wipe cannot remove, would
         // fail the restore only after the target is gone (docs/reliability.md).
-        crate::preflight::check_dump_complete(&dump).await?;
-        crate::preflight::check_target_can_take(&self.target, &dump).await?;
+        crate::target::preflight::check_dump_complete(&dump).await?;
+        crate::target::preflight::check_target_can_take(&self.target, &dump).await?;
         Ok(())
     }
 
     async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
-        let ended = postgres::terminate_leftover_restores(&self.target).await?;
+        let ended = target::terminate_leftover_restores(&self.target).await?;
         if ended > 0 {
             info!("ended {ended} leftover pg_restore session(s) on the target");
         }
-        postgres::drop_owned(&self.target).await?;
+        target::drop_owned(&self.target).await?;
         Ok(())
     }
 
@@ -563,13 +566,13 @@ impl Steps for RealSteps {
         let use_list = match section {
             Section::DataAndPostData
                 if !self.restore.exclude_table_data.is_empty()
-                    || self.restore.fk_mode != crate::fk::FkMode::Validate =>
+                    || self.restore.fk_mode != crate::target::fk::FkMode::Validate =>
             {
                 Some(self.exclusion_list(run, &dump).await?)
             }
             _ => None,
         };
-        postgres::restore_section_with_list(
+        target::restore_section_with_list(
             &self.target,
             &dump,
             section,
@@ -579,10 +582,12 @@ impl Steps for RealSteps {
         )
         .await?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
-        if section == Section::DataAndPostData && self.restore.fk_mode == crate::fk::FkMode::Trust {
+        if section == Section::DataAndPostData
+            && self.restore.fk_mode == crate::target::fk::FkMode::Trust
+        {
             let fk_list = work_dir(&self.state_dir, &run.run_id).join("fk.list");
             let (not_valid, validated) =
-                crate::fk::add_not_valid(&self.target, &dump, &fk_list).await?;
+                crate::target::fk::add_not_valid(&self.target, &dump, &fk_list).await?;
             info!(
                 not_valid,
                 validated,
@@ -599,7 +604,7 @@ impl Steps for RealSteps {
 
     async fn unlog(&self, run: &Run) -> Result<(), StepError> {
         if self.restore.use_unlogged_tables {
-            let n = postgres::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
+            let n = target::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
             info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
         }
         Ok(())
@@ -607,7 +612,7 @@ impl Steps for RealSteps {
 
     async fn post_restore(&self, _run: &Run) -> Result<(), StepError> {
         if let Some(path) = &self.restore.post_restore_sql {
-            let n = crate::post_restore::run(&self.target, path).await?;
+            let n = crate::target::post_restore::run(&self.target, path).await?;
             info!(files = n, "post-restore SQL: {n} file(s) applied");
         }
         Ok(())
@@ -627,7 +632,7 @@ impl Steps for RealSteps {
         ) {
             let ended = tokio::time::timeout(
                 Duration::from_secs(10),
-                postgres::terminate_leftover_restores(&self.target),
+                target::terminate_leftover_restores(&self.target),
             )
             .await;
             if let Ok(Err(e)) = ended {

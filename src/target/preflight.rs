@@ -13,9 +13,9 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::dump::toc::Toc;
 use crate::error::StepError;
-use crate::postgres::Target;
-use crate::toc::Toc;
+use crate::target::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {

@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 use crate::cli::{CliError, EngineArgs, exit};
 use crate::config::parse_number;
 use crate::machine::{Backup, Phase, Run};
-use crate::postgres::{self, Target};
-use crate::report::human_duration;
-use crate::scalingo::ScalingoClient;
-use crate::store::Store;
+use crate::source::scalingo::ScalingoClient;
+use crate::state::store::Store;
+use crate::status::human_duration;
+use crate::target::{self, Target};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -292,7 +292,7 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
                 checks.push(Check::skip(name, "DATABASE_URL is needed"));
             }
         }
-        Some(t) => match postgres::check_target(t).await {
+        Some(t) => match target::check_target(t).await {
             Err(e) => {
                 checks.push(Check::fail("target", e.to_string()));
                 checks.push(Check::skip("target role", "the target did not answer"));
@@ -314,7 +314,7 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
         },
     }
 
-    checks.push(match postgres::pg_restore_version().await {
+    checks.push(match target::pg_restore_version().await {
         Ok(v) => Check::ok(
             "pg_restore",
             format!("{v}: reads dumps made by pg_dump up to its own major version"),
@@ -366,7 +366,7 @@ fn state_dir_check(state_dir: &Path) -> Check {
             ),
         );
     }
-    let live = crate::liveness::holder(state_dir).ok().flatten();
+    let live = crate::state::liveness::holder(state_dir).ok().flatten();
     let current = Store::new(state_dir).current();
     match (live, current) {
         (Some(h), _) => Check::ok(
@@ -409,7 +409,7 @@ async fn already_restored(
     let local = Store::new(state_dir).last_done().ok().flatten();
     let last_done = match (local, target) {
         (Some(r), _) => Some(r),
-        (None, Some(t)) => crate::remote_state::read(t).await.ok().and_then(|runs| {
+        (None, Some(t)) => crate::state::remote::read(t).await.ok().and_then(|runs| {
             runs.history
                 .into_iter()
                 .find(|r| matches!(r.phase, Phase::Done { .. }))
@@ -433,7 +433,7 @@ fn backup_check(
         age.map(|a| format!(", {} old", human_duration(a)))
             .unwrap_or_default(),
         b.size
-            .map(|s| format!(", {}", crate::report::size(s)))
+            .map(|s| format!(", {}", crate::status::size(s)))
             .unwrap_or_default()
     );
     match &restored {
@@ -479,12 +479,12 @@ fn disk_check(state_dir: &Path, b: &Backup) -> Check {
             "Scalingo gives no size for this backup: free disk not checked",
         );
     };
-    let needed = crate::driver::disk_needed(size);
+    let needed = crate::engine::disk_needed(size);
     let probe = state_dir
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
-    match crate::driver::free_bytes(probe) {
+    match crate::engine::free_bytes(probe) {
         None => Check::ok(name, format!("free space of {} unknown", probe.display())),
         Some(free) if free < needed => Check::fail(
             name,
@@ -580,7 +580,7 @@ async fn role_check(target: &Target, owns_database: bool) -> Check {
 /// refused (exit 3) until it ends.
 async fn lock_check(target: &Target) -> Check {
     let name = "target lock";
-    match crate::remote_state::read(target).await {
+    match crate::state::remote::read(target).await {
         Ok(r) if r.lock_held => Check::ok(
             name,
             "a replicator is restoring into the target now: a run would be refused (exit 3) until it ends",

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::cli::{CliError, DaemonArgs, build_driver, exit, lock, resumable, shutdown_on_signals};
 use crate::config::ConfigError;
-use crate::driver::{Driver, Outcome, new_run_id};
+use crate::engine::{Driver, Outcome, new_run_id};
 use crate::machine::{Origin, Phase, Run};
 use crate::schedule::Schedule;
 

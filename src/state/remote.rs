@@ -28,8 +28,8 @@ use tokio_postgres::Client;
 use tracing::{debug, warn};
 
 use crate::machine::{Phase, PhaseName, Run};
-use crate::postgres::{LOCK_KEY, Target};
-use crate::store::HISTORY_LEN;
+use crate::state::store::HISTORY_LEN;
+use crate::target::{LOCK_KEY, Target};
 
 /// The schema of the replicator's own records in the target.
 pub const SCHEMA: &str = "replicator";

@@ -13,13 +13,16 @@ use tracing::{error, info, warn};
 use crate::config::{
     ConfigError, RestoreArgs, RetryArgs, ScalingoArgs, StateArgs, TargetArgs, parse_number,
 };
-use crate::driver::{Driver, Outcome, RealSteps, new_run_id};
-use crate::liveness;
+use crate::engine::{Driver, Outcome, RealSteps, new_run_id};
 use crate::machine::{Event, Origin, Phase, Run};
-use crate::postgres::{self, LockOutcome, Target};
-use crate::report::{StatusView, status_json, status_text};
-use crate::scalingo::{ScalingoClient, http_client};
-use crate::store::Store;
+use crate::state::liveness;
+use crate::status::{StatusView, status_json, status_text};
+use crate::target::{self, LockOutcome, Target};
+
+pub mod check;
+pub mod daemon;
+use crate::source::scalingo::{ScalingoClient, http_client};
+use crate::state::store::Store;
 
 /// Exit codes (also in `docs/operations.md`).
 pub mod exit {
@@ -74,7 +77,7 @@ pub enum Command {
     /// Dry run: check the configuration, Scalingo, the backup a run would take, the target,
     /// pg_restore and the disk, one line each; changes nothing (exit 1 if a check fails, 2
     /// if the configuration is invalid)
-    Check(crate::check::CheckArgs),
+    Check(crate::cli::check::CheckArgs),
     /// Serve the health check and this container's status as JSON on $PORT (the `web` process)
     Web(WebArgs),
 }
@@ -203,8 +206,8 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Restore(args) => cmd_restore(state_dir, args).await,
         Command::Resume(args) => cmd_resume(state_dir, args).await,
         Command::Status(args) => cmd_status(state_dir, args).await,
-        Command::Check(args) => crate::check::run(state_dir, args).await,
-        Command::Daemon(args) => crate::daemon::run(state_dir, args).await,
+        Command::Check(args) => crate::cli::check::run(state_dir, args).await,
+        Command::Daemon(args) => crate::cli::daemon::run(state_dir, args).await,
         Command::Web(args) => cmd_web(state_dir, args).await,
     };
     match result {
@@ -245,7 +248,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
 /// dedicated connection). Dropping it releases both.
 pub struct Locks {
     pub _live: liveness::LiveLock,
-    pub _target_lock: postgres::TargetLock,
+    pub _target_lock: target::TargetLock,
 }
 
 pub fn build_driver(
@@ -290,7 +293,7 @@ pub fn build_driver(
         force: false,
         max_backup_age,
         shutdown,
-        remote: Some(crate::remote_state::RemoteWriter::new(target)),
+        remote: Some(crate::state::remote::RemoteWriter::new(target)),
     })
 }
 
@@ -322,7 +325,7 @@ pub async fn lock(driver: &Driver) -> Result<Locks, CliError> {
             )));
         }
     };
-    let target_lock = match postgres::lock_target(&driver.steps.target).await {
+    let target_lock = match target::lock_target(&driver.steps.target).await {
         Ok(LockOutcome::Acquired(l)) => l,
         Ok(LockOutcome::Held { since, holder }) => {
             return Err(CliError::Refused(format!(
@@ -392,7 +395,7 @@ fn check_no_interrupted(
             )
             .map_err(fatal)?;
             store.save(&abandoned).map_err(fatal)?;
-            let _ = std::fs::remove_dir_all(crate::driver::work_dir(state_dir, &run.run_id));
+            let _ = std::fs::remove_dir_all(crate::engine::work_dir(state_dir, &run.run_id));
         } else {
             return Err(CliError::Refused(format!(
                 "run {} was interrupted in {}: `replicator resume` continues it, \
@@ -542,7 +545,7 @@ async fn cmd_status(state_dir: PathBuf, args: StatusArgs) -> Result<u8, CliError
     if args.from_target || (current.is_none() && has_url) {
         let url = args.target.validate()?;
         let target = parse_target(&url)?;
-        match crate::remote_state::read(&target).await {
+        match crate::state::remote::read(&target).await {
             Ok(runs) => remote = Some((target.describe(), runs)),
             Err(e) if args.from_target => return Err(fatal(e)),
             Err(e) => unreadable = Some(e.to_string()),
@@ -554,8 +557,8 @@ async fn cmd_status(state_dir: PathBuf, args: StatusArgs) -> Result<u8, CliError
             history: &runs.history,
             live: runs.lock_held && runs.current.as_ref().is_some_and(|r| !r.is_terminal()),
             live_pid: None,
-            source: crate::report::target_source(target, runs.schema_exists),
-            source_kind: crate::report::SourceKind::Target,
+            source: crate::status::target_source(target, runs.schema_exists),
+            source_kind: crate::status::SourceKind::Target,
             written_by: runs.current_written_by.clone(),
             target_lock_held: Some(runs.lock_held),
         },

@@ -22,10 +22,10 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::dump::toc::{Toc, TocError, TocSection};
 use crate::error::StepError;
 use crate::machine::Section;
 use crate::secret::Secret;
-use crate::toc::{Toc, TocError, TocSection};
 
 /// The advisory lock key every replicator takes on its target: the ASCII bytes of "replicat".
 /// Fixed forever: two versions of the replicator must exclude each other too.
@@ -1333,7 +1333,7 @@ fn must_stay_logged(partitioned: &[String], fks: &[(String, String)]) -> Vec<Str
 /// `(table, referenced table)` of every foreign key of schema public in the dump, both in
 /// public (a reference to another schema does not matter: it is not restored).
 pub async fn foreign_keys_in_dump(dump: &Path) -> Result<Vec<(String, String)>, StepError> {
-    Ok(crate::toc::foreign_keys(dump)
+    Ok(crate::dump::toc::foreign_keys(dump)
         .await
         .map_err(dump_error)?
         .into_iter()

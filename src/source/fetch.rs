@@ -21,7 +21,7 @@ use reqwest::{StatusCode, header};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{StepError, Transient};
-use crate::scalingo::{DownloadUrl, describe_reqwest_error, parse_retry_after};
+use crate::source::scalingo::{DownloadUrl, describe_reqwest_error, parse_retry_after};
 
 /// What a download did.
 #[derive(Debug, Clone, PartialEq, Eq)]

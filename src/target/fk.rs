@@ -19,9 +19,9 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::str::FromStr;
 
+use crate::dump::toc::{Toc, TocError, pg_restore_stdout};
 use crate::error::StepError;
-use crate::postgres::Target;
-use crate::toc::{Toc, TocError, pg_restore_stdout};
+use crate::target::Target;
 
 /// `FK_MODE`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

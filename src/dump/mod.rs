@@ -1,0 +1,3 @@
+//! What a dump holds: its table of contents, read once per run.
+
+pub mod toc;
