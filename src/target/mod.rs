@@ -1,9 +1,40 @@
-//! The target database: connection, lock, checks, wipe, `pg_restore`, foreign keys and
-//! post-restore SQL.
+//! Everything the replicator does to the target database: the session and its TLS, the
+//! advisory lock, the checks, the wipe, unlogged tables, `pg_restore` in sections, foreign keys
+//! and post-restore SQL.
+//!
+//! The steps here know neither the store nor the machine: they take a [`Target`] (and a dump
+//! path) and return a result whose error is already sorted into transient or permanent
+//! ([`StepError`](crate::error::StepError)), so that the driver's retry loop never burns
+//! attempts on a wrong password.
+//!
+//! The password lives in a [`Secret`](crate::secret::Secret) from the moment `DATABASE_URL` is
+//! parsed. It reaches the server through `tokio-postgres`'s config, and `pg_restore` through
+//! `PGPASSWORD` in the child's environment (never its command line, which any local user can
+//! read in `/proc/<pid>/cmdline`).
 
+mod checks;
 pub mod fk;
+mod lock;
 pub mod post_restore;
-mod postgres;
 pub mod preflight;
+mod restore;
+mod sqlstate;
+mod tls;
+mod unlogged;
+mod url;
+mod wipe;
 
-pub use postgres::*;
+pub use checks::{DumpInfo, TargetInfo, check_dump, check_target, pg_restore_version};
+pub use lock::{LOCK_APPLICATION_NAME, LOCK_KEY, LockOutcome, TargetLock, lock_target};
+pub use restore::{
+    RESTORE_APPLICATION_NAME, restore_args, restore_command, restore_command_with_list,
+    restore_section, restore_section_with_list,
+};
+pub use sqlstate::{PostgresError, is_transient_sqlstate};
+pub use unlogged::{foreign_keys_in_dump, set_unlogged_with_dump};
+pub use url::{CONTROL_APPLICATION_NAME, Target};
+pub use wipe::{DropOutcome, count_tables, drop_owned, terminate_leftover_restores};
+
+/// A `DROP OWNED` or `ALTER TABLE` that waits this long on a lock held by someone else (a
+/// Metabase query on the old copy) fails as transient rather than hanging the night away.
+const LOCK_TIMEOUT: &str = "5min";

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tokio_postgres::error::{ErrorPosition, SqlState};
+use tokio_postgres::error::ErrorPosition;
 use tracing::info;
 
 use crate::error::StepError;
@@ -183,14 +183,7 @@ fn sql_error(
                 m.push_str(&format!(" (hint: {h})"));
             }
             let c = db.code();
-            let transient = c.code().starts_with("08")
-                || *c == SqlState::ADMIN_SHUTDOWN
-                || *c == SqlState::CRASH_SHUTDOWN
-                || *c == SqlState::CANNOT_CONNECT_NOW
-                || *c == SqlState::T_R_SERIALIZATION_FAILURE
-                || *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::LOCK_NOT_AVAILABLE
-                || *c == SqlState::TOO_MANY_CONNECTIONS;
+            let transient = crate::target::is_transient_sqlstate(c);
             (m, transient)
         }
         // No SQLSTATE: the connection broke.

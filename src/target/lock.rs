@@ -1,0 +1,132 @@
+//! One replicator per target: the advisory lock, held by a dedicated session for the run.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use super::sqlstate::{PostgresError, classify, error_text};
+use super::url::Target;
+use crate::error::StepError;
+
+/// The advisory lock key every replicator takes on its target: the ASCII bytes of "replicat".
+/// Fixed forever: two versions of the replicator must exclude each other too.
+pub const LOCK_KEY: i64 = i64::from_be_bytes(*b"replicat");
+
+/// `application_name` of the session that holds [`LOCK_KEY`], so that a second replicator (or a
+/// human in `pg_stat_activity`) can see who holds the target.
+pub const LOCK_APPLICATION_NAME: &str = "replicator lock";
+
+/// The advisory lock on the target, held by a dedicated session for the whole run. Dropping it
+/// closes the session, which releases the lock (so does the death of the process).
+pub struct TargetLock {
+    client: Client,
+    target: String,
+}
+
+impl fmt::Debug for TargetLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TargetLock({})", self.target)
+    }
+}
+
+impl TargetLock {
+    /// False once the session is gone (server restart, network cut): the lock is then lost and
+    /// another replicator may take it, so the driver should stop and retry.
+    pub fn is_alive(&self) -> bool {
+        !self.client.is_closed()
+    }
+
+    /// Round-trips to the server: proves the session, hence the lock, still exists.
+    pub async fn check(&self) -> Result<(), StepError> {
+        self.client.simple_query("SELECT 1").await.map_err(|e| {
+            let (_, hint) = classify(&e);
+            PostgresError::Query {
+                target: self.target.clone(),
+                what: "checking the advisory lock's session",
+                detail: error_text(&e),
+                hint,
+                // A lost lock is always worth a new attempt: the next one takes it again.
+                transient: true,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Releases the lock and waits until the server confirmed it (a plain drop releases it
+    /// too, but asynchronously).
+    pub async fn release(self) {
+        let _ = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+            .await;
+    }
+}
+
+/// The outcome of [`lock_target`].
+#[derive(Debug)]
+pub enum LockOutcome {
+    Acquired(TargetLock),
+    /// Another session holds the lock. `since` is its `backend_start`, `holder` says who it is,
+    /// when `pg_stat_activity` lets this role see it.
+    Held {
+        since: Option<String>,
+        holder: Option<String>,
+    },
+}
+
+/// Takes the replicator's advisory lock on the target, without waiting.
+pub async fn lock_target(target: &Target) -> Result<LockOutcome, StepError> {
+    let client = target.connect_as(LOCK_APPLICATION_NAME).await?;
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(|e| target.query_error("taking the advisory lock", e))?;
+    if row.get::<_, bool>(0) {
+        tracing::info!(target = %target.describe(), "advisory lock acquired");
+        return Ok(LockOutcome::Acquired(TargetLock {
+            client,
+            target: target.describe(),
+        }));
+    }
+    // A bigint advisory key shows in pg_locks as classid = high half, objid = low half,
+    // objsubid = 1.
+    let classid = LOCK_KEY >> 32;
+    let objid = LOCK_KEY & 0xffff_ffff;
+    let rows = client
+        .query(
+            "SELECT to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    a.pid, a.usename::text, a.application_name, host(a.client_addr)
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1
+              LIMIT 1",
+            &[&classid, &objid],
+        )
+        .await
+        .map_err(|e| target.query_error("looking up the advisory lock's holder", e))?;
+    let (since, holder) = match rows.first() {
+        Some(r) => {
+            let pid: i32 = r.get(1);
+            let user: Option<String> = r.get(2);
+            let app: Option<String> = r.get(3);
+            let addr: Option<String> = r.get(4);
+            let mut h = format!("pid {pid}");
+            if let Some(u) = user {
+                h.push_str(&format!(", role {u}"));
+            }
+            if let Some(a) = app.filter(|a| !a.is_empty()) {
+                h.push_str(&format!(", application_name '{a}'"));
+            }
+            h.push_str(&match addr {
+                Some(a) => format!(", from {a}"),
+                None => ", over a local socket or not visible to this role".to_string(),
+            });
+            (r.get::<_, Option<String>>(0), Some(h))
+        }
+        // Released between the two queries, or invisible to this role.
+        None => (None, None),
+    };
+    tracing::warn!(target = %target.describe(), ?since, ?holder, "advisory lock held by another session");
+    Ok(LockOutcome::Held { since, holder })
+}

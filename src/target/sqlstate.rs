@@ -1,0 +1,185 @@
+//! What went wrong on the target, and whether it is worth a retry: [`PostgresError`], and the
+//! one list of transient SQLSTATEs ([`is_transient_sqlstate`]) that the target's steps and the
+//! post-restore SQL share.
+
+use std::path::PathBuf;
+
+use tokio_postgres::error::SqlState;
+
+use crate::error::StepError;
+
+/// What went wrong on the target. Every message names the target as `role@host:port/db`
+/// (never the password) and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error(
+        "DATABASE_URL is not a usable PostgreSQL URL: {reason}; fix DATABASE_URL (expected postgres://user:password@host:port/dbname?sslmode=prefer)"
+    )]
+    InvalidUrl { reason: String },
+
+    #[error(
+        "cannot read the root certificate(s) {path} for {target}: {detail}; fix sslrootcert in DATABASE_URL (a PEM file of the CA that signed the server's certificate, readable by the replicator)"
+    )]
+    TlsRootCert {
+        target: String,
+        path: PathBuf,
+        detail: String,
+    },
+
+    #[error("cannot connect to the target {target}: {detail}{hint}")]
+    Connect {
+        target: String,
+        detail: String,
+        hint: &'static str,
+        transient: bool,
+    },
+
+    #[error("{what} on the target {target} failed: {detail}{hint}")]
+    Query {
+        target: String,
+        what: &'static str,
+        detail: String,
+        hint: &'static str,
+        transient: bool,
+    },
+
+    #[error(
+        "the target role of {target} is a superuser: the replicator runs DROP OWNED BY CURRENT_USER, which for a superuser would reach objects it must not touch; set DATABASE_URL to the application's own (non-superuser) role that owns the database"
+    )]
+    SuperuserTarget { target: String },
+
+    #[error(
+        "cannot run {program}: {source}; install the PostgreSQL client tools (pg_restore) and make sure they are on PATH"
+    )]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "the dump {path} was written by a newer pg_dump (archive version {archive_version}) than the local pg_restore can read ({local}); install a newer pg_restore (the PostgreSQL client of the production server's major version or later)"
+    )]
+    DumpTooNew {
+        path: PathBuf,
+        archive_version: String,
+        local: String,
+    },
+
+    #[error(
+        "the dump {path} is not readable by pg_restore --list ({status}): {stderr}; it is not a complete pg_dump -Fc archive, the backup must be downloaded again or another one chosen"
+    )]
+    DumpUnreadable {
+        path: PathBuf,
+        status: String,
+        stderr: String,
+    },
+
+    #[error(
+        "pg_restore ({section}) into {target} failed ({status}); last lines of its output:\n{stderr}{hint}"
+    )]
+    Restore {
+        target: String,
+        section: &'static str,
+        status: String,
+        stderr: String,
+        hint: &'static str,
+        transient: bool,
+    },
+}
+
+impl PostgresError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PostgresError::Connect { transient, .. }
+            | PostgresError::Query { transient, .. }
+            | PostgresError::Restore { transient, .. } => *transient,
+            PostgresError::InvalidUrl { .. }
+            | PostgresError::TlsRootCert { .. }
+            | PostgresError::SuperuserTarget { .. }
+            | PostgresError::Spawn { .. }
+            | PostgresError::DumpTooNew { .. }
+            | PostgresError::DumpUnreadable { .. } => false,
+        }
+    }
+}
+
+impl From<PostgresError> for StepError {
+    fn from(e: PostgresError) -> StepError {
+        if e.is_transient() {
+            StepError::transient(e.to_string())
+        } else {
+            StepError::permanent(e.to_string())
+        }
+    }
+}
+
+/// Whether a statement that failed with `code` is worth running again: the connection was
+/// lost or refused (class 08, a server shutting down or starting), or the statement lost a
+/// race that a later attempt may win (serialization failure, deadlock, lock timeout, too many
+/// connections, a cancelled statement). The one list of the target's steps and of the
+/// post-restore SQL.
+pub fn is_transient_sqlstate(code: &SqlState) -> bool {
+    code.code().starts_with("08")
+        || *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CRASH_SHUTDOWN
+        || *code == SqlState::CANNOT_CONNECT_NOW
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+        || *code == SqlState::QUERY_CANCELED
+}
+
+/// Transient or permanent, and a hint, for an error from `tokio-postgres`.
+pub(super) fn classify(e: &tokio_postgres::Error) -> (bool, &'static str) {
+    if let Some(code) = e.code() {
+        return if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            (
+                false,
+                "; check the role and password in DATABASE_URL (and the server's pg_hba.conf)",
+            )
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            (
+                false,
+                "; the database does not exist: fix the database name in DATABASE_URL",
+            )
+        } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            (
+                false,
+                "; the role lacks a privilege: DATABASE_URL must name the role that owns the target database",
+            )
+        } else if is_transient_sqlstate(code) {
+            (true, "; will retry")
+        } else {
+            (false, "")
+        };
+    }
+    // No SQLSTATE: the socket (refused, reset, timed out, closed) or the protocol. A refused or
+    // cut connection is the server restarting or the network blinking, worth a retry; the
+    // retry count bounds a host name that will never resolve.
+    let text = error_text(e);
+    if text.contains("password missing") || text.contains("authentication") {
+        (false, "; check the role and password in DATABASE_URL")
+    } else {
+        (true, "; will retry")
+    }
+}
+
+/// `tokio_postgres::Error`'s `Display` says only "db error": add the server's message.
+pub(super) fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        s
+    } else {
+        match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! `USE_UNLOGGED_TABLES`: tables made `UNLOGGED` between the schema and the rows.
+
+use std::path::Path;
+
+use super::LOCK_TIMEOUT;
+use super::checks::dump_error;
+use super::url::{CONTROL_APPLICATION_NAME, Target};
+use crate::error::StepError;
+
+/// `ALTER TABLE ... SET UNLOGGED` on every still-logged ordinary table of schema public owned
+/// by the role. Run between the two restore sections: the tables are empty (the rewrite costs
+/// nothing) and have no foreign keys yet (which would forbid mixing persistences); the rows and
+/// indexes loaded afterwards then skip the WAL.
+///
+/// Partitioned parents hold no storage and cannot be unlogged (PostgreSQL 15 ignores `SET
+/// UNLOGGED` on them), and "constraints on permanent tables may reference only permanent
+/// tables": a table that a partitioned table's foreign key references, directly or through a
+/// chain of such tables, must stay logged or the post-data section fails. Those foreign keys
+/// do not exist yet, so they are read from the dump (`dump`), whose post-data SQL costs no data
+/// read. Partitions themselves are ordinary tables and are converted.
+pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usize, StepError> {
+    let fks = foreign_keys_in_dump(dump).await?;
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    let partitioned: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind = 'p'",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error("listing partitioned tables", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let keep_logged = must_stay_logged(&partitioned, &fks);
+    if !keep_logged.is_empty() {
+        tracing::info!(
+            target = %target.describe(),
+            tables = ?keep_logged,
+            "tables kept logged: a partitioned table's foreign key references them"
+        );
+    }
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relpersistence = 'p'
+                AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                AND NOT (c.relname::text = ANY($1))
+              ORDER BY c.relname",
+            &[&keep_logged],
+        )
+        .await
+        .map_err(|e| target.query_error("listing logged tables", e))?;
+    client
+        .batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))
+        .await
+        .map_err(|e| target.query_error("setting lock_timeout", e))?;
+    for row in &rows {
+        let table: String = row.get(0);
+        if let Err(e) = client
+            .batch_execute(&format!("ALTER TABLE {table} SET UNLOGGED"))
+            .await
+        {
+            let e = target.query_error("ALTER TABLE ... SET UNLOGGED", e);
+            tracing::error!(%table, error = %e, "cannot make the table unlogged");
+            return Err(e.into());
+        }
+    }
+    tracing::info!(target = %target.describe(), tables = rows.len(), "tables set unlogged");
+    Ok(rows.len())
+}
+
+/// The tables (of schema public) that must stay logged: every partitioned table is permanent,
+/// and whatever a permanent table references must be permanent too.
+fn must_stay_logged(partitioned: &[String], fks: &[(String, String)]) -> Vec<String> {
+    let mut keep: Vec<String> = partitioned.to_vec();
+    let mut i = 0;
+    while i < keep.len() {
+        let from = keep[i].clone();
+        for (f, to) in fks {
+            if *f == from && !keep.contains(to) {
+                keep.push(to.clone());
+            }
+        }
+        i += 1;
+    }
+    keep.retain(|t| !partitioned.contains(t));
+    keep.sort();
+    keep
+}
+
+/// `(table, referenced table)` of every foreign key of schema public in the dump, both in
+/// public (a reference to another schema does not matter: it is not restored).
+pub async fn foreign_keys_in_dump(dump: &Path) -> Result<Vec<(String, String)>, StepError> {
+    Ok(crate::dump::toc::foreign_keys(dump)
+        .await
+        .map_err(dump_error)?
+        .into_iter()
+        .filter(|fk| fk.schema == "public" && fk.ref_schema == "public")
+        .map(|fk| (fk.table, fk.ref_table))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_logged_what_partitioned_tables_reference() {
+        let fks: Vec<(String, String)> = [
+            ("answers", "knowledge-elements"),
+            ("Events", "User\"Accounts"),
+            ("User\"Accounts", "orgs"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .to_vec();
+        assert_eq!(
+            must_stay_logged(&["Events".to_string()], &fks),
+            vec!["User\"Accounts".to_string(), "orgs".to_string()]
+        );
+        assert!(must_stay_logged(&[], &fks).is_empty());
+    }
+}

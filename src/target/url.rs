@@ -1,0 +1,320 @@
+//! The target of `DATABASE_URL`: parsing (the password kept in a [`Secret`]), the child
+//! environment of `pg_restore`, and sessions.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::sqlstate::{PostgresError, classify, error_text};
+use super::tls::{TlsFailure, tls_failure};
+use crate::error::StepError;
+use crate::secret::Secret;
+
+/// `application_name` of the short-lived sessions of the checks, the wipe and
+/// `set_unlogged_with_dump`.
+pub const CONTROL_APPLICATION_NAME: &str = "replicator";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The target database, parsed from `DATABASE_URL`.
+#[derive(Clone)]
+pub struct Target {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) user: String,
+    pub(super) password: Option<Secret>,
+    pub(super) dbname: String,
+    pub(super) sslmode: Option<String>,
+    /// libpq's `sslrootcert`: a PEM file, or `system` for the public web roots.
+    pub(super) sslrootcert: Option<String>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Target({})", self.describe())
+    }
+}
+
+fn percent_decode(s: &str, what: &str) -> Result<String, PostgresError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| PostgresError::InvalidUrl {
+                    reason: format!("bad percent-encoding in the {what}"),
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| PostgresError::InvalidUrl {
+        reason: format!("the {what} is not UTF-8 once decoded"),
+    })
+}
+
+impl Target {
+    /// Parses `postgres://user:password@host:port/dbname?sslmode=prefer` (or `postgresql://`),
+    /// the form Scalingo gives. Error messages never quote the URL: it holds the password.
+    pub fn parse(database_url: &Secret) -> Result<Target, StepError> {
+        Ok(Self::parse_inner(database_url.expose())?)
+    }
+
+    pub(super) fn parse_inner(url: &str) -> Result<Target, PostgresError> {
+        let invalid = |reason: &str| PostgresError::InvalidUrl {
+            reason: reason.to_string(),
+        };
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| invalid("it does not start with postgres:// or postgresql://"))?;
+        let (before_query, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match before_query.split_once('/') {
+            Some((a, p)) => (a, p),
+            None => (before_query, ""),
+        };
+        // The password may contain '@' when not encoded: the host part is after the last one.
+        let (userinfo, hostport) = authority
+            .rsplit_once('@')
+            .ok_or_else(|| invalid("it has no user (user:password@host)"))?;
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (userinfo, None),
+        };
+        let user = percent_decode(user, "user")?;
+        if user.is_empty() {
+            return Err(invalid("the user is empty"));
+        }
+        let password = password
+            .map(|p| percent_decode(p, "password"))
+            .transpose()?
+            .filter(|p| !p.is_empty())
+            .map(Secret::new);
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| invalid("unterminated [IPv6] host"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid("the host is empty"));
+        }
+        let port = match port {
+            None | Some("") => 5432,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| invalid("the port is not a number between 1 and 65535"))?,
+        };
+        let dbname = percent_decode(path.trim_end_matches('/'), "database name")?;
+        let dbname = if dbname.is_empty() {
+            user.clone()
+        } else {
+            dbname
+        };
+        let mut sslmode = None;
+        let mut sslrootcert = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == "sslmode" {
+                let v = percent_decode(v, "sslmode")?;
+                match v.as_str() {
+                    "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full" => {}
+                    _ => return Err(invalid(&format!("unknown sslmode={v}"))),
+                }
+                sslmode = Some(v);
+            } else if k == "sslrootcert" {
+                sslrootcert = Some(percent_decode(v, "sslrootcert")?).filter(|v| !v.is_empty());
+            } else {
+                tracing::debug!(parameter = k, "ignoring a DATABASE_URL query parameter");
+            }
+        }
+        Ok(Target {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+            sslmode,
+            sslrootcert,
+        })
+    }
+
+    /// `user@host:port/db`: how every log line and error names the target.
+    pub fn describe(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn dbname(&self) -> &str {
+        &self.dbname
+    }
+
+    pub fn sslmode(&self) -> Option<&str> {
+        self.sslmode.as_deref()
+    }
+
+    /// The libpq environment for a child (`pg_restore`, `psql`): the only way the password
+    /// reaches a child process.
+    pub fn child_env(&self, application_name: &str) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PGHOST".to_string(), self.host.clone()),
+            ("PGPORT".to_string(), self.port.to_string()),
+            ("PGUSER".to_string(), self.user.clone()),
+            ("PGDATABASE".to_string(), self.dbname.clone()),
+            ("PGAPPNAME".to_string(), application_name.to_string()),
+        ];
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD".to_string(), p.expose().to_string()));
+        }
+        if let Some(m) = &self.sslmode {
+            env.push(("PGSSLMODE".to_string(), m.clone()));
+        }
+        if let Some(r) = &self.sslrootcert {
+            env.push(("PGSSLROOTCERT".to_string(), r.clone()));
+        }
+        env
+    }
+
+    fn config(&self, application_name: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(application_name)
+            .connect_timeout(CONNECT_TIMEOUT)
+            // The lock's connection is idle for hours: notice a dead peer in minutes.
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(60));
+        if let Some(p) = &self.password {
+            config.password(p.expose());
+        }
+        // `allow` is libpq's "plain first, TLS if the server insists"; tokio-postgres has no
+        // such mode, and trying TLS first (`prefer`) reaches the same servers.
+        let mode = match self.sslmode.as_deref() {
+            None | Some("prefer") | Some("allow") => tokio_postgres::config::SslMode::Prefer,
+            Some("disable") => tokio_postgres::config::SslMode::Disable,
+            Some(_) => tokio_postgres::config::SslMode::Require,
+        };
+        config.ssl_mode(mode);
+        config
+    }
+
+    /// A new session, its connection driven by a spawned task.
+    pub async fn connect(&self) -> Result<Client, StepError> {
+        Ok(self.connect_as(CONTROL_APPLICATION_NAME).await?)
+    }
+
+    pub async fn connect_as(&self, application_name: &str) -> Result<Client, PostgresError> {
+        let config = self.config(application_name);
+        let tls = self.tls()?;
+        let (client, connection) = config.connect(tls).await.map_err(|e| {
+            let (transient, hint) = match tls_failure(&e) {
+                Some(TlsFailure::Refused) => (false, self.tls_refused_hint()),
+                Some(TlsFailure::Certificate) => (false, self.certificate_hint()),
+                None => classify(&e),
+            };
+            PostgresError::Connect {
+                target: self.describe(),
+                detail: error_text(&e),
+                hint,
+                transient,
+            }
+        })?;
+        let target = self.describe();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target = %target, error = %error_text(&e), "target connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    pub(super) fn query_error(
+        &self,
+        what: &'static str,
+        e: tokio_postgres::Error,
+    ) -> PostgresError {
+        let (transient, hint) = classify(&e);
+        PostgresError::Query {
+            target: self.describe(),
+            what,
+            detail: error_text(&e),
+            hint,
+            transient,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<Target, PostgresError> {
+        Target::parse_inner(url)
+    }
+
+    #[test]
+    fn parses_a_scalingo_url() {
+        let t = parse("postgres://pix_4242:s3cr%40t@pix-4242.postgresql.a.osc-fr1.scalingo-dbs.com:31234/pix_4242?sslmode=prefer").unwrap();
+        assert_eq!(
+            t.describe(),
+            "pix_4242@pix-4242.postgresql.a.osc-fr1.scalingo-dbs.com:31234/pix_4242"
+        );
+        assert_eq!(t.password.as_ref().unwrap().expose(), "s3cr@t");
+        assert_eq!(t.sslmode(), Some("prefer"));
+        let env = t.child_env("x");
+        assert!(env.contains(&("PGPASSWORD".into(), "s3cr@t".into())));
+        assert!(env.contains(&("PGSSLMODE".into(), "prefer".into())));
+        assert!(env.contains(&("PGAPPNAME".into(), "x".into())));
+        assert!(!format!("{t:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn parses_variants_and_rejects_garbage() {
+        let t = parse("postgresql://u@[::1]/d").unwrap();
+        assert_eq!(t.describe(), "u@::1:5432/d");
+        assert!(t.password.is_none());
+        let t = parse("postgres://u:p@h:5/").unwrap();
+        assert_eq!(t.dbname(), "u");
+        for bad in [
+            "mysql://u:p@h/d",
+            "postgres://h/d",
+            "postgres://u:p@h:99999/d",
+            "postgres://u:p@:5432/d",
+            "postgres://u:p@h/d?sslmode=sometimes",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(!e.to_string().contains(":p@"), "{e}");
+            assert!(e.to_string().contains("DATABASE_URL"));
+        }
+    }
+}
