@@ -21,7 +21,8 @@ use crate::target::{self, LockOutcome, Target};
 
 pub mod check;
 pub mod daemon;
-use crate::source::scalingo::{ScalingoClient, http_client};
+use crate::source::http::http_client;
+use crate::source::scalingo::ScalingoClient;
 use crate::state::store::Store;
 
 /// Exit codes (also in `docs/operations.md`).

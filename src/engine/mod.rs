@@ -15,8 +15,8 @@ use tracing::{error, info, warn};
 use crate::config::{RestoreConfig, RetryConfig};
 use crate::error::StepError;
 use crate::machine::{Backup, Event, Origin, Phase, Progress, Run, Section, transition};
-use crate::source::fetch;
 use crate::source::scalingo::ScalingoClient;
+use crate::source::{download, extract};
 use crate::state::remote::{RemoteWriter, Write};
 use crate::state::store::{Store, StoreError};
 use crate::target;
@@ -474,7 +474,7 @@ impl Steps for RealSteps {
         let report = |done: u64| progress(Progress::Bytes { done, total });
         let dump = self.dump_path(run);
         let fetched =
-            fetch::download_extracting(&self.http, &url, &archive, &dump, backup.size, &report)
+            download::download_extracting(&self.http, &url, &archive, &dump, backup.size, &report)
                 .await?;
         let got = fetched.download;
         if let Some(bytes) = fetched.dump_bytes {
@@ -507,20 +507,20 @@ impl Steps for RealSteps {
             // when its marker proves it whole; a file the user gave is always extracted.
             let scalingo = matches!(run.origin, Origin::Scalingo);
             let expected = run.backup().and_then(|b| b.size);
-            match fetch::complete_dump(&dump, &archive, expected).filter(|_| scalingo) {
+            match extract::complete_dump(&dump, &archive, expected).filter(|_| scalingo) {
                 Some(bytes) => info!(
                     bytes,
                     "the dump is already extracted and whole ({bytes} bytes, during the download or by an earlier attempt): not extracting it again"
                 ),
                 None => {
-                    fetch::discard_extracted(&dump);
+                    extract::discard_extracted(&dump);
                     let (a, d) = (archive.clone(), dump.clone());
                     let bytes = tokio::task::spawn_blocking(move || {
-                        let bytes = fetch::extract_dump(&a, &d)?;
+                        let bytes = extract::extract_dump(&a, &d)?;
                         if scalingo {
                             // Lets a retry of this step after the archive's removal go on.
                             let len = std::fs::metadata(&a).map(|m| m.len()).unwrap_or(0);
-                            if let Err(e) = fetch::record_complete_dump(&d, len, bytes) {
+                            if let Err(e) = extract::record_complete_dump(&d, len, bytes) {
                                 warn!("could not write the marker of {}: {e}", d.display());
                             }
                         }

@@ -1,4 +1,8 @@
-//! Where the backup comes from: Scalingo's API, the download and the extraction.
+//! Where the backup comes from: Scalingo's API, the download (with `Range` resume, extracting
+//! while it lands) and the extraction.
 
-pub mod fetch;
+pub mod download;
+pub mod extract;
+mod follow;
+pub mod http;
 pub mod scalingo;

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{StepError, Transient};
 use crate::machine::Backup;
 use crate::secret::Secret;
+use crate::source::http::{DownloadUrl, describe_reqwest_error, parse_retry_after};
 
 /// Where the three Scalingo hosts are (origins only, no `/v1` or `/api`).
 #[derive(Clone, Debug)]
@@ -215,37 +216,6 @@ impl From<ScalingoError> for StepError {
         } else {
             StepError::permanent(e.to_string())
         }
-    }
-}
-
-/// A download URL. It carries its own token: never log it whole, never persist it.
-pub struct DownloadUrl(pub Secret);
-
-impl DownloadUrl {
-    /// Scheme, host and path, without the query string that holds the token: safe to log.
-    pub fn redacted(&self) -> String {
-        redact_url(self.0.expose())
-    }
-}
-
-impl std::fmt::Debug for DownloadUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DownloadUrl({}?[redacted])", self.redacted())
-    }
-}
-
-/// `scheme://host/path` of `url`, dropping the query and fragment (where tokens live).
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => {
-            format!(
-                "{}://{}{}",
-                u.scheme(),
-                u.host_str().unwrap_or(""),
-                u.port().map(|p| format!(":{p}")).unwrap_or_default()
-            ) + u.path()
-        }
-        Err(_) => "<unparsable URL>".into(),
     }
 }
 
@@ -578,20 +548,6 @@ fn refusal_advice(status: u16) -> &'static str {
     }
 }
 
-/// `Retry-After` in seconds, or as an HTTP date (then counted from `now`).
-pub fn parse_retry_after(headers: &header::HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 /// A short, single-line account of an error body: the JSON `error` field when there is one,
 /// else the start of the text (429 bodies are plain text).
 fn body_detail(body: &[u8]) -> String {
@@ -619,27 +575,6 @@ fn body_detail(body: &[u8]) -> String {
         format!(": {one_line}")
     }
 }
-
-/// The error and its causes, without the request URL (a download URL holds its token).
-pub fn describe_reqwest_error(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut parts = vec![if e.is_timeout() {
-        "timed out".to_string()
-    } else {
-        e.to_string()
-    }];
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-// ---- the API's documents (only the fields used; unknown fields are ignored) ----
 
 #[derive(Deserialize)]
 struct TokenExchange {
@@ -776,140 +711,5 @@ fn describe_statuses(backups: &[ApiBackup]) -> String {
     format!("{} backups, none done ({})", backups.len(), list.join(", "))
 }
 
-/// The HTTP client the downloads share (rustls, read timeout, no total timeout).
-///
-/// A multi-hour download must not have a total timeout; the read timeout is what notices a
-/// stalled connection.
-pub fn http_client(read_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .user_agent(concat!("replicator/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(read_timeout.min(Duration::from_secs(30)))
-        .read_timeout(read_timeout)
-        .tcp_keepalive(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::limited(10))
-        .build()
-        .expect("a rustls reqwest client always builds")
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn backup(id: &str, status: &str, created_at: &str, size: Option<u64>) -> ApiBackup {
-        ApiBackup {
-            id: id.into(),
-            name: Some(format!("name-{id}")),
-            created_at: Some(created_at.into()),
-            size,
-            status: Some(status.into()),
-        }
-    }
-
-    #[test]
-    fn created_at_with_millis_and_offset_is_read_as_utc() {
-        let t = parse_created_at("2026-11-23T05:10:00.000+01:00").unwrap();
-        assert_eq!(t.to_rfc3339(), "2026-11-23T04:10:00+00:00");
-        let z = parse_created_at("2026-11-23T04:10:00.123Z").unwrap();
-        assert_eq!(z.timestamp_subsec_millis(), 123);
-        assert!(parse_created_at("yesterday").is_none());
-    }
-
-    #[test]
-    fn newest_done_wins_whatever_the_order() {
-        let list = vec![
-            backup("old", "done", "2026-11-21T05:10:00.000+01:00", Some(10)),
-            backup(
-                "running",
-                "running",
-                "2026-11-24T05:10:00.000+01:00",
-                Some(0),
-            ),
-            backup("new", "done", "2026-11-23T05:10:00.000+01:00", Some(20)),
-            backup("err", "error", "2026-11-23T23:10:00.000+01:00", None),
-        ];
-        let b = choose_newest_done(&list).unwrap();
-        assert_eq!(b.id, "new");
-        assert_eq!(b.name, "name-new");
-        assert_eq!(b.size, Some(20));
-    }
-
-    #[test]
-    fn offsets_are_compared_as_instants() {
-        // 05:10+01:00 is 04:10 UTC, earlier than 04:30Z.
-        let list = vec![
-            backup("a", "done", "2026-11-23T05:10:00.000+01:00", Some(1)),
-            backup("b", "done", "2026-11-23T04:30:00.000+00:00", Some(1)),
-        ];
-        assert_eq!(choose_newest_done(&list).unwrap().id, "b");
-    }
-
-    #[test]
-    fn no_done_backup_is_none_and_described() {
-        let list = vec![
-            backup("r", "running", "2026-11-24T05:10:00.000+01:00", None),
-            backup("e", "error", "2026-11-23T05:10:00.000+01:00", None),
-            backup("p", "pending", "2026-11-22T05:10:00.000+01:00", None),
-        ];
-        assert!(choose_newest_done(&list).is_none());
-        let d = describe_statuses(&list);
-        assert!(d.contains("1 running") && d.contains("1 error") && d.contains("1 pending"));
-    }
-
-    #[test]
-    fn postgres_addon_by_provider_id_then_name() {
-        let addon = |id: &str, pid: Option<&str>, name: Option<&str>| ApiAddon {
-            id: id.into(),
-            addon_provider: Some(AddonProvider {
-                id: pid.map(Into::into),
-                name: name.map(Into::into),
-            }),
-        };
-        let list = vec![
-            addon("r", Some("redis"), Some("Redis")),
-            addon("p", Some("postgresql"), Some("PostgreSQL")),
-        ];
-        assert_eq!(pick_postgres_addon(&list).unwrap().id, "p");
-        let legacy = vec![
-            addon("r", None, Some("Redis")),
-            addon("q", None, Some("postgreSQL")),
-        ];
-        assert_eq!(pick_postgres_addon(&legacy).unwrap().id, "q");
-        assert!(pick_postgres_addon(&list[..1]).is_none());
-    }
-
-    #[test]
-    fn retry_after_seconds_and_date() {
-        let now = Utc::now();
-        let mut h = header::HeaderMap::new();
-        h.insert(header::RETRY_AFTER, "17".parse().unwrap());
-        assert_eq!(parse_retry_after(&h, now), Some(Duration::from_secs(17)));
-        let later = (now + chrono::Duration::seconds(30)).to_rfc2822();
-        h.insert(header::RETRY_AFTER, later.parse().unwrap());
-        let d = parse_retry_after(&h, now).unwrap();
-        assert!(d.as_secs() >= 29 && d.as_secs() <= 30, "{d:?}");
-    }
-
-    #[test]
-    fn error_detail_is_short_and_not_json_dependent() {
-        assert_eq!(body_detail(b"Retry later"), ": Retry later");
-        assert_eq!(
-            body_detail(br#"{"error":"not found","resource":"app"}"#),
-            ": not found"
-        );
-        assert_eq!(body_detail(b""), "");
-        assert!(body_detail(&[b'x'; 5000]).len() < MAX_DETAIL + 5);
-    }
-
-    #[test]
-    fn redacted_url_keeps_path_only() {
-        let u = DownloadUrl(Secret::new(
-            "https://db-api.osc-fr1.scalingo.com/api/databases/ad-1/backups/b/download?token=SECRET",
-        ));
-        assert_eq!(
-            u.redacted(),
-            "https://db-api.osc-fr1.scalingo.com/api/databases/ad-1/backups/b/download"
-        );
-        assert!(!format!("{u:?}").contains("SECRET"));
-    }
-}
+mod tests;

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use replicator::error::StepError;
 use replicator::secret::Secret;
-use replicator::source::fetch::{Downloaded, download, extract_dump};
-use replicator::source::scalingo::{DownloadUrl, http_client};
+use replicator::source::download::{Downloaded, download};
+use replicator::source::extract::extract_dump;
+use replicator::source::http::{DownloadUrl, http_client};
 
 use crate::common::fake_scalingo::*;
 

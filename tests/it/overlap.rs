@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use replicator::secret::Secret;
-use replicator::source::fetch::{complete_dump, download_extracting, extract_dump};
-use replicator::source::scalingo::{DownloadUrl, http_client};
+use replicator::source::download::download_extracting;
+use replicator::source::extract::{complete_dump, extract_dump};
+use replicator::source::http::{DownloadUrl, http_client};
 
 use crate::common::fake_scalingo::*;
 use crate::common::scenario::{Scenario, stdout};
@@ -116,7 +117,7 @@ async fn a_resumed_download_discards_the_dump_of_an_earlier_attempt() {
     std::fs::write(&dest, &archive[..archive.len() / 2]).unwrap();
     std::fs::write(&out, b"PGDMP stale").unwrap();
     std::fs::write(dir.path().join("dump.pgsql.partial"), b"PGDMP").unwrap();
-    replicator::source::fetch::record_complete_dump(&out, len, 11).unwrap();
+    replicator::source::extract::record_complete_dump(&out, len, 11).unwrap();
     assert!(complete_dump(&out, &dest, Some(len)).is_none());
 
     let url = DownloadUrl(Secret::new(fake.issue_download_url(DONE_BACKUP_ID)));

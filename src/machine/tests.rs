@@ -1,0 +1,284 @@
+
+use super::*;
+use proptest::prelude::*;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-24T05:10:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn backup() -> Backup {
+    Backup {
+        id: "5f0c5e6d7a8b9c0d1e2f3a4b".into(),
+        name: "20261124051000_pix_1234".into(),
+        created_at: Some(t0()),
+        size: Some(4096),
+    }
+}
+
+#[test]
+fn a_clean_run_passes_every_phase_in_order() {
+    let mut run = Run::new("r1".into(), Origin::Scalingo, 3, t0());
+    let mut names = vec![run.phase.name()];
+    let events = [
+        Event::Start,
+        Event::Fetched(backup()),
+        Event::Succeeded,
+        Event::Succeeded,
+        Event::Succeeded,
+        Event::Succeeded,
+        Event::Succeeded,
+        Event::Succeeded,
+        Event::Succeeded,
+    ];
+    for (i, e) in events.into_iter().enumerate() {
+        run = transition(&run, e, t0() + chrono::Duration::seconds(i as i64 + 1)).unwrap();
+        names.push(run.phase.name());
+    }
+    use PhaseName::*;
+    assert_eq!(
+        names,
+        vec![
+            Idle,
+            FetchingUrl,
+            Downloading,
+            Extracting,
+            Dropping,
+            Restoring,
+            Unlogging,
+            Restoring,
+            PostRestoreSql,
+            Done
+        ]
+    );
+    assert_eq!(run.finished_at, Some(t0() + chrono::Duration::seconds(9)));
+    assert_eq!(run.duration_of("downloading"), Some(1.0));
+    assert_eq!(run.durations.len(), 8);
+}
+
+#[test]
+fn a_local_archive_starts_at_extracting() {
+    let run = Run::new(
+        "r".into(),
+        Origin::Archive {
+            path: "/tmp/b.tar.gz".into(),
+        },
+        0,
+        t0(),
+    );
+    let run = transition(&run, Event::Start, t0()).unwrap();
+    assert_eq!(run.phase.name(), PhaseName::Extracting);
+    assert_eq!(run.backup().unwrap().name, "b.tar.gz");
+}
+
+#[test]
+fn retries_are_bounded_by_max_retry_count() {
+    let mut run = Run::new("r".into(), Origin::Scalingo, 2, t0());
+    run = transition(&run, Event::Start, t0()).unwrap();
+    for _ in 0..2 {
+        run = transition(
+            &run,
+            Event::TransientFailure {
+                error: "HTTP 500".into(),
+                retry_at: t0(),
+            },
+            t0(),
+        )
+        .unwrap();
+        assert_eq!(run.phase, Phase::FetchingUrl);
+    }
+    assert_eq!(run.attempt, 3);
+    run = transition(
+        &run,
+        Event::TransientFailure {
+            error: "HTTP 500".into(),
+            retry_at: t0(),
+        },
+        t0(),
+    )
+    .unwrap();
+    assert_eq!(run.phase.name(), PhaseName::Failed);
+    assert!(run.error.unwrap().contains("MAX_RETRY_COUNT"));
+}
+
+// ---- property tests over arbitrary event sequences ----
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Succeed,
+    Transient,
+    Permanent,
+    Crash,
+    Resume,
+    Progress(u64),
+    Stray(u8),
+}
+
+fn ev() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        6 => Just(Ev::Succeed),
+        3 => Just(Ev::Transient),
+        1 => Just(Ev::Permanent),
+        2 => Just(Ev::Crash),
+        2 => Just(Ev::Resume),
+        1 => (0u64..10_000).prop_map(Ev::Progress),
+        1 => (0u8..3).prop_map(Ev::Stray),
+    ]
+}
+
+fn origin() -> impl Strategy<Value = Origin> {
+    prop_oneof![
+        4 => Just(Origin::Scalingo),
+        1 => Just(Origin::Archive { path: "/data/b.tar.gz".into() }),
+        1 => Just(Origin::Dump { path: "/data/d.pgsql".into() }),
+    ]
+}
+
+/// Turns an abstract event into the one the driver would send in the current phase.
+fn concrete(run: &Run, ev: &Ev, now: DateTime<Utc>) -> Event {
+    match ev {
+        Ev::Succeed if run.phase == Phase::FetchingUrl => Event::Fetched(backup()),
+        Ev::Succeed => Event::Succeeded,
+        Ev::Transient => Event::TransientFailure {
+            error: "HTTP 503 from db-api".into(),
+            retry_at: now + chrono::Duration::seconds(60),
+        },
+        Ev::Permanent => Event::PermanentFailure {
+            error: "401 on token exchange".into(),
+        },
+        Ev::Crash => Event::Crashed,
+        Ev::Resume => Event::Resume,
+        Ev::Progress(n) => Event::Progress(Progress::Bytes {
+            done: *n,
+            total: Some(10_000),
+        }),
+        Ev::Stray(0) => Event::Start,
+        Ev::Stray(1) => Event::Fetched(backup()),
+        Ev::Stray(_) => Event::Succeeded,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn invariants_hold_over_any_event_sequence(
+        origin in origin(),
+        retries in 0u32..6,
+        events in proptest::collection::vec(ev(), 0..80),
+    ) {
+        let mut now = t0();
+        let mut run = Run::new("prop".into(), origin.clone(), retries, now);
+        run = transition(&run, Event::Start, now).unwrap();
+        // Trace of phases entered, for the ordering invariants.
+        let mut trace: Vec<Phase> = vec![run.phase.clone()];
+        let mut extracted_ok = false;
+
+        for ev in events {
+            now += chrono::Duration::seconds(7);
+            let event = concrete(&run, &ev, now);
+            let before = run.clone();
+            let result = transition(&run, event.clone(), now);
+
+            // Invariant 7: every state the store would keep round-trips.
+            let json = serde_json::to_string(&before).unwrap();
+            let back: Run = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(&back, &before);
+
+            match result {
+                Err(_) => {
+                    // Invariant 5, and only terminal runs or mismatched events are refused.
+                    let mismatched = matches!(event, Event::Start)
+                        || (matches!(event, Event::Fetched(_)) && before.phase != Phase::FetchingUrl)
+                        || (matches!(event, Event::Succeeded) && before.phase == Phase::FetchingUrl);
+                    prop_assert!(before.is_terminal() || mismatched,
+                        "refused {:?} in {:?}", event, before.phase);
+                    continue;
+                }
+                Ok(after) => {
+                    prop_assert!(!before.is_terminal(), "a terminal run changed");
+                    if matches!(before.phase, Phase::Extracting { .. }) && event == Event::Succeeded {
+                        extracted_ok = true;
+                    }
+                    if after.phase != before.phase || matches!(event, Event::Resume | Event::TransientFailure{..}) {
+                        trace.push(after.phase.clone());
+                    }
+                    // Invariant 2.
+                    if matches!(after.phase, Phase::Dropping { .. }) {
+                        prop_assert!(extracted_ok, "Dropping before the dump was checked");
+                    }
+                    // Invariant 3.
+                    prop_assert!(after.attempt <= after.max_attempts);
+                    prop_assert!(after.attempt >= before.attempt);
+                    if matches!(event, Event::PermanentFailure{..}) {
+                        prop_assert_eq!(after.phase.name(), PhaseName::Failed);
+                        prop_assert_eq!(after.attempt, before.attempt);
+                    }
+                    // Invariant 4: after a crash/retry, a post-drop phase resumes at Dropping.
+                    if matches!(event, Event::Resume | Event::TransientFailure{..})
+                        && !after.is_terminal()
+                    {
+                        match &before.phase {
+                            Phase::Restoring{..} | Phase::Unlogging{..} => {
+                                prop_assert_eq!(after.phase.name(), PhaseName::Dropping);
+                            }
+                            other => prop_assert_eq!(&after.phase, other),
+                        }
+                    }
+                    // A backup, once chosen, never changes within a run.
+                    if let (Some(a), Some(b)) = (before.backup(), after.backup()) {
+                        prop_assert_eq!(a, b);
+                    }
+                    run = after;
+                }
+            }
+        }
+
+        // Invariant 1: Done only after Dropping -> PreData -> DataAndPostData, uninterrupted.
+        if matches!(run.phase, Phase::Done { .. }) {
+            let last_drop = trace.iter().rposition(|p| matches!(p, Phase::Dropping{..}));
+            prop_assert!(last_drop.is_some(), "Done without Dropping");
+            let tail: Vec<PhaseName> = trace[last_drop.unwrap()..].iter().map(|p| p.name()).collect();
+            prop_assert_eq!(tail.iter().filter(|n| **n == PhaseName::Dropping).count(), 1);
+            let pre = trace[last_drop.unwrap()..].iter().position(|p| matches!(p, Phase::Restoring{section: Section::PreData, ..}));
+            let data = trace[last_drop.unwrap()..].iter().position(|p| matches!(p, Phase::Restoring{section: Section::DataAndPostData, ..}));
+            prop_assert!(pre.is_some() && data.is_some() && pre < data, "trace {:?}", tail);
+            prop_assert!(run.finished_at.is_some());
+            prop_assert!(run.error.is_none());
+        }
+        if matches!(run.phase, Phase::Failed { .. }) {
+            prop_assert!(run.error.is_some());
+        }
+        // Invariant 6: nothing secret-looking is in the persisted form.
+        let json = serde_json::to_string(&run).unwrap();
+        for key in ["\"token\":", "\"bearer\":", "\"password\":", "\"download_url\":", "\"url\":"] {
+            prop_assert!(!json.contains(key), "{} in {}", key, json);
+        }
+    }
+
+    /// Once faults stop, a run reaches Done in a bounded number of successes.
+    #[test]
+    fn once_faults_stop_a_resumed_run_finishes(
+        retries in 1u32..5,
+        events in proptest::collection::vec(ev(), 0..40),
+    ) {
+        let mut now = t0();
+        let mut run = Run::new("live".into(), Origin::Scalingo, retries, now);
+        run = transition(&run, Event::Start, now).unwrap();
+        for ev in events {
+            now += chrono::Duration::seconds(1);
+            let event = concrete(&run, &ev, now);
+            if let Ok(r) = transition(&run, event, now) { run = r; }
+        }
+        if !run.is_terminal() {
+            run = transition(&run, Event::Resume, now).unwrap();
+            for _ in 0..10 {
+                if run.is_terminal() { break; }
+                let e = concrete(&run, &Ev::Succeed, now);
+                run = transition(&run, e, now).unwrap();
+            }
+            prop_assert_eq!(run.phase.name(), PhaseName::Done);
+        }
+    }
+}

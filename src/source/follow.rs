@@ -1,0 +1,198 @@
+//! Extraction while downloading: a blocking thread follows the growing archive file (woken by
+//! a `Condvar`) and extracts the dump from it as it lands.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::extract::{ExtractError, discard_extracted, extract_from, record_complete_dump};
+
+/// How long the follower sleeps at the end of the file when no wake-up comes (a missed
+/// notification costs at most this).
+const FOLLOW_POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FeedState {
+    /// The downloader is still writing: the end of the file is not the end of the archive.
+    Growing,
+    /// Every byte is in the file (flushed and synced): its end is the archive's.
+    Complete,
+    /// The download failed or was abandoned: the follower stops at its next read.
+    Aborted,
+}
+
+/// What the downloader tells the thread that follows the archive file.
+pub(super) struct Feed {
+    state: Mutex<FeedState>,
+    pub(super) more: Condvar,
+}
+
+impl Feed {
+    fn set(&self, to: FeedState) {
+        let mut state = self.state.lock().expect("feed lock");
+        // Aborted is final: a complete archive whose follower is abandoned still stops it.
+        if *state != FeedState::Aborted {
+            *state = to;
+        }
+        drop(state);
+        self.more.notify_all();
+    }
+
+    fn get(&self) -> FeedState {
+        *self.state.lock().expect("feed lock")
+    }
+}
+
+/// A `Read` over an archive file that is still being written: at the end of the file it waits
+/// for more until the download is complete (then it is the end) or aborted (then an error).
+struct FollowFile {
+    file: fs::File,
+    feed: Arc<Feed>,
+}
+
+impl Read for FollowFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // Read before the file: `Complete` is set only once every byte is in it, so a
+            // read that then finds nothing is at the true end.
+            let state = self.feed.get();
+            if state == FeedState::Aborted {
+                return Err(io::Error::other(
+                    "the download stopped before the archive was complete",
+                ));
+            }
+            let n = self.file.read(buf)?;
+            if n > 0 || buf.is_empty() || state == FeedState::Complete {
+                return Ok(n);
+            }
+            let guard = self.feed.state.lock().expect("feed lock");
+            if *guard == FeedState::Growing {
+                drop(self.feed.more.wait_timeout(guard, FOLLOW_POLL));
+            }
+        }
+    }
+}
+
+/// The thread extracting the dump from the archive as it is downloaded. Dropping it (the
+/// download failed, or its future was dropped on shutdown) stops the thread at its next
+/// read; the thread then removes its `.partial`.
+pub(super) struct Follower {
+    pub(super) feed: Arc<Feed>,
+    task: tokio::task::JoinHandle<Result<u64, ExtractError>>,
+}
+
+impl Follower {
+    /// Creates the (empty) archive file, so that the thread can open it before the body's
+    /// first byte, and starts the thread.
+    pub(super) fn start(archive: &Path, dump: &Path) -> io::Result<Follower> {
+        fs::File::create(archive)?;
+        let file = fs::File::open(archive)?;
+        let feed = Arc::new(Feed {
+            state: Mutex::new(FeedState::Growing),
+            more: Condvar::new(),
+        });
+        let input = FollowFile {
+            file,
+            feed: feed.clone(),
+        };
+        let (archive, dump) = (archive.to_path_buf(), dump.to_path_buf());
+        let task = tokio::task::spawn_blocking(move || extract_from(input, &archive, &dump));
+        Ok(Follower { feed, task })
+    }
+
+    /// The archive is whole (`archive_bytes`): lets the thread read to its end, waits for
+    /// it, and writes the dump's marker. `None` (and nothing left behind) when the extraction
+    /// failed: the `Extracting` step then extracts again and reports what is wrong.
+    pub(super) async fn finish(mut self, archive_bytes: u64, dump: &Path) -> Option<u64> {
+        self.feed.set(FeedState::Complete);
+        let outcome = match (&mut self.task).await {
+            Ok(Ok(dump_bytes)) => record_complete_dump(dump, archive_bytes, dump_bytes)
+                .map(|()| dump_bytes)
+                .map_err(|e| format!("writing the marker of {}: {e}", dump.display())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the extraction thread failed: {e}")),
+        };
+        match outcome {
+            Ok(dump_bytes) => Some(dump_bytes),
+            Err(why) => {
+                tracing::warn!(dump = %dump.display(), "extracting the dump during the download failed ({why}); the Extracting step extracts it again");
+                discard_extracted(dump);
+                None
+            }
+        }
+    }
+}
+
+impl Follower {
+    /// The download failed: stops the thread and waits for it to remove its `.partial`.
+    pub(super) async fn abandon(mut self) {
+        self.feed.set(FeedState::Aborted);
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.feed.set(FeedState::Aborted);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn feed() -> Arc<Feed> {
+        Arc::new(Feed {
+            state: Mutex::new(FeedState::Growing),
+            more: Condvar::new(),
+        })
+    }
+
+    #[test]
+    fn a_followed_file_is_read_as_it_grows_and_ends_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        let mut writer = fs::File::create(&path).unwrap();
+        writer.write_all(b"ab").unwrap();
+        let feed = feed();
+        let mut reader = FollowFile {
+            file: fs::File::open(&path).unwrap(),
+            feed: feed.clone(),
+        };
+        let got = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).map(|_| all)
+        });
+        // The reader is at the end of "ab" and must wait, not stop there.
+        std::thread::sleep(Duration::from_millis(100));
+        writer.write_all(b"cd").unwrap();
+        feed.more.notify_all();
+        std::thread::sleep(Duration::from_millis(100));
+        writer.write_all(b"ef").unwrap();
+        feed.set(FeedState::Complete);
+        assert_eq!(got.join().unwrap().unwrap(), b"abcdef");
+    }
+
+    #[test]
+    fn a_followed_file_errors_once_the_download_is_aborted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        fs::write(&path, b"xy").unwrap();
+        let feed = feed();
+        let mut reader = FollowFile {
+            file: fs::File::open(&path).unwrap(),
+            feed: feed.clone(),
+        };
+        let got = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all)
+        });
+        feed.set(FeedState::Aborted);
+        // Complete after Aborted does not revive it.
+        feed.set(FeedState::Complete);
+        assert!(got.join().unwrap().is_err());
+    }
+}
