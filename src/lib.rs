@@ -1,6 +1,7 @@
 //! `replicator`: keeps a PostgreSQL database fed from a production database's Scalingo
 //! backups. See `README.md` and `docs/architecture.md`.
 
+pub(crate) mod app;
 pub mod cli;
 pub mod config;
 pub mod dump;

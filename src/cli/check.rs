@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::cli::{CliError, EngineArgs, exit};
-use crate::config::parse_number;
-use crate::machine::{Backup, Phase, Run};
+use super::{CliError, EngineArgs, exit};
+use crate::engine::workdir::{free_bytes, nearest_existing};
+use crate::machine::{Backup, DiskBudget, Phase, Run};
 use crate::source::scalingo::ScalingoClient;
 use crate::state::store::Store;
 use crate::status::human_duration;
@@ -181,14 +181,8 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
         .validate()
         .map_err(|e| problems.push(e.to_string()))
         .ok();
-    let max_age_hours = match engine
-        .max_backup_age_hours
-        .as_deref()
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| parse_number(v, "MAX_BACKUP_AGE_HOURS", 1, 24 * 365))
-        .transpose()
-    {
-        Ok(h) => h,
+    let max_age_hours = match engine.max_backup_age() {
+        Ok(age) => age.map(|a| a.as_secs() / 3600),
         Err(e) => {
             problems.push(e.to_string());
             None
@@ -367,8 +361,11 @@ fn state_dir_check(state_dir: &Path) -> Check {
         );
     }
     let live = crate::state::liveness::holder(state_dir).ok().flatten();
-    let current = Store::new(state_dir).current();
-    match (live, current) {
+    // The run that would make `replicator run` refuse, by the rule `run` applies.
+    let interrupted = Store::new(state_dir)
+        .current()
+        .map(|current| crate::machine::interrupted(current.as_ref()).cloned());
+    match (live, interrupted) {
         (Some(h), _) => Check::ok(
             name,
             format!(
@@ -378,7 +375,7 @@ fn state_dir_check(state_dir: &Path) -> Check {
             ),
         ),
         (None, Err(e)) => Check::fail(name, e.to_string()),
-        (None, Ok(Some(run))) if !run.is_terminal() => Check::fail(
+        (None, Ok(Some(run))) => Check::fail(
             name,
             format!(
                 "run {} was interrupted in {}: `replicator run` would refuse; `replicator resume` continues it, `replicator run --restart` abandons it",
@@ -416,7 +413,7 @@ async fn already_restored(
         }),
         (None, None) => None,
     };
-    last_done.filter(|r| r.backup().is_some_and(|b| b.id == backup.id))
+    crate::machine::already_restored(last_done.as_ref(), backup, false).cloned()
 }
 
 fn backup_check(
@@ -454,10 +451,8 @@ fn backup_check(
         "age_seconds": age.map(|a| a as u64),
         "already_restored": restored.is_some(),
     });
-    let too_old = match (max_age_hours, age) {
-        (Some(h), Some(a)) if a > (h * 3600) as f64 => Some(h),
-        _ => None,
-    };
+    let max_age = max_age_hours.map(|h| std::time::Duration::from_secs(h * 3600));
+    let too_old = crate::machine::too_old(b, max_age, now).map(|t| t.max_age.as_secs() / 3600);
     let mut check = match too_old {
         Some(h) => Check::fail(
             "backup",
@@ -473,30 +468,26 @@ fn backup_check(
 
 fn disk_check(state_dir: &Path, b: &Backup) -> Check {
     let name = "disk";
-    let Some(size) = b.size else {
-        return Check::ok(
+    let probe = nearest_existing(state_dir);
+    match crate::machine::disk_budget(b.size, free_bytes(probe)) {
+        DiskBudget::SizeUnknown => Check::ok(
             name,
             "Scalingo gives no size for this backup: free disk not checked",
-        );
-    };
-    let needed = crate::engine::disk_needed(size);
-    let probe = state_dir
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
-    match crate::engine::free_bytes(probe) {
-        None => Check::ok(name, format!("free space of {} unknown", probe.display())),
-        Some(free) if free < needed => Check::fail(
+        ),
+        DiskBudget::FreeUnknown { .. } => {
+            Check::ok(name, format!("free space of {} unknown", probe.display()))
+        }
+        DiskBudget::TooSmall { needed, free } => Check::fail(
             name,
             format!(
                 "{} MiB free in {}, but the archive plus the dump need about {} MiB (twice the backup's {} MiB, plus 10% and 64 MiB); free some space or point REPLICATOR_STATE_DIR at a larger disk",
                 free >> 20,
                 probe.display(),
                 needed >> 20,
-                size >> 20
+                b.size.unwrap_or(0) >> 20
             ),
         ),
-        Some(free) => Check::ok(
+        DiskBudget::Fits { needed, free } => Check::ok(
             name,
             format!(
                 "{} MiB free in {}, {} MiB needed (archive plus dump)",

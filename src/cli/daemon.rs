@@ -14,11 +14,13 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cli::{CliError, DaemonArgs, build_driver, exit, lock, resumable, shutdown_on_signals};
+use super::{CliError, DaemonArgs, exit};
+use crate::app::{self, resumable};
 use crate::config::ConfigError;
 use crate::engine::{Driver, Outcome, new_run_id};
 use crate::machine::{Origin, Phase, Run};
 use crate::schedule::Schedule;
+use crate::target::Target;
 
 /// Longest single sleep while waiting for a tick. The schedule is wall-clock time, tokio's
 /// timer is monotonic: waking at least this often re-reads the wall clock, so a container that
@@ -65,28 +67,29 @@ pub struct LoopStats {
 }
 
 /// `replicator daemon`.
-pub async fn run(state_dir: PathBuf, args: DaemonArgs) -> Result<u8, CliError> {
+pub async fn run(
+    state_dir: PathBuf,
+    args: DaemonArgs,
+    shutdown: CancellationToken,
+) -> Result<u8, CliError> {
     let schedule = parse_schedule(&args)?;
-    let shutdown = shutdown_on_signals();
-    let driver = build_driver(state_dir, &args.engine, true, shutdown.clone())?;
+    let config = args.engine.validate(true)?;
+    let target = config.target.clone();
+    let driver = app::driver(state_dir, config, false, shutdown.clone());
     info!(
         schedule = %schedule.describe(),
         "daemon started: replicating into {} on schedule {}",
-        driver.steps.target.describe(),
+        target.describe(),
         schedule.describe()
     );
-    let resume_first = driver
-        .store
-        .current()
-        .ok()
-        .flatten()
-        .is_some_and(|r| !r.is_terminal());
+    let current = driver.store.current().ok().flatten();
+    let resume_first = crate::machine::interrupted(current.as_ref()).is_some();
     let stats = cron_loop(
         &schedule,
         &SystemClock,
         &shutdown,
         resume_first,
-        |trigger| attempt(&driver, trigger),
+        |trigger| attempt(&driver, &target, trigger),
     )
     .await;
     info!(
@@ -234,8 +237,8 @@ async fn sleep_until_opt<C: Clock>(clock: &C, at: Option<DateTime<Utc>>) {
 /// One replication with both locks held: the interrupted run if there is one, else a new one.
 /// Whatever stops it (the target held by another replicator, a failed run) is logged and the
 /// daemon waits for the next tick; only a shutdown stops the loop.
-async fn attempt(driver: &Driver, trigger: Trigger) -> After {
-    match try_attempt(driver, trigger).await {
+async fn attempt(driver: &Driver, target: &Target, trigger: Trigger) -> After {
+    match try_attempt(driver, target, trigger).await {
         Ok(after) => after,
         Err(CliError::Refused(why)) => {
             warn!("{} skipped: {why}", label(trigger));
@@ -263,8 +266,12 @@ fn stop_if_asked(driver: &Driver) -> After {
     }
 }
 
-async fn try_attempt(driver: &Driver, trigger: Trigger) -> Result<After, CliError> {
-    let _locks = lock(driver).await?;
+async fn try_attempt(
+    driver: &Driver,
+    target: &Target,
+    trigger: Trigger,
+) -> Result<After, CliError> {
+    let _locks = app::lock(&driver.state_dir, target).await?;
     // A SIGTERM that came while the locks were being taken: start nothing.
     if driver.shutdown.is_cancelled() {
         return Ok(After::Stop);
@@ -273,9 +280,8 @@ async fn try_attempt(driver: &Driver, trigger: Trigger) -> Result<After, CliErro
     let current = driver
         .store
         .current()
-        .map_err(|e| CliError::Fatal(e.to_string()))?
-        .filter(|r| !r.is_terminal());
-    let run = match current {
+        .map_err(|e| CliError::Fatal(e.to_string()))?;
+    let run = match crate::machine::interrupted(current.as_ref()).cloned() {
         Some(r) => {
             info!(
                 run_id = %r.run_id,

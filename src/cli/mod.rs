@@ -1,42 +1,28 @@
-//! The commands. Each one validates its configuration before touching anything, then hands
-//! the work to the driver (or the daemon, or the report).
+//! The commands: arguments, dispatch and exit codes. One file per command (`run` holds `run`,
+//! `restore` and `resume`, which differ only in where their run comes from); each validates
+//! its configuration before touching anything, then hands the work to [`crate::app`]'s driver
+//! (or the daemon loop, or the status view).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
+pub use crate::app::{CliError, exit};
+use crate::app::{EngineConfig, parse_target};
 use crate::config::{
     ConfigError, RestoreArgs, RetryArgs, ScalingoArgs, StateArgs, TargetArgs, parse_number,
 };
-use crate::engine::{Driver, Outcome, RealSteps, new_run_id};
-use crate::machine::{Event, Origin, Phase, Run};
-use crate::state::liveness;
-use crate::status::{StatusView, status_json, status_text};
-use crate::target::{self, LockOutcome, Target};
-
-pub mod check;
-pub mod daemon;
-use crate::source::http::http_client;
 use crate::source::scalingo::ScalingoClient;
-use crate::state::store::Store;
 
-/// Exit codes (also in `docs/operations.md`).
-pub mod exit {
-    /// The run ended `Done`, was skipped (backup already restored), or stopped on SIGTERM.
-    pub const OK: u8 = 0;
-    /// The run ended `Failed`.
-    pub const FAILED: u8 = 1;
-    /// Invalid configuration or command line: nothing was touched.
-    pub const CONFIG: u8 = 2;
-    /// Refused: another replicator holds the target or this state directory, or there is
-    /// nothing to resume.
-    pub const REFUSED: u8 = 3;
-}
+mod check;
+mod daemon;
+mod run;
+mod status;
+mod web;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -78,7 +64,7 @@ pub enum Command {
     /// Dry run: check the configuration, Scalingo, the backup a run would take, the target,
     /// pg_restore and the disk, one line each; changes nothing (exit 1 if a check fails, 2
     /// if the configuration is invalid)
-    Check(crate::cli::check::CheckArgs),
+    Check(check::CheckArgs),
     /// Serve the health check and this container's status as JSON on $PORT (the `web` process)
     Web(WebArgs),
 }
@@ -172,51 +158,83 @@ pub struct WebArgs {
     pub port: u16,
 }
 
-/// A failure of the command itself (not of a run), with its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    /// `SCHEDULE` or `SCHEDULE_TIMEZONE` (its message names the variable).
-    #[error("{0}")]
-    Schedule(#[from] crate::schedule::ScheduleError),
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
-    Fatal(String),
-}
+impl EngineArgs {
+    /// `MAX_BACKUP_AGE_HOURS` (`None`: no limit).
+    pub fn max_backup_age(&self) -> Result<Option<Duration>, ConfigError> {
+        Ok(self
+            .max_backup_age_hours
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| parse_number(v, "MAX_BACKUP_AGE_HOURS", 1, 24 * 365))
+            .transpose()?
+            .map(|h| Duration::from_secs(h * 3600)))
+    }
 
-impl CliError {
-    pub fn code(&self) -> u8 {
-        match self {
-            CliError::Config(_) | CliError::Schedule(_) => exit::CONFIG,
-            CliError::Refused(_) => exit::REFUSED,
-            CliError::Fatal(_) => exit::FAILED,
-        }
+    /// The engine's configuration; Scalingo's only when `needs_scalingo`.
+    pub fn validate(&self, needs_scalingo: bool) -> Result<EngineConfig, CliError> {
+        let database_url = self.target.validate()?;
+        let restore = self.restore.validate()?;
+        let retry = self.retry.validate()?;
+        let scalingo = if needs_scalingo {
+            let s = self.scalingo.validate()?;
+            Some(ScalingoClient::new(s.endpoints, s.app, s.api_token))
+        } else {
+            None
+        };
+        let max_backup_age = self.max_backup_age()?;
+        let target = parse_target(&database_url)?;
+        let download_idle_timeout = Duration::from_secs(parse_number(
+            &self.download_idle_timeout_seconds,
+            "DOWNLOAD_IDLE_TIMEOUT_SECONDS",
+            1,
+            3600,
+        )?);
+        Ok(EngineConfig {
+            target,
+            restore,
+            retry,
+            scalingo,
+            max_backup_age,
+            download_idle_timeout,
+        })
     }
 }
 
-fn fatal(e: impl std::fmt::Display) -> CliError {
-    CliError::Fatal(e.to_string())
+impl Command {
+    /// The commands that stop cleanly on SIGTERM/SIGINT (a run persists a resumable state);
+    /// the others (`status`, `check`) keep the default: the signal ends them.
+    fn stops_on_signals(&self) -> bool {
+        !matches!(self, Command::Status(_) | Command::Check(_))
+    }
 }
 
+/// The library's `main`: runs `cli`'s command, prints its failure once, returns its exit code.
+/// The shutdown token is made here, once, and passed to the command.
 pub async fn main(cli: Cli) -> ExitCode {
     let state_dir = cli.state.dir();
+    let shutdown = if cli.command.stops_on_signals() {
+        shutdown_on_signals()
+    } else {
+        CancellationToken::new()
+    };
     let result = match cli.command {
-        Command::Run(args) => cmd_run(state_dir, args).await,
-        Command::Restore(args) => cmd_restore(state_dir, args).await,
-        Command::Resume(args) => cmd_resume(state_dir, args).await,
-        Command::Status(args) => cmd_status(state_dir, args).await,
-        Command::Check(args) => crate::cli::check::run(state_dir, args).await,
-        Command::Daemon(args) => crate::cli::daemon::run(state_dir, args).await,
-        Command::Web(args) => cmd_web(state_dir, args).await,
+        Command::Run(args) => run::run(state_dir, args, shutdown).await,
+        Command::Restore(args) => run::restore(state_dir, args, shutdown).await,
+        Command::Resume(args) => run::resume(state_dir, args, shutdown).await,
+        Command::Status(args) => status::run(state_dir, args).await,
+        Command::Check(args) => check::run(state_dir, args).await,
+        Command::Daemon(args) => daemon::run(state_dir, args, shutdown).await,
+        Command::Web(args) => web::run(state_dir, args, shutdown).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             crate::logging::print_final_error(&e.to_string(), e.code());
-            // In JSON mode the line above is already the log drain's JSON object.
-            if !crate::logging::is_json() {
+            // In JSON mode the line above is already the log drain's JSON object; a
+            // configuration error is said once, on stderr, before any log line mattered.
+            if !crate::logging::is_json()
+                && !matches!(e, CliError::Config(_) | CliError::Schedule(_))
+            {
                 error!("{e}");
             }
             ExitCode::from(e.code())
@@ -225,7 +243,7 @@ pub async fn main(cli: Cli) -> ExitCode {
 }
 
 /// Cancelled on SIGTERM or SIGINT: the driver stops its step and persists a resumable state.
-pub fn shutdown_on_signals() -> CancellationToken {
+fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -243,377 +261,4 @@ pub fn shutdown_on_signals() -> CancellationToken {
         t.cancel();
     });
     token
-}
-
-/// Both locks of a run: this state directory (liveness) and the target (advisory lock on a
-/// dedicated connection). Dropping it releases both.
-pub struct Locks {
-    pub _live: liveness::LiveLock,
-    pub _target_lock: target::TargetLock,
-}
-
-pub fn build_driver(
-    state_dir: PathBuf,
-    engine: &EngineArgs,
-    needs_scalingo: bool,
-    shutdown: CancellationToken,
-) -> Result<Driver, CliError> {
-    let database_url = engine.target.validate()?;
-    let restore = engine.restore.validate()?;
-    let retry = engine.retry.validate()?;
-    let scalingo = if needs_scalingo {
-        let s = engine.scalingo.validate()?;
-        Some(ScalingoClient::new(s.endpoints, s.app, s.api_token))
-    } else {
-        None
-    };
-    let max_backup_age = engine
-        .max_backup_age_hours
-        .as_deref()
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| parse_number(v, "MAX_BACKUP_AGE_HOURS", 1, 24 * 365))
-        .transpose()?
-        .map(|h| Duration::from_secs(h * 3600));
-    let target = parse_target(&database_url)?;
-    Ok(Driver {
-        store: Store::new(&state_dir),
-        steps: RealSteps {
-            state_dir: state_dir.clone(),
-            scalingo,
-            http: http_client(Duration::from_secs(parse_number(
-                &engine.download_idle_timeout_seconds,
-                "DOWNLOAD_IDLE_TIMEOUT_SECONDS",
-                1,
-                3600,
-            )?)),
-            target: target.clone(),
-            restore,
-        },
-        state_dir,
-        retry,
-        force: false,
-        max_backup_age,
-        shutdown,
-        remote: Some(crate::state::remote::RemoteWriter::new(target)),
-    })
-}
-
-/// The target of `DATABASE_URL`; a URL it cannot use is a configuration error (the URL may
-/// hold a password: it is never repeated).
-fn parse_target(url: &crate::secret::Secret) -> Result<Target, CliError> {
-    Target::parse(url).map_err(|e| {
-        CliError::Config(ConfigError::Invalid {
-            var: "DATABASE_URL",
-            value: "(hidden)".into(),
-            expected: e.to_string(),
-        })
-    })
-}
-
-/// Takes the two locks. Nothing in the target is touched before both are held.
-pub async fn lock(driver: &Driver) -> Result<Locks, CliError> {
-    let live = match liveness::acquire(&driver.state_dir).map_err(fatal)? {
-        Ok(l) => l,
-        Err(holder) => {
-            return Err(CliError::Refused(format!(
-                "another replicator process{} is running a replication with the state directory {}; \
-                 `replicator status` shows it",
-                holder
-                    .pid
-                    .map(|p| format!(" (pid {p})"))
-                    .unwrap_or_default(),
-                driver.state_dir.display()
-            )));
-        }
-    };
-    let target_lock = match target::lock_target(&driver.steps.target).await {
-        Ok(LockOutcome::Acquired(l)) => l,
-        Ok(LockOutcome::Held { since, holder }) => {
-            return Err(CliError::Refused(format!(
-                "another replication holds the target {}{}{}: two replicators must not restore into one \
-                 database at once; wait for it to finish (or stop it) and retry",
-                driver.steps.target.describe(),
-                since.map(|s| format!(" since {s}")).unwrap_or_default(),
-                holder.map(|h| format!(" ({h})")).unwrap_or_default(),
-            )));
-        }
-        Err(e) => {
-            return Err(CliError::Fatal(format!(
-                "cannot take the replication lock on the target: {e}"
-            )));
-        }
-    };
-    Ok(Locks {
-        _live: live,
-        _target_lock: target_lock,
-    })
-}
-
-fn finish(outcome: Outcome) -> u8 {
-    match outcome {
-        Outcome::Finished(run) if matches!(run.phase, Phase::Done { .. }) => exit::OK,
-        Outcome::Finished(run) => {
-            crate::logging::print_final_error(
-                &format!(
-                    "run {} failed in {}: {}",
-                    run.run_id,
-                    match &run.phase {
-                        Phase::Failed { failed_in, .. } => failed_in.as_str(),
-                        _ => "?",
-                    },
-                    run.error.as_deref().unwrap_or("unknown error")
-                ),
-                exit::FAILED,
-            );
-            exit::FAILED
-        }
-        Outcome::Interrupted(_) => exit::OK,
-        Outcome::AlreadyRestored(_) => exit::OK,
-    }
-}
-
-/// Refuses to start a new run over an interrupted one, unless told to abandon it.
-fn check_no_interrupted(
-    store: &Store,
-    state_dir: &std::path::Path,
-    restart: bool,
-) -> Result<(), CliError> {
-    if let Some(run) = store.current().map_err(fatal)?
-        && !run.is_terminal()
-    {
-        if restart {
-            warn!(
-                "abandoning interrupted run {} (was in {})",
-                run.run_id,
-                run.phase.name()
-            );
-            let abandoned = crate::machine::transition(
-                &run,
-                Event::PermanentFailure {
-                    error: "abandoned by `replicator run --restart`".into(),
-                },
-                Utc::now(),
-            )
-            .map_err(fatal)?;
-            store.save(&abandoned).map_err(fatal)?;
-            let _ = std::fs::remove_dir_all(crate::engine::work_dir(state_dir, &run.run_id));
-        } else {
-            return Err(CliError::Refused(format!(
-                "run {} was interrupted in {}: `replicator resume` continues it, \
-                 `replicator run --restart` abandons it and starts afresh",
-                run.run_id,
-                run.phase.name()
-            )));
-        }
-    }
-    Ok(())
-}
-
-async fn cmd_run(state_dir: PathBuf, args: RunArgs) -> Result<u8, CliError> {
-    let mut driver = build_driver(state_dir, &args.engine, true, shutdown_on_signals())?;
-    driver.force = args.force;
-    let _locks = lock(&driver).await?;
-    let d = &driver;
-    check_no_interrupted(&d.store, &d.state_dir, args.restart)?;
-    let run = Run::new(
-        new_run_id(Utc::now()),
-        Origin::Scalingo,
-        d.retry.max_retry_count,
-        Utc::now(),
-    );
-    let outcome = d.drive(run).await.map_err(fatal)?;
-    Ok(finish(outcome))
-}
-
-async fn cmd_restore(state_dir: PathBuf, args: RestoreCmdArgs) -> Result<u8, CliError> {
-    let origin = match (args.source.archive, args.source.dump) {
-        (Some(path), _) => Origin::Archive { path },
-        (_, Some(path)) => Origin::Dump { path },
-        _ => unreachable!("clap requires one of --archive and --dump"),
-    };
-    let path = match &origin {
-        Origin::Archive { path } | Origin::Dump { path } => path.clone(),
-        Origin::Scalingo => unreachable!(),
-    };
-    if !path.is_file() {
-        return Err(CliError::Fatal(format!(
-            "{} is not a readable file: give the path of a backup archive (--archive) or a pg_dump -Fc dump (--dump)",
-            path.display()
-        )));
-    }
-    let path = std::fs::canonicalize(&path).map_err(fatal)?;
-    let origin = match origin {
-        Origin::Archive { .. } => Origin::Archive { path },
-        _ => Origin::Dump { path },
-    };
-    let engine = EngineArgs {
-        scalingo: ScalingoArgs {
-            app: None,
-            region: "osc-fr1".into(),
-            api_token: None,
-            auth_url: None,
-            api_url: None,
-            db_url: None,
-        },
-        target: args.target,
-        restore: args.restore,
-        retry: args.retry,
-        max_backup_age_hours: None,
-        download_idle_timeout_seconds: "60".into(),
-    };
-    let driver = build_driver(state_dir, &engine, false, shutdown_on_signals())?;
-    let _locks = lock(&driver).await?;
-    let d = &driver;
-    check_no_interrupted(&d.store, &d.state_dir, false)?;
-    let run = Run::new(
-        new_run_id(Utc::now()),
-        origin,
-        d.retry.max_retry_count,
-        Utc::now(),
-    );
-    let outcome = d.drive(run).await.map_err(fatal)?;
-    Ok(finish(outcome))
-}
-
-/// Marks an abandoned run as interrupted and moves it to its resume point.
-pub fn resumable(run: Run) -> Result<Run, CliError> {
-    let now = Utc::now();
-    let run = if run.interrupted {
-        run
-    } else {
-        crate::machine::transition(&run, Event::Crashed, now).map_err(fatal)?
-    };
-    crate::machine::transition(&run, Event::Resume, now).map_err(fatal)
-}
-
-async fn cmd_resume(state_dir: PathBuf, args: EngineArgs) -> Result<u8, CliError> {
-    let store = Store::new(&state_dir);
-    let current = store.current().map_err(fatal)?;
-    let run = match current {
-        None => {
-            return Err(CliError::Refused(format!(
-                "nothing to resume: no run was ever recorded in {}",
-                state_dir.display()
-            )));
-        }
-        Some(r) if r.is_terminal() => {
-            return Err(CliError::Refused(format!(
-                "nothing to resume: the last run ({}) ended {}; `replicator run` starts a new one",
-                r.run_id,
-                r.phase.name()
-            )));
-        }
-        Some(r) => r,
-    };
-    let needs_scalingo = matches!(run.origin, Origin::Scalingo);
-    let driver = build_driver(state_dir, &args, needs_scalingo, shutdown_on_signals())?;
-    let _locks = lock(&driver).await?;
-    let d = &driver;
-    // Read again under the lock: the run may have moved since.
-    let run = d
-        .store
-        .current()
-        .map_err(fatal)?
-        .filter(|r| !r.is_terminal())
-        .ok_or_else(|| CliError::Refused("nothing to resume: the run has finished".into()))?;
-    info!(
-        run_id = %run.run_id,
-        phase = %run.phase.name(),
-        "resuming run {} interrupted in {}",
-        run.run_id,
-        run.phase.name()
-    );
-    let run = resumable(run)?;
-    let outcome = d.drive(run).await.map_err(fatal)?;
-    Ok(finish(outcome))
-}
-
-async fn cmd_status(state_dir: PathBuf, args: StatusArgs) -> Result<u8, CliError> {
-    let store = Store::new(&state_dir);
-    let current = store.current().map_err(fatal)?;
-    let history = store.history().map_err(fatal)?;
-    let holder = liveness::holder(&state_dir).map_err(fatal)?;
-    let local_source = format!("state directory {}", state_dir.display());
-    let has_url = args
-        .target
-        .database_url
-        .as_deref()
-        .is_some_and(|u| !u.trim().is_empty());
-    // A container that cannot see the daemon's disk (a `scalingo run`) knows no run: the
-    // target database, which every container reaches, does.
-    let mut remote = None;
-    let mut unreadable = None;
-    if args.from_target || (current.is_none() && has_url) {
-        let url = args.target.validate()?;
-        let target = parse_target(&url)?;
-        match crate::state::remote::read(&target).await {
-            Ok(runs) => remote = Some((target.describe(), runs)),
-            Err(e) if args.from_target => return Err(fatal(e)),
-            Err(e) => unreadable = Some(e.to_string()),
-        }
-    }
-    let view = match &remote {
-        Some((target, runs)) => StatusView {
-            current: runs.current.as_ref(),
-            history: &runs.history,
-            live: runs.lock_held && runs.current.as_ref().is_some_and(|r| !r.is_terminal()),
-            live_pid: None,
-            source: crate::status::target_source(target, runs.schema_exists),
-            source_kind: crate::status::SourceKind::Target,
-            written_by: runs.current_written_by.clone(),
-            target_lock_held: Some(runs.lock_held),
-        },
-        None => StatusView {
-            current: current.as_ref(),
-            history: &history,
-            live: holder.is_some(),
-            live_pid: holder.and_then(|h| h.pid),
-            source: match &unreadable {
-                Some(e) => format!("{local_source} (the target database could not be read: {e})"),
-                None => local_source,
-            },
-            ..Default::default()
-        },
-    };
-    let json = args.json
-        || (crate::logging::is_json() && !std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if json {
-        let value = status_json(&view);
-        // One line per JSON object in JSON log mode, so that every line parses.
-        if crate::logging::is_json() {
-            println!("{value}");
-        } else {
-            println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
-        }
-    } else {
-        print!("{}", status_text(&view, Utc::now()));
-    }
-    Ok(exit::OK)
-}
-
-async fn cmd_web(state_dir: PathBuf, args: WebArgs) -> Result<u8, CliError> {
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.port))
-        .await
-        .map_err(|e| CliError::Fatal(format!("cannot listen on port {} (PORT): {e}", args.port)))?;
-    info!("web: serving /health and /status on port {}", args.port);
-    let status = std::sync::Arc::new(move || {
-        let store = Store::new(&state_dir);
-        let current = store.current().ok().flatten();
-        let history = store.history().unwrap_or_default();
-        let holder = liveness::holder(&state_dir).ok().flatten();
-        let view = StatusView {
-            current: current.as_ref(),
-            history: &history,
-            live: holder.is_some(),
-            live_pid: holder.and_then(|h| h.pid),
-            source: format!("state directory {}", state_dir.display()),
-            ..Default::default()
-        };
-        status_json(&view)
-    });
-    let shutdown = shutdown_on_signals();
-    crate::web::serve(listener, status, async move { shutdown.cancelled().await })
-        .await
-        .map_err(fatal)?;
-    Ok(exit::OK)
 }

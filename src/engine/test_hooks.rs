@@ -1,6 +1,6 @@
 //! Hooks for the reliability suite (`tests/it/crash.rs`, `docs/reliability.md`): they let a
 //! test kill the real binary inside a phase whose step is too short to be caught otherwise.
-//! Unset, they cost one environment lookup per step and change nothing.
+//! The variable is read once, when the steps are built (`app`); unset, nothing changes.
 
 use std::time::Duration;
 
@@ -11,22 +11,38 @@ use crate::machine::Run;
 /// told). A shutdown still interrupts the sleep, since the driver races the step with it.
 pub const PAUSE_AT_VAR: &str = "REPLICATOR_TEST_PAUSE_AT";
 
-/// Sleeps if [`PAUSE_AT_VAR`] names the step of `run`'s phase.
-pub async fn pause_before_step(run: &Run) {
-    let Ok(spec) = std::env::var(PAUSE_AT_VAR) else {
-        return;
-    };
-    let (label, secs) = match spec.split_once(':') {
-        Some((l, s)) => (l.trim(), s.trim().parse().unwrap_or(30)),
-        None => (spec.trim(), 30),
-    };
-    if label == run.phase.step_label() {
-        tracing::warn!(
-            phase = %run.phase.name(),
-            seconds = secs,
-            "{PAUSE_AT_VAR}: pausing {secs}s before the step of {}",
-            run.phase.name()
-        );
-        tokio::time::sleep(Duration::from_secs(secs)).await;
+/// A parsed [`PAUSE_AT_VAR`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PauseAt {
+    label: String,
+    secs: u64,
+}
+
+impl PauseAt {
+    /// [`PAUSE_AT_VAR`] from the environment, if set.
+    pub fn from_env() -> Option<PauseAt> {
+        let spec = std::env::var(PAUSE_AT_VAR).ok()?;
+        let (label, secs) = match spec.split_once(':') {
+            Some((l, s)) => (l.trim(), s.trim().parse().unwrap_or(30)),
+            None => (spec.trim(), 30),
+        };
+        Some(PauseAt {
+            label: label.to_string(),
+            secs,
+        })
+    }
+
+    /// Sleeps if this names the step of `run`'s phase.
+    pub async fn before_step(&self, run: &Run) {
+        if self.label == run.phase.step_label() {
+            let secs = self.secs;
+            tracing::warn!(
+                phase = %run.phase.name(),
+                seconds = secs,
+                "{PAUSE_AT_VAR}: pausing {secs}s before the step of {}",
+                run.phase.name()
+            );
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+        }
     }
 }

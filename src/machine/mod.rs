@@ -59,6 +59,13 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod rules;
+
+pub use rules::{
+    DiskBudget, TooOld, abandon, already_restored, disk_budget, disk_needed, interrupted, recover,
+    too_old,
+};
+
 /// The backup a run restores, as Scalingo describes it (or as a local file is described).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backup {

@@ -369,12 +369,13 @@ async fn play(faults: Vec<Fault>, max_retry_count: u32) -> Result<String, String
                     world.lock().unwrap().archive.remove(&run.run_id);
                     continue;
                 }
-                let resumed = replicator::cli::resumable(run.clone()).map_err(|e| {
-                    format!(
-                        "persisted {:?} cannot be resumed: {e}\n{story:?}",
-                        run.phase
-                    )
-                })?;
+                let resumed = replicator::machine::recover(run.clone(), chrono::Utc::now())
+                    .map_err(|e| {
+                        format!(
+                            "persisted {:?} cannot be resumed: {e}\n{story:?}",
+                            run.phase
+                        )
+                    })?;
                 // A partial restore never goes on from where it stopped.
                 if matches!(run.phase, Phase::Restoring { .. } | Phase::Unlogging { .. })
                     && !matches!(resumed.phase, Phase::Dropping { .. })

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn backup(id: &str, status: &str, created_at: &str, size: Option<u64>) -> ApiBackup {

@@ -1,0 +1,166 @@
+//! `replicator run`, `restore` and `resume`: one run, from Scalingo, from a file, or from where
+//! an interrupted one stopped.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{CliError, EngineArgs, RestoreCmdArgs, RunArgs, exit};
+use crate::app::{self, DEFAULT_DOWNLOAD_IDLE_TIMEOUT, EngineConfig, fatal, parse_target};
+use crate::engine::{Outcome, new_run_id};
+use crate::machine::{Origin, Phase, Run};
+use crate::state::store::Store;
+
+/// `replicator run`.
+pub async fn run(
+    state_dir: PathBuf,
+    args: RunArgs,
+    shutdown: CancellationToken,
+) -> Result<u8, CliError> {
+    let config = args.engine.validate(true)?;
+    start(
+        state_dir,
+        config,
+        Origin::Scalingo,
+        args.force,
+        args.restart,
+        shutdown,
+    )
+    .await
+}
+
+/// `replicator restore --archive F` / `--dump F`.
+pub async fn restore(
+    state_dir: PathBuf,
+    args: RestoreCmdArgs,
+    shutdown: CancellationToken,
+) -> Result<u8, CliError> {
+    let origin = match (args.source.archive, args.source.dump) {
+        (Some(path), _) => Origin::Archive { path },
+        (_, Some(path)) => Origin::Dump { path },
+        _ => unreachable!("clap requires one of --archive and --dump"),
+    };
+    let path = match &origin {
+        Origin::Archive { path } | Origin::Dump { path } => path.clone(),
+        Origin::Scalingo => unreachable!(),
+    };
+    if !path.is_file() {
+        return Err(CliError::Fatal(format!(
+            "{} is not a readable file: give the path of a backup archive (--archive) or a pg_dump -Fc dump (--dump)",
+            path.display()
+        )));
+    }
+    let path = std::fs::canonicalize(&path).map_err(fatal)?;
+    let origin = match origin {
+        Origin::Archive { .. } => Origin::Archive { path },
+        _ => Origin::Dump { path },
+    };
+    // A file on disk: no Scalingo, no backup age, nothing downloaded.
+    let database_url = args.target.validate()?;
+    let restore = args.restore.validate()?;
+    let retry = args.retry.validate()?;
+    let config = EngineConfig {
+        target: parse_target(&database_url)?,
+        restore,
+        retry,
+        scalingo: None,
+        max_backup_age: None,
+        download_idle_timeout: DEFAULT_DOWNLOAD_IDLE_TIMEOUT,
+    };
+    start(state_dir, config, origin, false, false, shutdown).await
+}
+
+/// A new run from `origin`, with both locks held, unless an interrupted run stands in the way
+/// (`restart` abandons it).
+async fn start(
+    state_dir: PathBuf,
+    config: EngineConfig,
+    origin: Origin,
+    force: bool,
+    restart: bool,
+    shutdown: CancellationToken,
+) -> Result<u8, CliError> {
+    let target = config.target.clone();
+    let driver = app::driver(state_dir, config, force, shutdown);
+    let _locks = app::lock(&driver.state_dir, &target).await?;
+    app::refuse_interrupted(&driver.store, &driver.state_dir, restart)?;
+    let run = Run::new(
+        new_run_id(Utc::now()),
+        origin,
+        driver.retry.max_retry_count,
+        Utc::now(),
+    );
+    let outcome = driver.drive(run).await.map_err(fatal)?;
+    Ok(finish(outcome))
+}
+
+/// `replicator resume`.
+pub async fn resume(
+    state_dir: PathBuf,
+    args: EngineArgs,
+    shutdown: CancellationToken,
+) -> Result<u8, CliError> {
+    let store = Store::new(&state_dir);
+    let current = store.current().map_err(fatal)?;
+    let run = match current {
+        None => {
+            return Err(CliError::Refused(format!(
+                "nothing to resume: no run was ever recorded in {}",
+                state_dir.display()
+            )));
+        }
+        Some(r) if r.is_terminal() => {
+            return Err(CliError::Refused(format!(
+                "nothing to resume: the last run ({}) ended {}; `replicator run` starts a new one",
+                r.run_id,
+                r.phase.name()
+            )));
+        }
+        Some(r) => r,
+    };
+    let needs_scalingo = matches!(run.origin, Origin::Scalingo);
+    let config = args.validate(needs_scalingo)?;
+    let target = config.target.clone();
+    let driver = app::driver(state_dir, config, false, shutdown);
+    let _locks = app::lock(&driver.state_dir, &target).await?;
+    // Read again under the lock: the run may have moved since.
+    let current = driver.store.current().map_err(fatal)?;
+    let run = crate::machine::interrupted(current.as_ref())
+        .cloned()
+        .ok_or_else(|| CliError::Refused("nothing to resume: the run has finished".into()))?;
+    info!(
+        run_id = %run.run_id,
+        phase = %run.phase.name(),
+        "resuming run {} interrupted in {}",
+        run.run_id,
+        run.phase.name()
+    );
+    let run = app::resumable(run)?;
+    let outcome = driver.drive(run).await.map_err(fatal)?;
+    Ok(finish(outcome))
+}
+
+fn finish(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Finished(run) if matches!(run.phase, Phase::Done { .. }) => exit::OK,
+        Outcome::Finished(run) => {
+            crate::logging::print_final_error(
+                &format!(
+                    "run {} failed in {}: {}",
+                    run.run_id,
+                    match &run.phase {
+                        Phase::Failed { failed_in, .. } => failed_in.as_str(),
+                        _ => "?",
+                    },
+                    run.error.as_deref().unwrap_or("unknown error")
+                ),
+                exit::FAILED,
+            );
+            exit::FAILED
+        }
+        Outcome::Interrupted(_) => exit::OK,
+        Outcome::AlreadyRestored(_) => exit::OK,
+    }
+}

@@ -1,0 +1,316 @@
+//! The real steps: Scalingo, the disk and PostgreSQL, each phase's IO behind [`Steps`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::Steps;
+use super::test_hooks::PauseAt;
+use super::workdir::{WorkDir, free_bytes_near};
+use crate::config::RestoreConfig;
+use crate::error::StepError;
+use crate::machine::{Backup, DiskBudget, Origin, Phase, Progress, Run, Section, disk_budget};
+use crate::source::scalingo::ScalingoClient;
+use crate::source::{download, extract};
+use crate::target::{self, Target};
+
+/// The real steps.
+pub struct RealSteps {
+    pub state_dir: PathBuf,
+    pub scalingo: Option<ScalingoClient>,
+    pub http: reqwest::Client,
+    pub target: Target,
+    pub restore: RestoreConfig,
+    /// The reliability suite's pause (read once, when the steps are built).
+    pub pause_at: Option<PauseAt>,
+}
+
+impl RealSteps {
+    fn archive_path(&self, run: &Run) -> PathBuf {
+        match &run.origin {
+            Origin::Archive { path } => path.clone(),
+            _ => WorkDir::of(&self.state_dir, &run.run_id).archive(),
+        }
+    }
+
+    /// Where the dump of `run` is (a file the user gave, or the one extracted in the state dir).
+    pub fn dump_path(&self, run: &Run) -> PathBuf {
+        match &run.origin {
+            Origin::Dump { path } => path.clone(),
+            _ => WorkDir::of(&self.state_dir, &run.run_id).dump(),
+        }
+    }
+
+    /// Writes the `--use-list` that leaves out the rows of `EXCLUDE_TABLE_DATA` (and the
+    /// foreign keys that point at them), warning about names that match no table.
+    async fn exclusion_list(&self, run: &Run, dump: &Path) -> Result<PathBuf, StepError> {
+        let toc = crate::dump::toc::Toc::read(dump).await?;
+        let fks = crate::dump::toc::foreign_key_targets(dump).await?;
+        let plan = crate::dump::toc::plan_exclusion(&toc, &self.restore.exclude_table_data, &fks);
+        for name in &plan.unmatched {
+            warn!(
+                table = %name,
+                "EXCLUDE_TABLE_DATA names {name:?}, but the dump has no table of that exact name in schema public: nothing is excluded for it; check the spelling (names are exact, case and hyphens included)"
+            );
+        }
+        for (table, fk, referenced) in &plan.dropped_foreign_keys {
+            warn!(
+                table = %table,
+                constraint = %fk,
+                references = %referenced,
+                "foreign key {fk:?} of {table:?} is not restored: it references {referenced:?}, whose rows EXCLUDE_TABLE_DATA leaves out"
+            );
+        }
+        if !plan.excluded.is_empty() {
+            info!(
+                tables = %plan.excluded.join(","),
+                "rows left out (EXCLUDE_TABLE_DATA): {}",
+                plan.excluded.join(", ")
+            );
+        }
+        let list = WorkDir::of(&self.state_dir, &run.run_id).restore_list();
+        let mut skip = plan.skip;
+        let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
+        skip.extend(crate::target::fk::defer(
+            &toc,
+            self.restore.fk_mode,
+            &skip,
+            &fk_list,
+        )?);
+        toc.write_list(&list, &skip)?;
+        Ok(list)
+    }
+
+    fn scalingo(&self) -> Result<&ScalingoClient, StepError> {
+        self.scalingo.as_ref().ok_or_else(|| {
+            StepError::permanent(
+                "this run needs Scalingo but no Scalingo configuration was given: set SCALINGO_APP and SCALINGO_API_TOKEN",
+            )
+        })
+    }
+}
+
+fn create_dir_for(path: &Path) -> Result<(), StepError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StepError::permanent(format!(
+                "cannot create the working directory {}: {e}; check REPLICATOR_STATE_DIR",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+impl Steps for RealSteps {
+    async fn fetch_backup(&self) -> Result<Backup, StepError> {
+        let backup = self.scalingo()?.newest_done_backup().await?;
+        check_free_disk(&self.state_dir, backup.size)?;
+        Ok(backup)
+    }
+
+    async fn download(
+        &self,
+        run: &Run,
+        backup: &Backup,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<(), StepError> {
+        let archive = self.archive_path(run);
+        create_dir_for(&archive)?;
+        let url = self.scalingo()?.download_url(&backup.id).await?;
+        let total = backup.size;
+        let report = |done: u64| progress(Progress::Bytes { done, total });
+        let dump = self.dump_path(run);
+        let fetched =
+            download::download_extracting(&self.http, &url, &archive, &dump, backup.size, &report)
+                .await?;
+        let got = fetched.download;
+        if let Some(bytes) = fetched.dump_bytes {
+            info!(
+                bytes,
+                "extracted the dump during the download ({bytes} bytes)"
+            );
+        }
+        info!(
+            bytes = got.bytes,
+            resumed_from = got.resumed_from,
+            "downloaded {} ({} bytes{})",
+            backup.name,
+            got.bytes,
+            if got.resumed_from > 0 {
+                format!(", resumed from byte {}", got.resumed_from)
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    async fn extract_and_check(&self, run: &Run) -> Result<(), StepError> {
+        let dump = self.dump_path(run);
+        if !matches!(run.origin, Origin::Dump { .. }) {
+            let archive = self.archive_path(run);
+            create_dir_for(&dump)?;
+            // A dump from the download step (or an earlier attempt of this one) is used only
+            // when its marker proves it whole; a file the user gave is always extracted.
+            let scalingo = matches!(run.origin, Origin::Scalingo);
+            let expected = run.backup().and_then(|b| b.size);
+            match extract::complete_dump(&dump, &archive, expected).filter(|_| scalingo) {
+                Some(bytes) => info!(
+                    bytes,
+                    "the dump is already extracted and whole ({bytes} bytes, during the download or by an earlier attempt): not extracting it again"
+                ),
+                None => {
+                    extract::discard_extracted(&dump);
+                    let (a, d) = (archive.clone(), dump.clone());
+                    let bytes = tokio::task::spawn_blocking(move || {
+                        let bytes = extract::extract_dump(&a, &d)?;
+                        if scalingo {
+                            // Lets a retry of this step after the archive's removal go on.
+                            let len = std::fs::metadata(&a).map(|m| m.len()).unwrap_or(0);
+                            if let Err(e) = extract::record_complete_dump(&d, len, bytes) {
+                                warn!("could not write the marker of {}: {e}", d.display());
+                            }
+                        }
+                        Ok::<_, StepError>(bytes)
+                    })
+                    .await
+                    .map_err(|e| StepError::transient(format!("extraction task failed: {e}")))??;
+                    info!(bytes, "extracted the dump ({bytes} bytes)");
+                }
+            }
+            // Only our own download goes: a file the user gave is theirs.
+            if matches!(run.origin, Origin::Scalingo) {
+                let _ = std::fs::remove_file(&archive);
+            }
+        }
+        target::check_dump(&dump).await?;
+        target::check_target(&self.target).await?;
+        // Before Dropping: a dump cut in its data, or objects the wipe cannot remove, would
+        // fail the restore only after the target is gone (docs/reliability.md).
+        crate::target::preflight::check_dump_complete(&dump).await?;
+        crate::target::preflight::check_target_can_take(&self.target, &dump).await?;
+        Ok(())
+    }
+
+    async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
+        let ended = target::terminate_leftover_restores(&self.target).await?;
+        if ended > 0 {
+            info!("ended {ended} leftover pg_restore session(s) on the target");
+        }
+        target::drop_owned(&self.target).await?;
+        Ok(())
+    }
+
+    async fn restore(
+        &self,
+        run: &Run,
+        section: Section,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<(), StepError> {
+        let report = |done: u64, total: u64| progress(Progress::Items { done, total });
+        let dump = self.dump_path(run);
+        // Rows are left out of the data section only: the tables' schema is pre-data.
+        let use_list = match section {
+            Section::DataAndPostData
+                if !self.restore.exclude_table_data.is_empty()
+                    || self.restore.fk_mode != crate::target::fk::FkMode::Validate =>
+            {
+                Some(self.exclusion_list(run, &dump).await?)
+            }
+            _ => None,
+        };
+        target::restore_section_with_list(
+            &self.target,
+            &dump,
+            section,
+            self.restore.jobs,
+            use_list.as_deref(),
+            &report,
+        )
+        .await?;
+        // FK_MODE=trust: the keys left out of the list, now that the rows are in.
+        if section == Section::DataAndPostData
+            && self.restore.fk_mode == crate::target::fk::FkMode::Trust
+        {
+            let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
+            let (not_valid, validated) =
+                crate::target::fk::add_not_valid(&self.target, &dump, &fk_list).await?;
+            info!(
+                not_valid,
+                validated,
+                "{not_valid} foreign key(s) added NOT VALID (FK_MODE=trust){}",
+                if validated > 0 {
+                    format!(", {validated} validated (partitioned tables)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(())
+    }
+
+    async fn unlog(&self, run: &Run) -> Result<(), StepError> {
+        if self.restore.use_unlogged_tables {
+            let n = target::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
+            info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
+        }
+        Ok(())
+    }
+
+    async fn post_restore(&self, _run: &Run) -> Result<(), StepError> {
+        if let Some(path) = &self.restore.post_restore_sql {
+            let n = crate::target::post_restore::run(&self.target, path).await?;
+            info!(files = n, "post-restore SQL: {n} file(s) applied");
+        }
+        Ok(())
+    }
+
+    async fn finished(&self, run: &Run) {
+        crate::notify::notify(&self.http, &self.restore.notify, run).await;
+    }
+
+    async fn before_step(&self, run: &Run) {
+        if let Some(pause) = &self.pause_at {
+            pause.before_step(run).await;
+        }
+    }
+
+    async fn on_interrupt(&self, run: &Run) {
+        if matches!(
+            run.phase,
+            Phase::Dropping { .. }
+                | Phase::Restoring { .. }
+                | Phase::Unlogging { .. }
+                | Phase::PostRestoreSql { .. }
+        ) {
+            let ended = tokio::time::timeout(
+                Duration::from_secs(10),
+                target::terminate_leftover_restores(&self.target),
+            )
+            .await;
+            if let Ok(Err(e)) = ended {
+                warn!("could not end the restore's sessions on the target: {e}");
+            }
+        }
+    }
+}
+
+/// Refuses a download that cannot fit (see [`crate::machine::disk_needed`]): the rule
+/// `check` applies too.
+fn check_free_disk(state_dir: &Path, size: Option<u64>) -> Result<(), StepError> {
+    std::fs::create_dir_all(state_dir).ok();
+    match disk_budget(size, free_bytes_near(state_dir)) {
+        DiskBudget::TooSmall { needed, free } => Err(StepError::permanent(format!(
+            "not enough free disk in {}: the backup is {} MiB, and the archive plus the dump need about {} MiB (twice the archive, plus 10% and 64 MiB), but only {} MiB are free; free some space or point REPLICATOR_STATE_DIR at a larger disk",
+            state_dir.display(),
+            size.unwrap_or(0) >> 20,
+            needed >> 20,
+            free >> 20
+        ))),
+        DiskBudget::SizeUnknown | DiskBudget::FreeUnknown { .. } | DiskBudget::Fits { .. } => {
+            Ok(())
+        }
+    }
+}

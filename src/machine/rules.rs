@@ -1,0 +1,154 @@
+//! The decisions around a run that are not one transition: skip a backup already restored,
+//! wait for a backup too old, refuse a download the disk cannot hold, and what to do with a
+//! run a crash left behind. Pure, like [`transition`]: the driver (`run`, `resume`, `daemon`)
+//! and `check` call the same function for each rule, so `check` says `FAIL` exactly where a
+//! run would stop before the wipe.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Backup, Event, Run, TransitionError, transition};
+
+/// The last `Done` run, when it restored `backup`: a run would restore nothing (unless
+/// `force`, `replicator run --force`).
+pub fn already_restored<'a>(
+    last_done: Option<&'a Run>,
+    backup: &Backup,
+    force: bool,
+) -> Option<&'a Run> {
+    if force {
+        return None;
+    }
+    last_done.filter(|r| r.backup().is_some_and(|b| b.id == backup.id))
+}
+
+/// A newest `done` backup older than `MAX_BACKUP_AGE_HOURS`: not the night's yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooOld {
+    pub age: Duration,
+    pub max_age: Duration,
+}
+
+/// Whether `backup` is older than `max_age` at `now` (`None`: no limit, no creation time, or
+/// young enough).
+pub fn too_old(backup: &Backup, max_age: Option<Duration>, now: DateTime<Utc>) -> Option<TooOld> {
+    let (max_age, created) = (max_age?, backup.created_at?);
+    let age = (now - created).to_std().unwrap_or_default();
+    (age > max_age).then_some(TooOld { age, max_age })
+}
+
+/// Free disk a run needs for a backup of `size` bytes: the archive, then the dump extracted
+/// beside it. A custom-format dump is already compressed, so gzip barely shrinks it: the dump
+/// is budgeted at the archive's size, plus 10% for the gzip and tar overhead and 64 MiB of
+/// slack.
+pub fn disk_needed(size: u64) -> u64 {
+    size + size + size / 10 + 64 * 1024 * 1024
+}
+
+/// The disk budget of a backup of `size` bytes with `free` bytes free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskBudget {
+    /// Scalingo gave no size: nothing to check.
+    SizeUnknown,
+    /// The free space could not be read: nothing to check.
+    FreeUnknown {
+        needed: u64,
+    },
+    Fits {
+        needed: u64,
+        free: u64,
+    },
+    /// A run would fail before downloading (permanent).
+    TooSmall {
+        needed: u64,
+        free: u64,
+    },
+}
+
+pub fn disk_budget(size: Option<u64>, free: Option<u64>) -> DiskBudget {
+    let Some(size) = size else {
+        return DiskBudget::SizeUnknown;
+    };
+    let needed = disk_needed(size);
+    match free {
+        None => DiskBudget::FreeUnknown { needed },
+        Some(free) if free < needed => DiskBudget::TooSmall { needed, free },
+        Some(free) => DiskBudget::Fits { needed, free },
+    }
+}
+
+/// The run that stands in the way of a new one: the current run of the state directory, when
+/// a crash or a stop left it unfinished (`run` refuses it, `run --restart` abandons it,
+/// `resume` continues it).
+pub fn interrupted(current: Option<&Run>) -> Option<&Run> {
+    current.filter(|r| !r.is_terminal())
+}
+
+/// An interrupted run given up (`replicator run --restart`): `Failed`, with `why`.
+pub fn abandon(run: &Run, why: &str, now: DateTime<Utc>) -> Result<Run, TransitionError> {
+    transition(run, Event::PermanentFailure { error: why.into() }, now)
+}
+
+/// A run loaded after its process died (or stopped): marked interrupted, then moved to its
+/// resume point. The one way a crashed state becomes a definite one.
+pub fn recover(run: Run, now: DateTime<Utc>) -> Result<Run, TransitionError> {
+    let run = if run.interrupted {
+        run
+    } else {
+        transition(&run, Event::Crashed, now)?
+    };
+    transition(&run, Event::Resume, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{Origin, Phase};
+
+    fn backup(id: &str, hours_old: i64, now: DateTime<Utc>) -> Backup {
+        Backup {
+            id: id.into(),
+            name: format!("{id}.tar.gz"),
+            size: Some(1 << 20),
+            created_at: Some(now - chrono::Duration::hours(hours_old)),
+        }
+    }
+
+    #[test]
+    fn the_rules_decide_without_io() {
+        let now = Utc::now();
+        let b = backup("b1", 30, now);
+        assert_eq!(
+            too_old(&b, Some(Duration::from_secs(24 * 3600)), now).map(|t| t.max_age),
+            Some(Duration::from_secs(24 * 3600))
+        );
+        assert!(too_old(&b, Some(Duration::from_secs(31 * 3600)), now).is_none());
+        assert!(too_old(&b, None, now).is_none());
+
+        assert_eq!(disk_budget(None, Some(0)), DiskBudget::SizeUnknown);
+        let needed = disk_needed(1 << 30);
+        assert_eq!(
+            disk_budget(Some(1 << 30), Some(needed - 1)),
+            DiskBudget::TooSmall {
+                needed,
+                free: needed - 1
+            }
+        );
+        assert_eq!(
+            disk_budget(Some(1 << 30), Some(needed)),
+            DiskBudget::Fits {
+                needed,
+                free: needed
+            }
+        );
+
+        let run = Run::new("r1".into(), Origin::Scalingo, 2, now);
+        let run = transition(&run, Event::Start, now).unwrap();
+        assert!(interrupted(Some(&run)).is_some());
+        let failed = abandon(&run, "abandoned", now).unwrap();
+        assert!(matches!(failed.phase, Phase::Failed { .. }));
+        assert!(interrupted(Some(&failed)).is_none());
+        assert!(already_restored(Some(&failed), &b, false).is_none());
+    }
+}
