@@ -9,11 +9,12 @@ use super::Steps;
 use super::test_hooks::PauseAt;
 use super::workdir::{WorkDir, free_bytes_near};
 use crate::config::RestoreConfig;
+use crate::dump::toc::Toc;
 use crate::error::StepError;
 use crate::machine::{Backup, DiskBudget, Origin, Phase, Progress, Run, Section, disk_budget};
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
-use crate::target::{self, Target};
+use crate::target::{self, DumpInfo, Target};
 
 /// The real steps.
 pub struct RealSteps {
@@ -44,10 +45,14 @@ impl RealSteps {
 
     /// Writes the `--use-list` that leaves out the rows of `EXCLUDE_TABLE_DATA` (and the
     /// foreign keys that point at them), warning about names that match no table.
-    async fn exclusion_list(&self, run: &Run, dump: &Path) -> Result<PathBuf, StepError> {
-        let toc = crate::dump::toc::Toc::read(dump).await?;
+    async fn exclusion_list(
+        &self,
+        run: &Run,
+        dump: &Path,
+        toc: &Toc,
+    ) -> Result<PathBuf, StepError> {
         let fks = crate::dump::toc::foreign_key_targets(dump).await?;
-        let plan = crate::dump::toc::plan_exclusion(&toc, &self.restore.exclude_table_data, &fks);
+        let plan = crate::dump::toc::plan_exclusion(toc, &self.restore.exclude_table_data, &fks);
         for name in &plan.unmatched {
             warn!(
                 table = %name,
@@ -73,13 +78,20 @@ impl RealSteps {
         let mut skip = plan.skip;
         let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
         skip.extend(crate::target::fk::defer(
-            &toc,
+            toc,
             self.restore.fk_mode,
             &skip,
             &fk_list,
         )?);
         toc.write_list(&list, &skip)?;
         Ok(list)
+    }
+
+    /// The table of contents `Extracting` read for this run (read again, and kept, only when a
+    /// resumed run's work dir lacks it).
+    async fn toc(&self, run: &Run, dump: &Path) -> Result<Toc, StepError> {
+        let saved = WorkDir::of(&self.state_dir, &run.run_id).toc();
+        Ok(Toc::load_or_read(dump, &saved).await?)
     }
 
     fn scalingo(&self) -> Result<&ScalingoClient, StepError> {
@@ -185,12 +197,16 @@ impl Steps for RealSteps {
                 let _ = std::fs::remove_file(&archive);
             }
         }
-        target::check_dump(&dump).await?;
+        // The run's one `pg_restore --list`: read afresh here, kept in the work dir for the
+        // steps that follow (and for a resume).
+        let saved = WorkDir::of(&self.state_dir, &run.run_id).toc();
+        let _ = std::fs::remove_file(&saved);
+        let (toc, _) = target::check_dump_toc(&dump, Some(&saved)).await?;
         target::check_target(&self.target).await?;
         // Before Dropping: a dump cut in its data, or objects the wipe cannot remove, would
         // fail the restore only after the target is gone (docs/reliability.md).
         crate::target::preflight::check_dump_complete(&dump).await?;
-        crate::target::preflight::check_target_can_take(&self.target, &dump).await?;
+        crate::target::preflight::check_target_can_take_toc(&self.target, &toc).await?;
         Ok(())
     }
 
@@ -211,22 +227,30 @@ impl Steps for RealSteps {
     ) -> Result<(), StepError> {
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
         let dump = self.dump_path(run);
+        let toc = self.toc(run, &dump).await?;
         // Rows are left out of the data section only: the tables' schema is pre-data.
         let use_list = match section {
             Section::DataAndPostData
                 if !self.restore.exclude_table_data.is_empty()
                     || self.restore.fk_mode != crate::target::fk::FkMode::Validate =>
             {
-                Some(self.exclusion_list(run, &dump).await?)
+                Some(self.exclusion_list(run, &dump, &toc).await?)
             }
             _ => None,
         };
-        target::restore_section_with_list(
+        // The progress total counts what this restore runs: the use-list's entries when
+        // there is one (its commented-out entries are not entries).
+        let total = match &use_list {
+            Some(list) => DumpInfo::from_toc(&Toc::read_list(list)?).items(section),
+            None => DumpInfo::from_toc(&toc).items(section),
+        };
+        target::restore_section_counted(
             &self.target,
             &dump,
             section,
             self.restore.jobs,
             use_list.as_deref(),
+            total,
             &report,
         )
         .await?;

@@ -23,6 +23,10 @@ impl WorkDir {
     pub fn dump(&self) -> PathBuf {
         self.0.join("dump.pgsql")
     }
+    /// The dump's table of contents, as `pg_restore --list` printed it once for this run.
+    pub fn toc(&self) -> PathBuf {
+        self.0.join("toc.list")
+    }
     /// The `--use-list` of the data section (exclusions, deferred foreign keys).
     pub fn restore_list(&self) -> PathBuf {
         self.0.join("restore.list")

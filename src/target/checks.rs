@@ -119,6 +119,27 @@ impl DumpInfo {
     }
 }
 
+impl std::fmt::Display for DumpInfo {
+    /// One readable line: where the dump comes from and what it holds.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dumped from PostgreSQL {} by pg_dump {}; {} entries, of schema public: {} tables, {} with rows, {} indexes, {} constraints, {} foreign keys (restore items: {} pre-data, {} data, {} post-data)",
+            self.dumped_from.as_deref().unwrap_or("?"),
+            self.dumped_by.as_deref().unwrap_or("?"),
+            self.entries,
+            self.tables,
+            self.table_data,
+            self.indexes,
+            self.constraints,
+            self.fk_constraints,
+            self.pre_data,
+            self.data,
+            self.post_data
+        )
+    }
+}
+
 /// `pg_restore --version`, e.g. `pg_restore (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
 pub async fn pg_restore_version() -> Result<String, StepError> {
     let out = tokio::process::Command::new("pg_restore")
@@ -146,7 +167,20 @@ pub async fn pg_restore_version() -> Result<String, StepError> {
 /// A file cut after its table of contents still lists; the download's length check and the
 /// restore itself (a permanent "could not read from input file") catch that case.
 pub async fn check_dump(dump: &Path) -> Result<DumpInfo, StepError> {
-    let toc = match Toc::read(dump).await {
+    Ok(check_dump_toc(dump, None).await?.1)
+}
+
+/// [`check_dump`], keeping the table of contents: read from `saved` when a step of this run
+/// already read it, else from the dump (then saved there, see [`Toc::load_or_read`]).
+pub async fn check_dump_toc(
+    dump: &Path,
+    saved: Option<&Path>,
+) -> Result<(Toc, DumpInfo), StepError> {
+    let read = match saved {
+        Some(saved) => Toc::load_or_read(dump, saved).await,
+        None => Toc::read(dump).await,
+    };
+    let toc = match read {
         Ok(toc) => toc,
         Err(e) => {
             // "pg_restore: error: unsupported version (1.16) in file header"
@@ -178,8 +212,8 @@ pub async fn check_dump(dump: &Path) -> Result<DumpInfo, StepError> {
         }
         .into());
     }
-    tracing::info!(dump = %dump.display(), ?info, "dump checked");
-    Ok(info)
+    tracing::info!(dump = %dump.display(), "dump checked: {info}");
+    Ok((toc, info))
 }
 
 /// A dump `pg_restore` cannot run on or read, in the words [`check_dump`] has always used.

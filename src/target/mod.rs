@@ -24,11 +24,13 @@ mod unlogged;
 mod url;
 mod wipe;
 
-pub use checks::{DumpInfo, TargetInfo, check_dump, check_target, pg_restore_version};
+pub use checks::{
+    DumpInfo, TargetInfo, check_dump, check_dump_toc, check_target, pg_restore_version,
+};
 pub use lock::{LOCK_APPLICATION_NAME, LOCK_KEY, LockOutcome, TargetLock, lock_target};
 pub use restore::{
     RESTORE_APPLICATION_NAME, restore_args, restore_command, restore_command_with_list,
-    restore_section, restore_section_with_list,
+    restore_section, restore_section_counted, restore_section_with_list,
 };
 pub use sqlstate::{PostgresError, is_transient_sqlstate};
 pub use unlogged::{foreign_keys_in_dump, set_unlogged_with_dump};

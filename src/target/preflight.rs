@@ -402,6 +402,11 @@ pub async fn check_target_can_take(target: &Target, dump: &Path) -> Result<(), S
     let toc = Toc::read(dump)
         .await
         .map_err(|e| StepError::permanent(e.to_string()))?;
+    check_target_can_take_toc(target, &toc).await
+}
+
+/// [`check_target_can_take`] for a dump whose table of contents is already read.
+pub async fn check_target_can_take_toc(target: &Target, toc: &Toc) -> Result<(), StepError> {
     let names: Vec<String> = toc
         .entries()
         .filter(|e| e.schema == "public" && NAMED_KINDS.contains(&e.desc.as_str()))

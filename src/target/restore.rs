@@ -232,6 +232,20 @@ pub async fn restore_section_with_list(
         // Written from this dump's `--list` in the same step: the dump is already read.
         Some(list) => DumpInfo::from_toc(&Toc::read_list(list)?).items(section),
     };
+    restore_section_counted(target, dump, section, jobs, use_list, total, progress).await
+}
+
+/// [`restore_section_with_list`] when the caller knows the progress `total` (the driver counts
+/// it from the table of contents it read once).
+pub async fn restore_section_counted(
+    target: &Target,
+    dump: &Path,
+    section: Section,
+    jobs: u32,
+    use_list: Option<&Path>,
+    total: u64,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<(), StepError> {
     let mut cmd = restore_command_with_list(target, dump, section, jobs, use_list);
     let mut child = cmd.spawn().map_err(|source| PostgresError::Spawn {
         program: "pg_restore".into(),

@@ -91,3 +91,25 @@ async fn progress_reaches_its_total_when_the_list_leaves_rows_and_foreign_keys_o
     assert_eq!((not_valid + validated) as u64, full.fk_constraints);
     assert_eq!(fks(), full.fk_constraints.to_string());
 }
+
+/// A run reads its dump's table of contents once (`pg_restore --list` in `Extracting`, kept in
+/// the work dir): the checks, the restore totals of both sections, the exclusions and the
+/// deferred foreign keys all use that one read. Counted from the run's log line.
+#[test]
+fn a_run_reads_the_table_of_contents_once() {
+    let mut s = crate::common::scenario::Scenario::rich("tocp_once");
+    s.set_env("EXCLUDE_TABLE_DATA", "answers");
+    s.set_env("USE_UNLOGGED_TABLES", "true");
+    let out = s.run_ok(&["run"]);
+    let logs = crate::common::scenario::stdout(&out);
+    let reads: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("read the dump's table of contents with pg_restore --list"))
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:#?}");
+    assert!(
+        reads[0].contains("1 read(s) by this process"),
+        "{}",
+        reads[0]
+    );
+}
