@@ -43,7 +43,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A read for `status` or `check` may take this long.
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
-const CREATE_SQL: &str = "CREATE SCHEMA IF NOT EXISTS replicator;
+/// Run before each write: `IF NOT EXISTS` would otherwise send a NOTICE ("schema
+/// \"replicator\" already exists, skipping") that lands in the logs at every transition.
+const CREATE_SQL: &str = "SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS replicator;
 CREATE TABLE IF NOT EXISTS replicator.runs (
     run_id text PRIMARY KEY,
     record jsonb NOT NULL,
