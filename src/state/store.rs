@@ -80,7 +80,7 @@ impl Store {
                             waited: started.elapsed(),
                         });
                     }
-                    std::thread::sleep(Duration::from_millis(15));
+                    wait_without_stalling_the_runtime(Duration::from_millis(15));
                 }
                 Err(source) => {
                     return Err(StoreError::Open {
@@ -178,6 +178,20 @@ impl Store {
             .history()?
             .into_iter()
             .find(|r| matches!(r.phase, Phase::Done { .. })))
+    }
+}
+
+/// Waits `d` for another process to close the store. The store is called from the driver's
+/// async code: on tokio's multi-threaded runtime the wait tells tokio that this thread blocks
+/// (`block_in_place`), so that the runtime's other tasks (the lock's keepalive, signals, the
+/// web server) move to another thread instead of stalling behind it.
+fn wait_without_stalling_the_runtime(d: Duration) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| std::thread::sleep(d))
+        }
+        _ => std::thread::sleep(d),
     }
 }
 
