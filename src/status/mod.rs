@@ -4,9 +4,12 @@
 //! `schema_version`).
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
 
 use crate::machine::{Phase, Progress, Run};
+
+mod json;
+
+pub use json::{status_json, status_json_at};
 
 /// Version of the `status --json` schema (`docs/status-json.md`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -74,11 +77,6 @@ fn bytes(run: &Run) -> (Option<u64>, Option<u64>) {
     }
 }
 
-fn ts(t: Option<DateTime<Utc>>) -> Value {
-    t.map(|t| Value::String(t.to_rfc3339()))
-        .unwrap_or(Value::Null)
-}
-
 fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_milliseconds().max(0) as f64 / 1000.0
 }
@@ -118,102 +116,6 @@ fn download_rate(run: &Run, now: DateTime<Utc>) -> Option<DownloadRate> {
         rate,
         eta,
     })
-}
-
-/// One run as JSON: the fields documented in `docs/status-json.md`.
-pub fn run_json(run: &Run) -> Value {
-    run_json_at(run, Utc::now())
-}
-
-fn run_json_at(run: &Run, now: DateTime<Utc>) -> Value {
-    let backup = run.backup();
-    let (done, total) = bytes(run);
-    let items = match &run.progress {
-        Some(Progress::Items { done, total }) => json!({"done": done, "total": total}),
-        _ => Value::Null,
-    };
-    let failed_in = match &run.phase {
-        Phase::Failed { failed_in, .. } => Value::String(failed_in.as_str().into()),
-        _ => Value::Null,
-    };
-    let download = download_rate(run, now)
-        .map(|d| {
-            json!({
-                "percent": d.percent.map(|p| (p * 10.0).round() / 10.0),
-                "rate_bytes_per_second": d.rate.round() as u64,
-                "eta_seconds": d.eta.map(|e| e.round() as u64),
-            })
-        })
-        .unwrap_or(Value::Null);
-    let total_seconds = run.finished_at.map(|f| seconds_between(run.started_at, f));
-    json!({
-        "run_id": run.run_id,
-        "phase": run.phase.name().as_str(),
-        "section": section(run),
-        "failed_in": failed_in,
-        "origin": run.origin,
-        "backup_id": backup.map(|b| b.id.clone()),
-        "backup_name": backup.map(|b| b.name.clone()),
-        "backup_created_at": ts(backup.and_then(|b| b.created_at)),
-        "backup_size": backup.and_then(|b| b.size),
-        "attempt": run.attempt,
-        "max_attempts": run.max_attempts,
-        "next_attempt_at": ts(run.next_attempt_at),
-        "bytes_downloaded": done,
-        "bytes_total": total,
-        "download": download,
-        "restore_items": items,
-        "error": run.error,
-        "interrupted": run.interrupted,
-        "started_at": run.started_at.to_rfc3339(),
-        "updated_at": run.updated_at.to_rfc3339(),
-        "phase_started_at": run.phase_started_at.to_rfc3339(),
-        "phase_seconds": if run.is_terminal() { None } else { Some(seconds_between(run.phase_started_at, now)) },
-        "finished_at": ts(run.finished_at),
-        "total_seconds": total_seconds,
-        "durations": run.durations.iter().map(|d| json!({"step": d.step, "seconds": d.seconds})).collect::<Vec<_>>(),
-    })
-}
-
-/// The whole `status --json` object: the current run's fields at the top level (null when no
-/// run ever happened), plus `live`, `pid`, where it was read, and `history`.
-pub fn status_json(view: &StatusView) -> Value {
-    status_json_at(view, Utc::now())
-}
-
-pub fn status_json_at(view: &StatusView, now: DateTime<Utc>) -> Value {
-    let mut top = match view.current {
-        Some(run) => run_json_at(run, now),
-        None => {
-            // The same keys as a run, all null: a stable shape for programs.
-            let mut blank = Run::new(String::new(), crate::machine::Origin::Scalingo, 0, now);
-            blank.attempt = 0;
-            let mut v = run_json_at(&blank, now);
-            for (k, val) in v.as_object_mut().expect("an object").iter_mut() {
-                *val = match k.as_str() {
-                    "phase" => json!("Idle"),
-                    "attempt" => json!(0),
-                    "durations" => json!([]),
-                    "interrupted" => json!(false),
-                    _ => Value::Null,
-                };
-            }
-            v
-        }
-    };
-    let obj = top.as_object_mut().expect("an object");
-    obj.insert("schema_version".into(), json!(SCHEMA_VERSION));
-    obj.insert("live".into(), Value::Bool(view.live));
-    obj.insert("pid".into(), json!(view.live_pid));
-    obj.insert("source".into(), Value::String(view.source.clone()));
-    obj.insert("source_kind".into(), json!(view.source_kind.as_str()));
-    obj.insert("written_by".into(), json!(view.written_by));
-    obj.insert("target_lock_held".into(), json!(view.target_lock_held));
-    obj.insert(
-        "history".into(),
-        Value::Array(view.history.iter().map(|r| run_json_at(r, now)).collect()),
-    );
-    top
 }
 
 /// `42.0s`, `12m05s`, `8h51m`: at most 6 characters below 100 hours.
@@ -502,6 +404,7 @@ mod tests {
     use super::*;
     use crate::machine::{Backup, Event, Origin, PhaseName, Section, StepDuration, transition};
     use chrono::TimeZone;
+    use serde_json::Value;
 
     fn t(s: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 23, 5, 10, 0).unwrap() + chrono::Duration::seconds(s)
