@@ -1,8 +1,10 @@
+mod check_parity;
 mod common;
 mod crash;
 mod daemon;
 mod engine;
 mod fetch;
+mod fixtures;
 mod fk_mode;
 mod model;
 mod operator;

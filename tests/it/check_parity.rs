@@ -1,0 +1,74 @@
+//! `check` and `run` apply the same rules (`machine::rules`): wherever a run stops before the
+//! wipe, `check` says `FAIL` on the line of that rule and exits 1, and neither touches the
+//! target.
+
+use std::time::Duration;
+
+use crate::common::fake_scalingo::{Times, default_backups};
+use crate::common::scenario::{Scenario, kill_9, stderr, stdout};
+
+fn scenario(prefix: &str) -> Scenario {
+    let mut s = Scenario::rich(prefix);
+    s.put_stale_table_in_target();
+    // One attempt: a transient stop (a backup too old) fails the run at once.
+    s.set_env("MAX_RETRY_COUNT", "0");
+    s
+}
+
+/// `check` fails on its line `check_line` (exit 1); `run` then exits `run_exit`; the target
+/// is as it was.
+fn check_fails_where_run_fails(s: &Scenario, check_line: &str, run_exit: i32) {
+    let out = s.run(&["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains(check_line)),
+        "no FAIL line for {check_line}:\n{text}"
+    );
+    let out = s.run(&["run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(run_exit),
+        "run after a FAIL on {check_line}:\n{}",
+        stderr(&out)
+    );
+    assert!(s.table_exists("stale_leftover"), "the target was touched");
+}
+
+#[test]
+fn check_fails_on_each_rule_that_stops_a_run_before_the_wipe() {
+    // The Scalingo token.
+    let s = scenario("parity_token");
+    s.fake.faults(|f| f.bad_api_token = Some(Times::Always));
+    check_fails_where_run_fails(&s, "scalingo token", 1);
+
+    // No finished backup.
+    let s = scenario("parity_nodone");
+    s.fake.faults(|f| f.only_unfinished_backups = true);
+    check_fails_where_run_fails(&s, "backup", 1);
+
+    // A backup older than MAX_BACKUP_AGE_HOURS (the fake's are from 2026-11-23).
+    let mut s = scenario("parity_old");
+    s.set_env("MAX_BACKUP_AGE_HOURS", "1");
+    check_fails_where_run_fails(&s, "backup", 1);
+
+    // The disk budget: a backup of 1 PiB.
+    let s = scenario("parity_disk");
+    let huge = 1u64 << 50;
+    let mut list = default_backups(huge);
+    list.iter_mut().for_each(|b| b.size = b.size.map(|_| huge));
+    s.fake.set_backups(list);
+    check_fails_where_run_fails(&s, "disk", 1);
+
+    // An interrupted run in the state directory: `run` refuses it (exit 3).
+    let mut s = scenario("parity_interrupted");
+    s.set_env(
+        replicator::engine::test_hooks::PAUSE_AT_VAR,
+        "downloading:30",
+    );
+    let mut child = s.spawn(&["run"]);
+    s.wait_status(Duration::from_secs(60), |st| st["phase"] == "Downloading");
+    kill_9(&mut child);
+    check_fails_where_run_fails(&s, "state directory", 3);
+}
