@@ -18,10 +18,6 @@ pub fn is_json() -> bool {
     JSON.load(Ordering::Relaxed)
 }
 
-pub fn init(format: Option<&str>) -> Result<(), LogFormatError> {
-    init_to(format, false)
-}
-
 /// `to_stderr`: for the commands whose stdout is a report (`status`, `check`), so that a log
 /// line never lands inside the report (or breaks `status --json`).
 pub fn init_to(format: Option<&str>, to_stderr: bool) -> Result<(), LogFormatError> {

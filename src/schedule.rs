@@ -113,10 +113,7 @@ impl Schedule {
         format!("`{}` ({})", self.expression, self.timezone.name())
     }
 
-    pub fn expression(&self) -> &str {
-        &self.expression
-    }
-
+    #[cfg(test)]
     pub fn timezone(&self) -> Tz {
         self.timezone
     }

@@ -208,9 +208,32 @@ impl Command {
     }
 }
 
+/// The binary's `main`: parses the command line, starts the logs and the runtime, runs the
+/// command.
+pub fn entry() -> ExitCode {
+    let cli = Cli::parse();
+    // These two print a report on stdout: their logs go to stderr, out of its way.
+    let report = matches!(cli.command, Command::Status(_) | Command::Check(_));
+    if let Err(e) = crate::logging::init_to(Some(&cli.log_format), report) {
+        eprintln!("replicator: {e}");
+        return ExitCode::from(exit::CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("replicator: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    runtime.block_on(main(cli))
+}
+
 /// The library's `main`: runs `cli`'s command, prints its failure once, returns its exit code.
 /// The shutdown token is made here, once, and passed to the command.
-pub async fn main(cli: Cli) -> ExitCode {
+async fn main(cli: Cli) -> ExitCode {
     let state_dir = cli.state.dir();
     let shutdown = if cli.command.stops_on_signals() {
         shutdown_on_signals()

@@ -22,7 +22,7 @@ mod progress;
 mod retry;
 mod steps;
 pub mod test_hooks;
-pub mod workdir;
+pub(crate) mod workdir;
 
 use progress::{ProgressLogger, log_phase, log_summary};
 pub use steps::RealSteps;

@@ -31,9 +31,6 @@ use crate::machine::{Phase, PhaseName, Run};
 use crate::state::store::HISTORY_LEN;
 use crate::target::{LOCK_KEY, Target};
 
-/// The schema of the replicator's own records in the target.
-pub const SCHEMA: &str = "replicator";
-
 /// Progress is written to the target at most this often (transitions always are).
 pub const PROGRESS_WRITE_EVERY: Duration = Duration::from_secs(15);
 

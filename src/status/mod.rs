@@ -9,7 +9,7 @@ use crate::machine::{Phase, Progress, Run};
 
 mod json;
 
-pub use json::{status_json, status_json_at};
+pub use json::status_json;
 
 /// Version of the `status --json` schema (`docs/status-json.md`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -401,6 +401,7 @@ fn history_table(runs: &[Run]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::json::status_json_at;
     use super::*;
     use crate::machine::{Backup, Event, Origin, PhaseName, Section, StepDuration, transition};
     use chrono::TimeZone;

@@ -15,8 +15,8 @@
 mod checks;
 pub mod fk;
 mod lock;
-pub mod post_restore;
-pub mod preflight;
+pub(crate) mod post_restore;
+pub(crate) mod preflight;
 mod restore;
 mod sqlstate;
 mod tls;

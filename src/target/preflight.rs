@@ -398,15 +398,8 @@ const NAMED_KINDS: &[&str] = &[
 ];
 
 /// Checks, before the wipe, that the restore will be able to create what the dump holds.
-pub async fn check_target_can_take(target: &Target, dump: &Path) -> Result<(), StepError> {
-    let toc = Toc::read(dump)
-        .await
-        .map_err(|e| StepError::permanent(e.to_string()))?;
-    check_target_can_take_toc(target, &toc).await
-}
-
-/// [`check_target_can_take`] for a dump whose table of contents is already read.
-pub async fn check_target_can_take_toc(target: &Target, toc: &Toc) -> Result<(), StepError> {
+/// `toc` is the run's one read of the dump's table of contents.
+pub async fn check_target_can_take(target: &Target, toc: &Toc) -> Result<(), StepError> {
     let names: Vec<String> = toc
         .entries()
         .filter(|e| e.schema == "public" && NAMED_KINDS.contains(&e.desc.as_str()))

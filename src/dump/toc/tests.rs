@@ -1,4 +1,3 @@
-
 use super::*;
 
 const LIST: &str = ";\n;     Dumped from database version: 15.18\n;\n\
