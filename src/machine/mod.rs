@@ -1,41 +1,13 @@
 //! The replication state machine: what phase a run is in, and which phase comes next.
 //!
-//! Everything here is pure: no clock, no disk, no network. The driver (`driver.rs`) does the
+//! Everything here is pure: no clock, no disk, no network. The driver (`engine/`) does the
 //! IO of each phase, turns its outcome into an [`Event`], and asks [`transition`] for the next
 //! [`Run`], which it persists *before* starting the next step. Keeping the decisions pure is
-//! what lets the property tests below drive thousands of event sequences through it.
+//! what lets the property tests (`tests.rs`) drive thousands of event sequences through it.
 //!
-//! ```mermaid
-//! stateDiagram-v2
-//!     [*] --> Idle
-//!     Idle --> FetchingUrl: Start (Scalingo)
-//!     Idle --> Extracting: Start (local archive or dump)
-//!     FetchingUrl --> Downloading: Fetched(backup)
-//!     Downloading --> Extracting: Succeeded (length == backup size)
-//!     Extracting --> Dropping: Succeeded (dump readable by pg_restore, target reachable)
-//!     Dropping --> RestoringPreData: Succeeded
-//!     RestoringPreData --> Unlogging: Succeeded
-//!     Unlogging --> RestoringData: Succeeded (no-op unless USE_UNLOGGED_TABLES)
-//!     RestoringData --> PostRestoreSql: Succeeded
-//!     PostRestoreSql --> Done: Succeeded (no-op unless POST_RESTORE_SQL)
-//!     FetchingUrl --> FetchingUrl: Transient / Resume
-//!     Downloading --> Downloading: Transient / Resume (HTTP Range)
-//!     Extracting --> Extracting: Transient / Resume
-//!     RestoringPreData --> Dropping: Transient / Resume
-//!     Unlogging --> Dropping: Transient / Resume
-//!     RestoringData --> Dropping: Transient / Resume
-//!     PostRestoreSql --> PostRestoreSql: Transient / Resume
-//!     FetchingUrl --> Failed: Permanent, or retries exhausted
-//!     Downloading --> Failed
-//!     Extracting --> Failed
-//!     Dropping --> Failed
-//!     RestoringPreData --> Failed
-//!     Unlogging --> Failed
-//!     RestoringData --> Failed
-//!     PostRestoreSql --> Failed
-//!     Done --> [*]
-//!     Failed --> [*]
-//! ```
+//! The state diagram, with the event of each edge, is in `docs/architecture.md` (its one
+//! copy). The decisions around a run that are not one transition (skip, too old, disk budget,
+//! interrupted, abandon, recover) are pure functions too, in `rules.rs`.
 //!
 //! # Invariants (checked by the property tests)
 //!
