@@ -1,3 +1,4 @@
-//! What a dump holds: its table of contents, read once per run.
+//! What a dump holds: its table of contents (read once per run), and whether its data is whole.
 
 pub mod toc;
+pub(crate) mod verify;

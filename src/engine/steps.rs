@@ -205,7 +205,7 @@ impl Steps for RealSteps {
         target::check_target(&self.target).await?;
         // Before Dropping: a dump cut in its data, or objects the wipe cannot remove, would
         // fail the restore only after the target is gone (docs/reliability.md).
-        crate::target::preflight::check_dump_complete(&dump).await?;
+        crate::dump::verify::check_dump_complete(&dump).await?;
         crate::target::preflight::check_target_can_take(&self.target, &toc).await?;
         Ok(())
     }

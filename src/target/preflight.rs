@@ -1,35 +1,14 @@
-//! The checks that run before `Dropping`, beyond `pg_restore --list` and the target's role:
-//! a run bound to fail must find out while the target is still whole.
-//!
-//! - [`check_dump_complete`]: a dump cut in its data still lists (its table of contents is at
-//!   the start), and `pg_restore` would only fail half-way through the rows, after the wipe.
-//!   The custom format records where each table's data starts; the data of the last one must
-//!   be whole up to its end marker.
-//! - [`check_target_can_take`]: objects of the dump's names that another role owns survive
-//!   `DROP OWNED BY CURRENT_USER` and make the restore collide with them; a role that may not
-//!   create in schema `public` cannot restore at all.
-
-use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+//! Before the wipe, the target can take the dump: objects of the dump's names that another
+//! role owns survive `DROP OWNED BY CURRENT_USER` and make the restore collide with them; a
+//! role that may not create in schema `public` cannot restore at all. (That the dump's data is
+//! whole is `dump::verify`.)
 
 use crate::dump::toc::Toc;
 use crate::error::StepError;
 use crate::target::Target;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PreflightError {
-    #[error(
-        "the dump {path} is truncated: {detail}; pg_restore would fail part-way, after the target \
-         was wiped; the backup is incomplete: choose another backup (or download it again)"
-    )]
-    Truncated { path: PathBuf, detail: String },
-    #[error("cannot read the dump {path}: {source}; check the disk and REPLICATOR_STATE_DIR")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+pub enum CanTakeError {
     #[error(
         "the target {target} holds objects that the dump restores but that another role owns \
          ({objects}); DROP OWNED BY CURRENT_USER cannot remove them and the restore would collide \
@@ -51,339 +30,13 @@ pub enum PreflightError {
     Query { target: String, detail: String },
 }
 
-impl From<PreflightError> for StepError {
-    fn from(e: PreflightError) -> StepError {
+impl From<CanTakeError> for StepError {
+    fn from(e: CanTakeError) -> StepError {
         match e {
-            PreflightError::Query { .. } => StepError::transient(e.to_string()),
+            CanTakeError::Query { .. } => StepError::transient(e.to_string()),
             _ => StepError::permanent(e.to_string()),
         }
     }
-}
-
-/// Checks that the data of `dump` (a `pg_dump -Fc` file) is whole. Reads the header and the
-/// table of contents, then the chunk headers of the last data block (or, when pg_dump could
-/// not record offsets, of every block): a few reads and seeks, not a decompression.
-pub async fn check_dump_complete(dump: &Path) -> Result<(), StepError> {
-    let path = dump.to_path_buf();
-    let verdict = tokio::task::spawn_blocking(move || verify(&path))
-        .await
-        .map_err(|e| StepError::transient(format!("the dump check task failed: {e}")))?;
-    match verdict {
-        Ok(Verdict::Whole { data_blocks }) => {
-            tracing::info!(dump = %dump.display(), data_blocks, "the dump's data is whole");
-            Ok(())
-        }
-        Ok(Verdict::Unknown(why)) => {
-            // Never fail a run on what this reader does not understand: pg_restore has the
-            // last word.
-            tracing::warn!(dump = %dump.display(), "could not check that the dump's data is whole: {why}");
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    Whole { data_blocks: usize },
-    Unknown(String),
-}
-
-/// Custom-format constants (`pg_backup_archiver.h`, `pg_backup_custom.c`).
-const K_OFFSET_POS_NOT_SET: u8 = 1;
-const K_OFFSET_POS_SET: u8 = 2;
-const K_OFFSET_NO_DATA: u8 = 3;
-const BLK_DATA: u8 = 1;
-const BLK_BLOBS: u8 = 3;
-const ARCHIVE_CUSTOM: u8 = 1;
-
-fn vers(maj: u8, min: u8) -> u32 {
-    (u32::from(maj) << 16) | (u32::from(min) << 8)
-}
-
-struct Reader {
-    r: BufReader<File>,
-    int_size: usize,
-    off_size: usize,
-    len: u64,
-}
-
-/// An unexpected end of file: the one thing that proves truncation.
-fn is_eof(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::UnexpectedEof
-}
-
-impl Reader {
-    fn byte(&mut self) -> io::Result<u8> {
-        let mut b = [0u8; 1];
-        self.r.read_exact(&mut b)?;
-        Ok(b[0])
-    }
-
-    /// `ReadInt`: a sign byte, then `int_size` bytes, little-endian.
-    fn int(&mut self) -> io::Result<i64> {
-        let sign = self.byte()?;
-        let mut v: i64 = 0;
-        for i in 0..self.int_size {
-            let b = i64::from(self.byte()?);
-            if i < 8 {
-                v |= b << (8 * i);
-            }
-        }
-        Ok(if sign != 0 { -v } else { v })
-    }
-
-    /// `ReadStr`: a length (negative for NULL), then the bytes; skipped.
-    fn skip_str(&mut self) -> io::Result<bool> {
-        let l = self.int()?;
-        if l < 0 {
-            return Ok(false);
-        }
-        self.skip(l as u64)?;
-        Ok(true)
-    }
-
-    fn skip(&mut self, n: u64) -> io::Result<()> {
-        let pos = self.r.stream_position()?;
-        if pos + n > self.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"));
-        }
-        self.r.seek_relative(n as i64)
-    }
-
-    /// `ReadOffset` (1.7 and later): a flag byte, then `off_size` bytes.
-    fn offset(&mut self) -> io::Result<(u8, u64)> {
-        let flag = self.byte()?;
-        let mut v: u64 = 0;
-        for i in 0..self.off_size {
-            let b = u64::from(self.byte()?);
-            if i < 8 {
-                v |= b << (8 * i);
-            }
-        }
-        Ok((flag, v))
-    }
-
-    /// Walks one data block from its header to its end marker; returns its dump id.
-    fn walk_block(&mut self) -> io::Result<(u8, i64)> {
-        let kind = self.byte()?;
-        let id = self.int()?;
-        match kind {
-            BLK_DATA => self.walk_chunks()?,
-            BLK_BLOBS => loop {
-                // Large objects: an oid, its chunks; an oid of 0 ends the block.
-                if self.int()? == 0 {
-                    break;
-                }
-                self.walk_chunks()?;
-            },
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unknown block type {kind}"),
-                ));
-            }
-        }
-        Ok((kind, id))
-    }
-
-    fn walk_chunks(&mut self) -> io::Result<()> {
-        loop {
-            let n = self.int()?;
-            if n == 0 {
-                return Ok(());
-            }
-            if n < 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "negative chunk length",
-                ));
-            }
-            self.skip(n as u64)?;
-        }
-    }
-}
-
-fn verify(path: &Path) -> Result<Verdict, PreflightError> {
-    let read_err = |source| PreflightError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let len = file.metadata().map_err(read_err)?.len();
-    let mut rd = Reader {
-        r: BufReader::with_capacity(1 << 20, file),
-        int_size: 4,
-        off_size: 8,
-        len,
-    };
-    let truncated = |detail: String| PreflightError::Truncated {
-        path: path.to_path_buf(),
-        detail,
-    };
-    match walk(&mut rd) {
-        Ok(v) => Ok(v),
-        Err(Problem::Eof(at)) => Err(truncated(format!("it ends ({len} bytes) inside {at}"))),
-        Err(Problem::Missing(detail)) => Err(truncated(detail)),
-        Err(Problem::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-            Ok(Verdict::Unknown(e.to_string()))
-        }
-        Err(Problem::Io(e)) => Err(read_err(e)),
-        Err(Problem::Unknown(why)) => Ok(Verdict::Unknown(why)),
-    }
-}
-
-enum Problem {
-    Eof(&'static str),
-    Missing(String),
-    Io(io::Error),
-    Unknown(String),
-}
-
-fn at(what: &'static str) -> impl Fn(io::Error) -> Problem {
-    move |e| {
-        if is_eof(&e) {
-            Problem::Eof(what)
-        } else {
-            Problem::Io(e)
-        }
-    }
-}
-
-fn walk(rd: &mut Reader) -> Result<Verdict, Problem> {
-    let mut magic = [0u8; 5];
-    rd.r.read_exact(&mut magic).map_err(at("its header"))?;
-    if &magic != b"PGDMP" {
-        return Err(Problem::Unknown("no PGDMP magic".into()));
-    }
-    let head = at("its header");
-    let (vmaj, vmin) = (rd.byte().map_err(&head)?, rd.byte().map_err(&head)?);
-    let _vrev = rd.byte().map_err(&head)?;
-    let version = vers(vmaj, vmin);
-    // 1.12 (PostgreSQL 9.5) to 1.16 (17): the versions whose layout this reader knows.
-    if version < vers(1, 12) || version > vers(1, 16) {
-        return Err(Problem::Unknown(format!("archive version {vmaj}.{vmin}")));
-    }
-    rd.int_size = rd.byte().map_err(&head)? as usize;
-    rd.off_size = rd.byte().map_err(&head)? as usize;
-    if !(1..=8).contains(&rd.int_size) || !(1..=16).contains(&rd.off_size) {
-        return Err(Problem::Unknown("implausible integer sizes".into()));
-    }
-    if rd.byte().map_err(&head)? != ARCHIVE_CUSTOM {
-        return Err(Problem::Unknown("not the custom format".into()));
-    }
-    if version >= vers(1, 15) {
-        rd.byte().map_err(&head)?; // compression algorithm
-    } else {
-        rd.int().map_err(&head)?; // compression level
-    }
-    for _ in 0..7 {
-        rd.int().map_err(&head)?; // creation time
-    }
-    rd.skip_str().map_err(&head)?; // database name
-    rd.skip_str().map_err(&head)?; // server version
-    rd.skip_str().map_err(&head)?; // pg_dump version
-
-    let toc = at("its table of contents");
-    let count = rd.int().map_err(&toc)?;
-    if !(0..10_000_000).contains(&count) {
-        return Err(Problem::Unknown(format!("implausible TOC count {count}")));
-    }
-    // (dump id, offset if recorded) of every entry that has data.
-    let mut with_data: Vec<(i64, Option<u64>)> = Vec::new();
-    for _ in 0..count {
-        let id = rd.int().map_err(&toc)?;
-        rd.int().map_err(&toc)?; // had dumper
-        rd.skip_str().map_err(&toc)?; // table oid
-        rd.skip_str().map_err(&toc)?; // oid
-        rd.skip_str().map_err(&toc)?; // tag
-        rd.skip_str().map_err(&toc)?; // desc
-        rd.int().map_err(&toc)?; // section
-        for _ in 0..5 {
-            // definition, drop, copy statements, namespace, tablespace
-            rd.skip_str().map_err(&toc)?;
-        }
-        if version >= vers(1, 14) {
-            rd.skip_str().map_err(&toc)?; // table access method
-        }
-        if version >= vers(1, 16) {
-            rd.int().map_err(&toc)?; // relkind
-        }
-        rd.skip_str().map_err(&toc)?; // owner
-        rd.skip_str().map_err(&toc)?; // with oids
-        while rd.skip_str().map_err(&toc)? {} // dependencies, up to a NULL
-        let (flag, pos) = rd.offset().map_err(&toc)?;
-        match flag {
-            K_OFFSET_POS_SET => with_data.push((id, Some(pos))),
-            K_OFFSET_POS_NOT_SET => with_data.push((id, None)),
-            K_OFFSET_NO_DATA => {}
-            other => return Err(Problem::Unknown(format!("offset flag {other}"))),
-        }
-    }
-    let data_start = rd.r.stream_position().map_err(Problem::Io)?;
-    if with_data.is_empty() {
-        return Ok(Verdict::Whole { data_blocks: 0 });
-    }
-
-    if with_data.iter().all(|(_, p)| p.is_some()) {
-        // Offsets recorded: every block must start inside the file, and the last one must
-        // run to its end marker. A cut anywhere is either before some block's start or inside
-        // the last block that starts before it, which is the last block.
-        if let Some((id, pos)) = with_data
-            .iter()
-            .filter_map(|(id, p)| p.map(|p| (*id, p)))
-            .find(|(_, p)| *p >= rd.len)
-        {
-            return Err(Problem::Missing(format!(
-                "the data of entry {id} should start at byte {pos}, but the file has {} bytes",
-                rd.len
-            )));
-        }
-        let (id, pos) = with_data
-            .iter()
-            .filter_map(|(id, p)| p.map(|p| (*id, p)))
-            .max_by_key(|(_, p)| *p)
-            .expect("non-empty");
-        rd.r.seek(SeekFrom::Start(pos)).map_err(Problem::Io)?;
-        let (_, got) = rd.walk_block().map_err(at("the data of its last table"))?;
-        if got != id {
-            return Err(Problem::Unknown(format!(
-                "block at {pos} is entry {got}, not {id}"
-            )));
-        }
-        return Ok(Verdict::Whole {
-            data_blocks: with_data.len(),
-        });
-    }
-
-    // No offsets (pg_dump wrote to a pipe): walk every block from the end of the TOC.
-    rd.r.seek(SeekFrom::Start(data_start))
-        .map_err(Problem::Io)?;
-    let mut seen = std::collections::HashSet::new();
-    loop {
-        let pos = rd.r.stream_position().map_err(Problem::Io)?;
-        if pos == rd.len {
-            break;
-        }
-        let (_, id) = rd.walk_block().map_err(at("its data"))?;
-        seen.insert(id);
-    }
-    let missing: Vec<i64> = with_data
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !seen.contains(id))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Problem::Missing(format!(
-            "the data of {} entr{} (ids {:?}) is missing from its end",
-            missing.len(),
-            if missing.len() == 1 { "y" } else { "ies" },
-            &missing[..missing.len().min(5)]
-        )));
-    }
-    Ok(Verdict::Whole {
-        data_blocks: with_data.len(),
-    })
 }
 
 /// Kinds of dump entries that create a named object in their schema.
@@ -406,7 +59,7 @@ pub async fn check_target_can_take(target: &Target, toc: &Toc) -> Result<(), Ste
         .map(|e| e.name.clone())
         .collect();
     let client = target.connect().await?;
-    let query = |e: tokio_postgres::Error| PreflightError::Query {
+    let query = |e: tokio_postgres::Error| CanTakeError::Query {
         target: target.describe(),
         detail: e
             .as_db_error()
@@ -445,7 +98,7 @@ pub async fn check_target_can_take(target: &Target, toc: &Toc) -> Result<(), Ste
             })
             .collect();
         let more = rows.len().saturating_sub(10);
-        return Err(PreflightError::ForeignOwned {
+        return Err(CanTakeError::ForeignOwned {
             target: target.describe(),
             role: target.user().to_string(),
             objects: if more > 0 {
@@ -469,33 +122,11 @@ pub async fn check_target_can_take(target: &Target, toc: &Toc) -> Result<(), Ste
         .map_err(query)?
         .get(0);
     if !can_create {
-        return Err(PreflightError::NoCreate {
+        return Err(CanTakeError::NoCreate {
             target: target.describe(),
             role: target.user().to_string(),
         }
         .into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn garbage_is_not_judged() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.pgsql");
-        std::fs::write(&p, b"not a dump at all").unwrap();
-        assert!(matches!(verify(&p), Ok(Verdict::Unknown(_))));
-    }
-
-    #[test]
-    fn a_header_cut_short_is_truncated() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.pgsql");
-        std::fs::write(&p, b"PGDMP\x01\x0e\x00\x04\x08\x01").unwrap();
-        let e = verify(&p).unwrap_err();
-        assert!(matches!(e, PreflightError::Truncated { .. }), "{e}");
-    }
 }
