@@ -10,6 +10,7 @@ mod model;
 mod operator;
 mod overlap;
 mod postgres_ops;
+mod quiet;
 mod reliability;
 mod scalingo_api;
 mod shaping;
