@@ -46,17 +46,15 @@ pub async fn run(state_dir: PathBuf, args: StatusArgs) -> Result<u8, CliError> {
             written_by: runs.current_written_by.clone(),
             target_lock_held: Some(runs.lock_held),
         },
-        None => StatusView {
-            current: current.as_ref(),
-            history: &history,
-            live: holder.is_some(),
-            live_pid: holder.and_then(|h| h.pid),
-            source: match &unreadable {
+        None => StatusView::local(
+            current.as_ref(),
+            &history,
+            holder.as_ref(),
+            match &unreadable {
                 Some(e) => format!("{local_source} (the target database could not be read: {e})"),
                 None => local_source,
             },
-            ..Default::default()
-        },
+        ),
     };
     let json = args.json
         || (crate::logging::is_json() && !std::io::IsTerminal::is_terminal(&std::io::stdout()));

@@ -25,14 +25,12 @@ pub async fn run(
         let current = store.current().ok().flatten();
         let history = store.history().unwrap_or_default();
         let holder = liveness::holder(&state_dir).ok().flatten();
-        let view = StatusView {
-            current: current.as_ref(),
-            history: &history,
-            live: holder.is_some(),
-            live_pid: holder.and_then(|h| h.pid),
-            source: format!("state directory {}", state_dir.display()),
-            ..Default::default()
-        };
+        let view = StatusView::local(
+            current.as_ref(),
+            &history,
+            holder.as_ref(),
+            format!("state directory {}", state_dir.display()),
+        );
         status_json(&view)
     });
     crate::web::serve(listener, status, async move { shutdown.cancelled().await })

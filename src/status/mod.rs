@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::machine::{Phase, Progress, Run};
+use crate::state::liveness::Holder;
 
 mod json;
 
@@ -49,6 +50,26 @@ pub struct StatusView<'a> {
     pub written_by: Option<String>,
     /// For a state read from the target: whether a replicator holds its advisory lock now.
     pub target_lock_held: Option<bool>,
+}
+
+impl<'a> StatusView<'a> {
+    /// The state of this container's state directory: its runs, and the process that holds
+    /// its run lock (`holder`), if any. `status` and the `web` process both show it.
+    pub fn local(
+        current: Option<&'a Run>,
+        history: &'a [Run],
+        holder: Option<&Holder>,
+        source: String,
+    ) -> StatusView<'a> {
+        StatusView {
+            current,
+            history,
+            live: holder.is_some(),
+            live_pid: holder.and_then(|h| h.pid),
+            source,
+            ..Default::default()
+        }
+    }
 }
 
 /// How `status` names the target as a source.
