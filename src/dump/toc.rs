@@ -68,6 +68,8 @@ const MULTI_WORD_DESCS: &[&str] = &[
     "TEXT SEARCH CONFIGURATION",
     "TEXT SEARCH DICTIONARY",
     "MATERIALIZED VIEW DATA",
+    "STATISTICS DATA",
+    "BLOB METADATA",
     "FOREIGN DATA WRAPPER",
     "TEXT SEARCH TEMPLATE",
     "PROCEDURAL LANGUAGE",
@@ -303,6 +305,41 @@ impl Toc {
 
     pub fn entries(&self) -> impl Iterator<Item = &TocEntry> {
         self.entries.iter().map(|(e, _)| e)
+    }
+
+    /// Each entry with the section it is restored in: its own, or for entries in no section
+    /// (comments, security labels) the section of the entry before it, as pg_restore does
+    /// (`pg_dump` writes them right after their object). Large objects' metadata is pre-data
+    /// (`lo_create`), their contents data; statistics (PostgreSQL 18) come last, with the
+    /// post-data.
+    pub fn sectioned(&self) -> Vec<(&TocEntry, TocSection)> {
+        let mut current = TocSection::PreData;
+        self.entries()
+            .map(|e| {
+                let section = match e.desc.as_str() {
+                    "BLOB" | "BLOB METADATA" => TocSection::PreData,
+                    "STATISTICS DATA" => TocSection::PostData,
+                    _ => e.section(),
+                };
+                if section != TocSection::None {
+                    current = section;
+                }
+                (e, current)
+            })
+            .collect()
+    }
+
+    /// The list lines (as `--use-list` reads them) of the entries `keep` accepts, in the
+    /// dump's order.
+    pub fn list_of(&self, keep: impl Fn(&TocEntry) -> bool) -> String {
+        let mut out = String::new();
+        for (e, i) in &self.entries {
+            if keep(e) {
+                out.push_str(&self.lines[*i]);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// The `TABLE DATA` entry of `schema.table`, if the dump has one.
