@@ -3,6 +3,7 @@ mod crash;
 mod daemon;
 mod engine;
 mod fetch;
+mod fidelity;
 mod fk_mode;
 mod model;
 mod operator;

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use super::fake_scalingo::{API_TOKEN, APP, FakeConfig, FakeScalingo, write_archive};
 use super::pg::{
-    Fingerprint, PgCluster, TargetDb, create_rich_source, fingerprint, shared_cluster, unique_name,
+    APP_SCHEMAS, Fingerprint, PgCluster, TargetDb, create_rich_source, fingerprint,
+    path_with_client_first, shared_cluster, unique_name,
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_replicator");
@@ -21,7 +22,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_replicator");
 pub const BACKUP_NAME: &str = "20261123041000_my_app_4553";
 
 pub struct Scenario {
+    /// The target's cluster.
     pub cluster: &'static PgCluster,
+    /// The source's cluster: [`Scenario::cluster`] unless made by [`Scenario::across`].
+    pub source_cluster: &'static PgCluster,
     pub source_db: String,
     pub target: TargetDb,
     pub fake: FakeScalingo,
@@ -37,19 +41,35 @@ impl Scenario {
     /// A source filled by `fill` (as the superuser), dumped, archived and served.
     pub fn new(prefix: &str, fill: impl FnOnce(&PgCluster, &str)) -> Scenario {
         let cluster = shared_cluster();
+        Scenario::across(prefix, cluster, cluster, fill, |c, db, out| {
+            c.pg_dump(db, out)
+        })
+    }
+
+    /// A source in `source_cluster` filled by `fill` (as the superuser), dumped into the given
+    /// path by `dump` (e.g. another version's pg_dump, other flags), archived and served; the
+    /// target is a new role and database of `target_cluster`.
+    pub fn across(
+        prefix: &str,
+        source_cluster: &'static PgCluster,
+        cluster: &'static PgCluster,
+        fill: impl FnOnce(&PgCluster, &str),
+        dump_with: impl FnOnce(&PgCluster, &str, &Path),
+    ) -> Scenario {
         let source_db = unique_name(&format!("{prefix}_src"));
-        cluster.create_source(&source_db);
-        fill(cluster, &source_db);
+        source_cluster.create_source(&source_db);
+        fill(source_cluster, &source_db);
         let target = cluster.create_target(&unique_name(&format!("{prefix}_dst")));
         let files = tempfile::tempdir().expect("temp dir");
         let dump = files.path().join(format!("{BACKUP_NAME}.pgsql"));
-        cluster.pg_dump(&source_db, &dump);
+        dump_with(source_cluster, &source_db, &dump);
         let archive = files.path().join(format!("{BACKUP_NAME}.tar.gz"));
         write_archive(&dump, &format!("{BACKUP_NAME}.pgsql"), &archive).expect("archive");
         let fake = FakeScalingo::start(FakeConfig::new(archive.clone()));
         let state_dir = files.path().join("state");
         Scenario {
             cluster,
+            source_cluster,
             source_db,
             target,
             fake,
@@ -70,6 +90,12 @@ impl Scenario {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.into(), value.into()));
+    }
+
+    /// Puts PostgreSQL `major`'s client `bin` directory first on the binary's `PATH`, so that
+    /// its `pg_restore` is the one the replicator runs (on Scalingo, client 18 comes first).
+    pub fn use_client(&mut self, major: u32) {
+        self.set_env("PATH", &path_with_client_first(major));
     }
 
     /// The binary with a clean environment: only what a user would set.
@@ -153,7 +179,7 @@ impl Scenario {
     }
 
     pub fn source_fingerprint(&self) -> Fingerprint {
-        fingerprint(self.cluster, &self.source_db)
+        fingerprint(self.source_cluster, &self.source_db)
     }
 
     pub fn target_fingerprint(&self) -> Fingerprint {
@@ -180,10 +206,13 @@ impl Scenario {
             .rev()
             .find(|(k, _)| k == "FK_MODE")
             .map_or("trust", |(_, v)| v.as_str());
-        let partitioned = self.cluster.superuser_psql(
+        let partitioned = self.source_cluster.superuser_psql(
             &self.source_db,
-            "SELECT oid::regclass::text FROM pg_class WHERE relnamespace = 'public'::regnamespace \
-             AND (relkind = 'p' OR relispartition)",
+            &format!(
+                "SELECT c.oid::regclass::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE {APP_SCHEMAS} AND (c.relkind = 'p' OR c.relispartition)"
+            ),
         );
         let partitioned: Vec<&str> = partitioned.lines().collect();
         match mode {
