@@ -196,30 +196,44 @@ impl Scenario {
 
     /// The source's fingerprint with its foreign keys as the scenario's `FK_MODE` restores
     /// them: `trust` (the default) adds them `NOT VALID`, except on partitioned tables and
-    /// their partitions (PostgreSQL before 18 cannot), `skip` leaves them out, `validate`
+    /// the copies their partitions inherit (PostgreSQL before 18 cannot), `skip` leaves them
+    /// out, `validate`
     /// keeps them as they are.
     pub fn expected_fingerprint(&self) -> Fingerprint {
-        let mut f = self.source_fingerprint();
+        self.expected_fingerprint_of(self.source_cluster, &self.source_db)
+    }
+
+    /// [`Scenario::expected_fingerprint`] of another reference than the source: e.g. the same
+    /// SQL loaded into a database of the target's cluster, when the source runs another
+    /// PostgreSQL version (whose `pg_get_viewdef` and the like may print differently).
+    pub fn expected_fingerprint_of(&self, cluster: &PgCluster, db: &str) -> Fingerprint {
+        let mut f = fingerprint(cluster, db);
         let mode = self
             .env
             .iter()
             .rev()
             .find(|(k, _)| k == "FK_MODE")
             .map_or("trust", |(_, v)| v.as_str());
-        let partitioned = self.source_cluster.superuser_psql(
-            &self.source_db,
+        // The keys that stay validated: those of partitioned tables and the copies their
+        // partitions inherit (conparentid). A key declared on a partition itself (Pagila's
+        // payment_p2022_01_customer_id_fkey) is a plain table's key: NOT VALID.
+        let validated = cluster.superuser_psql(
+            db,
             &format!(
-                "SELECT c.oid::regclass::text FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE {APP_SCHEMAS} AND (c.relkind = 'p' OR c.relispartition)"
+                "SELECT k.conrelid::regclass::text || '\x1f' || k.conname FROM pg_constraint k \
+                 JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE {APP_SCHEMAS} AND k.contype = 'f' AND (c.relkind = 'p' OR k.conparentid <> 0)"
             ),
         );
-        let partitioned: Vec<&str> = partitioned.lines().collect();
+        let validated: Vec<(&str, &str)> = validated
+            .lines()
+            .filter_map(|l| l.split_once('\x1f'))
+            .collect();
         match mode {
             "skip" => f.constraints.retain(|c| c.2 != "f"),
             "trust" => {
                 for c in f.constraints.iter_mut() {
-                    if c.2 == "f" && !partitioned.contains(&c.0.as_str()) {
+                    if c.2 == "f" && !validated.contains(&(c.0.as_str(), c.1.as_str())) {
                         c.3 = false;
                         c.4.push_str(" NOT VALID");
                     }
