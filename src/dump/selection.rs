@@ -8,40 +8,42 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-
 use crate::dump::toc::{Toc, TocEntry};
+pub use crate::machine::LeftOut;
 
 /// Entry kinds that only a superuser (or the owner of the whole cluster's objects) can create,
 /// or that make no sense on a replica: never restored, always reported.
 const NOT_FOR_A_REPLICA: &[(&str, &str)] = &[
     ("EVENT TRIGGER", "event triggers need a superuser"),
-    ("SUBSCRIPTION", "subscriptions need a superuser and would pull from production"),
-    ("SUBSCRIPTION TABLE", "subscriptions need a superuser and would pull from production"),
-    ("PUBLICATION", "publications are production's replication set, not the replica's"),
-    ("PUBLICATION TABLE", "publications are production's replication set, not the replica's"),
+    (
+        "SUBSCRIPTION",
+        "subscriptions need a superuser and would pull from production",
+    ),
+    (
+        "SUBSCRIPTION TABLE",
+        "subscriptions need a superuser and would pull from production",
+    ),
+    (
+        "PUBLICATION",
+        "publications are production's replication set, not the replica's",
+    ),
+    (
+        "PUBLICATION TABLE",
+        "publications are production's replication set, not the replica's",
+    ),
     (
         "PUBLICATION TABLES IN SCHEMA",
         "publications are production's replication set, not the replica's",
     ),
-    ("USER MAPPING", "user mappings hold production's credentials for remote servers"),
+    (
+        "USER MAPPING",
+        "user mappings hold production's credentials for remote servers",
+    ),
 ];
 
 /// The replicator's own schema in the target: a dump that has one (a replica's dump) must not
 /// overwrite the records of this replica.
 const OWN_SCHEMA: &str = "replicator";
-
-/// A kind of entry left out of the restore, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeftOut {
-    /// The entry kind, as `pg_restore --list` prints it (`EVENT TRIGGER`, `TABLE DATA`,
-    /// `SCHEMA`...).
-    pub kind: String,
-    pub count: u64,
-    /// The names (schema-qualified where they have a schema), at most [`MAX_NAMES`].
-    pub names: Vec<String>,
-    pub why: String,
-}
 
 /// How many names a [`LeftOut`] keeps (the count is always exact).
 pub const MAX_NAMES: usize = 20;
@@ -110,7 +112,9 @@ pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
             leave("", false);
             continue;
         }
-        if desc == "STATISTICS DATA" && opts.target_version_num > 0 && opts.target_version_num < 180000
+        if desc == "STATISTICS DATA"
+            && opts.target_version_num > 0
+            && opts.target_version_num < 180000
         {
             leave(
                 "planner statistics from PostgreSQL 18 cannot be restored into an older server (ANALYZE rebuilds them)",
@@ -135,7 +139,10 @@ pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
             && !schema.is_empty()
             && !wanted.contains(schema)
         {
-            leave("not in RESTORE_SCHEMAS", desc == "SCHEMA" || desc == "TABLE DATA");
+            leave(
+                "not in RESTORE_SCHEMAS",
+                desc == "SCHEMA" || desc == "TABLE DATA",
+            );
         }
     }
     let left_out = said

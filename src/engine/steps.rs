@@ -12,7 +12,9 @@ use super::workdir::{WorkDir, free_bytes_near};
 use crate::config::RestoreConfig;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
-use crate::machine::{Backup, DiskBudget, Origin, Phase, Progress, Run, Section, disk_budget};
+use crate::machine::{
+    Backup, DiskBudget, LeftOut, Origin, Phase, Progress, Run, Section, disk_budget,
+};
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
 use crate::target::{self, Target};
@@ -80,7 +82,12 @@ impl RealSteps {
         let mut skip = plan.skip;
         let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
         let mut out: HashSet<u32> = skip.union(selected_out).copied().collect();
-        out.extend(crate::target::fk::defer(toc, self.restore.fk_mode, &out, &fk_list)?);
+        out.extend(crate::target::fk::defer(
+            toc,
+            self.restore.fk_mode,
+            &out,
+            &fk_list,
+        )?);
         skip.extend(out);
         Ok(skip)
     }
@@ -165,7 +172,7 @@ impl Steps for RealSteps {
         Ok(())
     }
 
-    async fn extract_and_check(&self, run: &Run) -> Result<(), StepError> {
+    async fn extract_and_check(&self, run: &Run) -> Result<Vec<LeftOut>, StepError> {
         let dump = self.dump_path(run);
         if !matches!(run.origin, Origin::Dump { .. }) {
             let archive = self.archive_path(run);
@@ -218,9 +225,21 @@ impl Steps for RealSteps {
             .await
             .map_err(|e| StepError::transient(format!("the dump check task failed: {e}")))?;
         let opts = self.select_options(info.server_version_num as u32);
-        crate::target::preflight::check_restorable(&self.target, &toc, deps.as_ref(), &opts)
-            .await?;
-        Ok(())
+        let selection =
+            crate::target::preflight::check_restorable(&self.target, &toc, deps.as_ref(), &opts)
+                .await?;
+        for l in &selection.left_out {
+            warn!(
+                kind = %l.kind,
+                count = l.count,
+                "the restore leaves out {} {} ({}): {}",
+                l.count,
+                l.kind,
+                l.names.join(", "),
+                l.why
+            );
+        }
+        Ok(selection.left_out)
     }
 
     async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
@@ -240,9 +259,12 @@ impl Steps for RealSteps {
     ) -> Result<(), StepError> {
         let dump = self.dump_path(run);
         let toc = self.toc(run, &dump).await?;
-        let applier = crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
-        let selection =
-            crate::dump::selection::select(&toc, &self.select_options(applier.server_version_num()));
+        let applier =
+            crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
+        let selection = crate::dump::selection::select(
+            &toc,
+            &self.select_options(applier.server_version_num()),
+        );
         let mut skip = selection.skip;
         // Rows are left out of the data section only: the tables' schema is pre-data.
         if section == Section::DataAndPostData {
@@ -251,7 +273,9 @@ impl Steps for RealSteps {
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
         target::restore_entries(&applier, &toc, &skip, section, &report).await?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
-        if section == Section::DataAndPostData && self.restore.fk_mode == crate::target::fk::FkMode::Trust {
+        if section == Section::DataAndPostData
+            && self.restore.fk_mode == crate::target::fk::FkMode::Trust
+        {
             let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
             let (not_valid, validated) =
                 crate::target::fk::add_not_valid(&self.target, &dump, &fk_list).await?;
