@@ -101,6 +101,10 @@ pub struct RestoreArgs {
     /// or `"Quoted, name"`): they exist, empty, with their indexes and constraints
     #[arg(long, env = "EXCLUDE_TABLE_DATA")]
     pub exclude_table_data: Option<String>,
+    /// Only these schemas are restored (comma-separated names; default: every schema of the
+    /// dump). Refused before anything is touched if a restored object needs one left out
+    #[arg(long, env = "RESTORE_SCHEMAS")]
+    pub restore_schemas: Option<String>,
     /// A .sql file, or a directory whose .sql files run in name order, against the target after
     /// the restore and before Done; each file in one transaction, all re-run on resume
     #[arg(long, env = "POST_RESTORE_SQL")]
@@ -156,6 +160,8 @@ pub struct RestoreConfig {
     pub fk_mode: crate::target::fk::FkMode,
     /// Tables whose rows are left out (`EXCLUDE_TABLE_DATA`).
     pub exclude_table_data: Vec<String>,
+    /// `RESTORE_SCHEMAS`: only these schemas (`None`: every schema of the dump).
+    pub restore_schemas: Option<Vec<String>>,
     /// `POST_RESTORE_SQL`, checked to name at least one .sql file.
     pub post_restore_sql: Option<PathBuf>,
     pub notify: crate::notify::NotifyConfig,
@@ -256,6 +262,18 @@ impl RestoreArgs {
             }
             None => Vec::new(),
         };
+        let restore_schemas = match self.restore_schemas.as_deref().map(str::trim) {
+            Some(v) if !v.is_empty() => Some(crate::dump::toc::parse_table_list(v).map_err(
+                |expected| ConfigError::Invalid {
+                    var: "RESTORE_SCHEMAS",
+                    value: v.to_string(),
+                    expected: format!(
+                        "comma-separated schema names (bare like public, or double-quoted): {expected}"
+                    ),
+                },
+            )?),
+            _ => None,
+        };
         let post_restore_sql = match &self.post_restore_sql {
             Some(p) if !p.as_os_str().is_empty() => {
                 crate::target::post_restore::sql_files(p).map_err(|e| ConfigError::Invalid {
@@ -289,6 +307,7 @@ impl RestoreArgs {
         };
         Ok(RestoreConfig {
             exclude_table_data,
+            restore_schemas,
             post_restore_sql,
             notify,
             use_unlogged_tables: self.use_unlogged_tables,

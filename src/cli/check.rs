@@ -3,7 +3,11 @@
 //! when an earlier failure makes it pointless.
 //!
 //! Nothing is written: no state directory is created, the target is only read (no lock is
-//! taken, so a check can run beside a live run), Scalingo is only asked (no download URL).
+//! taken, so a check can run beside a live run), Scalingo is only asked. Of the backup, only
+//! its first bytes are read (a few MiB, into a private temporary directory removed at once):
+//! they hold the dump's header and table of contents, which the same pre-wipe checks as a
+//! run's judge against the target (versions, extensions, `RESTORE_SCHEMAS`, objects the wipe
+//! cannot remove).
 
 use std::path::{Path, PathBuf};
 
@@ -308,7 +312,27 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
         },
     }
 
-    checks.push(match target::pg_restore_version().await {
+    let client_version = target::pg_restore_version().await;
+    // What a run would restore, judged against the target as a run judges it before the wipe.
+    match (&scalingo, &backup, &target, &restore) {
+        (Some(s), Some(b), Some(t), Some(r)) => {
+            let client =
+                ScalingoClient::new(s.endpoints.clone(), s.app.clone(), s.api_token.clone());
+            checks.extend(dump_checks(&client, b, t, r, client_version.as_ref().ok()).await);
+        }
+        _ => {
+            checks.push(Check::skip(
+                "dump",
+                "needs the backup, the target and a valid configuration",
+            ));
+            checks.push(Check::skip(
+                "restore plan",
+                "needs the dump's table of contents",
+            ));
+        }
+    }
+
+    checks.push(match client_version {
         Ok(v) => Check::ok(
             "pg_restore",
             format!("{v}: reads dumps made by pg_dump up to its own major version"),
@@ -320,6 +344,157 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
             ),
         ),
     });
+    checks
+}
+
+/// How much of the archive `check` reads, growing until the dump's table of contents is
+/// whole in it (a schema of thousands of objects has a table of contents of a few MiB).
+const HEAD_SIZES: [u64; 3] = [4 << 20, 64 << 20, 512 << 20];
+
+/// The dump of `backup`, from the archive's first bytes: its versions against pg_restore's
+/// and the target's, then the pre-wipe checks of a run ([`target::preflight::check_restorable`]).
+async fn dump_checks(
+    client: &ScalingoClient,
+    backup: &Backup,
+    t: &Target,
+    restore: &crate::config::RestoreConfig,
+    client_version: Option<&String>,
+) -> Vec<Check> {
+    let skip_plan = |why: &str| Check::skip("restore plan", why);
+    let url = match client.download_url(&backup.id).await {
+        Ok(u) => u,
+        Err(e) => return vec![Check::fail("dump", e.to_string()), skip_plan("no dump")],
+    };
+    let dir = match tempfile::Builder::new()
+        .prefix("replicator-check-")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            return vec![
+                Check::fail("dump", format!("cannot create a temporary directory: {e}")),
+                skip_plan("no dump"),
+            ];
+        }
+    };
+    let path = dir.path().join("dump-head.pgsql");
+    let http = crate::source::http::http_client(std::time::Duration::from_secs(60));
+    let mut read = None;
+    for max in HEAD_SIZES {
+        let head = match crate::source::download::fetch_head(&http, &url, max).await {
+            Ok(h) => h,
+            Err(e) => return vec![Check::fail("dump", e.to_string()), skip_plan("no dump")],
+        };
+        let whole = (head.len() as u64) < max;
+        let p = path.clone();
+        let written =
+            tokio::task::spawn_blocking(move || crate::source::extract::extract_head(&head, &p))
+                .await;
+        match written {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Err(e)) => return vec![Check::fail("dump", e.to_string()), skip_plan("no dump")],
+            _ if whole => {
+                return vec![
+                    Check::fail("dump", "the backup's archive holds no *.pgsql dump"),
+                    skip_plan("no dump"),
+                ];
+            }
+            _ => continue,
+        }
+        match target::check_dump_toc(&path, None).await {
+            Ok(found) => {
+                read = Some(found);
+                break;
+            }
+            Err(e) if whole => {
+                return vec![Check::fail("dump", e.to_string()), skip_plan("no dump")];
+            }
+            Err(_) => continue,
+        }
+    }
+    let Some((toc, info)) = read else {
+        return vec![
+            Check::fail(
+                "dump",
+                "the dump's table of contents is not whole in the archive's first 512 MiB",
+            ),
+            skip_plan("no dump"),
+        ];
+    };
+    let server = match t.connect().await {
+        Ok(c) => c,
+        Err(e) => return vec![Check::fail("dump", e.to_string()), skip_plan("no target")],
+    };
+    let (target_version, target_num): (String, i32) = match server
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+    {
+        Ok(r) => (r.get(0), r.get(1)),
+        Err(e) => {
+            return vec![
+                Check::fail("dump", format!("reading the target's version: {e}")),
+                skip_plan("no target"),
+            ];
+        }
+    };
+    let from = info.dumped_from.clone().unwrap_or_else(|| "unknown".into());
+    let by = info.dumped_by.clone().unwrap_or_else(|| "unknown".into());
+    let major = |v: &str| {
+        v.split(['.', ' '])
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+    };
+    let newer_than_target = match (major(&from), u32::try_from(target_num / 10000).ok()) {
+        (Some(d), Some(t)) if d > t => format!(
+            "; the dump comes from a newer server than the target: objects that PostgreSQL {t} lacks would fail"
+        ),
+        _ => String::new(),
+    };
+    let mut checks = vec![Check::ok(
+        "dump",
+        format!(
+            "{}: dumped from PostgreSQL {from} by pg_dump {by}; {}; target PostgreSQL {target_version}{newer_than_target}",
+            backup.name,
+            client_version.map_or("pg_restore unknown".to_string(), |v| v.clone()),
+        ),
+    )];
+    let p = path.clone();
+    let deps = tokio::task::spawn_blocking(move || crate::dump::verify::dependencies(&p))
+        .await
+        .ok()
+        .flatten();
+    let opts = crate::dump::selection::SelectOptions {
+        schemas: restore.restore_schemas.clone(),
+        target_version_num: target_num as u32,
+    };
+    checks.push(
+        match target::preflight::check_restorable(t, &toc, deps.as_ref(), &opts).await {
+            Ok(sel) => {
+                let restored = toc.entries().count() - sel.skip.len();
+                let left: Vec<String> = sel
+                    .left_out
+                    .iter()
+                    .map(|l| format!("{} {} ({})", l.count, l.kind, l.names.join(", ")))
+                    .collect();
+                Check::ok(
+                    "restore plan",
+                    format!(
+                        "{restored} of the dump's {} entries restored{}",
+                        toc.entries().count(),
+                        if left.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; left out: {}", left.join("; "))
+                        }
+                    ),
+                )
+            }
+            Err(e) => Check::fail("restore plan", e.to_string()),
+        },
+    );
     checks
 }
 

@@ -1,4 +1,5 @@
 //! What a dump holds: its table of contents (read once per run), and whether its data is whole.
 
+pub mod selection;
 pub mod toc;
-pub(crate) mod verify;
+pub mod verify;

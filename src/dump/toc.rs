@@ -68,6 +68,8 @@ const MULTI_WORD_DESCS: &[&str] = &[
     "TEXT SEARCH CONFIGURATION",
     "TEXT SEARCH DICTIONARY",
     "MATERIALIZED VIEW DATA",
+    "STATISTICS DATA",
+    "BLOB METADATA",
     "FOREIGN DATA WRAPPER",
     "TEXT SEARCH TEMPLATE",
     "PROCEDURAL LANGUAGE",
@@ -305,6 +307,41 @@ impl Toc {
         self.entries.iter().map(|(e, _)| e)
     }
 
+    /// Each entry with the section it is restored in: its own, or for entries in no section
+    /// (comments, security labels) the section of the entry before it, as pg_restore does
+    /// (`pg_dump` writes them right after their object). Large objects' metadata is pre-data
+    /// (`lo_create`), their contents data; statistics (PostgreSQL 18) come last, with the
+    /// post-data.
+    pub fn sectioned(&self) -> Vec<(&TocEntry, TocSection)> {
+        let mut current = TocSection::PreData;
+        self.entries()
+            .map(|e| {
+                let section = match e.desc.as_str() {
+                    "BLOB" | "BLOB METADATA" => TocSection::PreData,
+                    "STATISTICS DATA" => TocSection::PostData,
+                    _ => e.section(),
+                };
+                if section != TocSection::None {
+                    current = section;
+                }
+                (e, current)
+            })
+            .collect()
+    }
+
+    /// The list lines (as `--use-list` reads them) of the entries `keep` accepts, in the
+    /// dump's order.
+    pub fn list_of(&self, keep: impl Fn(&TocEntry) -> bool) -> String {
+        let mut out = String::new();
+        for (e, i) in &self.entries {
+            if keep(e) {
+                out.push_str(&self.lines[*i]);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// The `TABLE DATA` entry of `schema.table`, if the dump has one.
     pub fn table_data(&self, schema: &str, table: &str) -> Option<&TocEntry> {
         self.entries()
@@ -380,12 +417,30 @@ fn last_lines(s: &str, n: usize) -> String {
 
 /// Runs `pg_restore ARGS DUMP` and returns what it prints on stdout. `what` names the
 /// arguments in the error (`--list`).
+/// A `pg_restore` command that gets nothing of the replicator's environment but `PATH`, the
+/// locale and the time zone: it only reads a dump (it never connects), so it needs no
+/// connection setting, and no secret of the replicator (API token, database URL, webhook
+/// token) may reach a child that does not need it.
+pub fn pg_restore_command() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("pg_restore");
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        let keep = k
+            .to_str()
+            .is_some_and(|k| matches!(k, "PATH" | "LANG" | "TZ") || k.starts_with("LC_"));
+        if keep {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
 pub async fn pg_restore_stdout(
     dump: &Path,
     args: &[OsString],
     what: &'static str,
 ) -> Result<String, TocError> {
-    let out = tokio::process::Command::new("pg_restore")
+    let out = pg_restore_command()
         .args(args)
         .arg(dump)
         .stdin(Stdio::null())

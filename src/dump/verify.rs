@@ -3,6 +3,7 @@
 //! after the wipe. The custom format records where each table's data starts; the data of the
 //! last one must be whole up to its end marker.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -103,7 +104,21 @@ impl Reader {
         Ok(if sign != 0 { -v } else { v })
     }
 
-    /// `ReadStr`: a length (negative for NULL), then the bytes; skipped.
+    /// `ReadStr`: a length (negative for NULL), then the bytes.
+    fn str(&mut self) -> io::Result<Option<String>> {
+        let l = self.int()?;
+        if l < 0 {
+            return Ok(None);
+        }
+        if self.r.stream_position()? + l as u64 > self.len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"));
+        }
+        let mut buf = vec![0u8; l as usize];
+        self.r.read_exact(&mut buf)?;
+        Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+    }
+
+    /// `ReadStr`, skipped.
     fn skip_str(&mut self) -> io::Result<bool> {
         let l = self.int()?;
         if l < 0 {
@@ -220,7 +235,19 @@ fn at(what: &'static str) -> impl Fn(io::Error) -> Problem {
     }
 }
 
-fn walk(rd: &mut Reader) -> Result<Verdict, Problem> {
+/// One entry of the archive's table of contents, as far as the checks need it.
+struct RawEntry {
+    id: i64,
+    /// Dump ids of the entries this one depends on.
+    deps: Vec<u32>,
+    /// `Some(offset)` for an entry with data (`None` inside: pg_dump wrote to a pipe and
+    /// recorded no offsets), `None` for an entry without data.
+    data: Option<Option<u64>>,
+}
+
+/// Reads the archive's header and table of contents (`pg_backup_archiver.c`: `ReadHead`,
+/// `ReadToc`), leaving `rd` at the start of the data.
+fn read_toc(rd: &mut Reader) -> Result<Vec<RawEntry>, Problem> {
     let mut magic = [0u8; 5];
     rd.r.read_exact(&mut magic).map_err(at("its header"))?;
     if &magic != b"PGDMP" {
@@ -230,7 +257,7 @@ fn walk(rd: &mut Reader) -> Result<Verdict, Problem> {
     let (vmaj, vmin) = (rd.byte().map_err(&head)?, rd.byte().map_err(&head)?);
     let _vrev = rd.byte().map_err(&head)?;
     let version = vers(vmaj, vmin);
-    // 1.12 (PostgreSQL 9.5) to 1.16 (17): the versions whose layout this reader knows.
+    // 1.12 (PostgreSQL 9.5) to 1.16 (17 and 18): the versions whose layout this reader knows.
     if version < vers(1, 12) || version > vers(1, 16) {
         return Err(Problem::Unknown(format!("archive version {vmaj}.{vmin}")));
     }
@@ -259,8 +286,7 @@ fn walk(rd: &mut Reader) -> Result<Verdict, Problem> {
     if !(0..10_000_000).contains(&count) {
         return Err(Problem::Unknown(format!("implausible TOC count {count}")));
     }
-    // (dump id, offset if recorded) of every entry that has data.
-    let mut with_data: Vec<(i64, Option<u64>)> = Vec::new();
+    let mut entries = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let id = rd.int().map_err(&toc)?;
         rd.int().map_err(&toc)?; // had dumper
@@ -281,15 +307,52 @@ fn walk(rd: &mut Reader) -> Result<Verdict, Problem> {
         }
         rd.skip_str().map_err(&toc)?; // owner
         rd.skip_str().map_err(&toc)?; // with oids
-        while rd.skip_str().map_err(&toc)? {} // dependencies, up to a NULL
-        let (flag, pos) = rd.offset().map_err(&toc)?;
-        match flag {
-            K_OFFSET_POS_SET => with_data.push((id, Some(pos))),
-            K_OFFSET_POS_NOT_SET => with_data.push((id, None)),
-            K_OFFSET_NO_DATA => {}
-            other => return Err(Problem::Unknown(format!("offset flag {other}"))),
+        let mut deps = Vec::new();
+        // Dependencies: dump ids as strings, up to a NULL.
+        while let Some(dep) = rd.str().map_err(&toc)? {
+            if let Ok(d) = dep.trim().parse() {
+                deps.push(d);
+            }
         }
+        let (flag, pos) = rd.offset().map_err(&toc)?;
+        let data = match flag {
+            K_OFFSET_POS_SET => Some(Some(pos)),
+            K_OFFSET_POS_NOT_SET => Some(None),
+            K_OFFSET_NO_DATA => None,
+            other => return Err(Problem::Unknown(format!("offset flag {other}"))),
+        };
+        entries.push(RawEntry { id, deps, data });
     }
+    Ok(entries)
+}
+
+/// The dependencies pg_dump recorded for each entry of `dump` (dump id to the ids it needs):
+/// what tells that a view reads a table, or that a partition belongs to a table. `None` when
+/// the archive is not one this reader knows.
+pub fn dependencies(dump: &Path) -> Option<HashMap<u32, Vec<u32>>> {
+    let file = File::open(dump).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut rd = Reader {
+        r: BufReader::with_capacity(1 << 20, file),
+        int_size: 4,
+        off_size: 8,
+        len,
+    };
+    let entries = read_toc(&mut rd).ok()?;
+    Some(
+        entries
+            .into_iter()
+            .filter_map(|e| Some((u32::try_from(e.id).ok()?, e.deps)))
+            .collect(),
+    )
+}
+
+fn walk(rd: &mut Reader) -> Result<Verdict, Problem> {
+    // (dump id, offset if recorded) of every entry that has data.
+    let with_data: Vec<(i64, Option<u64>)> = read_toc(rd)?
+        .into_iter()
+        .filter_map(|e| e.data.map(|pos| (e.id, pos)))
+        .collect();
     let data_start = rd.r.stream_position().map_err(Problem::Io)?;
     if with_data.is_empty() {
         return Ok(Verdict::Whole { data_blocks: 0 });

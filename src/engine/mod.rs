@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::RetryConfig;
 use crate::error::StepError;
-use crate::machine::{Backup, Event, Phase, Progress, Run, Section, transition};
+use crate::machine::{Backup, Event, LeftOut, Phase, Progress, Run, Section, transition};
 use crate::state::remote::{RemoteWriter, Write};
 use crate::state::store::{Store, StoreError};
 
@@ -65,7 +65,11 @@ pub trait Steps: Send + Sync {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// The dump out of the archive, read by `pg_restore --list`; the target answers.
-    fn extract_and_check(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Returns what the restore will leave out of the dump.
+    fn extract_and_check(
+        &self,
+        run: &Run,
+    ) -> impl Future<Output = Result<Vec<LeftOut>, StepError>> + Send;
     /// `DROP OWNED BY CURRENT_USER CASCADE` (after ending leftover restore sessions).
     fn drop_target(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     fn restore(
@@ -308,7 +312,10 @@ impl<S: Steps> Driver<S> {
             Phase::Downloading { backup, .. } => {
                 self.steps.download(run, backup, &report).await?;
             }
-            Phase::Extracting { .. } => self.steps.extract_and_check(run).await?,
+            Phase::Extracting { .. } => {
+                let left_out = self.steps.extract_and_check(run).await?;
+                return Ok(StepOutcome::Event(Event::Checked { left_out }));
+            }
             Phase::Dropping { .. } => self.steps.drop_target(run).await?,
             Phase::Restoring { section, .. } => {
                 self.steps.restore(run, *section, &report).await?;

@@ -1,5 +1,6 @@
 //! The real steps: Scalingo, the disk and PostgreSQL, each phase's IO behind [`Steps`].
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,10 +12,12 @@ use super::workdir::{WorkDir, free_bytes_near};
 use crate::config::RestoreConfig;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
-use crate::machine::{Backup, DiskBudget, Origin, Phase, Progress, Run, Section, disk_budget};
+use crate::machine::{
+    Backup, DiskBudget, LeftOut, Origin, Phase, Progress, Run, Section, disk_budget,
+};
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
-use crate::target::{self, DumpInfo, Target};
+use crate::target::{self, Target};
 
 /// The real steps.
 pub struct RealSteps {
@@ -43,14 +46,16 @@ impl RealSteps {
         }
     }
 
-    /// Writes the `--use-list` that leaves out the rows of `EXCLUDE_TABLE_DATA` (and the
-    /// foreign keys that point at them), warning about names that match no table.
-    async fn exclusion_list(
+    /// The entries that leave out the rows of `EXCLUDE_TABLE_DATA` (and the foreign keys that
+    /// point at them), warning about names that match no table; and the foreign keys
+    /// `FK_MODE` defers (under `trust`, written to `fk.list` to be added after the rows).
+    async fn exclusions(
         &self,
         run: &Run,
-        dump: &Path,
         toc: &Toc,
-    ) -> Result<PathBuf, StepError> {
+        dump: &Path,
+        selected_out: &HashSet<u32>,
+    ) -> Result<HashSet<u32>, StepError> {
         let fks = crate::dump::toc::foreign_key_targets(dump).await?;
         let plan = crate::dump::toc::plan_exclusion(toc, &self.restore.exclude_table_data, &fks);
         for name in &plan.unmatched {
@@ -74,17 +79,25 @@ impl RealSteps {
                 plan.excluded.join(", ")
             );
         }
-        let list = WorkDir::of(&self.state_dir, &run.run_id).restore_list();
         let mut skip = plan.skip;
         let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
-        skip.extend(crate::target::fk::defer(
+        let mut out: HashSet<u32> = skip.union(selected_out).copied().collect();
+        out.extend(crate::target::fk::defer(
             toc,
             self.restore.fk_mode,
-            &skip,
+            &out,
             &fk_list,
         )?);
-        toc.write_list(&list, &skip)?;
-        Ok(list)
+        skip.extend(out);
+        Ok(skip)
+    }
+
+    /// What the operator restricts, for the target's server version.
+    fn select_options(&self, target_version_num: u32) -> crate::dump::selection::SelectOptions {
+        crate::dump::selection::SelectOptions {
+            schemas: self.restore.restore_schemas.clone(),
+            target_version_num,
+        }
     }
 
     /// The table of contents `Extracting` read for this run (read again, and kept, only when a
@@ -159,7 +172,7 @@ impl Steps for RealSteps {
         Ok(())
     }
 
-    async fn extract_and_check(&self, run: &Run) -> Result<(), StepError> {
+    async fn extract_and_check(&self, run: &Run) -> Result<Vec<LeftOut>, StepError> {
         let dump = self.dump_path(run);
         if !matches!(run.origin, Origin::Dump { .. }) {
             let archive = self.archive_path(run);
@@ -202,12 +215,31 @@ impl Steps for RealSteps {
         let saved = WorkDir::of(&self.state_dir, &run.run_id).toc();
         let _ = std::fs::remove_file(&saved);
         let (toc, _) = target::check_dump_toc(&dump, Some(&saved)).await?;
-        target::check_target(&self.target).await?;
-        // Before Dropping: a dump cut in its data, or objects the wipe cannot remove, would
-        // fail the restore only after the target is gone (docs/reliability.md).
+        let info = target::check_target(&self.target).await?;
+        // Before Dropping: a dump cut in its data, a restriction that cuts objects from what
+        // they need, an extension the role cannot create or objects the wipe cannot remove
+        // would fail the restore only after the target is gone (docs/reliability.md).
         crate::dump::verify::check_dump_complete(&dump).await?;
-        crate::target::preflight::check_target_can_take(&self.target, &toc).await?;
-        Ok(())
+        let d = dump.clone();
+        let deps = tokio::task::spawn_blocking(move || crate::dump::verify::dependencies(&d))
+            .await
+            .map_err(|e| StepError::transient(format!("the dump check task failed: {e}")))?;
+        let opts = self.select_options(info.server_version_num as u32);
+        let selection =
+            crate::target::preflight::check_restorable(&self.target, &toc, deps.as_ref(), &opts)
+                .await?;
+        for l in &selection.left_out {
+            warn!(
+                kind = %l.kind,
+                count = l.count,
+                "the restore leaves out {} {} ({}): {}",
+                l.count,
+                l.kind,
+                l.names.join(", "),
+                l.why
+            );
+        }
+        Ok(selection.left_out)
     }
 
     async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
@@ -225,35 +257,21 @@ impl Steps for RealSteps {
         section: Section,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), StepError> {
-        let report = |done: u64, total: u64| progress(Progress::Items { done, total });
         let dump = self.dump_path(run);
         let toc = self.toc(run, &dump).await?;
+        let applier =
+            crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
+        let selection = crate::dump::selection::select(
+            &toc,
+            &self.select_options(applier.server_version_num()),
+        );
+        let mut skip = selection.skip;
         // Rows are left out of the data section only: the tables' schema is pre-data.
-        let use_list = match section {
-            Section::DataAndPostData
-                if !self.restore.exclude_table_data.is_empty()
-                    || self.restore.fk_mode != crate::target::fk::FkMode::Validate =>
-            {
-                Some(self.exclusion_list(run, &dump, &toc).await?)
-            }
-            _ => None,
-        };
-        // The progress total counts what this restore runs: the use-list's entries when
-        // there is one (its commented-out entries are not entries).
-        let total = match &use_list {
-            Some(list) => DumpInfo::from_toc(&Toc::read_list(list)?).items(section),
-            None => DumpInfo::from_toc(&toc).items(section),
-        };
-        target::restore_section_counted(
-            &self.target,
-            &dump,
-            section,
-            self.restore.jobs,
-            use_list.as_deref(),
-            total,
-            &report,
-        )
-        .await?;
+        if section == Section::DataAndPostData {
+            skip.extend(self.exclusions(run, &toc, &dump, &skip).await?);
+        }
+        let report = |done: u64, total: u64| progress(Progress::Items { done, total });
+        target::restore_entries(&applier, &toc, &skip, section, &report).await?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
         if section == Section::DataAndPostData
             && self.restore.fk_mode == crate::target::fk::FkMode::Trust

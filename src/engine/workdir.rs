@@ -27,10 +27,6 @@ impl WorkDir {
     pub fn toc(&self) -> PathBuf {
         self.0.join("toc.list")
     }
-    /// The `--use-list` of the data section (exclusions, deferred foreign keys).
-    pub fn restore_list(&self) -> PathBuf {
-        self.0.join("restore.list")
-    }
     /// The foreign keys left out of the restore, added afterwards (`FK_MODE=trust`).
     pub fn fk_list(&self) -> PathBuf {
         self.0.join("fk.list")

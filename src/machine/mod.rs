@@ -269,6 +269,22 @@ pub struct Run {
     /// Set when a process found this run abandoned by a process that died.
     pub interrupted: bool,
     pub progress: Option<Progress>,
+    /// What of the dump the restore leaves out (decided in `Extracting`, before the wipe):
+    /// never silently, so that a replica never looks whole when it is not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A kind of dump entry the restore leaves out, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOut {
+    /// The entry kind, as `pg_restore --list` prints it (`EVENT TRIGGER`, `TABLE DATA`,
+    /// `SCHEMA`...).
+    pub kind: String,
+    pub count: u64,
+    /// The names (schema-qualified where they have a schema), at most 20.
+    pub names: Vec<String>,
+    pub why: String,
 }
 
 /// What happened to the current step.
@@ -280,6 +296,9 @@ pub enum Event {
     Fetched(Backup),
     /// The current step did all its work.
     Succeeded,
+    /// `Extracting` did all its work, and the restore will leave out these (the dump's
+    /// entries a replica does not get).
+    Checked { left_out: Vec<LeftOut> },
     /// The current step moved on (bytes downloaded, items restored); the phase does not change.
     Progress(Progress),
     /// The step failed in a way that may work later; the driver chose when (backoff).
@@ -312,6 +331,7 @@ impl Event {
             Event::Start => "Start",
             Event::Fetched(_) => "Fetched",
             Event::Succeeded => "Succeeded",
+            Event::Checked { .. } => "Checked",
             Event::Progress(_) => "Progress",
             Event::TransientFailure { .. } => "TransientFailure",
             Event::PermanentFailure { .. } => "PermanentFailure",
@@ -340,6 +360,7 @@ impl Run {
             error: None,
             interrupted: false,
             progress: None,
+            left_out: Vec::new(),
         }
     }
 
@@ -426,6 +447,18 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
         (_, Event::Fetched(_)) | (Phase::FetchingUrl, Event::Succeeded) => {
             return Err(not_applicable());
         }
+
+        (Phase::Extracting { backup }, Event::Checked { left_out }) => {
+            next.left_out = left_out.clone();
+            next.enter(
+                Phase::Dropping {
+                    backup: backup.clone(),
+                },
+                now,
+            );
+            next.interrupted = false;
+        }
+        (_, Event::Checked { .. }) => return Err(not_applicable()),
 
         (phase, Event::Succeeded) => {
             let after = match phase {

@@ -472,6 +472,50 @@ fn truncate(path: &Path) -> io::Result<()> {
         .map(drop)
 }
 
+/// The first `max` bytes of the archive at `url` (fewer if it is shorter): `check` reads the
+/// dump's table of contents from them. Asks for a `Range`; a server that ignores it is read
+/// only that far.
+pub async fn fetch_head(
+    http: &reqwest::Client,
+    url: &DownloadUrl,
+    max: u64,
+) -> Result<Vec<u8>, StepError> {
+    let location = url.redacted();
+    let response = http
+        .get(url.0.expose())
+        .header(header::RANGE, format!("bytes=0-{}", max.saturating_sub(1)))
+        .send()
+        .await
+        .map_err(|e| {
+            StepError::transient(format!(
+                "reading the start of the backup at {location} failed: {}",
+                describe_reqwest_error(e)
+            ))
+        })?;
+    if !response.status().is_success() {
+        return Err(StepError::transient(format!(
+            "reading the start of the backup at {location}: HTTP {}",
+            response.status()
+        )));
+    }
+    let mut head = Vec::new();
+    let mut response = response;
+    while (head.len() as u64) < max {
+        match response.chunk().await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => {
+                return Err(StepError::transient(format!(
+                    "reading the start of the backup at {location} failed: {}",
+                    describe_reqwest_error(e)
+                )));
+            }
+        }
+    }
+    head.truncate(max as usize);
+    Ok(head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

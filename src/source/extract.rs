@@ -330,6 +330,54 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The beginning of the `*.pgsql` member of an archive of which only `head` (its first bytes)
+/// is at hand, written to `dump`: what `check` reads the dump's header and table of contents
+/// from without downloading the whole backup. Returns the bytes written (0: no member yet).
+/// Blocking.
+pub fn extract_head(head: &[u8], dump: &Path) -> Result<u64, StepError> {
+    let archive = Path::new("(the backup's first bytes)");
+    if head.len() < 2 || head[..2] != [0x1f, 0x8b] {
+        return Err(ExtractError::NotGzip {
+            archive: archive.to_path_buf(),
+        }
+        .into());
+    }
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(head));
+    let Ok(entries) = tar.entries() else {
+        return Ok(0);
+    };
+    for entry in entries {
+        // The head ends somewhere: a header cut short ends the walk.
+        let Ok(mut entry) = entry else { return Ok(0) };
+        let is_dump = entry
+            .path()
+            .ok()
+            .and_then(|p| p.extension().map(|x| x == "pgsql"))
+            .unwrap_or(false);
+        if !is_dump {
+            continue;
+        }
+        let disk = |source| ExtractError::Disk {
+            path: dump.to_path_buf(),
+            source,
+        };
+        let mut out = fs::File::create(dump).map_err(disk)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut written = 0u64;
+        loop {
+            match entry.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    io::Write::write_all(&mut out, &buf[..n]).map_err(disk)?;
+                    written += n as u64;
+                }
+            }
+        }
+        return Ok(written);
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

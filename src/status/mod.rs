@@ -339,6 +339,24 @@ pub fn status_text(view: &StatusView, now: DateTime<Utc>) -> String {
     if !run.durations.is_empty() {
         out.push_str(&field("Phases", &phases_line(run)));
     }
+    for l in &run.left_out {
+        let more = l.count.saturating_sub(l.names.len() as u64);
+        out.push_str(&field(
+            "Left out",
+            &format!(
+                "{} {} ({}{}): {}",
+                l.count,
+                l.kind,
+                l.names.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                },
+                l.why
+            ),
+        ));
+    }
     if view.target_lock_held == Some(true) && run.is_terminal() {
         out.push_str(
             "  Now       a replicator holds the target: its new run records itself here once it has wiped the target\n",

@@ -142,7 +142,7 @@ impl std::fmt::Display for DumpInfo {
 
 /// `pg_restore --version`, e.g. `pg_restore (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
 pub async fn pg_restore_version() -> Result<String, StepError> {
-    let out = tokio::process::Command::new("pg_restore")
+    let out = crate::dump::toc::pg_restore_command()
         .arg("--version")
         .kill_on_drop(true)
         .output()

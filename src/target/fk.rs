@@ -66,14 +66,21 @@ pub enum FkError {
     #[error(
         "adding the foreign keys NOT VALID on {target} failed: {detail}; the run goes back to Dropping and retries (set FK_MODE=validate to let pg_restore create them instead)"
     )]
-    Add { target: String, detail: String },
+    Add {
+        target: String,
+        detail: String,
+        transient: bool,
+    },
 }
 
 impl From<FkError> for StepError {
     fn from(e: FkError) -> StepError {
         match e {
-            // A lost connection or a lock timeout is worth a new attempt (from Dropping).
-            FkError::Add { .. } => StepError::transient(e.to_string()),
+            // A lost connection or a lock timeout is worth a new attempt (from Dropping); an
+            // error in the keys themselves would come back at every attempt.
+            FkError::Add {
+                transient: true, ..
+            } => StepError::transient(e.to_string()),
             other => StepError::permanent(other.to_string()),
         }
     }
@@ -82,7 +89,7 @@ impl From<FkError> for StepError {
 /// The foreign keys of schema public in `toc`.
 pub fn foreign_key_ids(toc: &Toc) -> HashSet<u32> {
     toc.entries()
-        .filter(|e| e.desc == "FK CONSTRAINT" && e.schema == "public")
+        .filter(|e| e.desc == "FK CONSTRAINT")
         .map(|e| e.id)
         .collect()
 }
@@ -132,20 +139,17 @@ pub async fn add_not_valid(
     if not_valid + validated == 0 {
         return Ok((0, 0));
     }
-    let client = target.connect().await?;
-    let add_err = |e: tokio_postgres::Error| FkError::Add {
-        target: target.describe(),
-        detail: match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
-        },
-    };
     // The statements pg_restore prints, header included (search_path = '', so every name is
     // qualified as in the dump), in one transaction: all keys or none.
-    client
-        .batch_execute(&format!("BEGIN;\n{sql}\nCOMMIT;"))
+    let applier = crate::target::apply::Applier::new(target, dump, 1).await?;
+    applier
+        .run_sql("the foreign keys to add NOT VALID", &sql)
         .await
-        .map_err(add_err)?;
+        .map_err(|e| FkError::Add {
+            target: target.describe(),
+            transient: e.is_transient(),
+            detail: e.to_string(),
+        })?;
     tracing::info!(
         target = %target.describe(),
         not_valid,
@@ -161,10 +165,8 @@ async fn foreign_key_sql(dump: &Path, list: &Path) -> Result<String, FkError> {
     use_list.push(list);
     let mut args: Vec<OsString> = [
         "--section=post-data",
-        "--schema=public",
         "--no-owner",
         "--no-privileges",
-        "--no-comments",
         "--no-tablespaces",
         "--file=-",
     ]
@@ -262,20 +264,24 @@ mod tests {
                 .is_empty()
         );
         assert!(!list.exists());
+        // Every schema's foreign keys: other schemas are restored too.
         assert_eq!(
             defer(&toc, FkMode::Skip, &skip, &list).unwrap(),
-            HashSet::from([3232])
+            HashSet::from([3232, 3234])
         );
         assert!(!list.exists());
         assert_eq!(
             defer(&toc, FkMode::Trust, &skip, &list).unwrap(),
-            HashSet::from([3232])
+            HashSet::from([3232, 3234])
         );
         let text = std::fs::read_to_string(&list).unwrap();
         let active: Vec<&str> = text.lines().filter(|l| !l.starts_with(';')).collect();
         assert_eq!(
             active,
-            vec!["3232; 2606 16401 FK CONSTRAINT public answers answers_a_fkey postgres"]
+            vec![
+                "3232; 2606 16401 FK CONSTRAINT public answers answers_a_fkey postgres",
+                "3234; 2606 16422 FK CONSTRAINT other x x_fkey postgres"
+            ]
         );
     }
 }

@@ -1,5 +1,5 @@
 //! Everything the replicator does to the target database: the session and its TLS, the
-//! advisory lock, the checks, the wipe, unlogged tables, `pg_restore` in sections, foreign keys
+//! advisory lock, the checks, the wipe, unlogged tables, the restore in sections, foreign keys
 //! and post-restore SQL.
 //!
 //! The steps here know neither the store nor the machine: they take a [`Target`] (and a dump
@@ -8,17 +8,18 @@
 //! attempts on a wrong password.
 //!
 //! The password lives in a [`Secret`](crate::secret::Secret) from the moment `DATABASE_URL` is
-//! parsed. It reaches the server through `tokio-postgres`'s config, and `pg_restore` through
-//! `PGPASSWORD` in the child's environment (never its command line, which any local user can
-//! read in `/proc/<pid>/cmdline`).
+//! parsed. It reaches the server through `tokio-postgres`'s config only: `pg_restore` never
+//! connects (it translates the archive into SQL that [`apply`] sends), so no child process
+//! gets it.
 
+pub mod apply;
 mod checks;
 pub mod fk;
 mod lock;
 pub(crate) mod post_restore;
 pub(crate) mod preflight;
 mod restore;
-mod sqlstate;
+pub(crate) mod sqlstate;
 mod tls;
 mod unlogged;
 mod url;
@@ -29,8 +30,7 @@ pub use checks::{
 };
 pub use lock::{LOCK_APPLICATION_NAME, LOCK_KEY, LockOutcome, TargetLock, lock_target};
 pub use restore::{
-    RESTORE_APPLICATION_NAME, restore_args, restore_command, restore_command_with_list,
-    restore_section, restore_section_counted, restore_section_with_list,
+    RESTORE_APPLICATION_NAME, restore_entries, restore_section, restore_section_with_list,
 };
 pub use sqlstate::{PostgresError, is_transient_sqlstate};
 pub use unlogged::{foreign_keys_in_dump, set_unlogged_with_dump};

@@ -132,7 +132,7 @@ pub fn is_transient_sqlstate(code: &SqlState) -> bool {
 }
 
 /// Transient or permanent, and a hint, for an error from `tokio-postgres`.
-pub(super) fn classify(e: &tokio_postgres::Error) -> (bool, &'static str) {
+pub(crate) fn classify(e: &tokio_postgres::Error) -> (bool, &'static str) {
     if let Some(code) = e.code() {
         return if *code == SqlState::INVALID_PASSWORD
             || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION

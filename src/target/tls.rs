@@ -389,10 +389,7 @@ mod tests {
         assert!(v("postgres://u:p@h/d?sslmode=verify-full") == Verification::ChainAndHost);
         let t =
             parse("postgres://u:p@h/d?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem").unwrap();
-        assert!(
-            t.child_env("x")
-                .contains(&("PGSSLROOTCERT".into(), "/etc/ca.pem".into()))
-        );
+        assert_eq!(t.sslrootcert.as_deref(), Some("/etc/ca.pem"));
         let e = parse("postgres://u:p@h/d?sslmode=verify-ca&sslrootcert=/nonexistent.pem")
             .unwrap()
             .tls()

@@ -21,34 +21,42 @@ use crate::error::StepError;
 pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usize, StepError> {
     let fks = foreign_keys_in_dump(dump).await?;
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
-    let partitioned: Vec<String> = client
+    let partitioned: Vec<(String, String)> = client
         .query(
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relkind = 'p'",
+            "SELECT n.nspname::text, c.relname::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'p'
+                AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
             &[],
         )
         .await
         .map_err(|e| target.query_error("listing partitioned tables", e))?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     let keep_logged = must_stay_logged(&partitioned, &fks);
     if !keep_logged.is_empty() {
+        let names: Vec<String> = keep_logged
+            .iter()
+            .map(|(s, t)| format!("{s}.{t}"))
+            .collect();
         tracing::info!(
             target = %target.describe(),
-            tables = ?keep_logged,
+            tables = %names.join(", "),
             "tables kept logged: a partitioned table's foreign key references them"
         );
     }
+    // Every table the restore created: the role owns them all (the replicator's own schema
+    // holds its records, which stay logged).
     let rows = client
         .query(
-            "SELECT format('%I.%I', n.nspname, c.relname)
+            "SELECT n.nspname::text, c.relname::text, format('%I.%I', n.nspname, c.relname)
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relpersistence = 'p'
+              WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+                AND n.nspname <> 'replicator'
                 AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
-                AND NOT (c.relname::text = ANY($1))
-              ORDER BY c.relname",
-            &[&keep_logged],
+              ORDER BY 1, 2",
+            &[],
         )
         .await
         .map_err(|e| target.query_error("listing logged tables", e))?;
@@ -56,8 +64,13 @@ pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usiz
         .batch_execute(&format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))
         .await
         .map_err(|e| target.query_error("setting lock_timeout", e))?;
+    let mut n = 0;
     for row in &rows {
-        let table: String = row.get(0);
+        let key: (String, String) = (row.get(0), row.get(1));
+        if keep_logged.contains(&key) {
+            continue;
+        }
+        let table: String = row.get(2);
         if let Err(e) = client
             .batch_execute(&format!("ALTER TABLE {table} SET UNLOGGED"))
             .await
@@ -66,15 +79,16 @@ pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usiz
             tracing::error!(%table, error = %e, "cannot make the table unlogged");
             return Err(e.into());
         }
+        n += 1;
     }
-    tracing::info!(target = %target.describe(), tables = rows.len(), "tables set unlogged");
-    Ok(rows.len())
+    tracing::info!(target = %target.describe(), tables = n, "tables set unlogged");
+    Ok(n)
 }
 
-/// The tables (of schema public) that must stay logged: every partitioned table is permanent,
-/// and whatever a permanent table references must be permanent too.
-fn must_stay_logged(partitioned: &[String], fks: &[(String, String)]) -> Vec<String> {
-    let mut keep: Vec<String> = partitioned.to_vec();
+/// The tables that must stay logged: every partitioned table is permanent, and whatever a
+/// permanent table references must be permanent too.
+fn must_stay_logged<T: Clone + Ord>(partitioned: &[T], fks: &[(T, T)]) -> Vec<T> {
+    let mut keep: Vec<T> = partitioned.to_vec();
     let mut i = 0;
     while i < keep.len() {
         let from = keep[i].clone();
@@ -90,15 +104,15 @@ fn must_stay_logged(partitioned: &[String], fks: &[(String, String)]) -> Vec<Str
     keep
 }
 
-/// `(table, referenced table)` of every foreign key of schema public in the dump, both in
-/// public (a reference to another schema does not matter: it is not restored).
-pub async fn foreign_keys_in_dump(dump: &Path) -> Result<Vec<(String, String)>, StepError> {
+/// `((schema, table), (schema, referenced table))` of every foreign key in the dump.
+pub async fn foreign_keys_in_dump(
+    dump: &Path,
+) -> Result<Vec<((String, String), (String, String))>, StepError> {
     Ok(crate::dump::toc::foreign_keys(dump)
         .await
         .map_err(dump_error)?
         .into_iter()
-        .filter(|fk| fk.schema == "public" && fk.ref_schema == "public")
-        .map(|fk| (fk.table, fk.ref_table))
+        .map(|fk| ((fk.schema, fk.table), (fk.ref_schema, fk.ref_table)))
         .collect())
 }
 

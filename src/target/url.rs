@@ -180,28 +180,6 @@ impl Target {
         self.sslmode.as_deref()
     }
 
-    /// The libpq environment for a child (`pg_restore`, `psql`): the only way the password
-    /// reaches a child process.
-    pub fn child_env(&self, application_name: &str) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("PGHOST".to_string(), self.host.clone()),
-            ("PGPORT".to_string(), self.port.to_string()),
-            ("PGUSER".to_string(), self.user.clone()),
-            ("PGDATABASE".to_string(), self.dbname.clone()),
-            ("PGAPPNAME".to_string(), application_name.to_string()),
-        ];
-        if let Some(p) = &self.password {
-            env.push(("PGPASSWORD".to_string(), p.expose().to_string()));
-        }
-        if let Some(m) = &self.sslmode {
-            env.push(("PGSSLMODE".to_string(), m.clone()));
-        }
-        if let Some(r) = &self.sslrootcert {
-            env.push(("PGSSLROOTCERT".to_string(), r.clone()));
-        }
-        env
-    }
-
     fn config(&self, application_name: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
@@ -291,10 +269,6 @@ mod tests {
         );
         assert_eq!(t.password.as_ref().unwrap().expose(), "s3cr@t");
         assert_eq!(t.sslmode(), Some("prefer"));
-        let env = t.child_env("x");
-        assert!(env.contains(&("PGPASSWORD".into(), "s3cr@t".into())));
-        assert!(env.contains(&("PGSSLMODE".into(), "prefer".into())));
-        assert!(env.contains(&("PGAPPNAME".into(), "x".into())));
         assert!(!format!("{t:?}").contains("s3cr"));
     }
 

@@ -4,6 +4,7 @@ mod crash;
 mod daemon;
 mod engine;
 mod fetch;
+mod fidelity;
 mod fixtures;
 mod fk_mode;
 mod model;

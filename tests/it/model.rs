@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use replicator::config::RetryConfig;
 use replicator::engine::{Driver, Outcome, Steps};
 use replicator::error::StepError;
-use replicator::machine::{Backup, Origin, Phase, Progress, Run, Section};
+use replicator::machine::{Backup, LeftOut, Origin, Phase, Progress, Run, Section};
 use replicator::state::store::Store;
 
 const SIZE: u64 = 1000;
@@ -184,7 +184,7 @@ impl Steps for ModelSteps {
         }
     }
 
-    async fn extract_and_check(&self, run: &Run) -> Result<(), StepError> {
+    async fn extract_and_check(&self, run: &Run) -> Result<Vec<LeftOut>, StepError> {
         let on_disk = self.world.lock().unwrap().archive.get(&run.run_id).copied();
         if on_disk != Some(SIZE) {
             self.violation(format!(
@@ -198,7 +198,7 @@ impl Steps for ModelSteps {
                     .unwrap()
                     .checked
                     .insert(run.run_id.clone(), true);
-                Ok(())
+                Ok(Vec::new())
             }
             Act::Fail(e) => Err(e),
             Act::Crash => self.die().await,

@@ -131,11 +131,18 @@ fn check_is_a_dry_run_that_names_the_backup_a_run_would_take() {
         "{text}"
     );
     assert!(text.contains("not restored yet"), "{text}");
-    // Nothing changed: the old replica, no state directory, no download, no records.
+    // Nothing changed: the old replica, no state directory, no download but the archive's
+    // first bytes (the dump's table of contents, for the pre-wipe checks), no records.
     assert!(s.table_exists("stale_leftover"));
     assert!(!s.state_dir.exists(), "check created the state directory");
-    assert_eq!(s.fake.records().count(Route::Archive), 0);
-    assert_eq!(s.fake.records().count(Route::Download), 0);
+    let records = s.fake.records();
+    assert_eq!(records.count(Route::Archive), 1);
+    assert_eq!(records.ranges, vec![Some("bytes=0-4194303".to_string())]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok") && l.contains("restore plan")),
+        "{text}"
+    );
     assert!(!replicator_schema_exists(&s));
 
     s.run_ok(&["run"]);

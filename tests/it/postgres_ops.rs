@@ -371,52 +371,61 @@ async fn a_dump_cut_in_its_data_fails_the_restore_permanently() {
     assert!(err.to_string().contains("pg_restore"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_password_never_appears_on_pg_restore_command_line() {
-    let cluster = shared_cluster();
-    let tmp = tempfile::tempdir().unwrap();
-    let (_src, dump) = rich_dump(tmp.path());
-    let db = cluster.create_target(&unique_name("cmdline_tgt"));
-    let target = target_of(&db);
-
-    for section in [Section::PreData, Section::DataAndPostData] {
-        let cmd = target::restore_command(&target, &dump, section, 4);
-        let std = cmd.as_std();
-        let args: Vec<String> = std
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        assert!(args.iter().all(|a| !a.contains(&db.password)), "{args:?}");
-        assert!(args.contains(&"--exit-on-error".to_string()));
-        let pgpassword = std
-            .get_envs()
-            .find(|(k, _)| *k == "PGPASSWORD")
-            .and_then(|(_, v)| v)
-            .unwrap();
-        assert_eq!(pgpassword, db.password.as_str());
-    }
-
-    // And while it runs, as any local user would see it in /proc.
-    let dump_str = dump.display().to_string();
-    let cmdlines = Mutex::new(Vec::<String>::new());
-    let spy = |_: u64, _: u64| {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
-                let line = String::from_utf8_lossy(&raw).replace('\0', " ");
-                if line.contains("pg_restore") && line.contains(&dump_str) {
-                    cmdlines.lock().unwrap().push(line);
-                }
-            }
-        }
-    };
-    target::restore_section(&target, &dump, Section::PreData, 1, &spy)
-        .await
+/// pg_restore only translates the archive: whatever runs it sees neither the password nor any
+/// other secret of the replicator, in its arguments or its environment. A `pg_restore` first
+/// on `PATH` records both, then runs the real one.
+#[test]
+fn no_secret_reaches_pg_restore_neither_command_line_nor_environment() {
+    let mut s = crate::common::scenario::Scenario::rich("child_env");
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v pg_restore"])
+        .output()
         .unwrap();
-    let cmdlines = cmdlines.into_inner().unwrap();
-    assert!(!cmdlines.is_empty(), "never saw pg_restore running");
-    for line in &cmdlines {
-        assert!(!line.contains(&db.password), "{line}");
-        assert!(!line.contains("postgres://"), "{line}");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    assert!(!real.is_empty(), "no pg_restore on PATH");
+    let bin = s.files.path().join("spy-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = s.files.path().join("spy.log");
+    let spy = bin.join("pg_restore");
+    std::fs::write(
+        &spy,
+        format!(
+            "#!/bin/sh\n{{ echo \"ARGS $*\"; env | sed 's/^/ENV /'; }} >> '{}'\nexec '{real}' \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&spy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    s.set_env("PATH", &path);
+    s.set_env("NOTIFY_TOKEN", "notify-secret-token-42");
+    s.run_ok(&["run"]);
+    s.assert_target_is_source();
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        seen.contains("ARGS --file=-"),
+        "the spy never saw a restore:\n{seen}"
+    );
+    for secret in [
+        s.target.password.as_str(),
+        crate::common::fake_scalingo::API_TOKEN,
+        "notify-secret-token-42",
+    ] {
+        assert!(
+            !seen.contains(secret),
+            "a secret reached pg_restore:\n{seen}"
+        );
+    }
+    for var in ["ENV PG", "ENV DATABASE_URL", "ENV SCALINGO_", "ENV NOTIFY_"] {
+        assert!(
+            !seen.lines().any(|l| l.starts_with(var)),
+            "pg_restore got {var}*:\n{seen}"
+        );
     }
 }
 

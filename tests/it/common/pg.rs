@@ -25,11 +25,75 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+/// Debian's PostgreSQL 15, installed by `scripts/test` (`apt-get install postgresql`).
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
-fn bin(name: &str) -> PathBuf {
-    let p = Path::new(BIN).join(name);
+/// `dir/name`, else `name` alone (found on `PATH`).
+fn bin_in(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
     if p.exists() { p } else { PathBuf::from(name) }
+}
+
+/// The majors the tests can run: 15 is Debian's, 16 to 18 come from `scripts/test`'s cache.
+pub const VERSIONS: [u32; 4] = [15, 16, 17, 18];
+
+/// Where `scripts/test` unpacks PostgreSQL 16, 17 and 18 (`<cache>/<major>/bin`):
+/// `$REPLICATOR_PG_CACHE`, else `/var/cache/replicator-pg` as root, else
+/// `$XDG_CACHE_HOME/replicator-pg` or `~/.cache/replicator-pg`, as the script chooses.
+pub fn pg_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("REPLICATOR_PG_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    // SAFETY: plain libc call.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/replicator-pg");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("replicator-pg")
+}
+
+/// The `bin` directory of PostgreSQL `major` (server and client). Panics, saying to run
+/// `scripts/test`, when it is not installed: a test that needs a version never skips.
+pub fn pg_bin_dir(major: u32) -> PathBuf {
+    let dir = if major == 15 {
+        PathBuf::from(BIN)
+    } else {
+        pg_cache_dir().join(major.to_string()).join("bin")
+    };
+    for tool in [
+        "initdb",
+        "pg_ctl",
+        "postgres",
+        "pg_dump",
+        "pg_restore",
+        "psql",
+    ] {
+        assert!(
+            dir.join(tool).exists(),
+            "PostgreSQL {major} is not installed: {} is missing. Run scripts/test once (it \
+             installs Debian's PostgreSQL 15 and fetches 16, 17 and 18 into {}; \
+             REPLICATOR_PG_CACHE overrides where)",
+            dir.join(tool).display(),
+            pg_cache_dir().display()
+        );
+    }
+    dir
+}
+
+/// A `PATH` whose first entry is PostgreSQL `major`'s client `bin` directory, then this
+/// process's `PATH`: what the replicator sees on Scalingo, where `.profile.d` puts
+/// postgresql-client-18 first.
+pub fn path_with_client_first(major: u32) -> String {
+    format!(
+        "{}:{}",
+        pg_bin_dir(major).display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 /// The uid/gid to run server binaries as: PostgreSQL refuses to run as root.
@@ -48,9 +112,19 @@ fn server_user() -> Option<(u32, u32)> {
     }
 }
 
-/// A command for a server binary, as the `postgres` user when we are root.
-fn server_command(name: &str) -> Command {
-    let mut cmd = Command::new(bin(name));
+/// A command for a server binary (a path from [`bin_in`]), as the `postgres` user when we are
+/// root.
+fn server_command(program: PathBuf) -> Command {
+    let mut cmd = Command::new(&program);
+    // The wheels' contrib modules (dblink.so, postgres_fdw.so) need their own libpq, but their
+    // RUNPATH is the build's /opt/postgresql/lib: point the loader at the wheel's lib/.
+    let lib = program
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("lib"));
+    if let Some(lib) = lib.filter(|lib| lib.join("libpq.so.5").exists()) {
+        cmd.env("LD_LIBRARY_PATH", lib);
+    }
     if let Some((uid, gid)) = server_user() {
         cmd.uid(uid).gid(gid);
         // initdb and pg_ctl look at HOME and the cwd; root's are not readable to postgres.
@@ -88,14 +162,37 @@ pub struct PgCluster {
     dir: PathBuf,
     data: PathBuf,
     port: u16,
+    /// The server's (and its psql's, pg_dump's) `bin` directory.
+    bin_dir: PathBuf,
+    /// The major version, when started by [`PgCluster::start_version`].
+    version: Option<u32>,
     watchdog: Mutex<Option<Child>>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl PgCluster {
-    /// `initdb` + `pg_ctl start`. Panics (with the server log) on failure.
+    /// `initdb` + `pg_ctl start` with Debian's PostgreSQL 15 (else the `initdb` on `PATH`).
+    /// Panics (with the server log) on failure.
     pub fn start() -> PgCluster {
+        Self::start_in(PathBuf::from(BIN), None)
+    }
+
+    /// A cluster of PostgreSQL `major` (15: Debian's; 16, 17, 18: `scripts/test`'s cache).
+    /// Panics, saying to run `scripts/test`, when that version is not installed.
+    pub fn start_version(major: u32) -> PgCluster {
+        let cluster = Self::start_in(pg_bin_dir(major), Some(major));
+        let reported = cluster.superuser_psql("postgres", "SHOW server_version_num");
+        assert_eq!(
+            reported.trim().parse::<u32>().unwrap() / 10000,
+            major,
+            "the cluster of {} is not PostgreSQL {major}",
+            cluster.bin_dir.display()
+        );
+        cluster
+    }
+
+    fn start_in(bin_dir: PathBuf, version: Option<u32>) -> PgCluster {
         let t0 = Instant::now();
         let dir = std::env::temp_dir().join(format!(
             "replicator-pg-{}-{}",
@@ -109,8 +206,8 @@ impl PgCluster {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
         }
         let data = dir.join("data");
-        let watchdog = spawn_watchdog(&dir, &data);
-        let out = server_command("initdb")
+        let watchdog = spawn_watchdog(&bin_in(&bin_dir, "pg_ctl"), &dir, &data);
+        let out = server_command(bin_in(&bin_dir, "initdb"))
             .arg("-D")
             .arg(&data)
             .args([
@@ -149,6 +246,8 @@ impl PgCluster {
             dir,
             data,
             port: 0,
+            bin_dir,
+            version,
             watchdog: Mutex::new(Some(watchdog)),
         };
         // Another test binary may take the port between the probe and the bind: try again.
@@ -163,7 +262,8 @@ impl PgCluster {
             match cluster.try_start() {
                 Ok(()) => {
                     eprintln!(
-                        "[pg harness] cluster on port {} ready in {:?} ({})",
+                        "[pg harness] cluster {}on port {} ready in {:?} ({})",
+                        version.map_or(String::new(), |v| format!("(PostgreSQL {v}) ")),
                         cluster.port,
                         t0.elapsed(),
                         cluster.dir.display()
@@ -177,7 +277,7 @@ impl PgCluster {
     }
 
     fn try_start(&self) -> Result<(), String> {
-        let out = server_command("pg_ctl")
+        let out = server_command(self.tool("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
@@ -218,7 +318,7 @@ impl PgCluster {
     }
 
     fn pg_ctl_stop(&self, mode: &str) {
-        let _ = server_command("pg_ctl")
+        let _ = server_command(self.tool("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
             .args(["-w", "-m", mode, "stop"])
@@ -232,6 +332,21 @@ impl PgCluster {
         self.port
     }
 
+    /// The major version given to [`PgCluster::start_version`] (`None`: [`PgCluster::start`]).
+    pub fn version(&self) -> Option<u32> {
+        self.version
+    }
+
+    /// This cluster's own `bin` directory (its server's version).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// A tool of this cluster's version.
+    fn tool(&self, name: &str) -> PathBuf {
+        bin_in(&self.bin_dir, name)
+    }
+
     /// The unix socket directory (superuser connections, no password).
     pub fn socket_dir(&self) -> &Path {
         &self.dir
@@ -243,7 +358,7 @@ impl PgCluster {
 
     /// psql as the superuser over the unix socket; `Err(stderr)` on failure.
     pub fn try_superuser_psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let mut child = Command::new(bin("psql"))
+        let mut child = Command::new(self.tool("psql"))
             .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-q"])
             .arg("-h")
             .arg(&self.dir)
@@ -303,10 +418,22 @@ impl PgCluster {
         self.superuser_psql("postgres", &format!("CREATE DATABASE \"{name}\";"));
     }
 
-    /// `pg_dump -Fc` of `db` into `out` with the real pg_dump, as Scalingo makes its backups.
+    /// `pg_dump -Fc` of `db` into `out` with the real pg_dump (this cluster's version), as
+    /// Scalingo makes its backups.
     pub fn pg_dump(&self, db: &str, out: &Path) {
-        let o = Command::new(bin("pg_dump"))
+        self.dump_with_tool(self.tool("pg_dump"), db, out, &[]);
+    }
+
+    /// `pg_dump -Fc` of `db` into `out` with PostgreSQL `major`'s pg_dump (not older than the
+    /// server) and `extra_args` (`--compress=lz4`, `--statistics`, ...).
+    pub fn pg_dump_with(&self, major: u32, db: &str, out: &Path, extra_args: &[&str]) {
+        self.dump_with_tool(pg_bin_dir(major).join("pg_dump"), db, out, extra_args);
+    }
+
+    fn dump_with_tool(&self, pg_dump: PathBuf, db: &str, out: &Path, extra_args: &[&str]) {
+        let o = Command::new(&pg_dump)
             .args(["-Fc", "--no-sync"])
+            .args(extra_args)
             .arg("-h")
             .arg(&self.dir)
             .arg("-p")
@@ -317,14 +444,15 @@ impl PgCluster {
             .expect("run pg_dump");
         assert!(
             o.status.success(),
-            "pg_dump failed: {}",
+            "{} failed: {}",
+            pg_dump.display(),
             String::from_utf8_lossy(&o.stderr)
         );
     }
 
     /// `pg_restore` by hand as the superuser (the reference a test compares against).
     pub fn pg_restore_as_superuser(&self, db: &str, dump: &Path) {
-        let o = Command::new(bin("pg_restore"))
+        let o = Command::new(self.tool("pg_restore"))
             .args(["--no-owner", "--exit-on-error"])
             .arg("-h")
             .arg(&self.dir)
@@ -360,8 +488,7 @@ impl Drop for PgCluster {
 
 /// See the module doc. The pipe's write end is close-on-exec, so no other child inherits it
 /// (which would keep the watchdog waiting after we die).
-fn spawn_watchdog(dir: &Path, data: &Path) -> Child {
-    let pg_ctl = bin("pg_ctl");
+fn spawn_watchdog(pg_ctl: &Path, dir: &Path, data: &Path) -> Child {
     let stop = match server_user() {
         Some(_) => "runuser -u postgres -- \"$PG_CTL\" -D \"$PGDATA_DIR\" -m immediate stop",
         None => "\"$PG_CTL\" -D \"$PGDATA_DIR\" -m immediate stop",
@@ -404,17 +531,46 @@ pub fn shared_cluster() -> &'static PgCluster {
     SHARED.get_or_init(PgCluster::start)
 }
 
+/// Like [`shared_cluster`], one cluster of PostgreSQL `major` per test binary; 15 is
+/// [`shared_cluster`] itself (Debian's 15, required here).
+pub fn shared_cluster_version(major: u32) -> &'static PgCluster {
+    if major == 15 {
+        pg_bin_dir(15);
+        return shared_cluster();
+    }
+    static SHARED: [OnceLock<PgCluster>; 4] = [const { OnceLock::new() }; 4];
+    let i = VERSIONS
+        .iter()
+        .position(|v| *v == major)
+        .unwrap_or_else(|| panic!("no PostgreSQL {major} for the tests (only {VERSIONS:?})"));
+    SHARED[i].get_or_init(|| PgCluster::start_version(major))
+}
+
 /// A unique name for a database or role in the shared cluster.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}_{}", N.fetch_add(1, Ordering::SeqCst))
 }
 
-/// What a test compares between a source and its restored copy.
+/// The schemas a [`Fingerprint`] covers, as a condition on `n.nspname`: every schema but the
+/// system's (`pg_catalog`, `information_schema`, `pg_toast`, `pg_temp_*`: `pg_` is reserved)
+/// and `replicator`, the replicator's own run records in the target.
+pub const APP_SCHEMAS: &str =
+    "n.nspname !~ '^pg_' AND n.nspname NOT IN ('information_schema', 'replicator')";
+
+/// A relation's name in a [`Fingerprint`]: bare in `public`, `schema.name` elsewhere.
+const NAME: &str =
+    "CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END";
+
+/// What a test compares between a source and its restored copy, over every schema of
+/// [`APP_SCHEMAS`]. Relations are named bare in `public`, `schema.name` elsewhere (constraints
+/// and triggers: their table as `regclass` prints it).
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct Fingerprint {
     /// (table, rows, md5 of its rows in text order), partitioned parents and leaves alike.
     pub tables: Vec<(String, i64, String)>,
+    /// (materialized view, rows, md5 of its rows in text order).
+    pub matviews: Vec<(String, i64, String)>,
     /// (sequence, last_value, is_called).
     pub sequences: Vec<(String, i64, bool)>,
     /// (index, definition).
@@ -429,6 +585,8 @@ pub struct Fingerprint {
     pub types: Vec<(String, String, String)>,
     /// (table, column, type, default, identity, generated) of every column.
     pub columns: Vec<(String, String, String, String, String, String)>,
+    /// (oid, bytes, md5 of the content) of every large object.
+    pub large_objects: Vec<(u32, i64, String)>,
 }
 
 fn rows(out: &str) -> Vec<Vec<String>> {
@@ -438,43 +596,53 @@ fn rows(out: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The [`Fingerprint`] of schema public of `db`, read as the superuser.
+/// The [`Fingerprint`] of every application schema of `db` and its large objects, read as the
+/// superuser.
 pub fn fingerprint(cluster: &PgCluster, db: &str) -> Fingerprint {
     // Unit separator as field separator: names and definitions may contain '|'. Definitions
     // that span lines (views) have their whitespace squeezed, one row per line.
     let q = |sql: &str| -> Vec<Vec<String>> {
+        let sql = sql
+            .replace("$APP_SCHEMAS", APP_SCHEMAS)
+            .replace("$NAME", NAME);
         rows(&cluster.superuser_psql(db, &format!("\\pset fieldsep '\\x1f'\n{sql}")))
     };
     // One generated query per table and sequence, run by \gexec in the same psql.
-    let mut tables: Vec<(String, i64, String)> = q(
-        "SELECT format('SELECT %L, count(*), coalesce(md5(string_agg(t::text, E''\\n'' ORDER BY t::text)), ''empty'') FROM public.%I t', c.relname, c.relname)
-           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-          ORDER BY c.relname \\gexec",
-    )
-    .into_iter()
-    .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2].clone()))
-    .collect();
-    tables.sort();
+    let contents = |relkinds: &str| -> Vec<(String, i64, String)> {
+        let mut v: Vec<(String, i64, String)> = q(&format!(
+            "SELECT format('SELECT %L, count(*), coalesce(md5(string_agg(t::text, E''\\n'' ORDER BY t::text)), ''empty'') FROM %I.%I t', $NAME, n.nspname, c.relname)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE $APP_SCHEMAS AND c.relkind IN ({relkinds})
+              ORDER BY 1 \\gexec"
+        ))
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2].clone()))
+        .collect();
+        v.sort();
+        v
+    };
+    let tables = contents("'r', 'p'");
+    let matviews = contents("'m'");
     let mut sequences: Vec<(String, i64, bool)> = q(
-        "SELECT format('SELECT %L, last_value, is_called FROM public.%I', c.relname, c.relname)
+        "SELECT format('SELECT %L, last_value, is_called FROM %I.%I', $NAME, n.nspname, c.relname)
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND c.relkind = 'S' ORDER BY c.relname \\gexec",
+          WHERE $APP_SCHEMAS AND c.relkind = 'S' ORDER BY 1 \\gexec",
     )
     .into_iter()
     .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2] == "t"))
     .collect();
     sequences.sort();
-    let indexes =
-        q("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2")
-            .into_iter()
-            .map(|r| (r[0].clone(), r[1].clone()))
-            .collect();
+    let indexes = q("SELECT $NAME, pg_get_indexdef(c.oid)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE $APP_SCHEMAS AND c.relkind IN ('i', 'I') ORDER BY 1, 2")
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone()))
+    .collect();
     let constraints = q(
         "SELECT c.conrelid::regclass::text, c.conname, c.contype::text, c.convalidated,
                 pg_get_constraintdef(c.oid)
            FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-          WHERE n.nspname = 'public' ORDER BY 1, 2",
+          WHERE $APP_SCHEMAS ORDER BY 1, 2",
     )
     .into_iter()
     .map(|r| {
@@ -488,9 +656,9 @@ pub fn fingerprint(cluster: &PgCluster, db: &str) -> Fingerprint {
     })
     .collect();
     let views = q(
-        "SELECT c.relname, c.relkind::text, regexp_replace(pg_get_viewdef(c.oid), '\\s+', ' ', 'g')
+        "SELECT $NAME, c.relkind::text, regexp_replace(pg_get_viewdef(c.oid), '\\s+', ' ', 'g')
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm') ORDER BY 1",
+          WHERE $APP_SCHEMAS AND c.relkind IN ('v', 'm') ORDER BY 1",
     )
     .into_iter()
     .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
@@ -499,13 +667,13 @@ pub fn fingerprint(cluster: &PgCluster, db: &str) -> Fingerprint {
         "SELECT t.tgrelid::regclass::text, t.tgname, pg_get_triggerdef(t.oid)
            FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND NOT t.tgisinternal ORDER BY 1, 2",
+          WHERE $APP_SCHEMAS AND NOT t.tgisinternal ORDER BY 1, 2",
     )
     .into_iter()
     .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
     .collect();
     let types = q(
-        "SELECT t.typname, t.typtype::text,
+        "SELECT CASE WHEN n.nspname = 'public' THEN t.typname ELSE n.nspname || '.' || t.typname END, t.typtype::text,
                 CASE t.typtype
                   WHEN 'e' THEN (SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid)
                   WHEN 'd' THEN format_type(t.typbasetype, t.typtypmod) || ' ' ||
@@ -513,19 +681,21 @@ pub fn fingerprint(cluster: &PgCluster, db: &str) -> Fingerprint {
                   ELSE ''
                 END
            FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-          WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd')
+          WHERE $APP_SCHEMAS AND t.typtype IN ('e', 'd')
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                            AND d.objid = t.oid AND d.deptype = 'e')
           ORDER BY 1",
     )
     .into_iter()
     .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
     .collect();
     let columns = q(
-        "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+        "SELECT $NAME, a.attname, format_type(a.atttypid, a.atttypmod),
                 regexp_replace(coalesce(pg_get_expr(d.adbin, d.adrelid), ''), '\\s+', ' ', 'g'), a.attidentity::text, a.attgenerated::text
            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace
            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0
+          WHERE $APP_SCHEMAS AND c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0
             AND NOT a.attisdropped
           ORDER BY 1, a.attnum",
     )
@@ -541,8 +711,15 @@ pub fn fingerprint(cluster: &PgCluster, db: &str) -> Fingerprint {
         )
     })
     .collect();
+    let large_objects = q(
+        "SELECT oid, length(lo_get(oid)), md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY oid",
+    )
+    .into_iter()
+    .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap(), r[2].clone()))
+    .collect();
     Fingerprint {
         tables,
+        matviews,
         sequences,
         indexes,
         constraints,
@@ -550,6 +727,7 @@ pub fn fingerprint(cluster: &PgCluster, db: &str) -> Fingerprint {
         triggers,
         types,
         columns,
+        large_objects,
     }
 }
 

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use super::fake_scalingo::{API_TOKEN, APP, FakeConfig, FakeScalingo, write_archive};
 use super::pg::{
-    Fingerprint, PgCluster, TargetDb, create_rich_source, fingerprint, shared_cluster, unique_name,
+    APP_SCHEMAS, Fingerprint, PgCluster, TargetDb, create_rich_source, fingerprint,
+    path_with_client_first, shared_cluster, unique_name,
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_replicator");
@@ -21,7 +22,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_replicator");
 pub const BACKUP_NAME: &str = "20261123041000_my_app_4553";
 
 pub struct Scenario {
+    /// The target's cluster.
     pub cluster: &'static PgCluster,
+    /// The source's cluster: [`Scenario::cluster`] unless made by [`Scenario::across`].
+    pub source_cluster: &'static PgCluster,
     pub source_db: String,
     pub target: TargetDb,
     pub fake: FakeScalingo,
@@ -37,19 +41,35 @@ impl Scenario {
     /// A source filled by `fill` (as the superuser), dumped, archived and served.
     pub fn new(prefix: &str, fill: impl FnOnce(&PgCluster, &str)) -> Scenario {
         let cluster = shared_cluster();
+        Scenario::across(prefix, cluster, cluster, fill, |c, db, out| {
+            c.pg_dump(db, out)
+        })
+    }
+
+    /// A source in `source_cluster` filled by `fill` (as the superuser), dumped into the given
+    /// path by `dump` (e.g. another version's pg_dump, other flags), archived and served; the
+    /// target is a new role and database of `target_cluster`.
+    pub fn across(
+        prefix: &str,
+        source_cluster: &'static PgCluster,
+        cluster: &'static PgCluster,
+        fill: impl FnOnce(&PgCluster, &str),
+        dump_with: impl FnOnce(&PgCluster, &str, &Path),
+    ) -> Scenario {
         let source_db = unique_name(&format!("{prefix}_src"));
-        cluster.create_source(&source_db);
-        fill(cluster, &source_db);
+        source_cluster.create_source(&source_db);
+        fill(source_cluster, &source_db);
         let target = cluster.create_target(&unique_name(&format!("{prefix}_dst")));
         let files = tempfile::tempdir().expect("temp dir");
         let dump = files.path().join(format!("{BACKUP_NAME}.pgsql"));
-        cluster.pg_dump(&source_db, &dump);
+        dump_with(source_cluster, &source_db, &dump);
         let archive = files.path().join(format!("{BACKUP_NAME}.tar.gz"));
         write_archive(&dump, &format!("{BACKUP_NAME}.pgsql"), &archive).expect("archive");
         let fake = FakeScalingo::start(FakeConfig::new(archive.clone()));
         let state_dir = files.path().join("state");
         Scenario {
             cluster,
+            source_cluster,
             source_db,
             target,
             fake,
@@ -70,6 +90,12 @@ impl Scenario {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.into(), value.into()));
+    }
+
+    /// Puts PostgreSQL `major`'s client `bin` directory first on the binary's `PATH`, so that
+    /// its `pg_restore` is the one the replicator runs (on Scalingo, client 18 comes first).
+    pub fn use_client(&mut self, major: u32) {
+        self.set_env("PATH", &path_with_client_first(major));
     }
 
     /// The binary with a clean environment: only what a user would set.
@@ -153,7 +179,7 @@ impl Scenario {
     }
 
     pub fn source_fingerprint(&self) -> Fingerprint {
-        fingerprint(self.cluster, &self.source_db)
+        fingerprint(self.source_cluster, &self.source_db)
     }
 
     pub fn target_fingerprint(&self) -> Fingerprint {
@@ -170,27 +196,44 @@ impl Scenario {
 
     /// The source's fingerprint with its foreign keys as the scenario's `FK_MODE` restores
     /// them: `trust` (the default) adds them `NOT VALID`, except on partitioned tables and
-    /// their partitions (PostgreSQL before 18 cannot), `skip` leaves them out, `validate`
+    /// the copies their partitions inherit (PostgreSQL before 18 cannot), `skip` leaves them
+    /// out, `validate`
     /// keeps them as they are.
     pub fn expected_fingerprint(&self) -> Fingerprint {
-        let mut f = self.source_fingerprint();
+        self.expected_fingerprint_of(self.source_cluster, &self.source_db)
+    }
+
+    /// [`Scenario::expected_fingerprint`] of another reference than the source: e.g. the same
+    /// SQL loaded into a database of the target's cluster, when the source runs another
+    /// PostgreSQL version (whose `pg_get_viewdef` and the like may print differently).
+    pub fn expected_fingerprint_of(&self, cluster: &PgCluster, db: &str) -> Fingerprint {
+        let mut f = fingerprint(cluster, db);
         let mode = self
             .env
             .iter()
             .rev()
             .find(|(k, _)| k == "FK_MODE")
             .map_or("trust", |(_, v)| v.as_str());
-        let partitioned = self.cluster.superuser_psql(
-            &self.source_db,
-            "SELECT oid::regclass::text FROM pg_class WHERE relnamespace = 'public'::regnamespace \
-             AND (relkind = 'p' OR relispartition)",
+        // The keys that stay validated: those of partitioned tables and the copies their
+        // partitions inherit (conparentid). A key declared on a partition itself (Pagila's
+        // payment_p2022_01_customer_id_fkey) is a plain table's key: NOT VALID.
+        let validated = cluster.superuser_psql(
+            db,
+            &format!(
+                "SELECT k.conrelid::regclass::text || '\x1f' || k.conname FROM pg_constraint k \
+                 JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE {APP_SCHEMAS} AND k.contype = 'f' AND (c.relkind = 'p' OR k.conparentid <> 0)"
+            ),
         );
-        let partitioned: Vec<&str> = partitioned.lines().collect();
+        let validated: Vec<(&str, &str)> = validated
+            .lines()
+            .filter_map(|l| l.split_once('\x1f'))
+            .collect();
         match mode {
             "skip" => f.constraints.retain(|c| c.2 != "f"),
             "trust" => {
                 for c in f.constraints.iter_mut() {
-                    if c.2 == "f" && !partitioned.contains(&c.0.as_str()) {
+                    if c.2 == "f" && !validated.contains(&(c.0.as_str(), c.1.as_str())) {
                         c.3 = false;
                         c.4.push_str(" NOT VALID");
                     }
