@@ -115,6 +115,12 @@ impl From<ApplyError> for StepError {
     }
 }
 
+/// The settings already said to be left out: said once per process, not once per section.
+fn said_settings() -> Arc<Mutex<HashSet<String>>> {
+    static SAID: std::sync::OnceLock<Arc<Mutex<HashSet<String>>>> = std::sync::OnceLock::new();
+    SAID.get_or_init(Default::default).clone()
+}
+
 /// What the restore of a section needs: where, from what, how wide.
 pub struct Applier {
     target: Target,
@@ -122,7 +128,7 @@ pub struct Applier {
     jobs: usize,
     /// The settings the target's server knows (`pg_settings`).
     known: Arc<HashSet<String>>,
-    /// Settings already said to be left out (said once per run).
+    /// Settings already said to be left out (said once per process).
     left_out: Arc<Mutex<HashSet<String>>>,
     server_version_num: u32,
 }
@@ -494,7 +500,7 @@ impl Applier {
             dump: dump.to_path_buf(),
             jobs: jobs.max(1) as usize,
             known: Arc::new(known),
-            left_out: Arc::new(Mutex::new(HashSet::new())),
+            left_out: said_settings(),
             server_version_num,
         })
     }
