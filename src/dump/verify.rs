@@ -31,24 +31,30 @@ impl From<PreflightError> for StepError {
     }
 }
 
+/// The dependencies pg_dump recorded for each entry (dump id to the ids it needs): what tells
+/// that a view reads a table, or that a partition belongs to a table.
+pub type Dependencies = HashMap<u32, Vec<u32>>;
+
 /// Checks that the data of `dump` (a `pg_dump -Fc` file) is whole. Reads the header and the
 /// table of contents, then the chunk headers of the last data block (or, when pg_dump could
-/// not record offsets, of every block): a few reads and seeks, not a decompression.
-pub async fn check_dump_complete(dump: &Path) -> Result<(), StepError> {
+/// not record offsets, of every block): a few reads and seeks, not a decompression. The same
+/// read gives the entries' dependencies (`None` when this reader does not know the archive's
+/// layout).
+pub async fn check_dump_complete(dump: &Path) -> Result<Option<Dependencies>, StepError> {
     let path = dump.to_path_buf();
     let verdict = tokio::task::spawn_blocking(move || verify(&path))
         .await
         .map_err(|e| StepError::transient(format!("the dump check task failed: {e}")))?;
     match verdict {
-        Ok(Verdict::Whole { data_blocks }) => {
+        Ok((Verdict::Whole { data_blocks }, deps)) => {
             tracing::info!(dump = %dump.display(), data_blocks, "the dump's data is whole");
-            Ok(())
+            Ok(deps)
         }
-        Ok(Verdict::Unknown(why)) => {
+        Ok((Verdict::Unknown(why), deps)) => {
             // Never fail a run on what this reader does not understand: pg_restore has the
             // last word.
             tracing::warn!(dump = %dump.display(), "could not check that the dump's data is whole: {why}");
-            Ok(())
+            Ok(deps)
         }
         Err(e) => Err(e.into()),
     }
@@ -189,7 +195,7 @@ impl Reader {
     }
 }
 
-fn verify(path: &Path) -> Result<Verdict, PreflightError> {
+fn verify(path: &Path) -> Result<(Verdict, Option<Dependencies>), PreflightError> {
     let read_err = |source| PreflightError::Read {
         path: path.to_path_buf(),
         source,
@@ -206,15 +212,20 @@ fn verify(path: &Path) -> Result<Verdict, PreflightError> {
         path: path.to_path_buf(),
         detail,
     };
-    match walk(&mut rd) {
-        Ok(v) => Ok(v),
+    let mut deps = None;
+    let walked = read_toc(&mut rd).and_then(|entries| {
+        deps = Some(dependencies_of(&entries));
+        walk(&mut rd, &entries)
+    });
+    match walked {
+        Ok(v) => Ok((v, deps)),
         Err(Problem::Eof(at)) => Err(truncated(format!("it ends ({len} bytes) inside {at}"))),
         Err(Problem::Missing(detail)) => Err(truncated(detail)),
         Err(Problem::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-            Ok(Verdict::Unknown(e.to_string()))
+            Ok((Verdict::Unknown(e.to_string()), deps))
         }
         Err(Problem::Io(e)) => Err(read_err(e)),
-        Err(Problem::Unknown(why)) => Ok(Verdict::Unknown(why)),
+        Err(Problem::Unknown(why)) => Ok((Verdict::Unknown(why), deps)),
     }
 }
 
@@ -326,10 +337,9 @@ fn read_toc(rd: &mut Reader) -> Result<Vec<RawEntry>, Problem> {
     Ok(entries)
 }
 
-/// The dependencies pg_dump recorded for each entry of `dump` (dump id to the ids it needs):
-/// what tells that a view reads a table, or that a partition belongs to a table. `None` when
-/// the archive is not one this reader knows.
-pub fn dependencies(dump: &Path) -> Option<HashMap<u32, Vec<u32>>> {
+/// [`Dependencies`] of `dump` alone (`check` reads a dump's first bytes only, whose data
+/// cannot be whole). `None` when the archive is not one this reader knows.
+pub fn dependencies(dump: &Path) -> Option<Dependencies> {
     let file = File::open(dump).ok()?;
     let len = file.metadata().ok()?.len();
     let mut rd = Reader {
@@ -338,19 +348,22 @@ pub fn dependencies(dump: &Path) -> Option<HashMap<u32, Vec<u32>>> {
         off_size: 8,
         len,
     };
-    let entries = read_toc(&mut rd).ok()?;
-    Some(
-        entries
-            .into_iter()
-            .filter_map(|e| Some((u32::try_from(e.id).ok()?, e.deps)))
-            .collect(),
-    )
+    Some(dependencies_of(&read_toc(&mut rd).ok()?))
 }
 
-fn walk(rd: &mut Reader) -> Result<Verdict, Problem> {
+fn dependencies_of(entries: &[RawEntry]) -> Dependencies {
+    entries
+        .iter()
+        .filter_map(|e| Some((u32::try_from(e.id).ok()?, e.deps.clone())))
+        .collect()
+}
+
+/// Walks the data of `entries` (read by [`read_toc`], `rd` at the end of the table of
+/// contents).
+fn walk(rd: &mut Reader, entries: &[RawEntry]) -> Result<Verdict, Problem> {
     // (dump id, offset if recorded) of every entry that has data.
-    let with_data: Vec<(i64, Option<u64>)> = read_toc(rd)?
-        .into_iter()
+    let with_data: Vec<(i64, Option<u64>)> = entries
+        .iter()
         .filter_map(|e| e.data.map(|pos| (e.id, pos)))
         .collect();
     let data_start = rd.r.stream_position().map_err(Problem::Io)?;
@@ -428,7 +441,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.pgsql");
         std::fs::write(&p, b"not a dump at all").unwrap();
-        assert!(matches!(verify(&p), Ok(Verdict::Unknown(_))));
+        assert!(matches!(verify(&p), Ok((Verdict::Unknown(_), _))));
     }
 
     #[test]

@@ -219,11 +219,7 @@ impl Steps for RealSteps {
         // Before Dropping: a dump cut in its data, a restriction that cuts objects from what
         // they need, an extension the role cannot create or objects the wipe cannot remove
         // would fail the restore only after the target is gone (docs/reliability.md).
-        crate::dump::verify::check_dump_complete(&dump).await?;
-        let d = dump.clone();
-        let deps = tokio::task::spawn_blocking(move || crate::dump::verify::dependencies(&d))
-            .await
-            .map_err(|e| StepError::transient(format!("the dump check task failed: {e}")))?;
+        let deps = crate::dump::verify::check_dump_complete(&dump).await?;
         let opts = self.select_options(info.server_version_num as u32);
         let selection =
             crate::target::preflight::check_restorable(&self.target, &toc, deps.as_ref(), &opts)
