@@ -29,7 +29,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, stream::FuturesUnordered};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout};
@@ -267,31 +267,32 @@ impl ScriptStream {
         }
     }
 
-    /// Up to [`COPY_CHUNK`] bytes of rows, or the end of the rows.
+    /// Up to [`COPY_CHUNK`] bytes of rows (whole lines), or the end of the rows. Lines are read
+    /// straight into the chunk that goes to `COPY`: no copy per line.
     async fn rows(&mut self) -> Result<Option<Item>, ApplyError> {
-        let mut chunk = BytesMut::with_capacity(COPY_CHUNK + 4096);
+        let mut chunk: Vec<u8> = Vec::with_capacity(COPY_CHUNK + 4096);
         loop {
-            self.line.clear();
+            let start = chunk.len();
             let n = self
                 .out
-                .read_until(b'\n', &mut self.line)
+                .read_until(b'\n', &mut chunk)
                 .await
                 .map_err(|source| ApplyError::Read { source })?;
             if n == 0 {
                 self.parser.finish()?;
                 return Ok(None);
             }
-            if self.parser.copy_line(&self.line) {
+            if self.parser.copy_line(&chunk[start..]) {
+                chunk.truncate(start);
                 if chunk.is_empty() {
                     return Ok(Some(Item::RowsEnd));
                 }
                 // The end marker comes again after these rows.
                 self.rows_end = true;
-                return Ok(Some(Item::Rows(chunk.freeze())));
+                return Ok(Some(Item::Rows(Bytes::from(chunk))));
             }
-            chunk.extend_from_slice(&self.line);
             if chunk.len() >= COPY_CHUNK {
-                return Ok(Some(Item::Rows(chunk.freeze())));
+                return Ok(Some(Item::Rows(Bytes::from(chunk))));
             }
         }
     }
