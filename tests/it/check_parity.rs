@@ -61,6 +61,21 @@ fn check_fails_on_each_rule_that_stops_a_run_before_the_wipe() {
     s.fake.set_backups(list);
     check_fails_where_run_fails(&s, "disk", 1);
 
+    // What the dump needs of the target (`target::preflight::check_restorable`, which `check`
+    // runs on the archive's first MiBs): here, a table of the dump's name that another role
+    // owns, which the wipe would leave and the restore collide with.
+    let s = scenario("parity_owner");
+    let other = format!("{}_admin", s.target.role);
+    s.cluster.superuser_psql(
+        &s.target.dbname,
+        &format!(
+            "CREATE ROLE \"{other}\" NOLOGIN; \
+             CREATE TABLE public.\"UserAccounts\" (id int); \
+             ALTER TABLE public.\"UserAccounts\" OWNER TO \"{other}\";"
+        ),
+    );
+    check_fails_where_run_fails(&s, "restore plan", 1);
+
     // An interrupted run in the state directory: `run` refuses it (exit 3).
     let mut s = scenario("parity_interrupted");
     s.set_env(
