@@ -80,7 +80,12 @@ impl RealSteps {
         let mut skip = plan.skip;
         let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
         let mut out: HashSet<u32> = skip.union(selected_out).copied().collect();
-        out.extend(crate::target::fk::defer(toc, self.restore.fk_mode, &out, &fk_list)?);
+        out.extend(crate::target::fk::defer(
+            toc,
+            self.restore.fk_mode,
+            &out,
+            &fk_list,
+        )?);
         skip.extend(out);
         Ok(skip)
     }
@@ -240,9 +245,12 @@ impl Steps for RealSteps {
     ) -> Result<(), StepError> {
         let dump = self.dump_path(run);
         let toc = self.toc(run, &dump).await?;
-        let applier = crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
-        let selection =
-            crate::dump::selection::select(&toc, &self.select_options(applier.server_version_num()));
+        let applier =
+            crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
+        let selection = crate::dump::selection::select(
+            &toc,
+            &self.select_options(applier.server_version_num()),
+        );
         let mut skip = selection.skip;
         // Rows are left out of the data section only: the tables' schema is pre-data.
         if section == Section::DataAndPostData {
@@ -251,7 +259,9 @@ impl Steps for RealSteps {
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
         target::restore_entries(&applier, &toc, &skip, section, &report).await?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
-        if section == Section::DataAndPostData && self.restore.fk_mode == crate::target::fk::FkMode::Trust {
+        if section == Section::DataAndPostData
+            && self.restore.fk_mode == crate::target::fk::FkMode::Trust
+        {
             let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
             let (not_valid, validated) =
                 crate::target::fk::add_not_valid(&self.target, &dump, &fk_list).await?;
