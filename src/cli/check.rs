@@ -27,6 +27,10 @@ pub struct CheckArgs {
     /// LOG_FORMAT=json when stdout is not a terminal)
     #[arg(long)]
     pub json: bool,
+    /// A dump (pg_dump -Fc) to check REPLICA_RULES against now (without it, a run checks them
+    /// against its backup before the wipe)
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
 }
 
 /// The outcome of one check.
@@ -88,7 +92,7 @@ impl Check {
 
 /// `replicator check`.
 pub async fn run(state_dir: PathBuf, args: CheckArgs) -> Result<u8, CliError> {
-    let checks = gather(&state_dir, &args.engine).await;
+    let checks = gather(&state_dir, &args.engine, args.dump.as_deref()).await;
     let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
     let config_failed = checks
         .iter()
@@ -148,7 +152,7 @@ pub fn render(checks: &[Check]) -> String {
 }
 
 /// Runs every check, in the order a run meets them.
-pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
+pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) -> Vec<Check> {
     let mut checks = Vec::new();
 
     // Configuration: every variable, all problems at once.
@@ -320,7 +324,58 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
             ),
         ),
     });
+    if let Some(r) = restore.as_ref()
+        && let Some(c) = rules_check(r, dump).await
+    {
+        checks.push(c);
+    }
     checks
+}
+
+/// `REPLICA_RULES`: parsed (the configuration check), and checked against `dump` as a run
+/// checks them against its backup before the wipe.
+async fn rules_check(restore: &crate::config::RestoreConfig, dump: Option<&Path>) -> Option<Check> {
+    let rules = restore.rules.as_ref()?;
+    let name = "replica rules";
+    let key = if restore.masking_key.is_some() {
+        "MASKING_KEY set"
+    } else {
+        "MASKING_KEY not set: pseudonyms change at each run"
+    };
+    let Some(dump) = dump else {
+        return Some(Check::ok(
+            name,
+            format!(
+                "{} table(s), strict={}, {key}; each run checks them against its backup before the wipe (`check --dump FILE` checks them now)",
+                rules.tables.len(),
+                rules.strict
+            ),
+        ));
+    };
+    let toc = match crate::dump::toc::Toc::read(dump).await {
+        Ok(t) => t,
+        Err(e) => return Some(Check::fail(name, e.to_string())),
+    };
+    let opts = crate::dump::selection::SelectOptions {
+        schemas: restore.restore_schemas.clone(),
+        target_version_num: 0,
+    };
+    let skip = crate::dump::selection::select(&toc, &opts).skip;
+    let restored = target::masking::restored_tables(&toc, &skip, &restore.exclude_table_data);
+    Some(
+        match target::masking::check_rules(rules, dump, &restored).await {
+            Ok(plan) => Check::ok(
+                name,
+                format!(
+                    "every rule applies to {} ({} table(s) masked or filtered, strict={}, {key})",
+                    dump.display(),
+                    plan.tables.len(),
+                    rules.strict
+                ),
+            ),
+            Err(e) => Check::fail(name, e.to_string().replace('\n', "; ")),
+        },
+    )
 }
 
 /// The state directory exists and is writable (or can be created), and holds no run that

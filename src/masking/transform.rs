@@ -11,7 +11,6 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveDateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::validate::{Plan, TablePlan, TypeClass};
@@ -50,45 +49,7 @@ impl MaskingKey {
     }
 }
 
-/// What the rules did in a run: values rewritten per rule, rows dropped per filtered table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MaskingCounts {
-    #[serde(default)]
-    pub rewritten: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub dropped: BTreeMap<String, u64>,
-}
-
-impl MaskingCounts {
-    pub fn is_empty(&self) -> bool {
-        self.rewritten.is_empty() && self.dropped.is_empty()
-    }
-
-    /// `hash 120, first_name 40; rows dropped: events 12`.
-    pub fn describe(&self) -> String {
-        let mut s = self
-            .rewritten
-            .iter()
-            .map(|(r, n)| format!("{r} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if s.is_empty() {
-            s.push_str("none");
-        }
-        if !self.dropped.is_empty() {
-            s.push_str("; rows dropped: ");
-            s.push_str(
-                &self
-                    .dropped
-                    .iter()
-                    .map(|(t, n)| format!("{t} {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
-        }
-        s
-    }
-}
+pub use crate::machine::MaskingCounts;
 
 /// The plan and the key, for a run's restore; counts what it does.
 pub struct Masker {
@@ -562,7 +523,7 @@ fn shift_date(value: &[u8], masker: &Masker, days: u32) -> Option<String> {
         return None;
     }
     let date = NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()?;
-    let seed = masker.seed(b"date_shift", s[..10].as_bytes());
+    let seed = masker.seed(b"date_shift", &s.as_bytes()[..10]);
     let magnitude = 1 + (seed >> 1) % u64::from(days);
     let offset = if seed & 1 == 0 {
         magnitude as i64

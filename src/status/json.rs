@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{SCHEMA_VERSION, StatusView, bytes, download_rate, seconds_between, section};
-use crate::machine::{Origin, Phase, Progress, Run, StepDuration};
+use crate::machine::{MaskingCounts, Origin, Phase, Progress, Run, StepDuration};
 
 /// One run: the fields documented in `docs/status-json.md`.
 #[derive(Serialize)]
@@ -38,6 +38,8 @@ struct RunView<'a> {
     finished_at: Option<String>,
     total_seconds: Option<f64>,
     durations: &'a [StepDuration],
+    /// What `REPLICA_RULES` did (null without rules).
+    masking: Option<&'a MaskingCounts>,
 }
 
 #[derive(Serialize)]
@@ -115,6 +117,7 @@ impl<'a> RunView<'a> {
             finished_at: ts(run.finished_at),
             total_seconds: run.finished_at.map(|f| seconds_between(run.started_at, f)),
             durations: &run.durations,
+            masking: run.masking.as_ref(),
         }
     }
 
@@ -147,6 +150,7 @@ impl<'a> RunView<'a> {
             finished_at: None,
             total_seconds: None,
             durations: &[],
+            masking: None,
         }
     }
 }
