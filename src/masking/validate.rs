@@ -72,6 +72,12 @@ impl TypeClass {
         }
     }
 
+    /// Unbounded or long text: notes, comments, bios.
+    pub fn is_free_text(self) -> bool {
+        matches!(self, TypeClass::Text { max: None })
+            || matches!(self, TypeClass::Text { max: Some(m) } if m > 255)
+    }
+
     fn is_text(self) -> bool {
         matches!(self, TypeClass::Text { .. })
     }

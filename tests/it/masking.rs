@@ -278,3 +278,63 @@ fn a_rule_that_cannot_apply_is_refused_before_the_wipe() {
     );
     assert!(s.table_exists("stale_leftover"), "nothing was wiped");
 }
+
+/// `rules init --dump`: every column with `keep`, the personal-looking ones marked for review;
+/// the file it writes passes `check` against the same dump, strict mode included.
+#[test]
+fn rules_init_lists_every_column_and_marks_personal_ones() {
+    let mut s = Scenario::new("mask_init", fill);
+    let dump = s.dump.to_str().unwrap().to_string();
+    let path = s.files.path().join("init.toml");
+    let out = s.run_ok(&[
+        "rules",
+        "init",
+        "--dump",
+        &dump,
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(stderr(&out).contains("init.toml"), "{}", stderr(&out));
+    assert!(text.contains("strict = true"), "{text}");
+    for t in ["users", "orders", "events", "event_notes"] {
+        assert!(text.contains(&format!("[tables.{t}.columns]")), "{text}");
+    }
+    let line = |table: &str, col: &str| -> String {
+        let start = text.find(&format!("[tables.{table}.columns]")).unwrap();
+        text[start..]
+            .lines()
+            .find(|l| l.starts_with(&format!("{col} = ")))
+            .unwrap_or_else(|| panic!("no {table}.{col} in {text}"))
+            .to_string()
+    };
+    for (t, c) in [
+        ("users", "email"),
+        ("users", "first_name"),
+        ("users", "last_name"),
+        ("users", "born"),
+        ("users", "notes"),
+        ("orders", "email"),
+    ] {
+        let l = line(t, c);
+        assert!(
+            l.starts_with(&format!("{c} = \"keep\"")) && l.contains("# REVIEW"),
+            "{l}"
+        );
+    }
+    for (t, c) in [
+        ("orders", "total"),
+        ("users", "id"),
+        ("events", "created_at"),
+    ] {
+        let l = line(t, c);
+        assert!(!l.contains("REVIEW"), "{l}");
+    }
+    s.set_env("REPLICA_RULES", path.to_str().unwrap());
+    let out = s.run(&["check", "--dump", &dump]);
+    assert!(
+        stdout(&out).contains("ok    replica rules"),
+        "{}",
+        stdout(&out)
+    );
+}
