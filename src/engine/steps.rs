@@ -235,7 +235,9 @@ impl Steps for RealSteps {
                 &skip,
                 &self.restore.exclude_table_data,
             );
-            crate::target::masking::check_rules(rules, &dump, &restored).await?;
+            let plan = crate::target::masking::check_rules(rules, &dump, &restored).await?;
+            crate::target::masking::check_filters_fit_fk_mode(&plan, &dump, self.restore.fk_mode)
+                .await?;
             info!("REPLICA_RULES checked against the dump: every rule applies");
         }
         Ok(())

@@ -72,6 +72,37 @@ pub async fn check_rules(
     })
 }
 
+/// Under `FK_MODE=validate`, a foreign key that references a table a row filter thins out
+/// would fail when it is added (the rows it points at are gone): refused before the wipe.
+pub async fn check_filters_fit_fk_mode(
+    plan: &Plan,
+    dump: &Path,
+    fk_mode: super::fk::FkMode,
+) -> Result<(), StepError> {
+    if fk_mode != super::fk::FkMode::Validate || plan.filtered().next().is_none() {
+        return Ok(());
+    }
+    let filtered: HashSet<&(String, String)> = plan.filtered().collect();
+    let blocked: Vec<String> = crate::dump::toc::foreign_keys(dump)
+        .await?
+        .into_iter()
+        .filter(|fk| filtered.contains(&(fk.ref_schema.clone(), fk.ref_table.clone())))
+        .map(|fk| {
+            format!(
+                "{}.{} references {}.{}",
+                fk.schema, fk.table, fk.ref_schema, fk.ref_table
+            )
+        })
+        .collect();
+    if blocked.is_empty() {
+        return Ok(());
+    }
+    Err(StepError::permanent(format!(
+        "REPLICA_RULES filters rows of tables that foreign keys reference ({}), and FK_MODE=validate would fail adding those keys: use FK_MODE=trust (the keys are added NOT VALID and the rows pointing at filtered-out rows are counted) or FK_MODE=skip (nothing was touched)",
+        blocked.join("; ")
+    )))
+}
+
 /// For each foreign key that references a table a row filter thinned out: how many rows
 /// reference a row that is not there (`schema.table.constraint` -> rows). Under `FK_MODE=trust`
 /// the keys were added `NOT VALID`, so such rows do not fail the restore; they are reported.

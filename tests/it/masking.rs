@@ -338,3 +338,24 @@ fn rules_init_lists_every_column_and_marks_personal_ones() {
         stdout(&out)
     );
 }
+
+/// A row filter on a table other tables reference cannot go with FK_MODE=validate (the keys
+/// would fail on the rows left out): refused before the wipe, saying what to change.
+#[test]
+fn a_filter_under_fk_mode_validate_is_refused_before_the_wipe() {
+    let mut s = Scenario::new("mask_fkval", fill);
+    s.put_stale_table_in_target();
+    let rules = write_rules(s.files.path(), "replica.toml", RULES);
+    s.set_env("REPLICA_RULES", &rules);
+    s.set_env("FK_MODE", "validate");
+    let out = s.run(&["run"]);
+    let logs = stdout(&out) + &stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{logs}");
+    assert!(
+        logs.contains("FK_MODE=validate")
+            && logs.contains("events")
+            && logs.contains("event_notes"),
+        "{logs}"
+    );
+    assert!(s.table_exists("stale_leftover"), "nothing was wiped");
+}
