@@ -155,6 +155,11 @@ fn unfit(rule: &Rule, col: &Column, class: TypeClass) -> Option<String> {
         };
         return Some(format!("its type {ty} does not fit: {what}"));
     }
+    if let Rule::Fixed(v) = rule
+        && let Some(why) = fixed_unfit(v, class)
+    {
+        return Some(format!("the value {v:?} does not fit its type {ty}: {why}"));
+    }
     if *rule == Rule::Null && col.not_null {
         return Some("the column is NOT NULL".into());
     }
@@ -166,6 +171,34 @@ fn unfit(rule: &Rule, col: &Column, class: TypeClass) -> Option<String> {
         );
     }
     None
+}
+
+/// Why a fixed value cannot be a value of `class` (the cases that can be told without the
+/// server; the others are the server's to refuse).
+fn fixed_unfit(v: &str, class: TypeClass) -> Option<&'static str> {
+    match class {
+        TypeClass::Text { max: Some(m) } if v.chars().count() > m => Some("too long"),
+        TypeClass::Int { bits } => {
+            let ok = match bits {
+                16 => v.trim().parse::<i16>().is_ok(),
+                32 => v.trim().parse::<i32>().is_ok(),
+                _ => v.trim().parse::<i64>().is_ok(),
+            };
+            (!ok).then_some("not an integer of that size")
+        }
+        TypeClass::Bool => (!matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "t" | "f" | "true" | "false" | "yes" | "no" | "on" | "off" | "1" | "0"
+        ))
+        .then_some("not a boolean"),
+        TypeClass::Date => chrono::NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d")
+            .is_err()
+            .then_some("not a date YYYY-MM-DD"),
+        TypeClass::Json => serde_json::from_str::<serde_json::Value>(v)
+            .is_err()
+            .then_some("not JSON"),
+        _ => None,
+    }
 }
 
 /// Checks `rules` against `schema`; `restored` lists the tables whose rows the run restores
@@ -393,6 +426,18 @@ mod tests {
             (
                 "[tables.users.columns]\nmood = \"redact\"",
                 vec!["mood", "redact"],
+            ),
+            (
+                "[tables.users.columns]\nborn = { fixed = \"soon\" }",
+                vec!["born", "fixed", "date"],
+            ),
+            (
+                "[tables.users.columns]\ncode = { fixed = \"far too long\" }",
+                vec!["code", "fixed", "too long"],
+            ),
+            (
+                "[tables.users.columns]\npayload = { fixed = \"{\" }",
+                vec!["payload", "fixed", "JSON"],
             ),
             (
                 "[tables.users.columns]\ncode = \"hash\"",
