@@ -359,3 +359,23 @@ fn a_filter_under_fk_mode_validate_is_refused_before_the_wipe() {
     );
     assert!(s.table_exists("stale_leftover"), "nothing was wiped");
 }
+
+/// Without MASKING_KEY: a warning, the values still masked, joins still hold within the
+/// replica, but the pseudonyms change from one run to the next.
+#[test]
+fn without_a_key_pseudonyms_are_masked_but_change_at_each_run() {
+    let mut s = Scenario::new("mask_nokey", fill);
+    let rules = write_rules(s.files.path(), "replica.toml", RULES);
+    s.set_env("REPLICA_RULES", &rules);
+    let out = s.run_ok(&["run"]);
+    let logs = stdout(&out) + &stderr(&out);
+    assert!(logs.contains("MASKING_KEY is not set"), "{logs}");
+    let emails = "SELECT string_agg(email, ',' ORDER BY id) FROM users";
+    let first = s.target_psql(emails);
+    assert!(!first.contains("corp-mail.example"), "{first}");
+    let join = "SELECT count(*) FROM users u JOIN orders o ON o.email = u.email";
+    assert_eq!(s.target_psql(join), "150");
+    s.run_ok(&["run", "--force"]);
+    assert_ne!(s.target_psql(emails), first, "a random key per run");
+    assert_eq!(s.target_psql(join), "150");
+}
