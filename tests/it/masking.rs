@@ -97,6 +97,19 @@ fn acceptance_masked_filtered_joinable_and_deterministic() {
     let out = s.run_ok(&["run"]);
     let logs = stdout(&out) + &stderr(&out);
     assert!(!logs.contains(KEY), "the key is never logged");
+    // Nor persisted: no file of the state directory holds it.
+    let mut dirs = vec![s.state_dir.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let hit = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
+                assert!(!hit, "{} holds MASKING_KEY", p.display());
+            }
+        }
+    }
 
     // None of the masked columns' original values, anywhere in the target.
     let all = whole_target(&s);
