@@ -98,6 +98,7 @@ pub fn driver(
             target: config.target.clone(),
             restore: config.restore,
             pause_at: PauseAt::from_env(),
+            masking: std::sync::Mutex::new(None),
         },
         state_dir,
         retry: config.retry,

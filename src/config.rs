@@ -109,6 +109,14 @@ pub struct RestoreArgs {
     /// the restore and before Done; each file in one transaction, all re-run on resume
     #[arg(long, env = "POST_RESTORE_SQL")]
     pub post_restore_sql: Option<PathBuf>,
+    /// A TOML file of masking rules and row filters applied to the rows on their way to the
+    /// target (docs/masking.md); checked against the dump before the wipe
+    #[arg(long, env = "REPLICA_RULES")]
+    pub replica_rules: Option<PathBuf>,
+    /// The key of REPLICA_RULES' pseudonyms (same key, same pseudonyms); never printed.
+    /// Without it, a random key per run
+    #[arg(long, env = "MASKING_KEY", hide_env_values = true)]
+    pub masking_key: Option<String>,
     /// Comma-separated http(s) URLs that get a JSON POST when a run ends (Done or Failed)
     #[arg(long, env = "NOTIFY_URLS", hide_env_values = true)]
     pub notify_urls: Option<String>,
@@ -165,6 +173,10 @@ pub struct RestoreConfig {
     /// `POST_RESTORE_SQL`, checked to name at least one .sql file.
     pub post_restore_sql: Option<PathBuf>,
     pub notify: crate::notify::NotifyConfig,
+    /// `REPLICA_RULES`, parsed.
+    pub rules: Option<std::sync::Arc<crate::masking::RulesFile>>,
+    /// `MASKING_KEY`; `None`: a random key per run.
+    pub masking_key: Option<crate::masking::MaskingKey>,
 }
 
 /// Retry settings, validated.
@@ -305,7 +317,26 @@ impl RestoreArgs {
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
         };
+        let rules = match &self.replica_rules {
+            Some(p) if !p.as_os_str().is_empty() => {
+                let rules =
+                    crate::masking::RulesFile::load(p).map_err(|e| ConfigError::Invalid {
+                        var: "REPLICA_RULES",
+                        value: p.display().to_string(),
+                        expected: format!("a rules file (docs/masking.md): {e}"),
+                    })?;
+                Some(std::sync::Arc::new(rules))
+            }
+            _ => None,
+        };
+        let masking_key = self
+            .masking_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(|k| crate::masking::MaskingKey::from_secret(&Secret::new(k)));
         Ok(RestoreConfig {
+            rules,
+            masking_key,
             exclude_table_data,
             restore_schemas,
             post_restore_sql,

@@ -29,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub(crate) mod logging;
 pub mod machine;
+pub mod masking;
 pub(crate) mod notify;
 pub(crate) mod schedule;
 pub mod secret;

@@ -31,6 +31,10 @@ pub struct CheckArgs {
     /// LOG_FORMAT=json when stdout is not a terminal)
     #[arg(long)]
     pub json: bool,
+    /// A dump (pg_dump -Fc) to check REPLICA_RULES against now (without it, a run checks them
+    /// against its backup before the wipe)
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
 }
 
 /// The outcome of one check.
@@ -92,7 +96,7 @@ impl Check {
 
 /// `replicator check`.
 pub async fn run(state_dir: PathBuf, args: CheckArgs) -> Result<u8, CliError> {
-    let checks = gather(&state_dir, &args.engine).await;
+    let checks = gather(&state_dir, &args.engine, args.dump.as_deref()).await;
     let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
     let config_failed = checks
         .iter()
@@ -152,7 +156,7 @@ pub fn render(checks: &[Check]) -> String {
 }
 
 /// Runs every check, in the order a run meets them.
-pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
+pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) -> Vec<Check> {
     let mut checks = Vec::new();
 
     // Configuration: every variable, all problems at once.
@@ -314,11 +318,15 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
 
     let client_version = target::pg_restore_version().await;
     // What a run would restore, judged against the target as a run judges it before the wipe.
+    let mut backup_rules_checked = false;
     match (&scalingo, &backup, &target, &restore) {
         (Some(s), Some(b), Some(t), Some(r)) => {
             let client =
                 ScalingoClient::new(s.endpoints.clone(), s.app.clone(), s.api_token.clone());
-            checks.extend(dump_checks(&client, b, t, r, client_version.as_ref().ok()).await);
+            let (found, rules_checked) =
+                dump_checks(&client, b, t, r, client_version.as_ref().ok()).await;
+            checks.extend(found);
+            backup_rules_checked = rules_checked;
         }
         _ => {
             checks.push(Check::skip(
@@ -344,6 +352,13 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
             ),
         ),
     });
+    // REPLICA_RULES against a dump given with --dump (the backup's was checked above).
+    if let Some(r) = restore.as_ref()
+        && (dump.is_some() || !backup_rules_checked)
+        && let Some(c) = rules_check(r, dump).await
+    {
+        checks.push(c);
+    }
     checks
 }
 
@@ -352,18 +367,46 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs) -> Vec<Check> {
 const HEAD_SIZES: [u64; 3] = [4 << 20, 64 << 20, 512 << 20];
 
 /// The dump of `backup`, from the archive's first bytes: its versions against pg_restore's
-/// and the target's, then the pre-wipe checks of a run ([`target::preflight::check_restorable`]).
+/// and the target's, then the pre-wipe checks of a run ([`target::preflight::check_restorable`],
+/// and `REPLICA_RULES` against the dump's tables). The flag says whether the rules were
+/// checked.
 async fn dump_checks(
     client: &ScalingoClient,
     backup: &Backup,
     t: &Target,
     restore: &crate::config::RestoreConfig,
     client_version: Option<&String>,
-) -> Vec<Check> {
+) -> (Vec<Check>, bool) {
+    let checks = dump_checks_inner(client, backup, t, restore, client_version).await;
+    match checks {
+        Ok((mut checks, Some(path), _dir)) => {
+            let rules = rules_check(restore, Some(&path)).await;
+            let checked = rules.is_some();
+            checks.extend(rules);
+            (checks, checked)
+        }
+        Ok((checks, None, _)) | Err(checks) => (checks, false),
+    }
+}
+
+/// [`dump_checks`] up to the restore plan: the checks, and the dump's head (kept in its
+/// temporary directory while the rules are checked against it) when it could be read.
+async fn dump_checks_inner(
+    client: &ScalingoClient,
+    backup: &Backup,
+    t: &Target,
+    restore: &crate::config::RestoreConfig,
+    client_version: Option<&String>,
+) -> Result<(Vec<Check>, Option<PathBuf>, tempfile::TempDir), Vec<Check>> {
     let skip_plan = |why: &str| Check::skip("restore plan", why);
     let url = match client.download_url(&backup.id).await {
         Ok(u) => u,
-        Err(e) => return vec![Check::fail("dump", e.to_string()), skip_plan("no dump")],
+        Err(e) => {
+            return Err(vec![
+                Check::fail("dump", e.to_string()),
+                skip_plan("no dump"),
+            ]);
+        }
     };
     let dir = match tempfile::Builder::new()
         .prefix("replicator-check-")
@@ -371,10 +414,10 @@ async fn dump_checks(
     {
         Ok(d) => d,
         Err(e) => {
-            return vec![
+            return Err(vec![
                 Check::fail("dump", format!("cannot create a temporary directory: {e}")),
                 skip_plan("no dump"),
-            ];
+            ]);
         }
     };
     let path = dir.path().join("dump-head.pgsql");
@@ -383,7 +426,12 @@ async fn dump_checks(
     for max in HEAD_SIZES {
         let head = match crate::source::download::fetch_head(&http, &url, max).await {
             Ok(h) => h,
-            Err(e) => return vec![Check::fail("dump", e.to_string()), skip_plan("no dump")],
+            Err(e) => {
+                return Err(vec![
+                    Check::fail("dump", e.to_string()),
+                    skip_plan("no dump"),
+                ]);
+            }
         };
         let whole = (head.len() as u64) < max;
         let p = path.clone();
@@ -392,12 +440,17 @@ async fn dump_checks(
                 .await;
         match written {
             Ok(Ok(n)) if n > 0 => {}
-            Ok(Err(e)) => return vec![Check::fail("dump", e.to_string()), skip_plan("no dump")],
+            Ok(Err(e)) => {
+                return Err(vec![
+                    Check::fail("dump", e.to_string()),
+                    skip_plan("no dump"),
+                ]);
+            }
             _ if whole => {
-                return vec![
+                return Err(vec![
                     Check::fail("dump", "the backup's archive holds no *.pgsql dump"),
                     skip_plan("no dump"),
-                ];
+                ]);
             }
             _ => continue,
         }
@@ -407,23 +460,31 @@ async fn dump_checks(
                 break;
             }
             Err(e) if whole => {
-                return vec![Check::fail("dump", e.to_string()), skip_plan("no dump")];
+                return Err(vec![
+                    Check::fail("dump", e.to_string()),
+                    skip_plan("no dump"),
+                ]);
             }
             Err(_) => continue,
         }
     }
     let Some((toc, info)) = read else {
-        return vec![
+        return Err(vec![
             Check::fail(
                 "dump",
                 "the dump's table of contents is not whole in the archive's first 512 MiB",
             ),
             skip_plan("no dump"),
-        ];
+        ]);
     };
     let server = match t.connect().await {
         Ok(c) => c,
-        Err(e) => return vec![Check::fail("dump", e.to_string()), skip_plan("no target")],
+        Err(e) => {
+            return Err(vec![
+                Check::fail("dump", e.to_string()),
+                skip_plan("no target"),
+            ]);
+        }
     };
     let (target_version, target_num): (String, i32) = match server
         .query_one(
@@ -434,10 +495,10 @@ async fn dump_checks(
     {
         Ok(r) => (r.get(0), r.get(1)),
         Err(e) => {
-            return vec![
+            return Err(vec![
                 Check::fail("dump", format!("reading the target's version: {e}")),
                 skip_plan("no target"),
-            ];
+            ]);
         }
     };
     let from = info.dumped_from.clone().unwrap_or_else(|| "unknown".into());
@@ -495,7 +556,53 @@ async fn dump_checks(
             Err(e) => Check::fail("restore plan", e.to_string()),
         },
     );
-    checks
+    Ok((checks, Some(path), dir))
+}
+
+/// `REPLICA_RULES`: parsed (the configuration check), and checked against `dump` as a run
+/// checks them against its backup before the wipe.
+async fn rules_check(restore: &crate::config::RestoreConfig, dump: Option<&Path>) -> Option<Check> {
+    let rules = restore.rules.as_ref()?;
+    let name = "replica rules";
+    let key = if restore.masking_key.is_some() {
+        "MASKING_KEY set"
+    } else {
+        "MASKING_KEY not set: pseudonyms change at each run"
+    };
+    let Some(dump) = dump else {
+        return Some(Check::ok(
+            name,
+            format!(
+                "{} table(s), strict={}, {key}; each run checks them against its backup before the wipe (`check --dump FILE` checks them now)",
+                rules.tables.len(),
+                rules.strict
+            ),
+        ));
+    };
+    let toc = match crate::dump::toc::Toc::read(dump).await {
+        Ok(t) => t,
+        Err(e) => return Some(Check::fail(name, e.to_string())),
+    };
+    let opts = crate::dump::selection::SelectOptions {
+        schemas: restore.restore_schemas.clone(),
+        target_version_num: 0,
+    };
+    let skip = crate::dump::selection::select(&toc, &opts).skip;
+    let restored = target::masking::restored_tables(&toc, &skip, &restore.exclude_table_data);
+    Some(
+        match target::masking::check_rules(rules, dump, &restored).await {
+            Ok(plan) => Check::ok(
+                name,
+                format!(
+                    "every rule applies to {} ({} table(s) masked or filtered, strict={}, {key})",
+                    dump.display(),
+                    plan.tables.len(),
+                    rules.strict
+                ),
+            ),
+            Err(e) => Check::fail(name, e.to_string().replace('\n', "; ")),
+        },
+    )
 }
 
 /// The state directory exists and is writable (or can be created), and holds no run that

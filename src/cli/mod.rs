@@ -20,6 +20,7 @@ use crate::source::scalingo::ScalingoClient;
 
 mod check;
 mod daemon;
+mod rules;
 mod run;
 mod status;
 mod web;
@@ -67,6 +68,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Serve the health check and this container's status as JSON on $PORT (the `web` process)
     Web(WebArgs),
+    /// REPLICA_RULES files: `rules init --dump FILE` writes a starting one (docs/masking.md)
+    Rules(rules::RulesArgs),
 }
 
 /// What every command that restores needs.
@@ -204,7 +207,10 @@ impl Command {
     /// The commands that stop cleanly on SIGTERM/SIGINT (a run persists a resumable state);
     /// the others (`status`, `check`) keep the default: the signal ends them.
     fn stops_on_signals(&self) -> bool {
-        !matches!(self, Command::Status(_) | Command::Check(_))
+        !matches!(
+            self,
+            Command::Status(_) | Command::Check(_) | Command::Rules(_)
+        )
     }
 }
 
@@ -213,7 +219,10 @@ impl Command {
 pub fn entry() -> ExitCode {
     let cli = Cli::parse();
     // These two print a report on stdout: their logs go to stderr, out of its way.
-    let report = matches!(cli.command, Command::Status(_) | Command::Check(_));
+    let report = matches!(
+        cli.command,
+        Command::Status(_) | Command::Check(_) | Command::Rules(_)
+    );
     if let Err(e) = crate::logging::init_to(Some(&cli.log_format), report) {
         eprintln!("replicator: {e}");
         return ExitCode::from(exit::CONFIG);
@@ -248,6 +257,7 @@ async fn main(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(state_dir, args).await,
         Command::Daemon(args) => daemon::run(state_dir, args, shutdown).await,
         Command::Web(args) => web::run(state_dir, args, shutdown).await,
+        Command::Rules(args) => rules::run(args).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -86,6 +86,10 @@ pub trait Steps: Send + Sync {
     }
     /// Shutdown in the middle of `run`'s current step: end what the step left running.
     fn on_interrupt(&self, run: &Run) -> impl Future<Output = ()> + Send;
+    /// What `REPLICA_RULES` did in the last restore of the rows (`None` without rules).
+    fn masking_counts(&self) -> Option<crate::machine::MaskingCounts> {
+        None
+    }
     /// Just before the step of `run`'s phase starts (the reliability suite's pause).
     fn before_step(&self, _run: &Run) -> impl Future<Output = ()> + Send {
         async {}
@@ -234,6 +238,17 @@ impl<S: Steps> Driver<S> {
                 return self.interrupt(run).await;
             };
 
+            if matches!(result, Ok(StepOutcome::Event(Event::Succeeded)))
+                && matches!(
+                    snapshot.phase,
+                    Phase::Restoring {
+                        section: Section::DataAndPostData,
+                        ..
+                    }
+                )
+            {
+                run.masking = self.steps.masking_counts();
+            }
             let event = match result {
                 Ok(StepOutcome::Event(event)) => event,
                 Ok(StepOutcome::AlreadyRestored(backup)) => {

@@ -125,10 +125,16 @@ pub(super) fn log_summary(run: &Run) {
     let backup = run.backup().map(|b| b.name.clone()).unwrap_or_default();
     let outcome = run.phase.name();
     if matches!(run.phase, Phase::Done { .. }) {
+        let masking = run
+            .masking
+            .as_ref()
+            .map(|m| format!("; REPLICA_RULES: {}", m.describe()))
+            .unwrap_or_default();
         info!(
             run_id = %run.run_id, outcome = %outcome, backup = %backup,
             total_seconds = total, attempts = run.attempt,
-            "run {} Done: backup {backup} restored in {total:.1}s ({phases})", run.run_id
+            masking = run.masking.as_ref().and_then(|m| serde_json::to_string(m).ok()).unwrap_or_default(),
+            "run {} Done: backup {backup} restored in {total:.1}s ({phases}){masking}", run.run_id
         );
     } else {
         error!(

@@ -28,6 +28,8 @@ pub struct RealSteps {
     pub restore: RestoreConfig,
     /// The reliability suite's pause (read once, when the steps are built).
     pub pause_at: Option<PauseAt>,
+    /// What `REPLICA_RULES` did in the last restore of the rows.
+    pub masking: std::sync::Mutex<Option<crate::machine::MaskingCounts>>,
 }
 
 impl RealSteps {
@@ -235,6 +237,18 @@ impl Steps for RealSteps {
                 l.why
             );
         }
+        // REPLICA_RULES: every rule fits its column, strict mode names every column.
+        if let Some(rules) = &self.restore.rules {
+            let restored = crate::target::masking::restored_tables(
+                &toc,
+                &selection.skip,
+                &self.restore.exclude_table_data,
+            );
+            let plan = crate::target::masking::check_rules(rules, &dump, &restored).await?;
+            crate::target::masking::check_filters_fit_fk_mode(&plan, &dump, self.restore.fk_mode)
+                .await?;
+            info!("REPLICA_RULES checked against the dump: every rule applies");
+        }
         Ok(selection.left_out)
     }
 
@@ -255,7 +269,7 @@ impl Steps for RealSteps {
     ) -> Result<(), StepError> {
         let dump = self.dump_path(run);
         let toc = self.toc(run, &dump).await?;
-        let applier =
+        let mut applier =
             crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
         let selection = crate::dump::selection::select(
             &toc,
@@ -266,6 +280,26 @@ impl Steps for RealSteps {
         if section == Section::DataAndPostData {
             skip.extend(self.exclusions(run, &toc, &dump, &skip).await?);
         }
+        let masker = match (&self.restore.rules, section) {
+            (Some(rules), Section::DataAndPostData) => {
+                let restored = crate::target::masking::restored_tables(&toc, &skip, &[]);
+                let plan = crate::target::masking::check_rules(rules, &dump, &restored).await?;
+                let key = match &self.restore.masking_key {
+                    Some(k) => k.clone(),
+                    None => {
+                        warn!(
+                            "MASKING_KEY is not set: this run's pseudonyms come from a random key, so they change at each run (joins within the replica still hold); set MASKING_KEY for pseudonyms that stay the same from one night to the next"
+                        );
+                        crate::masking::MaskingKey::random()
+                    }
+                };
+                let masker =
+                    std::sync::Arc::new(crate::masking::Masker::new(plan, &key, run.started_at));
+                applier = applier.with_masker(masker.clone());
+                Some(masker)
+            }
+            _ => None,
+        };
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
         target::restore_entries(&applier, &toc, &skip, section, &report).await?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
@@ -286,7 +320,29 @@ impl Steps for RealSteps {
                 }
             );
         }
+        if let Some(masker) = masker {
+            let mut counts = masker.counts();
+            counts.orphans =
+                crate::target::masking::count_orphans(&self.target, masker.plan()).await?;
+            for (key, n) in &counts.orphans {
+                warn!(
+                    foreign_key = %key,
+                    rows = n,
+                    "foreign key {key}: {n} row(s) reference rows a REPLICA_RULES row filter left out (the key is NOT VALID under FK_MODE=trust; joins on it miss them)"
+                );
+            }
+            info!(
+                masking = %serde_json::to_string(&counts).unwrap_or_default(),
+                "REPLICA_RULES: {}",
+                counts.describe()
+            );
+            *self.masking.lock().expect("masking lock") = Some(counts);
+        }
         Ok(())
+    }
+
+    fn masking_counts(&self) -> Option<crate::machine::MaskingCounts> {
+        self.masking.lock().expect("masking lock").clone()
     }
 
     async fn unlog(&self, run: &Run) -> Result<(), StepError> {

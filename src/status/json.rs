@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{SCHEMA_VERSION, StatusView, bytes, download_rate, seconds_between, section};
-use crate::machine::{LeftOut, Origin, Phase, Progress, Run, StepDuration};
+use crate::machine::{LeftOut, MaskingCounts, Origin, Phase, Progress, Run, StepDuration};
 
 /// One run: the fields documented in `docs/status-json.md`.
 #[derive(Serialize)]
@@ -40,6 +40,8 @@ struct RunView<'a> {
     durations: &'a [StepDuration],
     /// What the restore leaves out of the dump, by kind (empty: nothing).
     left_out: &'a [LeftOut],
+    /// What `REPLICA_RULES` did (null without rules).
+    masking: Option<&'a MaskingCounts>,
 }
 
 #[derive(Serialize)]
@@ -118,6 +120,7 @@ impl<'a> RunView<'a> {
             total_seconds: run.finished_at.map(|f| seconds_between(run.started_at, f)),
             durations: &run.durations,
             left_out: &run.left_out,
+            masking: run.masking.as_ref(),
         }
     }
 
@@ -151,6 +154,7 @@ impl<'a> RunView<'a> {
             total_seconds: None,
             durations: &[],
             left_out: &[],
+            masking: None,
         }
     }
 }

@@ -357,6 +357,9 @@ pub fn status_text(view: &StatusView, now: DateTime<Utc>) -> String {
             ),
         ));
     }
+    if let Some(m) = &run.masking {
+        out.push_str(&field("Masking", &m.describe()));
+    }
     if view.target_lock_held == Some(true) && run.is_terminal() {
         out.push_str(
             "  Now       a replicator holds the target: its new run records itself here once it has wiped the target\n",

@@ -16,6 +16,7 @@ pub mod apply;
 mod checks;
 pub mod fk;
 mod lock;
+pub mod masking;
 pub(crate) mod post_restore;
 pub(crate) mod preflight;
 mod restore;

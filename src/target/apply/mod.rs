@@ -36,6 +36,8 @@ use tokio::process::{Child, ChildStdout};
 use tokio_postgres::Client;
 
 use crate::error::StepError;
+use crate::masking::Masker;
+use crate::masking::transform::Rows;
 use crate::target::sqlstate::classify;
 use crate::target::{PostgresError, RESTORE_APPLICATION_NAME, Target};
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
@@ -90,6 +92,10 @@ pub enum ApplyError {
     },
     #[error(transparent)]
     Connect(#[from] PostgresError),
+    /// A masking rule that cannot apply to a table's `COPY` (checked before the wipe: only
+    /// a dump that changed under the run gets here).
+    #[error("REPLICA_RULES: {0}")]
+    Masking(String),
 }
 
 impl ApplyError {
@@ -100,7 +106,7 @@ impl ApplyError {
                 *transient
             }
             ApplyError::Connect(e) => e.is_transient(),
-            ApplyError::Spawn { .. } | ApplyError::Script { .. } => false,
+            ApplyError::Spawn { .. } | ApplyError::Script { .. } | ApplyError::Masking(_) => false,
         }
     }
 }
@@ -131,6 +137,8 @@ pub struct Applier {
     /// Settings already said to be left out (said once per process).
     left_out: Arc<Mutex<HashSet<String>>>,
     server_version_num: u32,
+    /// `REPLICA_RULES`: what each table's rows become on their way to the target.
+    masker: Option<Arc<Masker>>,
 }
 
 /// One `pg_restore --file=-`: the script of the entries of `list`, as pieces.
@@ -424,12 +432,14 @@ impl Session {
             .map_err(|e| self.error(entry, &e))
     }
 
-    /// Runs a `COPY ... FROM stdin` with the rows that follow it in `stream`.
+    /// Runs a `COPY ... FROM stdin` with the rows that follow it in `stream`, through
+    /// `rows` (masking, filters) if given: the rows' real values never reach the target.
     async fn copy(
         &self,
         entry: &str,
         stmt: &str,
         stream: &mut ScriptStream,
+        mut rows: Option<Rows<'_>>,
     ) -> Result<(), ApplyError> {
         let sink = self
             .client
@@ -439,8 +449,18 @@ impl Session {
         futures_util::pin_mut!(sink);
         loop {
             match stream.next().await? {
-                Some(Item::Rows(rows)) => {
-                    sink.send(rows).await.map_err(|e| self.error(entry, &e))?
+                Some(Item::Rows(chunk)) => {
+                    let chunk = match rows.as_mut() {
+                        Some(t) => {
+                            let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
+                            t.apply(&chunk, &mut out);
+                            Bytes::from(out)
+                        }
+                        None => chunk,
+                    };
+                    if !chunk.is_empty() {
+                        sink.send(chunk).await.map_err(|e| self.error(entry, &e))?;
+                    }
                 }
                 Some(Item::RowsEnd) => break,
                 Some(Item::Piece(_)) | None => {
@@ -449,6 +469,9 @@ impl Session {
             }
         }
         sink.finish().await.map_err(|e| self.error(entry, &e))?;
+        if let Some(t) = rows {
+            t.finish();
+        }
         Ok(())
     }
 }
@@ -503,7 +526,14 @@ impl Applier {
             known: Arc::new(known),
             left_out: said_settings(),
             server_version_num,
+            masker: None,
         })
+    }
+
+    /// Rows go through `masker` (`REPLICA_RULES`) on their way to the target.
+    pub fn with_masker(mut self, masker: Arc<Masker>) -> Applier {
+        self.masker = Some(masker);
+        self
     }
 
     /// The target's `server_version_num` (`0` if it could not be read).
@@ -693,7 +723,13 @@ impl Applier {
                     }
                 }
                 Item::Piece(Piece::CopyStart(s)) => {
-                    session.copy(&what(&entry), &s, stream).await?;
+                    let rows = match (&self.masker, &entry) {
+                        (Some(m), Some(h)) if h.kind == "TABLE DATA" => m
+                            .for_copy(&h.schema, &h.name, &s)
+                            .map_err(ApplyError::Masking)?,
+                        _ => None,
+                    };
+                    session.copy(&what(&entry), &s, stream, rows).await?;
                 }
                 Item::Rows(_) | Item::RowsEnd => {
                     return Err(ScriptError::Unterminated { line: 0 }.into());

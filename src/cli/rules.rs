@@ -1,0 +1,73 @@
+//! `replicator rules init`: writes a starting `REPLICA_RULES` file from a dump's tables
+//! (docs/masking.md). Reads the dump only; touches neither the target nor the state.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, exit};
+use crate::config::ConfigError;
+
+#[derive(Args, Debug)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    pub command: RulesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RulesCommand {
+    /// Write a starting rules file: every column of every table with `keep`, the columns that
+    /// look personal marked `# REVIEW` with a suggested rule, `strict = true`
+    Init(InitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// The dump (pg_dump -Fc, e.g. the .pgsql of a Scalingo backup) whose tables are listed
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+    /// Where to write the file (refused if it exists); default: stdout
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+pub async fn run(args: RulesArgs) -> Result<u8, CliError> {
+    let RulesCommand::Init(args) = args.command;
+    let Some(dump) = args.dump else {
+        return Err(CliError::Config(ConfigError::Missing {
+            var: "--dump",
+            hint: "give the dump to read the tables from: the .pgsql inside a Scalingo backup's .tar.gz (`tar xzf` it), or a pg_dump -Fc file",
+        }));
+    };
+    if let Some(out) = &args.output
+        && out.exists()
+    {
+        return Err(CliError::Refused(format!(
+            "{} exists: rules init does not overwrite a rules file; give another --output",
+            out.display()
+        )));
+    }
+    let toc = crate::dump::toc::Toc::read(&dump)
+        .await
+        .map_err(crate::app::fatal)?;
+    let schema = crate::target::masking::read_schema(&dump)
+        .await
+        .map_err(|e| crate::app::fatal(e.to_string()))?;
+    let tables = crate::target::masking::restored_tables(&toc, &Default::default(), &[]);
+    let text = crate::masking::init::starting_file(&schema, &tables, &dump.display().to_string());
+    let review = text.matches("# REVIEW").count();
+    match &args.output {
+        Some(out) => {
+            std::fs::write(out, &text)
+                .map_err(|e| crate::app::fatal(format!("cannot write {}: {e}", out.display())))?;
+            eprintln!(
+                "wrote {} ({} table(s), {review} column(s) marked REVIEW): decide on those, then set REPLICA_RULES={}",
+                out.display(),
+                tables.len(),
+                out.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(exit::OK)
+}
