@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::{Value, json};
 
+use super::check_dump::{dump_checks, rules_check};
 use super::{CliError, EngineArgs, exit};
 use crate::engine::workdir::{free_bytes, nearest_existing};
 use crate::machine::{Backup, DiskBudget, Phase, Run};
@@ -68,7 +69,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+    pub(super) fn ok(name: &'static str, detail: impl Into<String>) -> Check {
         Check {
             name,
             verdict: Verdict::Ok,
@@ -76,7 +77,7 @@ impl Check {
             data: None,
         }
     }
-    fn fail(name: &'static str, detail: impl Into<String>) -> Check {
+    pub(super) fn fail(name: &'static str, detail: impl Into<String>) -> Check {
         Check {
             name,
             verdict: Verdict::Fail,
@@ -84,7 +85,7 @@ impl Check {
             data: None,
         }
     }
-    fn skip(name: &'static str, why: &str) -> Check {
+    pub(super) fn skip(name: &'static str, why: &str) -> Check {
         Check {
             name,
             verdict: Verdict::Skip,
@@ -360,249 +361,6 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
         checks.push(c);
     }
     checks
-}
-
-/// How much of the archive `check` reads, growing until the dump's table of contents is
-/// whole in it (a schema of thousands of objects has a table of contents of a few MiB).
-const HEAD_SIZES: [u64; 3] = [4 << 20, 64 << 20, 512 << 20];
-
-/// The dump of `backup`, from the archive's first bytes: its versions against pg_restore's
-/// and the target's, then the pre-wipe checks of a run ([`target::preflight::check_restorable`],
-/// and `REPLICA_RULES` against the dump's tables). The flag says whether the rules were
-/// checked.
-async fn dump_checks(
-    client: &ScalingoClient,
-    backup: &Backup,
-    t: &Target,
-    restore: &crate::config::RestoreConfig,
-    client_version: Option<&String>,
-) -> (Vec<Check>, bool) {
-    let checks = dump_checks_inner(client, backup, t, restore, client_version).await;
-    match checks {
-        Ok((mut checks, Some(path), _dir)) => {
-            let rules = rules_check(restore, Some(&path)).await;
-            let checked = rules.is_some();
-            checks.extend(rules);
-            (checks, checked)
-        }
-        Ok((checks, None, _)) | Err(checks) => (checks, false),
-    }
-}
-
-/// [`dump_checks`] up to the restore plan: the checks, and the dump's head (kept in its
-/// temporary directory while the rules are checked against it) when it could be read.
-async fn dump_checks_inner(
-    client: &ScalingoClient,
-    backup: &Backup,
-    t: &Target,
-    restore: &crate::config::RestoreConfig,
-    client_version: Option<&String>,
-) -> Result<(Vec<Check>, Option<PathBuf>, tempfile::TempDir), Vec<Check>> {
-    let skip_plan = |why: &str| Check::skip("restore plan", why);
-    let url = match client.download_url(&backup.id).await {
-        Ok(u) => u,
-        Err(e) => {
-            return Err(vec![
-                Check::fail("dump", e.to_string()),
-                skip_plan("no dump"),
-            ]);
-        }
-    };
-    let dir = match tempfile::Builder::new()
-        .prefix("replicator-check-")
-        .tempdir()
-    {
-        Ok(d) => d,
-        Err(e) => {
-            return Err(vec![
-                Check::fail("dump", format!("cannot create a temporary directory: {e}")),
-                skip_plan("no dump"),
-            ]);
-        }
-    };
-    let path = dir.path().join("dump-head.pgsql");
-    let http = crate::source::http::http_client(std::time::Duration::from_secs(60));
-    let mut read = None;
-    for max in HEAD_SIZES {
-        let head = match crate::source::download::fetch_head(&http, &url, max).await {
-            Ok(h) => h,
-            Err(e) => {
-                return Err(vec![
-                    Check::fail("dump", e.to_string()),
-                    skip_plan("no dump"),
-                ]);
-            }
-        };
-        let whole = (head.len() as u64) < max;
-        let p = path.clone();
-        let written =
-            tokio::task::spawn_blocking(move || crate::source::extract::extract_head(&head, &p))
-                .await;
-        match written {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(Err(e)) => {
-                return Err(vec![
-                    Check::fail("dump", e.to_string()),
-                    skip_plan("no dump"),
-                ]);
-            }
-            _ if whole => {
-                return Err(vec![
-                    Check::fail("dump", "the backup's archive holds no *.pgsql dump"),
-                    skip_plan("no dump"),
-                ]);
-            }
-            _ => continue,
-        }
-        match target::check_dump_toc(&path, None).await {
-            Ok(found) => {
-                read = Some(found);
-                break;
-            }
-            Err(e) if whole => {
-                return Err(vec![
-                    Check::fail("dump", e.to_string()),
-                    skip_plan("no dump"),
-                ]);
-            }
-            Err(_) => continue,
-        }
-    }
-    let Some((toc, info)) = read else {
-        return Err(vec![
-            Check::fail(
-                "dump",
-                "the dump's table of contents is not whole in the archive's first 512 MiB",
-            ),
-            skip_plan("no dump"),
-        ]);
-    };
-    let server = match t.connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(vec![
-                Check::fail("dump", e.to_string()),
-                skip_plan("no target"),
-            ]);
-        }
-    };
-    let (target_version, target_num): (String, i32) = match server
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
-            &[],
-        )
-        .await
-    {
-        Ok(r) => (r.get(0), r.get(1)),
-        Err(e) => {
-            return Err(vec![
-                Check::fail("dump", format!("reading the target's version: {e}")),
-                skip_plan("no target"),
-            ]);
-        }
-    };
-    let from = info.dumped_from.clone().unwrap_or_else(|| "unknown".into());
-    let by = info.dumped_by.clone().unwrap_or_else(|| "unknown".into());
-    let major = |v: &str| {
-        v.split(['.', ' '])
-            .next()
-            .and_then(|m| m.parse::<u32>().ok())
-    };
-    let newer_than_target = match (major(&from), u32::try_from(target_num / 10000).ok()) {
-        (Some(d), Some(t)) if d > t => format!(
-            "; the dump comes from a newer server than the target: objects that PostgreSQL {t} lacks would fail"
-        ),
-        _ => String::new(),
-    };
-    let mut checks = vec![Check::ok(
-        "dump",
-        format!(
-            "{}: dumped from PostgreSQL {from} by pg_dump {by}; {}; target PostgreSQL {target_version}{newer_than_target}",
-            backup.name,
-            client_version.map_or("pg_restore unknown".to_string(), |v| v.clone()),
-        ),
-    )];
-    let p = path.clone();
-    let deps = tokio::task::spawn_blocking(move || crate::dump::verify::dependencies(&p))
-        .await
-        .ok()
-        .flatten();
-    let opts = crate::dump::selection::SelectOptions {
-        schemas: restore.restore_schemas.clone(),
-        target_version_num: target_num as u32,
-    };
-    checks.push(
-        match target::preflight::check_restorable(t, &toc, deps.as_ref(), &opts).await {
-            Ok(sel) => {
-                let restored = toc.entries().count() - sel.skip.len();
-                let left: Vec<String> = sel
-                    .left_out
-                    .iter()
-                    .map(|l| format!("{} {} ({})", l.count, l.kind, l.names.join(", ")))
-                    .collect();
-                Check::ok(
-                    "restore plan",
-                    format!(
-                        "{restored} of the dump's {} entries restored{}",
-                        toc.entries().count(),
-                        if left.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; left out: {}", left.join("; "))
-                        }
-                    ),
-                )
-            }
-            Err(e) => Check::fail("restore plan", e.to_string()),
-        },
-    );
-    Ok((checks, Some(path), dir))
-}
-
-/// `REPLICA_RULES`: parsed (the configuration check), and checked against `dump` as a run
-/// checks them against its backup before the wipe.
-async fn rules_check(restore: &crate::config::RestoreConfig, dump: Option<&Path>) -> Option<Check> {
-    let rules = restore.rules.as_ref()?;
-    let name = "replica rules";
-    let key = if restore.masking_key.is_some() {
-        "MASKING_KEY set"
-    } else {
-        "MASKING_KEY not set: pseudonyms change at each run"
-    };
-    let Some(dump) = dump else {
-        return Some(Check::ok(
-            name,
-            format!(
-                "{} table(s), strict={}, {key}; each run checks them against its backup before the wipe (`check --dump FILE` checks them now)",
-                rules.tables.len(),
-                rules.strict
-            ),
-        ));
-    };
-    let toc = match crate::dump::toc::Toc::read(dump).await {
-        Ok(t) => t,
-        Err(e) => return Some(Check::fail(name, e.to_string())),
-    };
-    let opts = crate::dump::selection::SelectOptions {
-        schemas: restore.restore_schemas.clone(),
-        target_version_num: 0,
-    };
-    let skip = crate::dump::selection::select(&toc, &opts).skip;
-    let restored = target::masking::restored_tables(&toc, &skip, &restore.exclude_table_data);
-    Some(
-        match target::masking::check_rules(rules, dump, &restored).await {
-            Ok(plan) => Check::ok(
-                name,
-                format!(
-                    "every rule applies to {} ({} table(s) masked or filtered, strict={}, {key})",
-                    dump.display(),
-                    plan.tables.len(),
-                    rules.strict
-                ),
-            ),
-            Err(e) => Check::fail(name, e.to_string().replace('\n', "; ")),
-        },
-    )
 }
 
 /// The state directory exists and is writable (or can be created), and holds no run that

@@ -19,6 +19,7 @@ use crate::config::{
 use crate::source::scalingo::ScalingoClient;
 
 mod check;
+mod check_dump;
 mod daemon;
 mod rules;
 mod run;

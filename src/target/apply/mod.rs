@@ -21,18 +21,15 @@
 //! refreshes) runs in the archive's order once they are done.
 
 pub mod script;
+mod stream;
 
 use std::collections::{HashSet, VecDeque};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, stream::FuturesUnordered};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdout};
 use tokio_postgres::Client;
 
 use crate::error::StepError;
@@ -41,15 +38,12 @@ use crate::masking::transform::Rows;
 use crate::target::sqlstate::classify;
 use crate::target::{PostgresError, RESTORE_APPLICATION_NAME, Target};
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
+use stream::{Item, ScriptStream, pg_restore_script};
 
-/// Rows are sent to `COPY` in chunks of about this size.
-const COPY_CHUNK: usize = 256 * 1024;
 /// Pre-data statements are committed in transactions of at most this many statements: one
 /// commit per object would cost a disk flush each, and one transaction for all of them could
 /// run out of lock slots on a small server (each new table holds a lock until the commit).
 const PRE_DATA_BATCH: usize = 250;
-/// How many lines of pg_restore's stderr an error keeps.
-const STDERR_TAIL: usize = 20;
 
 /// Kinds of post-data entries that touch one table each and may run side by side.
 const PARALLEL_POST_DATA: &[&str] = &["INDEX", "CONSTRAINT", "CHECK CONSTRAINT"];
@@ -139,192 +133,6 @@ pub struct Applier {
     server_version_num: u32,
     /// `REPLICA_RULES`: what each table's rows become on their way to the target.
     masker: Option<Arc<Masker>>,
-}
-
-/// One `pg_restore --file=-`: the script of the entries of `list`, as pieces.
-struct ScriptStream {
-    child: Child,
-    /// Kills pg_restore's whole process group if the restore is dropped half-way.
-    pgid: Option<libc::pid_t>,
-    out: BufReader<ChildStdout>,
-    parser: ScriptParser,
-    pending: VecDeque<Piece>,
-    line: Vec<u8>,
-    stderr: tokio::task::JoinHandle<String>,
-    dump: PathBuf,
-    /// The rows just returned ended their `COPY`: [`Item::RowsEnd`] comes next.
-    rows_end: bool,
-}
-
-/// What [`ScriptStream::next`] returns.
-enum Item {
-    Piece(Piece),
-    /// Rows of the current `COPY`, whole lines.
-    Rows(Bytes),
-    /// The end of the current `COPY`'s rows.
-    RowsEnd,
-}
-
-impl Drop for ScriptStream {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            // SAFETY: plain syscall on the group pre_exec made ours.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-/// `pg_restore --file=-` of the entries `list` names (a `--list` excerpt, given on stdin):
-/// no connection, no secret, nothing of the replicator's environment but `PATH`, the locale
-/// and the time zone.
-fn pg_restore_script(dump: &Path, list: String) -> Result<ScriptStream, ApplyError> {
-    let mut cmd = crate::dump::toc::pg_restore_command();
-    cmd.args([
-        "--file=-",
-        "--no-owner",
-        "--no-privileges",
-        "--no-tablespaces",
-        "--use-list=/dev/stdin",
-    ])
-    .arg(dump);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, raise) between fork and
-    // exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Dies with the replicator, even on kill -9.
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|source| ApplyError::Spawn { source })?;
-    let pgid = child.id().map(|p| p as libc::pid_t);
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    tokio::spawn(async move {
-        // pg_restore reads the whole list before it writes anything.
-        let _ = stdin.write_all(list.as_bytes()).await;
-    });
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let stderr = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(STDERR_TAIL)..].join("\n")
-    });
-    let out = BufReader::with_capacity(1 << 20, child.stdout.take().expect("stdout is piped"));
-    Ok(ScriptStream {
-        child,
-        pgid,
-        out,
-        parser: ScriptParser::new(),
-        pending: VecDeque::new(),
-        line: Vec::new(),
-        stderr,
-        dump: dump.to_path_buf(),
-        rows_end: false,
-    })
-}
-
-impl ScriptStream {
-    /// The next piece of the script, or `None` at its end.
-    async fn next(&mut self) -> Result<Option<Item>, ApplyError> {
-        if std::mem::take(&mut self.rows_end) {
-            return Ok(Some(Item::RowsEnd));
-        }
-        loop {
-            if let Some(p) = self.pending.pop_front() {
-                return Ok(Some(Item::Piece(p)));
-            }
-            if self.parser.in_copy() {
-                return self.rows().await;
-            }
-            self.line.clear();
-            let n = self
-                .out
-                .read_until(b'\n', &mut self.line)
-                .await
-                .map_err(|source| ApplyError::Read { source })?;
-            if n == 0 {
-                self.parser.finish()?;
-                return Ok(None);
-            }
-            let mut out = Vec::new();
-            self.parser.line(&self.line, &mut out)?;
-            self.pending.extend(out);
-        }
-    }
-
-    /// Up to [`COPY_CHUNK`] bytes of rows (whole lines), or the end of the rows. Lines are read
-    /// straight into the chunk that goes to `COPY`: no copy per line.
-    async fn rows(&mut self) -> Result<Option<Item>, ApplyError> {
-        let mut chunk: Vec<u8> = Vec::with_capacity(COPY_CHUNK + 4096);
-        loop {
-            let start = chunk.len();
-            let n = self
-                .out
-                .read_until(b'\n', &mut chunk)
-                .await
-                .map_err(|source| ApplyError::Read { source })?;
-            if n == 0 {
-                self.parser.finish()?;
-                return Ok(None);
-            }
-            if self.parser.copy_line(&chunk[start..]) {
-                chunk.truncate(start);
-                if chunk.is_empty() {
-                    return Ok(Some(Item::RowsEnd));
-                }
-                // The end marker comes again after these rows.
-                self.rows_end = true;
-                return Ok(Some(Item::Rows(Bytes::from(chunk))));
-            }
-            if chunk.len() >= COPY_CHUNK {
-                return Ok(Some(Item::Rows(Bytes::from(chunk))));
-            }
-        }
-    }
-
-    /// Waits for pg_restore's exit: an error if it failed.
-    async fn finish(mut self) -> Result<(), ApplyError> {
-        let status = self
-            .child
-            .wait()
-            .await
-            .map_err(|source| ApplyError::Read { source })?;
-        self.pgid = None;
-        if status.success() {
-            return Ok(());
-        }
-        let stderr = (&mut self.stderr).await.unwrap_or_default();
-        Err(ApplyError::PgRestore {
-            dump: self.dump.clone(),
-            status: status.to_string(),
-            stderr,
-            // Killed (OOM killer, an operator): nothing says the next attempt fails too.
-            transient: status.signal().is_some(),
-        })
-    }
 }
 
 /// The name of the setting `stmt` sets, if it is a plain `SET name = value` (or `TO`):
