@@ -82,9 +82,8 @@ async fn start(
     restart: bool,
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
-    let target = config.target.clone();
     let driver = app::driver(state_dir, config, force, shutdown);
-    let _locks = app::lock(&driver.state_dir, &target).await?;
+    let _locks = app::lock(&driver).await?;
     app::refuse_interrupted(&driver.store, &driver.state_dir, restart)?;
     let run = Run::new(
         new_run_id(Utc::now()),
@@ -122,9 +121,8 @@ pub async fn resume(
     };
     let needs_scalingo = matches!(run.origin, Origin::Scalingo);
     let config = args.validate(needs_scalingo)?;
-    let target = config.target.clone();
     let driver = app::driver(state_dir, config, false, shutdown);
-    let _locks = app::lock(&driver.state_dir, &target).await?;
+    let _locks = app::lock(&driver).await?;
     // Read again under the lock: the run may have moved since.
     let current = driver.store.current().map_err(fatal)?;
     let run = crate::machine::interrupted(current.as_ref())

@@ -16,15 +16,30 @@ use crate::dump::toc::{Toc, TocEntry};
 /// or that make no sense on a replica: never restored, always reported.
 const NOT_FOR_A_REPLICA: &[(&str, &str)] = &[
     ("EVENT TRIGGER", "event triggers need a superuser"),
-    ("SUBSCRIPTION", "subscriptions need a superuser and would pull from production"),
-    ("SUBSCRIPTION TABLE", "subscriptions need a superuser and would pull from production"),
-    ("PUBLICATION", "publications are production's replication set, not the replica's"),
-    ("PUBLICATION TABLE", "publications are production's replication set, not the replica's"),
+    (
+        "SUBSCRIPTION",
+        "subscriptions need a superuser and would pull from production",
+    ),
+    (
+        "SUBSCRIPTION TABLE",
+        "subscriptions need a superuser and would pull from production",
+    ),
+    (
+        "PUBLICATION",
+        "publications are production's replication set, not the replica's",
+    ),
+    (
+        "PUBLICATION TABLE",
+        "publications are production's replication set, not the replica's",
+    ),
     (
         "PUBLICATION TABLES IN SCHEMA",
         "publications are production's replication set, not the replica's",
     ),
-    ("USER MAPPING", "user mappings hold production's credentials for remote servers"),
+    (
+        "USER MAPPING",
+        "user mappings hold production's credentials for remote servers",
+    ),
 ];
 
 /// The replicator's own schema in the target: a dump that has one (a replica's dump) must not
@@ -110,7 +125,9 @@ pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
             leave("", false);
             continue;
         }
-        if desc == "STATISTICS DATA" && opts.target_version_num > 0 && opts.target_version_num < 180000
+        if desc == "STATISTICS DATA"
+            && opts.target_version_num > 0
+            && opts.target_version_num < 180000
         {
             leave(
                 "planner statistics from PostgreSQL 18 cannot be restored into an older server (ANALYZE rebuilds them)",
@@ -135,7 +152,10 @@ pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
             && !schema.is_empty()
             && !wanted.contains(schema)
         {
-            leave("not in RESTORE_SCHEMAS", desc == "SCHEMA" || desc == "TABLE DATA");
+            leave(
+                "not in RESTORE_SCHEMAS",
+                desc == "SCHEMA" || desc == "TABLE DATA",
+            );
         }
     }
     let left_out = said

@@ -25,7 +25,7 @@ pub mod test_hooks;
 pub(crate) mod workdir;
 
 use progress::{ProgressLogger, log_phase, log_summary};
-pub use steps::RealSteps;
+pub use steps::{LockSlot, RealSteps};
 use workdir::WorkDir;
 
 /// How often progress is persisted while a step runs.
@@ -82,6 +82,17 @@ pub trait Steps: Send + Sync {
     }
     /// Shutdown in the middle of `run`'s current step: end what the step left running.
     fn on_interrupt(&self, run: &Run) -> impl Future<Output = ()> + Send;
+    /// Proves this run still holds the target's lock (taking it again on a new session if its
+    /// session was lost): before the wipe, each section and `Done`. Another replicator
+    /// holding it is a transient failure.
+    fn hold_target(&self) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
+    /// Completes when another replicator took the target's lock: the current step is dropped
+    /// at once and the run retries later.
+    fn target_lost(&self) -> impl Future<Output = StepError> + Send + 'static {
+        std::future::pending()
+    }
     /// Just before the step of `run`'s phase starts (the reliability suite's pause).
     fn before_step(&self, _run: &Run) -> impl Future<Output = ()> + Send {
         async {}
@@ -215,6 +226,7 @@ impl<S: Steps> Driver<S> {
                 loop {
                     tokio::select! {
                         r = &mut step => break Some(r),
+                        e = self.steps.target_lost() => break Some(Err(e)),
                         _ = ticker.tick() => {
                             if let Some(p) = cell.take() {
                                 logger.log(&run, &p);
@@ -302,6 +314,9 @@ impl<S: Steps> Driver<S> {
 
     async fn step(&self, run: &Run, progress: &ProgressCell) -> Result<StepOutcome, StepError> {
         self.steps.before_step(run).await;
+        if run.phase.touches_target() {
+            self.steps.hold_target().await?;
+        }
         let report = |p: Progress| progress.set(p);
         match &run.phase {
             Phase::FetchingUrl => return self.fetch_backup().await,
@@ -314,7 +329,11 @@ impl<S: Steps> Driver<S> {
                 self.steps.restore(run, *section, &report).await?;
             }
             Phase::Unlogging { .. } => self.steps.unlog(run).await?,
-            Phase::PostRestoreSql { .. } => self.steps.post_restore(run).await?,
+            Phase::PostRestoreSql { .. } => {
+                self.steps.post_restore(run).await?;
+                // `Done` says the target is this run's: the lock must still be ours.
+                self.steps.hold_target().await?;
+            }
             Phase::Idle | Phase::Done { .. } | Phase::Failed { .. } => {
                 unreachable!("no step runs in {:?}", run.phase.name())
             }

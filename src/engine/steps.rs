@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -15,7 +16,7 @@ use crate::error::StepError;
 use crate::machine::{Backup, DiskBudget, Origin, Phase, Progress, Run, Section, disk_budget};
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
-use crate::target::{self, Target};
+use crate::target::{self, LockHandle, Target};
 
 /// The real steps.
 pub struct RealSteps {
@@ -26,6 +27,21 @@ pub struct RealSteps {
     pub restore: RestoreConfig,
     /// The reliability suite's pause (read once, when the steps are built).
     pub pause_at: Option<PauseAt>,
+    /// The target's lock, watched while a run holds it (set by `app::lock`).
+    pub lock: LockSlot,
+}
+
+/// Where the run's [`LockHandle`] is put once the lock is taken.
+#[derive(Clone, Default)]
+pub struct LockSlot(Arc<Mutex<Option<LockHandle>>>);
+
+impl LockSlot {
+    pub fn set(&self, handle: Option<LockHandle>) {
+        *self.0.lock().expect("lock slot") = handle;
+    }
+    fn get(&self) -> Option<LockHandle> {
+        self.0.lock().expect("lock slot").clone()
+    }
 }
 
 impl RealSteps {
@@ -80,7 +96,12 @@ impl RealSteps {
         let mut skip = plan.skip;
         let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
         let mut out: HashSet<u32> = skip.union(selected_out).copied().collect();
-        out.extend(crate::target::fk::defer(toc, self.restore.fk_mode, &out, &fk_list)?);
+        out.extend(crate::target::fk::defer(
+            toc,
+            self.restore.fk_mode,
+            &out,
+            &fk_list,
+        )?);
         skip.extend(out);
         Ok(skip)
     }
@@ -240,9 +261,12 @@ impl Steps for RealSteps {
     ) -> Result<(), StepError> {
         let dump = self.dump_path(run);
         let toc = self.toc(run, &dump).await?;
-        let applier = crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
-        let selection =
-            crate::dump::selection::select(&toc, &self.select_options(applier.server_version_num()));
+        let applier =
+            crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
+        let selection = crate::dump::selection::select(
+            &toc,
+            &self.select_options(applier.server_version_num()),
+        );
         let mut skip = selection.skip;
         // Rows are left out of the data section only: the tables' schema is pre-data.
         if section == Section::DataAndPostData {
@@ -251,7 +275,9 @@ impl Steps for RealSteps {
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
         target::restore_entries(&applier, &toc, &skip, section, &report).await?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
-        if section == Section::DataAndPostData && self.restore.fk_mode == crate::target::fk::FkMode::Trust {
+        if section == Section::DataAndPostData
+            && self.restore.fk_mode == crate::target::fk::FkMode::Trust
+        {
             let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
             let (not_valid, validated) =
                 crate::target::fk::add_not_valid(&self.target, &dump, &fk_list).await?;
@@ -292,6 +318,23 @@ impl Steps for RealSteps {
     async fn before_step(&self, run: &Run) {
         if let Some(pause) = &self.pause_at {
             pause.before_step(run).await;
+        }
+    }
+
+    async fn hold_target(&self) -> Result<(), StepError> {
+        match self.lock.get() {
+            Some(lock) => lock.ensure().await,
+            None => Ok(()),
+        }
+    }
+
+    fn target_lost(&self) -> impl Future<Output = StepError> + Send + 'static {
+        let lost = self.lock.get().map(|l| l.lost());
+        async move {
+            match lost {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
         }
     }
 

@@ -173,6 +173,18 @@ impl Phase {
         }
     }
 
+    /// The phases whose step changes the target (from the wipe on): each needs the target's
+    /// lock to be this run's.
+    pub fn touches_target(&self) -> bool {
+        matches!(
+            self,
+            Phase::Dropping { .. }
+                | Phase::Restoring { .. }
+                | Phase::Unlogging { .. }
+                | Phase::PostRestoreSql { .. }
+        )
+    }
+
     /// The key under which the time spent in this phase is added up: the two restore
     /// sections are told apart because they are the two halves of the night.
     pub fn step_label(&self) -> &'static str {

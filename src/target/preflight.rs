@@ -394,7 +394,10 @@ mod tests {
         let pairs = broken_by_restriction(&toc, &deps, &["public".into()], &sel.skip);
         assert_eq!(
             pairs,
-            vec![("VIEW public.v".to_string(), "TABLE analytics.ev".to_string())]
+            vec![(
+                "VIEW public.v".to_string(),
+                "TABLE analytics.ev".to_string()
+            )]
         );
         let both = ["public".to_string(), "analytics".to_string()];
         let sel = select(

@@ -41,7 +41,10 @@ pub async fn restore_entries(
         Section::PreData => {
             let ids: HashSet<u32> = entries(TocSection::PreData).map(|e| e.id).collect();
             let total = ids.len() as u64;
-            tracing::info!(entries = total, "restoring the schema (pre-data: {total} entries)");
+            tracing::info!(
+                entries = total,
+                "restoring the schema (pre-data: {total} entries)"
+            );
             progress(0, total);
             let report = |done: u64| progress(done.min(total), total);
             applier

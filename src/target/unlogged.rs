@@ -36,7 +36,10 @@ pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usiz
         .collect();
     let keep_logged = must_stay_logged(&partitioned, &fks);
     if !keep_logged.is_empty() {
-        let names: Vec<String> = keep_logged.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        let names: Vec<String> = keep_logged
+            .iter()
+            .map(|(s, t)| format!("{s}.{t}"))
+            .collect();
         tracing::info!(
             target = %target.describe(),
             tables = %names.join(", "),

@@ -392,7 +392,10 @@ async fn the_password_never_reaches_pg_restore_neither_command_line_nor_environm
                     if let Ok(env) = std::fs::read(entry.path().join("environ")) {
                         let env = String::from_utf8_lossy(&env).replace('\0', " ");
                         assert!(!env.contains(&db.password), "{env}");
-                        assert!(!env.contains("PGPASSWORD") && !env.contains("PGHOST"), "{env}");
+                        assert!(
+                            !env.contains("PGPASSWORD") && !env.contains("PGHOST"),
+                            "{env}"
+                        );
                     }
                     cmdlines.lock().unwrap().push(line);
                 }

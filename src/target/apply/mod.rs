@@ -335,9 +335,16 @@ fn set_name(stmt: &str) -> Option<String> {
         .unwrap_or(rest.len());
     let name = rest[..end].to_ascii_lowercase();
     let after = rest[end..].trim_start();
-    let assigns = after.starts_with('=') || after.len() >= 3 && after[..3].eq_ignore_ascii_case("TO ");
+    let assigns =
+        after.starts_with('=') || after.len() >= 3 && after[..3].eq_ignore_ascii_case("TO ");
     const NOT_SETTINGS: &[&str] = &[
-        "time", "role", "session", "local", "transaction", "constraints", "xml",
+        "time",
+        "role",
+        "session",
+        "local",
+        "transaction",
+        "constraints",
+        "xml",
     ];
     (assigns && !name.is_empty() && !NOT_SETTINGS.contains(&name.as_str())).then_some(name)
 }
@@ -368,10 +375,7 @@ struct Session {
 
 impl Session {
     async fn open(applier: &Applier) -> Result<Session, ApplyError> {
-        let client = applier
-            .target
-            .connect_as(RESTORE_APPLICATION_NAME)
-            .await?;
+        let client = applier.target.connect_as(RESTORE_APPLICATION_NAME).await?;
         Ok(Session {
             client,
             target: applier.target.describe(),
@@ -406,8 +410,7 @@ impl Session {
 
     /// Sends one statement, unless it sets a setting the server does not know.
     async fn execute(&self, entry: &str, stmt: &str) -> Result<(), ApplyError> {
-        if let Some(name) = set_name(stmt).filter(|n| !n.contains('.') && !self.known.contains(n))
-        {
+        if let Some(name) = set_name(stmt).filter(|n| !n.contains('.') && !self.known.contains(n)) {
             if self.said.lock().expect("said lock").insert(name.clone()) {
                 tracing::info!(
                     setting = %name,
@@ -438,7 +441,9 @@ impl Session {
         futures_util::pin_mut!(sink);
         loop {
             match stream.next().await? {
-                Some(Item::Rows(rows)) => sink.send(rows).await.map_err(|e| self.error(entry, &e))?,
+                Some(Item::Rows(rows)) => {
+                    sink.send(rows).await.map_err(|e| self.error(entry, &e))?
+                }
                 Some(Item::RowsEnd) => break,
                 Some(Item::Piece(_)) | None => {
                     return Err(ScriptError::Unterminated { line: 0 }.into());
@@ -654,9 +659,10 @@ impl Applier {
         let mut entry: Option<EntryHeader> = None;
         let mut in_tx = 0usize;
         let what = |entry: &Option<EntryHeader>| {
-            entry
-                .as_ref()
-                .map_or_else(|| "the script's settings".to_string(), EntryHeader::describe)
+            entry.as_ref().map_or_else(
+                || "the script's settings".to_string(),
+                EntryHeader::describe,
+            )
         };
         while let Some(item) = stream.next().await? {
             match item {
@@ -706,8 +712,9 @@ impl Applier {
     }
 }
 
-type Running =
-    FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = (Session, Result<(), ApplyError>)> + Send>>>;
+type Running = FuturesUnordered<
+    std::pin::Pin<Box<dyn Future<Output = (Session, Result<(), ApplyError>)> + Send>>,
+>;
 
 /// The sessions of the post-data entries that run side by side.
 struct Pool {
@@ -770,14 +777,29 @@ mod tests {
 
     #[test]
     fn knows_which_statements_set_a_setting() {
-        assert_eq!(set_name("SET transaction_timeout = 0;").as_deref(), Some("transaction_timeout"));
-        assert_eq!(set_name("set Statement_Timeout TO 0;").as_deref(), Some("statement_timeout"));
-        assert_eq!(set_name("SET default_table_access_method = heap;").as_deref(), Some("default_table_access_method"));
-        assert_eq!(set_name("SET my.custom = 'x';").as_deref(), Some("my.custom"));
+        assert_eq!(
+            set_name("SET transaction_timeout = 0;").as_deref(),
+            Some("transaction_timeout")
+        );
+        assert_eq!(
+            set_name("set Statement_Timeout TO 0;").as_deref(),
+            Some("statement_timeout")
+        );
+        assert_eq!(
+            set_name("SET default_table_access_method = heap;").as_deref(),
+            Some("default_table_access_method")
+        );
+        assert_eq!(
+            set_name("SET my.custom = 'x';").as_deref(),
+            Some("my.custom")
+        );
         assert_eq!(set_name("SET TIME ZONE 'UTC';"), None);
         assert_eq!(set_name("SET ROLE postgres;"), None);
         assert_eq!(set_name("SET SESSION AUTHORIZATION x;"), None);
-        assert_eq!(set_name("SELECT pg_catalog.set_config('search_path', '', false);"), None);
+        assert_eq!(
+            set_name("SELECT pg_catalog.set_config('search_path', '', false);"),
+            None
+        );
         assert_eq!(set_name("SETOF"), None);
     }
 }

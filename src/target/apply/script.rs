@@ -52,7 +52,9 @@ pub enum Piece {
 pub enum ScriptError {
     #[error("pg_restore's output is not valid UTF-8 (line {line}): only UTF-8 dumps are supported")]
     NotUtf8 { line: u64 },
-    #[error("pg_restore's output ended inside a statement (line {line}): the archive may be damaged")]
+    #[error(
+        "pg_restore's output ended inside a statement (line {line}): the archive may be damaged"
+    )]
     Unterminated { line: u64 },
 }
 
@@ -165,9 +167,8 @@ impl ScriptParser {
     pub fn line(&mut self, raw: &[u8], out: &mut Vec<Piece>) -> Result<(), ScriptError> {
         debug_assert!(!self.in_copy, "rows go to copy_line");
         self.line_no += 1;
-        let line = std::str::from_utf8(raw).map_err(|_| ScriptError::NotUtf8 {
-            line: self.line_no,
-        })?;
+        let line =
+            std::str::from_utf8(raw).map_err(|_| ScriptError::NotUtf8 { line: self.line_no })?;
         if self.lex == Lex::Normal && !self.has_token {
             let bare = line.trim_end_matches(['\n', '\r']);
             if let Some(h) = parse_header(bare) {
@@ -306,7 +307,10 @@ impl ScriptParser {
                             if self.head.len() < 4 {
                                 self.head.push(word.clone());
                                 self.routine = self.head.first().is_some_and(|w| w == "CREATE")
-                                    && self.head.iter().any(|w| w == "FUNCTION" || w == "PROCEDURE");
+                                    && self
+                                        .head
+                                        .iter()
+                                        .any(|w| w == "FUNCTION" || w == "PROCEDURE");
                             }
                             if self.routine {
                                 match word.as_str() {
@@ -436,7 +440,8 @@ mod tests {
             .unwrap();
         assert!(p.finish().is_err());
         let mut p = ScriptParser::new();
-        p.line(b"COPY public.t (a) FROM stdin;\n", &mut out).unwrap();
+        p.line(b"COPY public.t (a) FROM stdin;\n", &mut out)
+            .unwrap();
         assert!(p.in_copy());
         assert!(!p.copy_line(b"1\n"));
         assert!(p.finish().is_err());

@@ -1,0 +1,145 @@
+//! Issue 13's hardening, each item through the real binary (or the module it lives in): the
+//! target's lock watched for the whole run, production refused as a target, secrets kept in
+//! the process, the state directory private, and the limits on what servers may ask.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use replicator::engine::test_hooks::PAUSE_AT_VAR;
+use replicator::target::{LOCK_APPLICATION_NAME, LOCK_KEY};
+
+use crate::common::scenario::{Scenario, eventually, stderr};
+
+/// The pids of the target's `replicator lock` sessions.
+fn lock_sessions(s: &Scenario) -> Vec<String> {
+    s.cluster
+        .superuser_psql(
+            "postgres",
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname = '{}' AND application_name = '{}'",
+                s.target.dbname, LOCK_APPLICATION_NAME
+            ),
+        )
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn terminate(s: &Scenario, pid: &str) {
+    s.cluster
+        .superuser_psql("postgres", &format!("SELECT pg_terminate_backend({pid})"));
+}
+
+/// Issue 13, High 1: the lock session killed mid-restore (a failover, an operator) is taken
+/// again at once on a new session, so a second replicator started meanwhile is refused, and
+/// the first one ends exact.
+#[test]
+fn a_lock_session_killed_mid_restore_is_taken_again_and_a_second_replicator_is_refused() {
+    let mut s = Scenario::rich("lockwatch");
+    s.set_env(PAUSE_AT_VAR, "restoring_pre_data:15");
+    let child = s.spawn(&["run"]);
+    s.wait_status(Duration::from_secs(90), |st| {
+        st["phase"] == "Restoring" && st["live"] == true
+    });
+    let before = lock_sessions(&s);
+    assert_eq!(before.len(), 1, "{before:?}");
+    terminate(&s, &before[0]);
+    eventually(Duration::from_secs(20), "the lock taken again", || {
+        let now = lock_sessions(&s);
+        now.len() == 1 && now[0] != before[0]
+    });
+
+    let other = s.files.path().join("other-state");
+    let out = s
+        .cmd_with_state(&["run"], &other)
+        .env_remove(PAUSE_AT_VAR)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another replication holds the target"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.assert_target_is_source();
+    assert_eq!(s.status_json()["phase"], "Done");
+}
+
+/// Issue 13, High 1: when another session takes the lock while this run restores, the run
+/// stops its restore at once (a transient failure naming the lock), waits, takes the lock back
+/// once it is free, and ends exact.
+#[test]
+fn a_lock_taken_by_another_session_stops_the_restore_and_the_run_retries() {
+    let mut s = Scenario::new("lockstolen", crate::crash::slow_post_data_source);
+    s.set_env("MAX_RETRY_COUNT", "20");
+    let child = s.spawn(&["run"]);
+    s.wait_status(Duration::from_secs(90), |st| {
+        st["phase"] == "Restoring" && st["section"] == "data+post-data" && st["live"] == true
+    });
+    // Another "replicator" queues for the lock, then the run's lock session goes: the queued
+    // session gets it before the run can take it again.
+    let mut thief = Command::new(s.cluster.bin_dir().join("psql"))
+        .args([
+            "-X",
+            "-h",
+            &s.cluster.socket_dir().display().to_string(),
+            "-p",
+            &s.cluster.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            &s.target.dbname,
+            "-c",
+            &format!("SELECT pg_advisory_lock({LOCK_KEY}); SELECT pg_sleep(6)"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "the thief waiting", || {
+        s.cluster
+            .superuser_psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = '{}')",
+                    s.target.dbname
+                ),
+            )
+            .trim()
+            == "1"
+    });
+    let before = lock_sessions(&s);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let cut = Instant::now();
+    terminate(&s, &before[0]);
+    let st = s.wait_status(Duration::from_secs(10), |st| {
+        st["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("another replicator took it"))
+    });
+    assert!(
+        cut.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}: {st:#}",
+        cut.elapsed()
+    );
+    thief.wait().unwrap();
+
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.assert_target_is_source();
+    let done = s.status_json();
+    assert_eq!(done["phase"], "Done", "{done:#}");
+}
