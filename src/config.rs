@@ -82,6 +82,10 @@ pub struct TargetArgs {
     /// replaced by each run; never printed
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The target database's name, to allow the first wipe of a database that holds objects
+    /// and no record of an earlier run of the replicator
+    #[arg(long = "target-confirm", env = "REPLICATOR_TARGET_CONFIRM")]
+    pub target_confirm: Option<String>,
 }
 
 /// How the restore is done.
@@ -432,6 +436,7 @@ mod tests {
         );
         let target = TargetArgs {
             database_url: Some("mysql://u:hunter2@h/db".into()),
+            target_confirm: None,
         };
         let err = target.validate().unwrap_err().to_string();
         assert!(

@@ -182,7 +182,7 @@ impl EngineArgs {
             None
         };
         let max_backup_age = self.max_backup_age()?;
-        let target = parse_target(&database_url)?;
+        let target = parse_target(&database_url)?.confirmed(self.target.target_confirm.clone());
         let download_idle_timeout = Duration::from_secs(parse_number(
             &self.download_idle_timeout_seconds,
             "DOWNLOAD_IDLE_TIMEOUT_SECONDS",

@@ -62,7 +62,7 @@ pub async fn restore(
     let restore = args.restore.validate()?;
     let retry = args.retry.validate()?;
     let config = EngineConfig {
-        target: parse_target(&database_url)?,
+        target: parse_target(&database_url)?.confirmed(args.target.target_confirm.clone()),
         restore,
         retry,
         scalingo: None,

@@ -144,7 +144,12 @@ fn create_dir_for(path: &Path) -> Result<(), StepError> {
 
 impl Steps for RealSteps {
     async fn fetch_backup(&self) -> Result<Backup, StepError> {
-        let backup = self.scalingo()?.newest_done_backup().await?;
+        let scalingo = self.scalingo()?;
+        let source = scalingo.source_database().await?;
+        if crate::machine::target_is_source(self.target.dbname(), source.as_deref()) {
+            return Err(StepError::permanent(target_is_source_message(&self.target)));
+        }
+        let backup = scalingo.newest_done_backup().await?;
         check_free_disk(&self.state_dir, backup.size)?;
         Ok(backup)
     }
@@ -230,6 +235,8 @@ impl Steps for RealSteps {
         let _ = std::fs::remove_file(&saved);
         let (toc, _) = target::check_dump_toc(&dump, Some(&saved)).await?;
         let info = target::check_target(&self.target).await?;
+        crate::machine::first_wipe(&info.contents, self.target.confirm())
+            .map_err(|e| StepError::permanent(e.to_string()))?;
         // Before Dropping: a dump cut in its data, a restriction that cuts objects from what
         // they need, an extension the role cannot create or objects the wipe cannot remove
         // would fail the restore only after the target is gone (docs/reliability.md).
@@ -356,6 +363,15 @@ impl Steps for RealSteps {
             }
         }
     }
+}
+
+/// Why a target that is the source's database is refused (`run` and `check`).
+pub fn target_is_source_message(target: &Target) -> String {
+    format!(
+        "DATABASE_URL names the production database: {} is the database of the PostgreSQL addon of SCALINGO_APP, the source of the backups; \
+         a run would wipe it. Set DATABASE_URL to the replica's database (on Scalingo, an app's own DATABASE_URL is its own addon: deploy the replicator on the replica's app)",
+        target.describe()
+    )
 }
 
 /// Refuses a download that cannot fit (see [`crate::machine::disk_needed`]): the rule

@@ -34,7 +34,8 @@ use serde::{Deserialize, Serialize};
 mod rules;
 
 pub use rules::{
-    DiskBudget, TooOld, abandon, already_restored, disk_budget, disk_needed, interrupted, recover,
+    DiskBudget, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon,
+    already_restored, disk_budget, disk_needed, first_wipe, interrupted, recover, target_is_source,
     too_old,
 };
 

@@ -28,6 +28,9 @@ pub struct Target {
     pub(super) sslmode: Option<String>,
     /// libpq's `sslrootcert`: a PEM file, or `system` for the public web roots.
     pub(super) sslrootcert: Option<String>,
+    /// `REPLICATOR_TARGET_CONFIRM`: the database name that allows the first wipe of a
+    /// database holding objects ([`crate::machine::first_wipe`]).
+    pub(super) confirm: Option<String>,
 }
 
 impl fmt::Debug for Target {
@@ -152,6 +155,7 @@ impl Target {
             dbname,
             sslmode,
             sslrootcert,
+            confirm: None,
         })
     }
 
@@ -170,6 +174,16 @@ impl Target {
 
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// This target with `REPLICATOR_TARGET_CONFIRM`'s value.
+    pub fn confirmed(mut self, confirm: Option<String>) -> Target {
+        self.confirm = confirm.filter(|c| !c.trim().is_empty());
+        self
+    }
+
+    pub fn confirm(&self) -> Option<&str> {
+        self.confirm.as_deref()
     }
 
     pub fn dbname(&self) -> &str {

@@ -143,3 +143,56 @@ fn a_lock_taken_by_another_session_stops_the_restore_and_the_run_retries() {
     let done = s.status_json();
     assert_eq!(done["phase"], "Done", "{done:#}");
 }
+
+/// Issue 13, High 2: the first wipe of a database that holds tables and no record of a
+/// replicator run is refused, naming `REPLICATOR_TARGET_CONFIRM` and the database; a wrong
+/// name does not confirm it, the right one does.
+#[test]
+fn a_first_wipe_of_a_database_with_tables_needs_its_name_in_replicator_target_confirm() {
+    let mut s = Scenario::rich("confirm");
+    s.put_stale_table_in_target();
+    s.confirm_target.set(false);
+    let out = s.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("REPLICATOR_TARGET_CONFIRM={}", s.target.dbname))
+            && err.contains("no record of an earlier run"),
+        "{err}"
+    );
+    assert!(s.table_exists("stale_leftover"));
+    let st = s.status_json();
+    assert_eq!(st["phase"], "Failed");
+    assert_eq!(st["failed_in"], "Extracting", "{st:#}");
+
+    s.set_env("REPLICATOR_TARGET_CONFIRM", "some_other_db");
+    let out = s.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(s.table_exists("stale_leftover"));
+
+    s.set_env("REPLICATOR_TARGET_CONFIRM", &s.target.dbname.clone());
+    s.run_ok(&["run"]);
+    s.assert_target_is_source();
+    assert!(!s.table_exists("stale_leftover"));
+}
+
+/// Issue 13, High 2: an empty database needs no confirmation, nor one the replicator already
+/// restored (its records in `replicator.runs`), even from a new state directory that does
+/// not know it.
+#[test]
+fn an_empty_database_or_one_already_restored_needs_no_confirmation() {
+    let s = Scenario::rich("noconfirm");
+    s.run_ok(&["run"]);
+    s.assert_target_is_source();
+    // Someone adds a table to the replica; a new container (empty state directory) restores
+    // again.
+    s.target_psql("CREATE TABLE added_by_hand (id int)");
+    let other = s.files.path().join("other-state");
+    let out = s
+        .cmd_with_state(&["run", "--force"], &other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!s.table_exists("added_by_hand"));
+    s.assert_target_is_source();
+}

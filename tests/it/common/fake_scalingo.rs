@@ -121,6 +121,8 @@ pub struct Faults {
     pub bytes_per_second: Option<u64>,
     /// Answer a download with a 302 to the same URL plus `&hop=1` (as a storage redirect).
     pub redirect_download: bool,
+    /// The PostgreSQL addon's `resource_id` (its database's name) instead of the default.
+    pub postgres_resource_id: Option<String>,
 }
 
 /// What the fake was asked; read it with [`FakeScalingo::records`].
@@ -591,7 +593,7 @@ fn addon_json(id: &str, provider: &str, provider_name: &str, plan: &str) -> Valu
     })
 }
 
-fn app_addons(no_postgres: bool) -> Vec<Value> {
+fn app_addons(no_postgres: bool, resource_id: Option<&str>) -> Vec<Value> {
     let mut list = vec![addon_json(
         REDIS_ADDON_ID,
         "redis",
@@ -599,12 +601,16 @@ fn app_addons(no_postgres: bool) -> Vec<Value> {
         "redis-starter-256",
     )];
     if !no_postgres {
-        list.push(addon_json(
+        let mut addon = addon_json(
             POSTGRES_ADDON_ID,
             "postgresql",
             "PostgreSQL",
             "postgresql-business-1024",
-        ));
+        );
+        if let Some(id) = resource_id {
+            addon["resource_id"] = json!(id);
+        }
+        list.push(addon);
     }
     list
 }
@@ -620,7 +626,10 @@ async fn addons(State(s): S, UrlPath(app): UrlPath<String>, headers: HeaderMap) 
     if app != s.app {
         return not_found("app");
     }
-    json_body(json!({ "addons": app_addons(inner.faults.no_postgres_addon) }))
+    json_body(json!({ "addons": app_addons(
+        inner.faults.no_postgres_addon,
+        inner.faults.postgres_resource_id.as_deref(),
+    ) }))
 }
 
 async fn addon_token(
@@ -638,10 +647,12 @@ async fn addon_token(
     if app != s.app {
         return not_found("app");
     }
-    let Some(mut addon) = app_addons(inner.faults.no_postgres_addon)
-        .into_iter()
-        .find(|a| a["id"] == addon_id.as_str())
-    else {
+    let Some(mut addon) = app_addons(
+        inner.faults.no_postgres_addon,
+        inner.faults.postgres_resource_id.as_deref(),
+    )
+    .into_iter()
+    .find(|a| a["id"] == addon_id.as_str()) else {
         return not_found("addon");
     };
     inner.counter += 1;
