@@ -45,3 +45,46 @@ mod tests {
         assert_eq!(s.expose(), "tk-us-abcdef");
     }
 }
+
+/// A child process started from an empty environment plus `PATH`, the locale (`LANG`,
+/// `LC_*`) and `TZ`: no secret of the replicator's (`SCALINGO_API_TOKEN`, `DATABASE_URL`,
+/// `NOTIFY_TOKEN`, `NOTIFY_URLS`, ...) and no `PG*` variable reaches it. Every `pg_restore`
+/// the replicator runs starts here.
+pub fn child_command(program: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(allowed_in_children) {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
+/// The variables a child inherits ([`child_command`]).
+pub fn allowed_in_children(name: &str) -> bool {
+    matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ") || name.starts_with("LC_")
+}
+
+#[cfg(test)]
+mod child_tests {
+    use super::allowed_in_children;
+
+    #[test]
+    fn children_get_path_locale_and_tz_only() {
+        for ok in ["PATH", "LANG", "LC_ALL", "LC_MESSAGES", "TZ"] {
+            assert!(allowed_in_children(ok), "{ok}");
+        }
+        for no in [
+            "DATABASE_URL",
+            "SCALINGO_API_TOKEN",
+            "NOTIFY_TOKEN",
+            "NOTIFY_URLS",
+            "PGPASSWORD",
+            "PGSSLMODE",
+            "HOME",
+        ] {
+            assert!(!allowed_in_children(no), "{no}");
+        }
+    }
+}

@@ -422,7 +422,8 @@ pub async fn pg_restore_stdout(
     args: &[OsString],
     what: &'static str,
 ) -> Result<String, TocError> {
-    let out = tokio::process::Command::new("pg_restore")
+    // No secret and no PG* variable: pg_restore only reads the dump.
+    let out = crate::secret::child_command("pg_restore")
         .args(args)
         .arg(dump)
         .stdin(Stdio::null())

@@ -170,7 +170,7 @@ impl std::fmt::Display for DumpInfo {
 
 /// `pg_restore --version`, e.g. `pg_restore (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
 pub async fn pg_restore_version() -> Result<String, StepError> {
-    let out = tokio::process::Command::new("pg_restore")
+    let out = crate::secret::child_command("pg_restore")
         .arg("--version")
         .kill_on_drop(true)
         .output()

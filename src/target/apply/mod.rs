@@ -166,7 +166,7 @@ impl Drop for ScriptStream {
 /// no connection, no secret, nothing of the replicator's environment but `PATH`, the locale
 /// and the time zone.
 fn pg_restore_script(dump: &Path, list: String) -> Result<ScriptStream, ApplyError> {
-    let mut cmd = tokio::process::Command::new("pg_restore");
+    let mut cmd = crate::secret::child_command("pg_restore");
     cmd.args([
         "--file=-",
         "--no-owner",
@@ -174,16 +174,7 @@ fn pg_restore_script(dump: &Path, list: String) -> Result<ScriptStream, ApplyErr
         "--no-tablespaces",
         "--use-list=/dev/stdin",
     ])
-    .arg(dump)
-    .env_clear();
-    for (k, v) in std::env::vars_os() {
-        let keep = k
-            .to_str()
-            .is_some_and(|k| matches!(k, "PATH" | "LANG" | "TZ") || k.starts_with("LC_"));
-        if keep {
-            cmd.env(k, v);
-        }
-    }
+    .arg(dump);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
