@@ -211,6 +211,12 @@ impl Command {
 /// The binary's `main`: parses the command line, starts the logs and the runtime, runs the
 /// command.
 pub fn entry() -> ExitCode {
+    // Every file and directory this process creates is its user's only (0600, 0700): the
+    // state directory holds production data (the archive, the dump) and the run's records.
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     // These two print a report on stdout: their logs go to stderr, out of its way.
     let report = matches!(cli.command, Command::Status(_) | Command::Check(_));

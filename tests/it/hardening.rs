@@ -196,3 +196,81 @@ fn an_empty_database_or_one_already_restored_needs_no_confirmation() {
     assert!(!s.table_exists("added_by_hand"));
     s.assert_target_is_source();
 }
+
+/// Every directory under `dir` (itself included) is 0700 and every file 0600; returns how
+/// many files were seen.
+fn assert_private(dir: &std::path::Path) -> usize {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() {
+                files += 1;
+                let mode = meta.permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+            }
+        }
+    }
+    files
+}
+
+/// Issue 13, Medium 7: the state directory is 0700 and everything in it 0600 (the store, the
+/// working directory, the archive and the dump, their markers, the lock file), during the
+/// run and after; a state directory an older version left readable is made private.
+#[test]
+fn the_state_directory_and_every_file_in_it_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Scenario::rich("private");
+    // As an older version left it: world-readable.
+    std::fs::create_dir_all(s.state_dir.join("old")).unwrap();
+    std::fs::write(s.state_dir.join("old/leftover"), b"x").unwrap();
+    std::fs::set_permissions(&s.state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        s.state_dir.join("old/leftover"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    s.set_env(PAUSE_AT_VAR, "dropping:3");
+    let child = s.spawn(&["run"]);
+    s.wait_status(Duration::from_secs(90), |st| {
+        st["phase"] == "Dropping" && st["live"] == true
+    });
+    let work = s.state_dir.join("work");
+    let during = assert_private(&s.state_dir);
+    let names: Vec<String> = walk_names(&work);
+    assert!(
+        names.iter().any(|n| n.ends_with(".pgsql")),
+        "no dump in the work dir: {names:?}"
+    );
+    assert!(during >= 4, "{during} files");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(assert_private(&s.state_dir) >= 2);
+}
+
+fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
