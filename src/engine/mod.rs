@@ -194,25 +194,32 @@ impl<S: Steps> Driver<S> {
                         run.attempt,
                         run.max_attempts
                     );
+                    // The RETRIES_TIMEOUT_MINUTES warning fires on time, in the middle of the
+                    // wait if it falls there.
+                    let warn_at = run
+                        .retrying_since
+                        .filter(|_| !warned_retrying)
+                        .map(|since| {
+                            since
+                                + chrono::Duration::from_std(self.retry.timeout).unwrap_or_default()
+                        })
+                        .filter(|w| *w < at);
+                    if let Some(warn_at) = warn_at {
+                        let first = (warn_at - Utc::now()).to_std().unwrap_or_default();
+                        tokio::select! {
+                            _ = tokio::time::sleep(first) => {}
+                            _ = self.shutdown.cancelled() => return self.interrupt(run).await,
+                        }
+                        self.warn_retrying(&run, &mut warned_retrying);
+                    }
+                    let rest = (at - Utc::now()).to_std().unwrap_or_default();
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(rest) => {}
                         _ = self.shutdown.cancelled() => return self.interrupt(run).await,
                     }
                 }
             }
-            if let Some(since) = run.retrying_since
-                && !warned_retrying
-                && (Utc::now() - since).to_std().unwrap_or_default() > self.retry.timeout
-            {
-                warned_retrying = true;
-                warn!(
-                    run_id = %run.run_id,
-                    retrying_since = %since.to_rfc3339(),
-                    "the run has been retrying for more than RETRIES_TIMEOUT_MINUTES ({} min); last error: {}",
-                    self.retry.timeout.as_secs() / 60,
-                    run.error.as_deref().unwrap_or("-")
-                );
-            }
+            self.warn_retrying(&run, &mut warned_retrying);
 
             let cell = ProgressCell::default();
             // The step works on a snapshot: progress updates replace `run` meanwhile.
@@ -281,6 +288,23 @@ impl<S: Steps> Driver<S> {
                 phase_clock = Instant::now();
                 log_phase(&run, Some((&before, elapsed)));
             }
+        }
+    }
+
+    /// The run has been retrying for longer than `RETRIES_TIMEOUT_MINUTES`: said once.
+    fn warn_retrying(&self, run: &Run, warned: &mut bool) {
+        if let Some(since) = run.retrying_since
+            && !*warned
+            && (Utc::now() - since).to_std().unwrap_or_default() >= self.retry.timeout
+        {
+            *warned = true;
+            warn!(
+                run_id = %run.run_id,
+                retrying_since = %since.to_rfc3339(),
+                "the run has been retrying for more than RETRIES_TIMEOUT_MINUTES ({} min); last error: {}",
+                self.retry.timeout.as_secs() / 60,
+                run.error.as_deref().unwrap_or("-")
+            );
         }
     }
 

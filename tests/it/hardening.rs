@@ -274,3 +274,64 @@ fn walk_names(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// Issue 13, Medium 6: `Retry-After: 100000000` is waited at most `RETRY_MAX_DELAY_SECONDS`
+/// (2 s here): the run goes on and ends `Done`.
+#[test]
+fn a_huge_retry_after_is_capped_at_retry_max_delay_seconds() {
+    use crate::common::fake_scalingo::{ErrorFault, Route, Times};
+    let s = Scenario::rich("retryafter");
+    s.fake.faults(|f| {
+        f.error = Some(ErrorFault {
+            route: Some(Route::Backups),
+            status: 429,
+            retry_after: Some(100_000_000),
+            times: Times::Next(1),
+        })
+    });
+    let (out, took) = crate::reliability::run_within(s.cmd(&["run"]), Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    s.assert_target_is_source();
+}
+
+/// Issue 13, Medium 6: the `RETRIES_TIMEOUT_MINUTES` warning fires when the time is up, even
+/// in the middle of a backoff wait longer than what is left (here: 1 minute, with waits of
+/// 96-120 s; it used to come only after the wait).
+#[test]
+fn the_retries_timeout_warning_fires_on_time_during_a_long_wait() {
+    use crate::common::fake_scalingo::{ErrorFault, Route, Times};
+    use std::io::BufRead;
+    let mut s = Scenario::rich("retrywarn");
+    s.fake.faults(|f| {
+        f.error = Some(ErrorFault {
+            route: Some(Route::Backups),
+            status: 503,
+            retry_after: None,
+            times: Times::Always,
+        })
+    });
+    s.set_env("RETRIES_TIMEOUT_MINUTES", "1");
+    s.set_env("RETRY_INITIAL_DELAY_SECONDS", "120");
+    s.set_env("RETRY_MAX_DELAY_SECONDS", "120");
+    s.set_env("MAX_RETRY_COUNT", "3");
+    let started = Instant::now();
+    let mut child = s.spawn(&["run"]);
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("retrying for more than RETRIES_TIMEOUT_MINUTES") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(90));
+    let took = started.elapsed();
+    crate::common::scenario::kill_9(&mut child);
+    assert!(seen.is_ok(), "no warning within 90 s");
+    assert!(
+        took >= Duration::from_secs(59) && took < Duration::from_secs(85),
+        "the warning came after {took:?}"
+    );
+}
