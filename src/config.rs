@@ -62,7 +62,12 @@ pub struct ScalingoArgs {
     #[arg(long = "region", env = "SCALINGO_REGION", default_value = "osc-fr1")]
     pub region: String,
     /// Scalingo API token (tk-us-...); never printed
-    #[arg(long = "api-token", env = "SCALINGO_API_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "api-token",
+        env = "SCALINGO_API_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
     pub api_token: Option<String>,
     /// Origin of Scalingo's auth API [default: https://auth.scalingo.com]
     #[arg(long = "auth-url", env = "SCALINGO_AUTH_URL")]
@@ -80,7 +85,12 @@ pub struct ScalingoArgs {
 pub struct TargetArgs {
     /// URL of the target database (postgres://user:password@host:port/db); wiped and
     /// replaced by each run; never printed
-    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        hide = true
+    )]
     pub database_url: Option<String>,
     /// The target database's name, to allow the first wipe of a database that holds objects
     /// and no record of an earlier run of the replicator
@@ -117,7 +127,7 @@ pub struct RestoreArgs {
     #[arg(long, env = "NOTIFY_URLS", hide_env_values = true)]
     pub notify_urls: Option<String>,
     /// Sent to NOTIFY_URLS as `Authorization: Bearer ...`; never printed
-    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true, hide = true)]
     pub notify_token: Option<String>,
 }
 

@@ -217,6 +217,10 @@ pub fn entry() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    if let Some(refusal) = secret_flag(std::env::args_os().skip(1)) {
+        eprintln!("replicator: {refusal}");
+        return ExitCode::from(exit::CONFIG);
+    }
     let cli = Cli::parse();
     // These two print a report on stdout: their logs go to stderr, out of its way.
     let report = matches!(cli.command, Command::Status(_) | Command::Check(_));
@@ -235,6 +239,33 @@ pub fn entry() -> ExitCode {
         }
     };
     runtime.block_on(main(cli))
+}
+
+/// The flags that would carry a secret, and the variable to set instead.
+const SECRET_FLAGS: [(&str, &str); 3] = [
+    ("--api-token", "SCALINGO_API_TOKEN"),
+    ("--database-url", "DATABASE_URL"),
+    ("--notify-token", "NOTIFY_TOKEN"),
+];
+
+/// A secret given as a flag is refused: the command line of a process is readable by every
+/// user of the machine (`/proc/PID/cmdline`, `ps`) for the whole life of a daemon. The
+/// message names the flag and the variable, never the value.
+pub fn secret_flag(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<String> {
+    for arg in args {
+        let arg = arg.to_string_lossy();
+        if arg == "--" {
+            break;
+        }
+        for (flag, var) in SECRET_FLAGS {
+            if arg == flag || arg.starts_with(&format!("{flag}=")) {
+                return Some(format!(
+                    "{flag} is refused: a secret on the command line is visible to every user of the machine (ps, /proc/PID/cmdline); set {var} in the environment instead"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The library's `main`: runs `cli`'s command, prints its failure once, returns its exit code.

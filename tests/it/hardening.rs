@@ -335,3 +335,40 @@ fn the_retries_timeout_warning_fires_on_time_during_a_long_wait() {
         "the warning came after {took:?}"
     );
 }
+
+/// Issue 13, Low 11: a secret given as a flag is refused (exit 2) with the variable to set,
+/// never echoing the value, before anything is touched.
+#[test]
+fn secrets_as_flags_are_refused_naming_the_variable() {
+    let s = Scenario::rich("secretflags");
+    for (flag, var, value) in [
+        ("--database-url", "DATABASE_URL", s.target.url.clone()),
+        (
+            "--api-token",
+            "SCALINGO_API_TOKEN",
+            "tk-us-flagged-secret".to_string(),
+        ),
+        (
+            "--notify-token",
+            "NOTIFY_TOKEN",
+            "nt-flagged-secret".to_string(),
+        ),
+    ] {
+        for args in [
+            vec!["run".to_string(), flag.to_string(), value.clone()],
+            vec!["check".to_string(), format!("{flag}={value}")],
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = s.run(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+            let err = stderr(&out);
+            assert!(err.contains(flag) && err.contains(var), "{err}");
+            assert!(!err.contains(&value), "{err}");
+        }
+    }
+    assert_eq!(
+        s.fake.records().requests.values().sum::<u32>(),
+        0,
+        "Scalingo was asked"
+    );
+}
