@@ -219,14 +219,16 @@ impl ScalingoArgs {
             ("SCALINGO_API_URL", &self.api_url),
             ("SCALINGO_DB_URL", &self.db_url),
         ] {
-            if let Some(v) = value
-                && !(v.starts_with("http://") || v.starts_with("https://"))
-            {
-                return Err(ConfigError::Invalid {
-                    var,
-                    value: v.clone(),
-                    expected: "an origin such as https://api.osc-fr1.scalingo.com (no path)".into(),
-                });
+            if let Some(v) = value {
+                let secure =
+                    reqwest::Url::parse(v).is_ok_and(|u| crate::secret::secure_or_loopback(&u));
+                if !secure {
+                    return Err(ConfigError::Invalid {
+                        var,
+                        value: v.clone(),
+                        expected: "an https:// origin such as https://api.osc-fr1.scalingo.com (no path); http:// only to a loopback host (127.0.0.1, ::1, localhost)".into(),
+                    });
+                }
             }
         }
         Ok(ScalingoConfig {

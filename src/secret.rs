@@ -46,6 +46,22 @@ mod tests {
     }
 }
 
+/// Whether `url` may carry a secret (a token in its query, a webhook's path, a bearer):
+/// `https`, or `http` to a loopback host (the tests' fake servers, a local proxy). Plain
+/// `http` elsewhere would show it to the network.
+pub fn secure_or_loopback(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|h| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.eq_ignore_ascii_case("localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
+}
+
 /// A child process started from an empty environment plus `PATH`, the locale (`LANG`,
 /// `LC_*`) and `TZ`: no secret of the replicator's (`SCALINGO_API_TOKEN`, `DATABASE_URL`,
 /// `NOTIFY_TOKEN`, `NOTIFY_URLS`, ...) and no `PG*` variable reaches it. Every `pg_restore`

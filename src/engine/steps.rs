@@ -163,6 +163,14 @@ impl Steps for RealSteps {
         let archive = self.archive_path(run);
         create_dir_for(&archive)?;
         let url = self.scalingo()?.download_url(&backup.id).await?;
+        let secure = reqwest::Url::parse(url.0.expose())
+            .is_ok_and(|u| crate::secret::secure_or_loopback(&u));
+        if !secure {
+            return Err(StepError::permanent(format!(
+                "Scalingo gave a download URL that is not https ({}): its token would cross the network in clear; refused",
+                url.redacted()
+            )));
+        }
         let total = backup.size;
         let report = |done: u64| progress(Progress::Bytes { done, total });
         let dump = self.dump_path(run);

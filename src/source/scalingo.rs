@@ -263,6 +263,7 @@ impl ScalingoClient {
             .user_agent(concat!("replicator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .timeout(API_TIMEOUT)
+            .redirect(crate::source::http::secure_redirects())
             .build()
             .expect("a rustls reqwest client always builds");
         ScalingoClient {

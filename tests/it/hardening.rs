@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use replicator::engine::test_hooks::PAUSE_AT_VAR;
 use replicator::target::{LOCK_APPLICATION_NAME, LOCK_KEY};
 
-use crate::common::scenario::{Scenario, eventually, stderr};
+use crate::common::scenario::{Scenario, eventually, stderr, stdout};
 
 /// The pids of the target's `replicator lock` sessions.
 fn lock_sessions(s: &Scenario) -> Vec<String> {
@@ -371,4 +371,45 @@ fn secrets_as_flags_are_refused_naming_the_variable() {
         0,
         "Scalingo was asked"
     );
+}
+
+/// Issue 13, Low 12: Scalingo's URLs and the webhooks must be https (http only to a loopback
+/// host): exit 2 naming the variable, the webhook's path never echoed.
+#[test]
+fn plain_http_urls_off_loopback_are_refused() {
+    let s = Scenario::rich("httpsonly");
+    for (var, value) in [
+        ("SCALINGO_API_URL", "http://api.osc-fr1.scalingo.com"),
+        ("SCALINGO_AUTH_URL", "http://auth.scalingo.com"),
+        ("SCALINGO_DB_URL", "http://db-api.osc-fr1.scalingo.com"),
+        ("NOTIFY_URLS", "http://hooks.example.com/T0pSecretHookPath"),
+    ] {
+        let out = s.cmd(&["run"]).env(var, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(var) && err.contains("https"), "{err}");
+        assert!(!err.contains("T0pSecretHookPath"), "{err}");
+    }
+    assert_eq!(s.fake.records().requests.values().sum::<u32>(), 0);
+}
+
+/// Issue 13, Low 12: a download redirected to plain http off loopback is not followed (the
+/// URL's token would leave TLS); the run fails in `Downloading`, the target untouched, and no
+/// message holds the token.
+#[test]
+fn a_download_redirected_to_plain_http_is_refused() {
+    let mut s = Scenario::rich("redirhttp");
+    s.put_stale_table_in_target();
+    s.set_env("MAX_RETRY_COUNT", "1");
+    s.fake
+        .faults(|f| f.redirect_download_to = Some("http://replicator-test.invalid".into()));
+    let out = s.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let st = s.status_json();
+    assert_eq!(st["failed_in"], "Downloading", "{st:#}");
+    let err = st["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("redirect"), "{err}");
+    assert!(!err.contains("token="), "{err}");
+    assert!(!stdout(&out).contains("token=dl") && !stderr(&out).contains("token=dl"));
+    assert!(s.table_exists("stale_leftover"));
 }

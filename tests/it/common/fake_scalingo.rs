@@ -121,6 +121,8 @@ pub struct Faults {
     pub bytes_per_second: Option<u64>,
     /// Answer a download with a 302 to the same URL plus `&hop=1` (as a storage redirect).
     pub redirect_download: bool,
+    /// Answer a download with a 302 to the same path and query on this origin instead.
+    pub redirect_download_to: Option<String>,
     /// The PostgreSQL addon's `resource_id` (its database's name) instead of the default.
     pub postgres_resource_id: Option<String>,
 }
@@ -763,6 +765,13 @@ async fn download(
             "Only one auth mechanism allowed: the URL carries its token",
         )
             .into_response();
+    }
+    if let Some(origin) = inner.faults.redirect_download_to.clone() {
+        let token = query.get("token").cloned().unwrap_or_default();
+        let location = format!(
+            "{origin}/api/databases/{POSTGRES_ADDON_ID}/backups/{backup_id}/download?token={token}"
+        );
+        return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
     }
     if inner.faults.redirect_download && !query.contains_key("hop") {
         let token = query.get("token").cloned().unwrap_or_default();
