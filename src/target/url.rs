@@ -147,6 +147,26 @@ impl Target {
                 tracing::debug!(parameter = k, "ignoring a DATABASE_URL query parameter");
             }
         }
+        // As libpq: `sslrootcert=system` means the public web roots, which any host can get a
+        // certificate from, so only `verify-full` (the name checked) makes sense with it, and
+        // it is the default mode then (libpq 16); `verify-ca` needs the CA that signed the
+        // server's certificate, not the whole web's.
+        if sslrootcert.as_deref() == Some("system") {
+            match sslmode.as_deref() {
+                None => sslmode = Some("verify-full".to_string()),
+                Some("verify-full") => {}
+                Some(m) => {
+                    return Err(invalid(&format!(
+                        "sslmode={m} with sslrootcert=system would accept any publicly trusted certificate of any host (libpq refuses it too): use sslmode=verify-full, or sslrootcert=/path/to/the-ca.pem"
+                    )));
+                }
+            }
+        }
+        if sslmode.as_deref() == Some("verify-ca") && sslrootcert.is_none() {
+            return Err(invalid(
+                "sslmode=verify-ca needs sslrootcert=/path/to/the-ca.pem (libpq refuses it without one): checked against the public web roots without the host name, any publicly trusted certificate of any host would pass; give the CA's file, or use sslmode=verify-full",
+            ));
+        }
         Ok(Target {
             host,
             port,
@@ -284,6 +304,27 @@ mod tests {
         assert_eq!(t.password.as_ref().unwrap().expose(), "s3cr@t");
         assert_eq!(t.sslmode(), Some("prefer"));
         assert!(!format!("{t:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn weak_modes_with_the_public_roots_are_refused_as_libpq_does() {
+        for bad in [
+            "postgres://u:p@h/d?sslmode=verify-ca",
+            "postgres://u:p@h/d?sslmode=require&sslrootcert=system",
+            "postgres://u:p@h/d?sslmode=verify-ca&sslrootcert=system",
+            "postgres://u:p@h/d?sslmode=prefer&sslrootcert=system",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("sslrootcert") && e.contains("verify-full"),
+                "{bad}: {e}"
+            );
+            assert!(!e.contains(":p@"), "{e}");
+        }
+        let t = parse("postgres://u:p@h/d?sslrootcert=system").unwrap();
+        assert_eq!(t.sslmode(), Some("verify-full"));
+        assert!(parse("postgres://u:p@h/d?sslmode=verify-ca&sslrootcert=/ca.pem").is_ok());
+        assert!(parse("postgres://u:p@h/d?sslmode=verify-full").is_ok());
     }
 
     #[test]

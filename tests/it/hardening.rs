@@ -413,3 +413,23 @@ fn a_download_redirected_to_plain_http_is_refused() {
     assert!(!stdout(&out).contains("token=dl") && !stderr(&out).contains("token=dl"));
     assert!(s.table_exists("stale_leftover"));
 }
+
+/// Issue 13, Medium 5: `verify-ca` without `sslrootcert`, and a weak mode with
+/// `sslrootcert=system`, are refused before anything (exit 2), as libpq refuses them.
+#[test]
+fn weak_sslmodes_with_the_public_roots_are_refused_before_anything() {
+    let s = Scenario::rich("weakssl");
+    for query in ["sslmode=verify-ca", "sslmode=require&sslrootcert=system"] {
+        let base = s.target.url.split('?').next().unwrap();
+        let url = format!("{base}?{query}");
+        let out = s.cmd(&["run"]).env("DATABASE_URL", &url).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{query}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("DATABASE_URL") && err.contains("verify-full"),
+            "{err}"
+        );
+        assert!(!err.contains(&s.target.password), "{err}");
+    }
+    assert_eq!(s.fake.records().requests.values().sum::<u32>(), 0);
+}
