@@ -433,3 +433,114 @@ fn weak_sslmodes_with_the_public_roots_are_refused_before_anything() {
     }
     assert_eq!(s.fake.records().requests.values().sum::<u32>(), 0);
 }
+
+/// Issue 13, the deliberate breaks: an unreachable download host makes reqwest's error name
+/// the whole URL (`error sending request for url (...download?token=...)`); the token must
+/// reach neither the run's output, nor the store, nor `status --json`.
+#[test]
+fn an_unreachable_download_host_leaks_no_download_token() {
+    let mut s = Scenario::rich("dlunreach");
+    s.put_stale_table_in_target();
+    s.set_env("MAX_RETRY_COUNT", "1");
+    s.set_env("RUST_LOG", "debug");
+    // A port nobody listens on: connection refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    s.fake
+        .faults(|f| f.download_origin = Some(format!("http://127.0.0.1:{port}")));
+    let out = s.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let status_json = stdout(&s.run_ok(&["status", "--json"]));
+    let st: serde_json::Value = serde_json::from_str(&status_json).unwrap();
+    assert_eq!(st["failed_in"], "Downloading", "{st:#}");
+    // The failure did come from the unreachable host (the test is not vacuous).
+    assert!(
+        status_json.contains(&format!("127.0.0.1:{port}")),
+        "{status_json}"
+    );
+    let mut places = vec![
+        ("run stdout", stdout(&out).into_bytes()),
+        ("run stderr", stderr(&out).into_bytes()),
+        ("status --json", status_json.into_bytes()),
+    ];
+    let mut stack = vec![s.state_dir.clone()];
+    let mut files = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if let Ok(b) = std::fs::read(e.path()) {
+                files.push(b);
+            }
+        }
+    }
+    for b in files {
+        places.push(("a file of the state directory", b));
+    }
+    for (place, bytes) in places {
+        assert!(
+            !bytes.windows(8).any(|w| w == b"token=dl"),
+            "{place} holds a download URL's token"
+        );
+    }
+    assert!(s.table_exists("stale_leftover"));
+}
+
+/// The pids of the running `pg_restore` processes whose parent is `parent`.
+fn pg_restore_children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let name = status.lines().any(|l| l == "Name:\tpg_restore");
+        let child = status.lines().any(|l| {
+            l.strip_prefix("PPid:")
+                .is_some_and(|p| p.trim() == parent.to_string())
+        });
+        if name && child {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Running (not gone, not a zombie waiting for a reaper).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| !s.lines().any(|l| l.starts_with("State:\tZ")))
+        .unwrap_or(false)
+}
+
+/// Issue 13: `PR_SET_PDEATHSIG` fires when the *thread* that spawned a child ends. The run is
+/// driven on a spawned task (`cli::run`), so the `pg_restore` children of a parallel restore
+/// are spawned from runtime worker threads: a `kill -9` of the replicator must still take
+/// them all down.
+#[test]
+fn pg_restore_children_die_with_a_killed_replicator() {
+    let mut s = Scenario::new("pdeath", crate::common::scenario::big_source);
+    s.set_env("PG_RESTORE_JOBS", "2");
+    let mut child = s.spawn(&["run"]);
+    let pid = child.id();
+    s.wait_status(Duration::from_secs(120), |st| {
+        st["phase"] == "Restoring" && st["section"] == "data+post-data" && st["live"] == true
+    });
+    let mut kids = Vec::new();
+    let start = Instant::now();
+    while kids.is_empty() && start.elapsed() < Duration::from_secs(60) {
+        kids = pg_restore_children(pid);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !kids.is_empty(),
+        "no pg_restore child seen during the data section"
+    );
+    crate::common::scenario::kill_9(&mut child);
+    eventually(
+        Duration::from_secs(10),
+        "every pg_restore child dead",
+        || kids.iter().all(|k| !alive(*k)),
+    );
+}

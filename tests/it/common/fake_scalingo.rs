@@ -123,6 +123,8 @@ pub struct Faults {
     pub redirect_download: bool,
     /// Answer a download with a 302 to the same path and query on this origin instead.
     pub redirect_download_to: Option<String>,
+    /// Download URLs name this origin (e.g. a closed port: an unreachable download host).
+    pub download_origin: Option<String>,
     /// The PostgreSQL addon's `resource_id` (its database's name) instead of the default.
     pub postgres_resource_id: Option<String>,
 }
@@ -733,10 +735,12 @@ fn issue_download_url(s: &Shared, backup_id: &str) -> String {
         inner.counter.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     );
     inner.download_tokens.insert(token.clone());
-    format!(
-        "{}/api/databases/{POSTGRES_ADDON_ID}/backups/{backup_id}/download?token={token}",
-        s.origin
-    )
+    let origin = inner
+        .faults
+        .download_origin
+        .clone()
+        .unwrap_or_else(|| s.origin.clone());
+    format!("{origin}/api/databases/{POSTGRES_ADDON_ID}/backups/{backup_id}/download?token={token}")
 }
 
 /// How the body of one download response misbehaves.
