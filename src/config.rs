@@ -61,13 +61,9 @@ pub struct ScalingoArgs {
     /// Scalingo region of the app (osc-fr1, osc-secnum-fr1, ...)
     #[arg(long = "region", env = "SCALINGO_REGION", default_value = "osc-fr1")]
     pub region: String,
-    /// Scalingo API token (tk-us-...); never printed
-    #[arg(
-        long = "api-token",
-        env = "SCALINGO_API_TOKEN",
-        hide_env_values = true,
-        hide = true
-    )]
+    /// Scalingo API token (tk-us-...); never printed; environment only (the flag is refused:
+    /// a command line is visible to every user)
+    #[arg(long = "api-token", env = "SCALINGO_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Origin of Scalingo's auth API [default: https://auth.scalingo.com]
     #[arg(long = "auth-url", env = "SCALINGO_AUTH_URL")]
@@ -84,13 +80,8 @@ pub struct ScalingoArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
     /// URL of the target database (postgres://user:password@host:port/db); wiped and
-    /// replaced by each run; never printed
-    #[arg(
-        long = "database-url",
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        hide = true
-    )]
+    /// replaced by each run; never printed; environment only (the flag is refused)
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The target database's name, to allow the first wipe of a database that holds objects
     /// and no record of an earlier run of the replicator
@@ -123,11 +114,12 @@ pub struct RestoreArgs {
     /// the restore and before Done; each file in one transaction, all re-run on resume
     #[arg(long, env = "POST_RESTORE_SQL")]
     pub post_restore_sql: Option<PathBuf>,
-    /// Comma-separated http(s) URLs that get a JSON POST when a run ends (Done or Failed)
+    /// Comma-separated https URLs (http only to loopback) that get a JSON POST when a run ends (Done or Failed)
     #[arg(long, env = "NOTIFY_URLS", hide_env_values = true)]
     pub notify_urls: Option<String>,
-    /// Sent to NOTIFY_URLS as `Authorization: Bearer ...`; never printed
-    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true, hide = true)]
+    /// Sent to NOTIFY_URLS as `Authorization: Bearer ...`; never printed; environment only
+    /// (the flag is refused)
+    #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
     pub notify_token: Option<String>,
 }
 
@@ -148,7 +140,7 @@ pub struct RetryArgs {
     pub retries_timeout_minutes: String,
 }
 
-fn parse_bool_flag(value: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool_flag(value: &str) -> Result<bool, String> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),

@@ -110,7 +110,11 @@ fn parse_schedule(args: &DaemonArgs) -> Result<Schedule, CliError> {
             var: "SCHEDULE",
             hint: "set it to a cron expression, e.g. `10 5 * * *` for 05:10 UTC every day",
         })?;
-    Ok(Schedule::parse(expr, args.schedule_timezone.as_deref())?)
+    let schedule = Schedule::parse(expr, args.schedule_timezone.as_deref())?;
+    if !args.schedule_allow_frequent {
+        schedule.refuse_frequent()?;
+    }
+    Ok(schedule)
 }
 
 /// The cron loop: an optional resume first, then one replication per tick until shutdown.

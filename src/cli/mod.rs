@@ -113,6 +113,10 @@ pub struct DaemonArgs {
     /// IANA time zone of SCHEDULE (e.g. Europe/Paris) [default: UTC]
     #[arg(long, env = "SCHEDULE_TIMEZONE")]
     pub schedule_timezone: Option<String>,
+    /// `true` to allow a SCHEDULE that fires more often than once a minute (each tick asks
+    /// Scalingo's API)
+    #[arg(long, env = "SCHEDULE_ALLOW_FREQUENT", default_value = "false", value_parser = crate::config::parse_bool_flag, action = clap::ArgAction::Set)]
+    pub schedule_allow_frequent: bool,
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +160,14 @@ pub struct WebArgs {
     /// Port to listen on (Scalingo sets PORT)
     #[arg(long, env = "PORT", default_value = "8080")]
     pub port: u16,
+    /// The bearer token `/status` requires (environment only); unset, only `/health` is served
+    #[arg(
+        long = "web-token",
+        env = "WEB_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub web_token: Option<String>,
 }
 
 impl EngineArgs {

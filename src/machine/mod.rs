@@ -35,8 +35,8 @@ mod rules;
 
 pub use rules::{
     DiskBudget, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon,
-    already_restored, disk_budget, disk_needed, first_wipe, interrupted, recover, target_is_source,
-    too_old,
+    already_restored, disk_budget, disk_needed, dump_budget, first_wipe, interrupted, recover,
+    target_is_source, too_old,
 };
 
 /// The backup a run restores, as Scalingo describes it (or as a local file is described).

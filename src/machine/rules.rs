@@ -43,7 +43,14 @@ pub fn too_old(backup: &Backup, max_age: Option<Duration>, now: DateTime<Utc>) -
 /// is budgeted at the archive's size, plus 10% for the gzip and tar overhead and 64 MiB of
 /// slack.
 pub fn disk_needed(size: u64) -> u64 {
-    size + size + size / 10 + 64 * 1024 * 1024
+    size + dump_budget(size)
+}
+
+/// The dump's share of [`disk_needed`] for an archive of `size` bytes: the most its
+/// extraction may write. A dump past it is not a normal backup (a small archive that expands
+/// to fill the disk): the extraction stops there.
+pub fn dump_budget(size: u64) -> u64 {
+    size + size / 10 + 64 * 1024 * 1024
 }
 
 /// The disk budget of a backup of `size` bytes with `free` bytes free.

@@ -544,3 +544,92 @@ fn pg_restore_children_die_with_a_killed_replicator() {
         || kids.iter().all(|k| !alive(*k)),
     );
 }
+
+/// Issue 13, Low 9: a download body longer than the backup's announced size is stopped while
+/// it streams (not written whole, then found too long): permanent, in `Downloading`, the
+/// target untouched.
+#[test]
+fn a_download_longer_than_announced_is_stopped_while_it_streams() {
+    use crate::common::fake_scalingo::default_backups;
+    let s = Scenario::rich("dlcap");
+    s.put_stale_table_in_target();
+    let real = s.fake.archive_len();
+    s.fake.set_backups(default_backups(real - 1000));
+    let out = s.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let st = s.status_json();
+    assert_eq!(st["failed_in"], "Downloading", "{st:#}");
+    let err = st["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains(&format!(
+            "sent more than the {} bytes announced",
+            real - 1000
+        )),
+        "{err}"
+    );
+    assert!(s.table_exists("stale_leftover"));
+}
+
+/// Issue 13, Low 9: a small archive whose dump expands past its disk budget (archive size +
+/// 10% + 64 MiB) is stopped at the budget with a clear message, the partial dump removed.
+#[test]
+fn an_archive_expanding_past_its_disk_budget_is_stopped() {
+    use crate::common::fake_scalingo::{archive_bytes, default_backups};
+    let mut s = Scenario::rich("bomb");
+    s.put_stale_table_in_target();
+    let mut dump = b"PGDMP".to_vec();
+    dump.resize(80 * 1024 * 1024, 0);
+    let archive = archive_bytes("20261123041000_my_app_4553.pgsql", &dump);
+    drop(dump);
+    let len = archive.len() as u64;
+    assert!(len < 1024 * 1024, "{len}");
+    s.fake.set_archive(archive);
+    s.fake.set_backups(default_backups(len));
+    s.set_env("MAX_RETRY_COUNT", "0");
+    let out = s.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let st = s.status_json();
+    let err = st["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("expands past") && err.contains("disk budget"),
+        "{err}"
+    );
+    assert!(s.table_exists("stale_leftover"));
+    assert!(
+        !s.state_dir.join("work").exists() || walk_names(&s.state_dir.join("work")).is_empty(),
+        "working files left"
+    );
+}
+
+/// Issue 13, Low 14: a `SCHEDULE` more frequent than once a minute, or with croner's
+/// extensions, stops the daemon at start (exit 2) naming `SCHEDULE`; the frequent one is
+/// allowed with `SCHEDULE_ALLOW_FREQUENT=true` (the daemon then starts: it is stopped here).
+#[test]
+fn a_frequent_or_extended_schedule_is_refused_at_start() {
+    let s = Scenario::rich("schedule");
+    for (schedule, says) in [
+        ("*/1 * * * * *", "SCHEDULE_ALLOW_FREQUENT=true"),
+        ("0 5 L * *", "node-cron"),
+        ("0 5 * * 5#3", "node-cron"),
+    ] {
+        let out = s
+            .cmd(&["daemon"])
+            .env("SCHEDULE", schedule)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{schedule}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("SCHEDULE=") && err.contains(says), "{err}");
+    }
+    let mut d = s
+        .cmd(&["daemon"])
+        .env("SCHEDULE", "*/1 * * * * *")
+        .env("SCHEDULE_ALLOW_FREQUENT", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(d.try_wait().unwrap().is_none(), "the daemon did not start");
+    crate::common::scenario::kill_9(&mut d);
+}
