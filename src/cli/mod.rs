@@ -254,10 +254,11 @@ pub fn entry() -> ExitCode {
 }
 
 /// The flags that would carry a secret, and the variable to set instead.
-const SECRET_FLAGS: [(&str, &str); 3] = [
+const SECRET_FLAGS: [(&str, &str); 4] = [
     ("--api-token", "SCALINGO_API_TOKEN"),
     ("--database-url", "DATABASE_URL"),
     ("--notify-token", "NOTIFY_TOKEN"),
+    ("--web-token", "WEB_TOKEN"),
 ];
 
 /// A secret given as a flag is refused: the command line of a process is readable by every

@@ -142,6 +142,18 @@ pub fn new_run_id(now: DateTime<Utc>) -> String {
 
 impl<S: Steps> Driver<S> {
     fn apply(&self, run: &Run, event: Event) -> Result<Run, DriverError> {
+        // An error leaves the process from here (the store, `status`, the webhooks, the
+        // target's records): without the row data PostgreSQL may quote in it.
+        let event = match event {
+            Event::TransientFailure { error, retry_at } => Event::TransientFailure {
+                error: crate::secret::redact_row_data(&error),
+                retry_at,
+            },
+            Event::PermanentFailure { error } => Event::PermanentFailure {
+                error: crate::secret::redact_row_data(&error),
+            },
+            other => other,
+        };
         let next = transition(run, event, Utc::now())?;
         self.store.save(&next)?;
         Ok(next)
@@ -260,7 +272,8 @@ impl<S: Steps> Driver<S> {
                     self.remove_working_files(&run);
                     return Ok(Outcome::AlreadyRestored(backup));
                 }
-                Err(StepError::Transient(t)) => {
+                Err(StepError::Transient(mut t)) => {
+                    t.message = crate::secret::redact_row_data(&t.message);
                     let delay = retry::delay_after(&self.retry, run.attempt, t.retry_after);
                     if run.attempt < run.max_attempts {
                         warn!(

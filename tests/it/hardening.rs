@@ -633,3 +633,98 @@ fn a_frequent_or_extended_schedule_is_refused_at_start() {
     assert!(d.try_wait().unwrap().is_none(), "the daemon did not start");
     crate::common::scenario::kill_9(&mut d);
 }
+
+/// One HTTP/1.1 GET of `path` on 127.0.0.1:`port`, with `auth` as the Authorization header;
+/// the status code and the body.
+fn http_get(port: u16, path: &str, auth: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Issue 13, Low 8: `replicator web` keeps `/health` open, serves the status only to
+/// `Authorization: Bearer $WEB_TOKEN` (401 otherwise), and not at all without `WEB_TOKEN`.
+#[test]
+fn web_serves_the_status_only_to_the_bearer_of_web_token() {
+    let s = Scenario::rich("webauth");
+    s.run_ok(&["run"]);
+    let token = "wt-Y7distinctive-web-token";
+    for with_token in [true, false] {
+        let port = free_port();
+        let mut cmd = s.cmd(&["web"]);
+        cmd.env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if with_token {
+            cmd.env("WEB_TOKEN", token);
+        }
+        let mut web = cmd.spawn().unwrap();
+        eventually(Duration::from_secs(10), "web listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert_eq!(http_get(port, "/health", None).0, 200);
+        if with_token {
+            assert_eq!(http_get(port, "/status", None).0, 401);
+            assert_eq!(http_get(port, "/status", Some("Bearer wrong")).0, 401);
+            let (code, body) = http_get(port, "/status", Some(&format!("Bearer {token}")));
+            assert_eq!(code, 200, "{body}");
+            assert!(body.contains("\"Done\""), "{body}");
+        } else {
+            let (code, body) = http_get(port, "/status", Some(&format!("Bearer {token}")));
+            assert_eq!(code, 404, "{body}");
+            assert!(body.contains("WEB_TOKEN"), "{body}");
+        }
+        crate::common::scenario::kill_9(&mut web);
+    }
+}
+
+/// Issue 13, Low 8: row data PostgreSQL quotes in an error (`Key (email)=(...)`) reaches
+/// neither the run's output, nor the store, nor `status --json`.
+#[test]
+fn row_data_in_an_error_stays_out_of_the_logs_store_and_status() {
+    let mut s = Scenario::rich("rowdata");
+    let sql = s.files.path().join("post.sql");
+    std::fs::write(
+        &sql,
+        "CREATE TABLE leak_check (email text PRIMARY KEY);\
+         INSERT INTO leak_check VALUES ('row-secret@example.com'), ('row-secret@example.com');",
+    )
+    .unwrap();
+    s.set_env("POST_RESTORE_SQL", &sql.display().to_string());
+    s.set_env("MAX_RETRY_COUNT", "0");
+    let out = s.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let status_json = stdout(&s.run_ok(&["status", "--json"]));
+    assert!(status_json.contains("Key (email)="), "{status_json}");
+    let mut places = vec![
+        ("run stdout".to_string(), stdout(&out)),
+        ("run stderr".to_string(), stderr(&out)),
+        ("status --json".to_string(), status_json),
+    ];
+    for name in walk_names(&s.state_dir) {
+        let bytes = std::fs::read(&name).unwrap_or_default();
+        places.push((name, String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    for (place, text) in places {
+        assert!(
+            !text.contains("row-secret@example.com"),
+            "{place} holds row data"
+        );
+    }
+}
