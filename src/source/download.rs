@@ -87,8 +87,9 @@ pub enum DownloadError {
         expected: u64,
     },
     #[error(
-        "downloading the backup archive from {location}: the server sent more than the {limit} \
-         bytes announced ({by}): stopped there; the archive does not match its backup"
+        "downloading the backup archive from {location}: the body is longer than the {limit} \
+         bytes announced ({by}): stopped there, while it streamed; the archive does not match \
+         its backup"
     )]
     Overflow {
         location: String,

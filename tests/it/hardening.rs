@@ -562,9 +562,9 @@ fn a_download_longer_than_announced_is_stopped_while_it_streams() {
     let err = st["error"].as_str().unwrap_or_default();
     assert!(
         err.contains(&format!(
-            "sent more than the {} bytes announced",
+            "is longer than the {} bytes announced",
             real - 1000
-        )),
+        )) && err.contains("while it streamed"),
         "{err}"
     );
     assert!(s.table_exists("stale_leftover"));
