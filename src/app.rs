@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::config::{ConfigError, RestoreConfig, RetryConfig};
 use crate::engine::test_hooks::PauseAt;
 use crate::engine::workdir::WorkDir;
-use crate::engine::{Driver, RealSteps};
+use crate::engine::{Driver, LockSlot, RealSteps};
 use crate::machine::Run;
 use crate::secret::Secret;
 use crate::source::http::http_client;
@@ -99,6 +99,7 @@ pub fn driver(
             restore: config.restore,
             pause_at: PauseAt::from_env(),
             masking: std::sync::Mutex::new(None),
+            lock: LockSlot::default(),
         },
         state_dir,
         retry: config.retry,
@@ -122,14 +123,22 @@ pub fn parse_target(url: &Secret) -> Result<Target, CliError> {
 }
 
 /// Both locks of a run: this state directory (liveness) and the target (advisory lock on a
-/// dedicated connection). Dropping it releases both.
+/// dedicated connection, watched for the whole run: [`target::LockWatch`]). Dropping it
+/// releases both.
 pub struct Locks {
     pub _live: liveness::LiveLock,
-    pub _target_lock: target::TargetLock,
+    pub _target_lock: target::LockWatch,
 }
 
-/// Takes the two locks. Nothing in the target is touched before both are held.
-pub async fn lock(state_dir: &Path, target: &Target) -> Result<Locks, CliError> {
+/// Takes the two locks of `driver`'s runs and gives the driver the target lock's watch.
+/// Nothing in the target is touched before both are held.
+pub async fn lock(driver: &Driver) -> Result<Locks, CliError> {
+    let locks = lock_target(&driver.state_dir, &driver.steps.target).await?;
+    driver.steps.lock.set(Some(locks._target_lock.handle()));
+    Ok(locks)
+}
+
+async fn lock_target(state_dir: &Path, target: &Target) -> Result<Locks, CliError> {
     let live = match liveness::acquire(state_dir).map_err(fatal)? {
         Ok(l) => l,
         Err(holder) => {
@@ -163,7 +172,7 @@ pub async fn lock(state_dir: &Path, target: &Target) -> Result<Locks, CliError> 
     };
     Ok(Locks {
         _live: live,
-        _target_lock: target_lock,
+        _target_lock: target::LockWatch::start(target, target_lock),
     })
 }
 

@@ -61,7 +61,8 @@ pub struct ScalingoArgs {
     /// Scalingo region of the app (osc-fr1, osc-secnum-fr1, ...)
     #[arg(long = "region", env = "SCALINGO_REGION", default_value = "osc-fr1")]
     pub region: String,
-    /// Scalingo API token (tk-us-...); never printed
+    /// Scalingo API token (tk-us-...); never printed; environment only (the flag is refused:
+    /// a command line is visible to every user)
     #[arg(long = "api-token", env = "SCALINGO_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Origin of Scalingo's auth API [default: https://auth.scalingo.com]
@@ -79,9 +80,13 @@ pub struct ScalingoArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
     /// URL of the target database (postgres://user:password@host:port/db); wiped and
-    /// replaced by each run; never printed
+    /// replaced by each run; never printed; environment only (the flag is refused)
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// The target database's name, to allow the first wipe of a database that holds objects
+    /// and no record of an earlier run of the replicator
+    #[arg(long = "target-confirm", env = "REPLICATOR_TARGET_CONFIRM")]
+    pub target_confirm: Option<String>,
 }
 
 /// How the restore is done.
@@ -117,10 +122,11 @@ pub struct RestoreArgs {
     /// Without it, a random key per run
     #[arg(long, env = "MASKING_KEY", hide_env_values = true)]
     pub masking_key: Option<String>,
-    /// Comma-separated http(s) URLs that get a JSON POST when a run ends (Done or Failed)
+    /// Comma-separated https URLs (http only to loopback) that get a JSON POST when a run ends (Done or Failed)
     #[arg(long, env = "NOTIFY_URLS", hide_env_values = true)]
     pub notify_urls: Option<String>,
-    /// Sent to NOTIFY_URLS as `Authorization: Bearer ...`; never printed
+    /// Sent to NOTIFY_URLS as `Authorization: Bearer ...`; never printed; environment only
+    /// (the flag is refused)
     #[arg(long, env = "NOTIFY_TOKEN", hide_env_values = true)]
     pub notify_token: Option<String>,
 }
@@ -142,7 +148,7 @@ pub struct RetryArgs {
     pub retries_timeout_minutes: String,
 }
 
-fn parse_bool_flag(value: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool_flag(value: &str) -> Result<bool, String> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -217,14 +223,16 @@ impl ScalingoArgs {
             ("SCALINGO_API_URL", &self.api_url),
             ("SCALINGO_DB_URL", &self.db_url),
         ] {
-            if let Some(v) = value
-                && !(v.starts_with("http://") || v.starts_with("https://"))
-            {
-                return Err(ConfigError::Invalid {
-                    var,
-                    value: v.clone(),
-                    expected: "an origin such as https://api.osc-fr1.scalingo.com (no path)".into(),
-                });
+            if let Some(v) = value {
+                let secure =
+                    reqwest::Url::parse(v).is_ok_and(|u| crate::secret::secure_or_loopback(&u));
+                if !secure {
+                    return Err(ConfigError::Invalid {
+                        var,
+                        value: v.clone(),
+                        expected: "an https:// origin such as https://api.osc-fr1.scalingo.com (no path); http:// only to a loopback host (127.0.0.1, ::1, localhost)".into(),
+                    });
+                }
             }
         }
         Ok(ScalingoConfig {
@@ -463,6 +471,7 @@ mod tests {
         );
         let target = TargetArgs {
             database_url: Some("mysql://u:hunter2@h/db".into()),
+            target_confirm: None,
         };
         let err = target.validate().unwrap_err().to_string();
         assert!(

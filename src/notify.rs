@@ -66,6 +66,13 @@ pub fn parse_urls(value: &str) -> Result<Vec<NotifyUrl>, String> {
                 scheme
             ));
         };
+        if !crate::secret::secure_or_loopback(&u) {
+            return Err(format!(
+                "entry {} ({}) is plain http: a webhook's path and NOTIFY_TOKEN would cross the network in clear; use https:// (http:// only to a loopback host)",
+                i + 1,
+                u.origin().ascii_serialization()
+            ));
+        }
         let origin = u.origin().ascii_serialization();
         urls.push(NotifyUrl {
             url: Secret::new(raw),

@@ -33,6 +33,21 @@ pub enum ScheduleError {
     NeverFires { value: String },
 
     #[error(
+        "SCHEDULE=`{value}` fires every {every_secs}s, more often than once a minute: each run \
+         asks Scalingo's API (60 requests a minute at most) and restores the whole database; use \
+         a five-field expression such as `{EXPRESSION_EXAMPLE}`, or set \
+         SCHEDULE_ALLOW_FREQUENT=true if you mean it"
+    )]
+    TooFrequent { value: String, every_secs: u64 },
+
+    #[error(
+        "SCHEDULE=`{value}` uses `{token}`, which is not node-cron syntax (accepted: numbers, \
+         `*`, ranges `a-b`, steps `/n`, lists `a,b`, and month and day names such as `jan`, \
+         `mon`); write it without croner's extensions (`L`, `W`, `#`, `?`)"
+    )]
+    Unsupported { value: String, token: String },
+
+    #[error(
         "SCHEDULE_TIMEZONE=`{value}` is not a known IANA time zone; set it to a name from the \
          tz database such as `{TIMEZONE_EXAMPLE}`, or unset it for UTC"
     )]
@@ -62,6 +77,17 @@ impl Schedule {
         let fields = expression.split_whitespace().count();
         if !(5..=6).contains(&fields) {
             return Err(invalid(format!("it has {fields} fields, not 5 or 6")));
+        }
+
+        if let Some(token) = expression
+            .split_whitespace()
+            .flat_map(|f| f.split([',', '/', '-']))
+            .find(|atom| !node_cron_atom(atom))
+        {
+            return Err(ScheduleError::Unsupported {
+                value: expr.to_string(),
+                token: token.to_string(),
+            });
         }
 
         let cron = CronParser::builder()
@@ -108,6 +134,30 @@ impl Schedule {
         (next > now).then_some(next)
     }
 
+    /// Refuses a schedule whose firings come less than a minute apart (looked at over its
+    /// next few firings from now).
+    pub fn refuse_frequent(&self) -> Result<(), ScheduleError> {
+        let mut at = Utc::now();
+        let mut previous: Option<DateTime<Utc>> = None;
+        for _ in 0..6 {
+            let Some(next) = self.next_after(at) else {
+                break;
+            };
+            if let Some(p) = previous {
+                let every = (next - p).num_seconds().max(0) as u64;
+                if every < 60 {
+                    return Err(ScheduleError::TooFrequent {
+                        value: self.expression.clone(),
+                        every_secs: every,
+                    });
+                }
+            }
+            previous = Some(next);
+            at = next;
+        }
+        Ok(())
+    }
+
     /// The expression and its zone, e.g. `` `10 5 * * *` (Europe/Paris) ``, for logs.
     pub fn describe(&self) -> String {
         format!("`{}` ({})", self.expression, self.timezone.name())
@@ -117,6 +167,17 @@ impl Schedule {
     pub fn timezone(&self) -> Tz {
         self.timezone
     }
+}
+
+/// One atom of a field, as node-cron reads it: `*`, a number, or a month or day name.
+fn node_cron_atom(atom: &str) -> bool {
+    const NAMES: [&str; 19] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec", "sun",
+        "mon", "tue", "wed", "thu", "fri", "sat",
+    ];
+    atom == "*"
+        || (!atom.is_empty() && atom.bytes().all(|b| b.is_ascii_digit()))
+        || NAMES.contains(&atom.to_ascii_lowercase().as_str())
 }
 
 impl fmt::Display for Schedule {
@@ -132,6 +193,41 @@ mod tests {
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn croner_extensions_are_refused_and_frequent_schedules_flagged() {
+        for bad in ["0 5 L * *", "0 5 * * 5#3", "0 5 15W * *", "0 5 ? * *"] {
+            let e = Schedule::parse(bad, None).unwrap_err();
+            assert!(matches!(e, ScheduleError::Unsupported { .. }), "{bad}: {e}");
+        }
+        for ok in [
+            "10 5 * * *",
+            "0 0 1 jan,jul *",
+            "*/15 * * * mon-fri",
+            "0 */2 * * *",
+        ] {
+            let s = Schedule::parse(ok, None).unwrap();
+            assert!(s.refuse_frequent().is_ok(), "{ok}");
+        }
+        for frequent in ["*/1 * * * * *", "* * * * * *", "0,30 * * * * *"] {
+            let e = Schedule::parse(frequent, None)
+                .unwrap()
+                .refuse_frequent()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("SCHEDULE_ALLOW_FREQUENT=true"),
+                "{frequent}: {e}"
+            );
+        }
+        // Once a minute is allowed.
+        assert!(
+            Schedule::parse("* * * * *", None)
+                .unwrap()
+                .refuse_frequent()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -45,3 +45,143 @@ mod tests {
         assert_eq!(s.expose(), "tk-us-abcdef");
     }
 }
+
+/// `text` without the row data PostgreSQL quotes in its errors: the values of
+/// `Key (email)=(someone@example.com)` and of `Failing row contains (...)`, and what follows
+/// `DETAIL:`. The column names stay (they say what failed); the values, which are production
+/// rows, go. Applied wherever an error leaves the process (the store, `status`, the webhooks,
+/// the target's records, the logs).
+pub fn redact_row_data(text: &str) -> String {
+    const HIDDEN: &str = "[row data redacted]";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let key = rest.find(")=(");
+        let failing = rest.find("Failing row contains (");
+        let detail = rest.find("DETAIL:");
+        // The first of the three markers, and where the hidden part starts.
+        let next = [
+            key.map(|i| (i, i + 3, true)),
+            failing.map(|i| (i, i + "Failing row contains (".len(), true)),
+            detail.map(|i| (i, i + "DETAIL:".len(), false)),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(i, _, _)| *i);
+        let Some((_, start, in_parens)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        if in_parens {
+            // To the parenthesis that closes the one just opened.
+            let mut depth = 1usize;
+            let mut end = tail.len();
+            for (i, c) in tail.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push_str(HIDDEN);
+            rest = &tail[end..];
+        } else {
+            // To the end of the line.
+            let end = tail.find('\n').unwrap_or(tail.len());
+            out.push(' ');
+            out.push_str(HIDDEN);
+            rest = &tail[end..];
+        }
+    }
+}
+
+/// Whether `url` may carry a secret (a token in its query, a webhook's path, a bearer):
+/// `https`, or `http` to a loopback host (the tests' fake servers, a local proxy). Plain
+/// `http` elsewhere would show it to the network.
+pub fn secure_or_loopback(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|h| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.eq_ignore_ascii_case("localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
+}
+
+/// A child process started from an empty environment plus `PATH`, the locale (`LANG`,
+/// `LC_*`) and `TZ`: no secret of the replicator's (`SCALINGO_API_TOKEN`, `DATABASE_URL`,
+/// `NOTIFY_TOKEN`, `NOTIFY_URLS`, ...) and no `PG*` variable reaches it. Every `pg_restore`
+/// the replicator runs starts here.
+pub fn child_command(program: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(allowed_in_children) {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
+/// The variables a child inherits ([`child_command`]).
+pub fn allowed_in_children(name: &str) -> bool {
+    matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ") || name.starts_with("LC_")
+}
+
+#[cfg(test)]
+mod row_data_tests {
+    use super::redact_row_data;
+
+    #[test]
+    fn row_values_go_and_column_names_stay() {
+        let e = "ERROR 23505: duplicate key value violates unique constraint \"users_email_key\" (Key (email)=(ann@example.com) already exists.)";
+        let r = redact_row_data(e);
+        assert!(!r.contains("ann@example.com"), "{r}");
+        assert!(
+            r.contains("Key (email)=([row data redacted]) already exists"),
+            "{r}"
+        );
+        let e = "Key (a, b)=(1, f(x)) is not present in table \"t\"; Failing row contains (7, secret, null).";
+        let r = redact_row_data(e);
+        assert!(!r.contains("secret") && !r.contains("f(x)"), "{r}");
+        assert!(r.contains("is not present in table"), "{r}");
+        let e = "pg_restore: error: COPY failed\nDETAIL: Key (id)=(5) conflicts\nnext line";
+        let r = redact_row_data(e);
+        assert!(!r.contains("(5)") && r.contains("next line"), "{r}");
+        assert_eq!(redact_row_data("no row data here"), "no row data here");
+    }
+}
+
+#[cfg(test)]
+mod child_tests {
+    use super::allowed_in_children;
+
+    #[test]
+    fn children_get_path_locale_and_tz_only() {
+        for ok in ["PATH", "LANG", "LC_ALL", "LC_MESSAGES", "TZ"] {
+            assert!(allowed_in_children(ok), "{ok}");
+        }
+        for no in [
+            "DATABASE_URL",
+            "SCALINGO_API_TOKEN",
+            "NOTIFY_TOKEN",
+            "NOTIFY_URLS",
+            "PGPASSWORD",
+            "PGSSLMODE",
+            "HOME",
+        ] {
+            assert!(!allowed_in_children(no), "{no}");
+        }
+    }
+}

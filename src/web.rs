@@ -5,7 +5,8 @@
 //! binary, so this is a deliberately small HTTP/1.1 server on plain tokio. Every response
 //! closes its connection, which removes keep-alive and pipelining from the problem.
 //!
-//! Routes: `GET /health` → `{"ok":true}`; `GET /` and `GET /status` → the status closure's
+//! Routes: `GET /health` → `{"ok":true}`; `GET /` and `GET /status` (to the bearer of
+//! `WEB_TOKEN` only) → the status closure's
 //! JSON. `HEAD` is answered like `GET` without a body.
 
 use std::future::Future;
@@ -43,20 +44,40 @@ const LIMITS: Limits = Limits {
 ///
 /// Each connection runs in its own task under a timeout and a size cap, so a slow or huge
 /// client delays nobody; connections already accepted finish on their own (within the
-/// timeouts) after `serve` returns. Failed accepts that only concern one client are
+/// timeouts) after `serve_guarded` returns. Failed accepts that only concern one client are
 /// skipped, and running out of file descriptors or memory is waited out; any other accept
 /// error means the listener itself is unusable and is returned.
-pub async fn serve(
+///
+/// The status (which names the production app's backups, the target and
+/// the state directory) only for `Authorization: Bearer <token>` (401 otherwise), and not at
+/// all (404) when `token` is `None`. `/health` stays open.
+pub async fn serve_guarded(
     listener: TcpListener,
     status: StatusFn,
+    token: Option<crate::secret::Secret>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    serve_with(listener, status, shutdown, LIMITS).await
+    serve_with(
+        listener,
+        status,
+        Arc::new(Gate::Bearer(token)),
+        shutdown,
+        LIMITS,
+    )
+    .await
+}
+
+/// Who may read the status.
+enum Gate {
+    #[cfg(test)]
+    Open,
+    Bearer(Option<crate::secret::Secret>),
 }
 
 async fn serve_with(
     listener: TcpListener,
     status: StatusFn,
+    gate: Arc<Gate>,
     shutdown: impl Future<Output = ()>,
     limits: Limits,
 ) -> io::Result<()> {
@@ -71,8 +92,9 @@ async fn serve_with(
         match accepted {
             Ok((stream, peer)) => {
                 let status = Arc::clone(&status);
+                let gate = Arc::clone(&gate);
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &status, limits).await {
+                    if let Err(e) = handle(stream, &status, &gate, limits).await {
                         tracing::debug!(%peer, error = %e, "web: connection ended with an error");
                     }
                 });
@@ -116,9 +138,14 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-async fn handle(mut stream: TcpStream, status: &StatusFn, limits: Limits) -> io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    status: &StatusFn,
+    gate: &Gate,
+    limits: Limits,
+) -> io::Result<()> {
     let response = match read_head(&mut stream, limits).await? {
-        Head::Complete(head) => route(&head, status),
+        Head::Complete(head) => route(&head, status, gate),
         Head::TooLarge => Response::error(431, "request head larger than 16 KiB"),
         Head::TimedOut => Response::error(408, "request head not received in time"),
         // Nothing to answer: a port scan, a TCP health probe, or a client that gave up.
@@ -208,7 +235,51 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
-fn route(head: &[u8], status: &StatusFn) -> Response {
+impl Gate {
+    /// The answer to a request for the status that this gate does not let through.
+    fn refuses(&self, head: &[u8]) -> Option<Response> {
+        match self {
+            #[cfg(test)]
+            Gate::Open => None,
+            Gate::Bearer(None) => Some(Response::error(
+                404,
+                "the status is not served: set WEB_TOKEN to serve it to `Authorization: Bearer $WEB_TOKEN`",
+            )),
+            Gate::Bearer(Some(token)) => {
+                if bearer(head).is_some_and(|b| same_secret(b, token.expose())) {
+                    None
+                } else {
+                    Some(
+                        Response::error(401, "the status needs `Authorization: Bearer $WEB_TOKEN`")
+                            .with_header("WWW-Authenticate: Bearer"),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` in `head`, if any.
+fn bearer(head: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if !name.trim().eq_ignore_ascii_case("authorization") {
+            return None;
+        }
+        let value = value.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    })
+}
+
+/// Compares in a time that does not depend on where the bytes first differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn route(head: &[u8], status: &StatusFn, gate: &Gate) -> Response {
     let Some((method, path)) = parse_request_line(head) else {
         return Response::error(
             400,
@@ -218,6 +289,9 @@ fn route(head: &[u8], status: &StatusFn) -> Response {
     let body = match path {
         "/health" => serde_json::json!({ "ok": true }),
         // A bug in the status code must not take the connection down unanswered.
+        "/" | "/status" if gate.refuses(head).is_some() => {
+            return gate.refuses(head).expect("checked");
+        }
         "/" | "/status" => match std::panic::catch_unwind(AssertUnwindSafe(|| status())) {
             Ok(body) => body,
             Err(_) => return Response::error(500, "building the status failed, see the logs"),
@@ -293,6 +367,7 @@ impl Response {
             200 => "OK",
             400 => "Bad Request",
             404 => "Not Found",
+            401 => "Unauthorized",
             405 => "Method Not Allowed",
             408 => "Request Timeout",
             431 => "Request Header Fields Too Large",
@@ -340,6 +415,7 @@ mod tests {
         let task = tokio::spawn(serve_with(
             listener,
             status,
+            Arc::new(Gate::Open),
             async {
                 let _ = stopped.await;
             },
@@ -508,7 +584,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let status: StatusFn = Arc::new(|| panic!("status snapshot poisoned"));
-        tokio::spawn(serve(listener, status, std::future::pending()));
+        tokio::spawn(serve_with(
+            listener,
+            status,
+            Arc::new(Gate::Open),
+            std::future::pending(),
+            LIMITS,
+        ));
         let res = exchange(addr, b"GET /status HTTP/1.1\r\n\r\n").await;
         assert_eq!(split(&res).0, "HTTP/1.1 500 Internal Server Error");
         let res = exchange(addr, b"GET /health HTTP/1.1\r\n\r\n").await;

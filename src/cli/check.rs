@@ -169,7 +169,7 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
         .ok();
     let target = match engine.target.validate() {
         Ok(url) => match Target::parse(&url) {
-            Ok(t) => Some(t),
+            Ok(t) => Some(t.confirmed(engine.target.target_confirm.clone())),
             Err(e) => {
                 problems.push(e.to_string());
                 None
@@ -263,6 +263,9 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
                                 "addon",
                                 format!("app {} has the PostgreSQL addon {id}", s.app),
                             ));
+                            if let Some(t) = target.as_ref() {
+                                checks.push(source_check(&client, t).await);
+                            }
                             match client.newest_done_backup().await {
                                 Err(e) => checks.push(Check::fail("backup", e.to_string())),
                                 Ok(b) => {
@@ -312,6 +315,25 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
                     ),
                 ));
                 checks.push(role_check(t, info.owns_database).await);
+                checks.push(
+                    match crate::machine::first_wipe(&info.contents, t.confirm()) {
+                        Ok(()) => Check::ok(
+                            "target confirmation",
+                            if info.contents.objects == 0 {
+                                "the target database is empty".to_string()
+                            } else if info.contents.replicator_ran {
+                                "the replicator restored this database before".to_string()
+                            } else {
+                                format!(
+                                    "{} confirms the first wipe of {}",
+                                    crate::machine::TARGET_CONFIRM_VAR,
+                                    info.database
+                                )
+                            },
+                        ),
+                        Err(e) => Check::fail("target confirmation", e.to_string()),
+                    },
+                );
                 checks.push(lock_check(t).await);
             }
         },
@@ -361,6 +383,25 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
         checks.push(c);
     }
     checks
+}
+
+/// The target is not the source's database (the rule `run` applies in `FetchingUrl`).
+async fn source_check(client: &ScalingoClient, target: &Target) -> Check {
+    let name = "target is not the source";
+    match client.source_database().await {
+        Err(e) => Check::fail(name, e.to_string()),
+        Ok(source) if crate::machine::target_is_source(target.dbname(), source.as_deref()) => {
+            Check::fail(name, crate::engine::target_is_source_message(target))
+        }
+        Ok(source) => Check::ok(
+            name,
+            format!(
+                "the target database {} is not the addon's ({})",
+                target.dbname(),
+                source.as_deref().unwrap_or("unknown")
+            ),
+        ),
+    }
 }
 
 /// The state directory exists and is writable (or can be created), and holds no run that

@@ -20,7 +20,6 @@ use crate::config::ConfigError;
 use crate::engine::{Driver, Outcome, new_run_id};
 use crate::machine::{Origin, Phase, Run};
 use crate::schedule::Schedule;
-use crate::target::Target;
 
 /// Longest single sleep while waiting for a tick. The schedule is wall-clock time, tokio's
 /// timer is monotonic: waking at least this often re-reads the wall clock, so a container that
@@ -89,7 +88,7 @@ pub async fn run(
         &SystemClock,
         &shutdown,
         resume_first,
-        |trigger| attempt(&driver, &target, trigger),
+        |trigger| attempt(&driver, trigger),
     )
     .await;
     info!(
@@ -111,7 +110,11 @@ fn parse_schedule(args: &DaemonArgs) -> Result<Schedule, CliError> {
             var: "SCHEDULE",
             hint: "set it to a cron expression, e.g. `10 5 * * *` for 05:10 UTC every day",
         })?;
-    Ok(Schedule::parse(expr, args.schedule_timezone.as_deref())?)
+    let schedule = Schedule::parse(expr, args.schedule_timezone.as_deref())?;
+    if !args.schedule_allow_frequent {
+        schedule.refuse_frequent()?;
+    }
+    Ok(schedule)
 }
 
 /// The cron loop: an optional resume first, then one replication per tick until shutdown.
@@ -237,8 +240,8 @@ async fn sleep_until_opt<C: Clock>(clock: &C, at: Option<DateTime<Utc>>) {
 /// One replication with both locks held: the interrupted run if there is one, else a new one.
 /// Whatever stops it (the target held by another replicator, a failed run) is logged and the
 /// daemon waits for the next tick; only a shutdown stops the loop.
-async fn attempt(driver: &Driver, target: &Target, trigger: Trigger) -> After {
-    match try_attempt(driver, target, trigger).await {
+async fn attempt(driver: &Driver, trigger: Trigger) -> After {
+    match try_attempt(driver, trigger).await {
         Ok(after) => after,
         Err(CliError::Refused(why)) => {
             warn!("{} skipped: {why}", label(trigger));
@@ -266,12 +269,8 @@ fn stop_if_asked(driver: &Driver) -> After {
     }
 }
 
-async fn try_attempt(
-    driver: &Driver,
-    target: &Target,
-    trigger: Trigger,
-) -> Result<After, CliError> {
-    let _locks = app::lock(&driver.state_dir, target).await?;
+async fn try_attempt(driver: &Driver, trigger: Trigger) -> Result<After, CliError> {
+    let _locks = app::lock(driver).await?;
     // A SIGTERM that came while the locks were being taken: start nothing.
     if driver.shutdown.is_cancelled() {
         return Ok(After::Stop);

@@ -117,6 +117,10 @@ pub struct DaemonArgs {
     /// IANA time zone of SCHEDULE (e.g. Europe/Paris) [default: UTC]
     #[arg(long, env = "SCHEDULE_TIMEZONE")]
     pub schedule_timezone: Option<String>,
+    /// `true` to allow a SCHEDULE that fires more often than once a minute (each tick asks
+    /// Scalingo's API)
+    #[arg(long, env = "SCHEDULE_ALLOW_FREQUENT", default_value = "false", value_parser = crate::config::parse_bool_flag, action = clap::ArgAction::Set)]
+    pub schedule_allow_frequent: bool,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +164,14 @@ pub struct WebArgs {
     /// Port to listen on (Scalingo sets PORT)
     #[arg(long, env = "PORT", default_value = "8080")]
     pub port: u16,
+    /// The bearer token `/status` requires (environment only); unset, only `/health` is served
+    #[arg(
+        long = "web-token",
+        env = "WEB_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub web_token: Option<String>,
 }
 
 impl EngineArgs {
@@ -186,7 +198,7 @@ impl EngineArgs {
             None
         };
         let max_backup_age = self.max_backup_age()?;
-        let target = parse_target(&database_url)?;
+        let target = parse_target(&database_url)?.confirmed(self.target.target_confirm.clone());
         let download_idle_timeout = Duration::from_secs(parse_number(
             &self.download_idle_timeout_seconds,
             "DOWNLOAD_IDLE_TIMEOUT_SECONDS",
@@ -218,6 +230,16 @@ impl Command {
 /// The binary's `main`: parses the command line, starts the logs and the runtime, runs the
 /// command.
 pub fn entry() -> ExitCode {
+    // Every file and directory this process creates is its user's only (0600, 0700): the
+    // state directory holds production data (the archive, the dump) and the run's records.
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+    if let Some(refusal) = secret_flag(std::env::args_os().skip(1)) {
+        eprintln!("replicator: {refusal}");
+        return ExitCode::from(exit::CONFIG);
+    }
     let cli = Cli::parse();
     // These two print a report on stdout: their logs go to stderr, out of its way.
     let report = matches!(
@@ -239,6 +261,34 @@ pub fn entry() -> ExitCode {
         }
     };
     runtime.block_on(main(cli))
+}
+
+/// The flags that would carry a secret, and the variable to set instead.
+const SECRET_FLAGS: [(&str, &str); 4] = [
+    ("--api-token", "SCALINGO_API_TOKEN"),
+    ("--database-url", "DATABASE_URL"),
+    ("--notify-token", "NOTIFY_TOKEN"),
+    ("--web-token", "WEB_TOKEN"),
+];
+
+/// A secret given as a flag is refused: the command line of a process is readable by every
+/// user of the machine (`/proc/PID/cmdline`, `ps`) for the whole life of a daemon. The
+/// message names the flag and the variable, never the value.
+pub fn secret_flag(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<String> {
+    for arg in args {
+        let arg = arg.to_string_lossy();
+        if arg == "--" {
+            break;
+        }
+        for (flag, var) in SECRET_FLAGS {
+            if arg == flag || arg.starts_with(&format!("{flag}=")) {
+                return Some(format!(
+                    "{flag} is refused: a secret on the command line is visible to every user of the machine (ps, /proc/PID/cmdline); set {var} in the environment instead"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The library's `main`: runs `cli`'s command, prints its failure once, returns its exit code.

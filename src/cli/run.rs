@@ -2,6 +2,7 @@
 //! an interrupted one stopped.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +63,7 @@ pub async fn restore(
     let restore = args.restore.validate()?;
     let retry = args.retry.validate()?;
     let config = EngineConfig {
-        target: parse_target(&database_url)?,
+        target: parse_target(&database_url)?.confirmed(args.target.target_confirm.clone()),
         restore,
         retry,
         scalingo: None,
@@ -82,9 +83,8 @@ async fn start(
     restart: bool,
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
-    let target = config.target.clone();
-    let driver = app::driver(state_dir, config, force, shutdown);
-    let _locks = app::lock(&driver.state_dir, &target).await?;
+    let driver = Arc::new(app::driver(state_dir, config, force, shutdown));
+    let _locks = app::lock(&driver).await?;
     app::refuse_interrupted(&driver.store, &driver.state_dir, restart)?;
     let run = Run::new(
         new_run_id(Utc::now()),
@@ -92,7 +92,7 @@ async fn start(
         driver.retry.max_retry_count,
         Utc::now(),
     );
-    let outcome = driver.drive(run).await.map_err(fatal)?;
+    let outcome = drive_in_task(driver, run).await?;
     Ok(finish(outcome))
 }
 
@@ -122,9 +122,8 @@ pub async fn resume(
     };
     let needs_scalingo = matches!(run.origin, Origin::Scalingo);
     let config = args.validate(needs_scalingo)?;
-    let target = config.target.clone();
     let driver = app::driver(state_dir, config, false, shutdown);
-    let _locks = app::lock(&driver.state_dir, &target).await?;
+    let _locks = app::lock(&driver).await?;
     // Read again under the lock: the run may have moved since.
     let current = driver.store.current().map_err(fatal)?;
     let run = crate::machine::interrupted(current.as_ref())
@@ -138,8 +137,19 @@ pub async fn resume(
         run.phase.name()
     );
     let run = app::resumable(run)?;
-    let outcome = driver.drive(run).await.map_err(fatal)?;
+    let outcome = drive_in_task(Arc::new(driver), run).await?;
     Ok(finish(outcome))
+}
+
+/// Drives `run` on a spawned task (a runtime worker thread, not the main thread): the
+/// `pg_restore` children are then spawned from worker threads, and their `PR_SET_PDEATHSIG`
+/// (which fires when the spawning *thread* ends) must still tie them to the process alone
+/// (`hardening::pg_restore_children_die_with_a_killed_replicator`).
+async fn drive_in_task(driver: Arc<crate::engine::Driver>, run: Run) -> Result<Outcome, CliError> {
+    tokio::spawn(async move { driver.drive(run).await })
+        .await
+        .map_err(|e| fatal(format!("the run's task failed: {e}")))?
+        .map_err(fatal)
 }
 
 fn finish(outcome: Outcome) -> u8 {

@@ -417,30 +417,13 @@ fn last_lines(s: &str, n: usize) -> String {
 
 /// Runs `pg_restore ARGS DUMP` and returns what it prints on stdout. `what` names the
 /// arguments in the error (`--list`).
-/// A `pg_restore` command that gets nothing of the replicator's environment but `PATH`, the
-/// locale and the time zone: it only reads a dump (it never connects), so it needs no
-/// connection setting, and no secret of the replicator (API token, database URL, webhook
-/// token) may reach a child that does not need it.
-pub fn pg_restore_command() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("pg_restore");
-    cmd.env_clear();
-    for (k, v) in std::env::vars_os() {
-        let keep = k
-            .to_str()
-            .is_some_and(|k| matches!(k, "PATH" | "LANG" | "TZ") || k.starts_with("LC_"));
-        if keep {
-            cmd.env(k, v);
-        }
-    }
-    cmd
-}
-
 pub async fn pg_restore_stdout(
     dump: &Path,
     args: &[OsString],
     what: &'static str,
 ) -> Result<String, TocError> {
-    let out = pg_restore_command()
+    // No secret and no PG* variable: pg_restore only reads the dump.
+    let out = crate::secret::child_command("pg_restore")
         .args(args)
         .arg(dump)
         .stdin(Stdio::null())

@@ -25,7 +25,7 @@ pub mod test_hooks;
 pub(crate) mod workdir;
 
 use progress::{ProgressLogger, log_phase, log_summary};
-pub use steps::RealSteps;
+pub use steps::{LockSlot, RealSteps, target_is_source_message};
 use workdir::WorkDir;
 
 /// How often progress is persisted while a step runs.
@@ -90,6 +90,17 @@ pub trait Steps: Send + Sync {
     fn masking_counts(&self) -> Option<crate::machine::MaskingCounts> {
         None
     }
+    /// Proves this run still holds the target's lock (taking it again on a new session if its
+    /// session was lost): before the wipe, each section and `Done`. Another replicator
+    /// holding it is a transient failure.
+    fn hold_target(&self) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
+    /// Completes when another replicator took the target's lock: the current step is dropped
+    /// at once and the run retries later.
+    fn target_lost(&self) -> impl Future<Output = StepError> + Send + 'static {
+        std::future::pending()
+    }
     /// Just before the step of `run`'s phase starts (the reliability suite's pause).
     fn before_step(&self, _run: &Run) -> impl Future<Output = ()> + Send {
         async {}
@@ -139,6 +150,18 @@ pub fn new_run_id(now: DateTime<Utc>) -> String {
 
 impl<S: Steps> Driver<S> {
     fn apply(&self, run: &Run, event: Event) -> Result<Run, DriverError> {
+        // An error leaves the process from here (the store, `status`, the webhooks, the
+        // target's records): without the row data PostgreSQL may quote in it.
+        let event = match event {
+            Event::TransientFailure { error, retry_at } => Event::TransientFailure {
+                error: crate::secret::redact_row_data(&error),
+                retry_at,
+            },
+            Event::PermanentFailure { error } => Event::PermanentFailure {
+                error: crate::secret::redact_row_data(&error),
+            },
+            other => other,
+        };
         let next = transition(run, event, Utc::now())?;
         self.store.save(&next)?;
         Ok(next)
@@ -191,25 +214,32 @@ impl<S: Steps> Driver<S> {
                         run.attempt,
                         run.max_attempts
                     );
+                    // The RETRIES_TIMEOUT_MINUTES warning fires on time, in the middle of the
+                    // wait if it falls there.
+                    let warn_at = run
+                        .retrying_since
+                        .filter(|_| !warned_retrying)
+                        .map(|since| {
+                            since
+                                + chrono::Duration::from_std(self.retry.timeout).unwrap_or_default()
+                        })
+                        .filter(|w| *w < at);
+                    if let Some(warn_at) = warn_at {
+                        let first = (warn_at - Utc::now()).to_std().unwrap_or_default();
+                        tokio::select! {
+                            _ = tokio::time::sleep(first) => {}
+                            _ = self.shutdown.cancelled() => return self.interrupt(run).await,
+                        }
+                        self.warn_retrying(&run, &mut warned_retrying);
+                    }
+                    let rest = (at - Utc::now()).to_std().unwrap_or_default();
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(rest) => {}
                         _ = self.shutdown.cancelled() => return self.interrupt(run).await,
                     }
                 }
             }
-            if let Some(since) = run.retrying_since
-                && !warned_retrying
-                && (Utc::now() - since).to_std().unwrap_or_default() > self.retry.timeout
-            {
-                warned_retrying = true;
-                warn!(
-                    run_id = %run.run_id,
-                    retrying_since = %since.to_rfc3339(),
-                    "the run has been retrying for more than RETRIES_TIMEOUT_MINUTES ({} min); last error: {}",
-                    self.retry.timeout.as_secs() / 60,
-                    run.error.as_deref().unwrap_or("-")
-                );
-            }
+            self.warn_retrying(&run, &mut warned_retrying);
 
             let cell = ProgressCell::default();
             // The step works on a snapshot: progress updates replace `run` meanwhile.
@@ -223,6 +253,7 @@ impl<S: Steps> Driver<S> {
                 loop {
                     tokio::select! {
                         r = &mut step => break Some(r),
+                        e = self.steps.target_lost() => break Some(Err(e)),
                         _ = ticker.tick() => {
                             if let Some(p) = cell.take() {
                                 logger.log(&run, &p);
@@ -260,7 +291,8 @@ impl<S: Steps> Driver<S> {
                     self.remove_working_files(&run);
                     return Ok(Outcome::AlreadyRestored(backup));
                 }
-                Err(StepError::Transient(t)) => {
+                Err(StepError::Transient(mut t)) => {
+                    t.message = crate::secret::redact_row_data(&t.message);
                     let delay = retry::delay_after(&self.retry, run.attempt, t.retry_after);
                     if run.attempt < run.max_attempts {
                         warn!(
@@ -288,6 +320,23 @@ impl<S: Steps> Driver<S> {
                 phase_clock = Instant::now();
                 log_phase(&run, Some((&before, elapsed)));
             }
+        }
+    }
+
+    /// The run has been retrying for longer than `RETRIES_TIMEOUT_MINUTES`: said once.
+    fn warn_retrying(&self, run: &Run, warned: &mut bool) {
+        if let Some(since) = run.retrying_since
+            && !*warned
+            && (Utc::now() - since).to_std().unwrap_or_default() >= self.retry.timeout
+        {
+            *warned = true;
+            warn!(
+                run_id = %run.run_id,
+                retrying_since = %since.to_rfc3339(),
+                "the run has been retrying for more than RETRIES_TIMEOUT_MINUTES ({} min); last error: {}",
+                self.retry.timeout.as_secs() / 60,
+                run.error.as_deref().unwrap_or("-")
+            );
         }
     }
 
@@ -321,6 +370,9 @@ impl<S: Steps> Driver<S> {
 
     async fn step(&self, run: &Run, progress: &ProgressCell) -> Result<StepOutcome, StepError> {
         self.steps.before_step(run).await;
+        if run.phase.touches_target() {
+            self.steps.hold_target().await?;
+        }
         let report = |p: Progress| progress.set(p);
         match &run.phase {
             Phase::FetchingUrl => return self.fetch_backup().await,
@@ -336,7 +388,11 @@ impl<S: Steps> Driver<S> {
                 self.steps.restore(run, *section, &report).await?;
             }
             Phase::Unlogging { .. } => self.steps.unlog(run).await?,
-            Phase::PostRestoreSql { .. } => self.steps.post_restore(run).await?,
+            Phase::PostRestoreSql { .. } => {
+                self.steps.post_restore(run).await?;
+                // `Done` says the target is this run's: the lock must still be ours.
+                self.steps.hold_target().await?;
+            }
             Phase::Idle | Phase::Done { .. } | Phase::Failed { .. } => {
                 unreachable!("no step runs in {:?}", run.phase.name())
             }

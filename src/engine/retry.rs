@@ -10,7 +10,8 @@ use backoff::backoff::Backoff;
 use crate::config::RetryConfig;
 
 /// The wait before attempt `attempt + 1`, after `attempt` (1-based) failed: the initial delay
-/// doubled at each retry, capped, with ±20% jitter, and never less than what the server asked.
+/// doubled at each retry, capped, with ±20% jitter, and never less than what the server asked
+/// (itself capped at `RETRY_MAX_DELAY_SECONDS`).
 pub fn delay_after(policy: &RetryConfig, attempt: u32, server_asked: Option<Duration>) -> Duration {
     let mut b = backoff::ExponentialBackoffBuilder::new()
         .with_initial_interval(policy.initial_delay)
@@ -24,8 +25,10 @@ pub fn delay_after(policy: &RetryConfig, attempt: u32, server_asked: Option<Dura
         delay = b.next_backoff().unwrap_or(policy.max_delay);
     }
     let delay = delay.min(policy.max_delay);
+    // The server's wish counts, up to RETRY_MAX_DELAY_SECONDS: one `Retry-After: 100000000`
+    // must not park the run for years.
     match server_asked {
-        Some(asked) if asked > delay => asked,
+        Some(asked) if asked > delay => asked.min(policy.max_delay),
         _ => delay,
     }
 }
@@ -54,6 +57,15 @@ mod tests {
         assert_eq!(
             delay_after(&p, 1, Some(Duration::from_secs(500))),
             Duration::from_secs(500)
+        );
+    }
+
+    #[test]
+    fn the_server_s_wish_is_capped_at_the_max_delay() {
+        let p = policy();
+        assert_eq!(
+            delay_after(&p, 1, Some(Duration::from_secs(100_000_000))),
+            Duration::from_secs(900)
         );
     }
 }

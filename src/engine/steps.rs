@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -17,7 +18,7 @@ use crate::machine::{
 };
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
-use crate::target::{self, Target};
+use crate::target::{self, LockHandle, Target};
 
 /// The real steps.
 pub struct RealSteps {
@@ -30,6 +31,21 @@ pub struct RealSteps {
     pub pause_at: Option<PauseAt>,
     /// What `REPLICA_RULES` did in the last restore of the rows.
     pub masking: std::sync::Mutex<Option<crate::machine::MaskingCounts>>,
+    /// The target's lock, watched while a run holds it (set by `app::lock`).
+    pub lock: LockSlot,
+}
+
+/// Where the run's [`LockHandle`] is put once the lock is taken.
+#[derive(Clone, Default)]
+pub struct LockSlot(Arc<Mutex<Option<LockHandle>>>);
+
+impl LockSlot {
+    pub fn set(&self, handle: Option<LockHandle>) {
+        *self.0.lock().expect("lock slot") = handle;
+    }
+    fn get(&self) -> Option<LockHandle> {
+        self.0.lock().expect("lock slot").clone()
+    }
 }
 
 impl RealSteps {
@@ -132,7 +148,12 @@ fn create_dir_for(path: &Path) -> Result<(), StepError> {
 
 impl Steps for RealSteps {
     async fn fetch_backup(&self) -> Result<Backup, StepError> {
-        let backup = self.scalingo()?.newest_done_backup().await?;
+        let scalingo = self.scalingo()?;
+        let source = scalingo.source_database().await?;
+        if crate::machine::target_is_source(self.target.dbname(), source.as_deref()) {
+            return Err(StepError::permanent(target_is_source_message(&self.target)));
+        }
+        let backup = scalingo.newest_done_backup().await?;
         check_free_disk(&self.state_dir, backup.size)?;
         Ok(backup)
     }
@@ -146,6 +167,14 @@ impl Steps for RealSteps {
         let archive = self.archive_path(run);
         create_dir_for(&archive)?;
         let url = self.scalingo()?.download_url(&backup.id).await?;
+        let secure = reqwest::Url::parse(url.0.expose())
+            .is_ok_and(|u| crate::secret::secure_or_loopback(&u));
+        if !secure {
+            return Err(StepError::permanent(format!(
+                "Scalingo gave a download URL that is not https ({}): its token would cross the network in clear; refused",
+                url.redacted()
+            )));
+        }
         let total = backup.size;
         let report = |done: u64| progress(Progress::Bytes { done, total });
         let dump = self.dump_path(run);
@@ -218,6 +247,8 @@ impl Steps for RealSteps {
         let _ = std::fs::remove_file(&saved);
         let (toc, _) = target::check_dump_toc(&dump, Some(&saved)).await?;
         let info = target::check_target(&self.target).await?;
+        crate::machine::first_wipe(&info.contents, self.target.confirm())
+            .map_err(|e| StepError::permanent(e.to_string()))?;
         // Before Dropping: a dump cut in its data, a restriction that cuts objects from what
         // they need, an extension the role cannot create or objects the wipe cannot remove
         // would fail the restore only after the target is gone (docs/reliability.md).
@@ -371,6 +402,23 @@ impl Steps for RealSteps {
         }
     }
 
+    async fn hold_target(&self) -> Result<(), StepError> {
+        match self.lock.get() {
+            Some(lock) => lock.ensure().await,
+            None => Ok(()),
+        }
+    }
+
+    fn target_lost(&self) -> impl Future<Output = StepError> + Send + 'static {
+        let lost = self.lock.get().map(|l| l.lost());
+        async move {
+            match lost {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     async fn on_interrupt(&self, run: &Run) {
         if matches!(
             run.phase,
@@ -389,6 +437,15 @@ impl Steps for RealSteps {
             }
         }
     }
+}
+
+/// Why a target that is the source's database is refused (`run` and `check`).
+pub fn target_is_source_message(target: &Target) -> String {
+    format!(
+        "DATABASE_URL names the production database: {} is the database of the PostgreSQL addon of SCALINGO_APP, the source of the backups; \
+         a run would wipe it. Set DATABASE_URL to the replica's database (on Scalingo, an app's own DATABASE_URL is its own addon: deploy the replicator on the replica's app)",
+        target.describe()
+    )
 }
 
 /// Refuses a download that cannot fit (see [`crate::machine::disk_needed`]): the rule

@@ -34,8 +34,9 @@ use serde::{Deserialize, Serialize};
 mod rules;
 
 pub use rules::{
-    DiskBudget, TooOld, abandon, already_restored, disk_budget, disk_needed, interrupted, recover,
-    too_old,
+    DiskBudget, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon,
+    already_restored, disk_budget, disk_needed, dump_budget, first_wipe, interrupted, recover,
+    target_is_source, too_old,
 };
 
 /// The backup a run restores, as Scalingo describes it (or as a local file is described).
@@ -171,6 +172,18 @@ impl Phase {
             Phase::Done { .. } => PhaseName::Done,
             Phase::Failed { .. } => PhaseName::Failed,
         }
+    }
+
+    /// The phases whose step changes the target (from the wipe on): each needs the target's
+    /// lock to be this run's.
+    pub fn touches_target(&self) -> bool {
+        matches!(
+            self,
+            Phase::Dropping { .. }
+                | Phase::Restoring { .. }
+                | Phase::Unlogging { .. }
+                | Phase::PostRestoreSql { .. }
+        )
     }
 
     /// The key under which the time spent in this phase is added up: the two restore

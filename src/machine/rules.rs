@@ -43,7 +43,14 @@ pub fn too_old(backup: &Backup, max_age: Option<Duration>, now: DateTime<Utc>) -
 /// is budgeted at the archive's size, plus 10% for the gzip and tar overhead and 64 MiB of
 /// slack.
 pub fn disk_needed(size: u64) -> u64 {
-    size + size + size / 10 + 64 * 1024 * 1024
+    size + dump_budget(size)
+}
+
+/// The dump's share of [`disk_needed`] for an archive of `size` bytes: the most its
+/// extraction may write. A dump past it is not a normal backup (a small archive that expands
+/// to fill the disk): the extraction stops there.
+pub fn dump_budget(size: u64) -> u64 {
+    size + size / 10 + 64 * 1024 * 1024
 }
 
 /// The disk budget of a backup of `size` bytes with `free` bytes free.
@@ -151,4 +158,54 @@ mod tests {
         assert!(interrupted(Some(&failed)).is_none());
         assert!(already_restored(Some(&failed), &b, false).is_none());
     }
+}
+
+/// The variable that allows the first wipe of a database that holds objects and no record of
+/// an earlier run of the replicator: it must equal that database's name.
+pub const TARGET_CONFIRM_VAR: &str = "REPLICATOR_TARGET_CONFIRM";
+
+/// Whether the target names the source's database: the source addon's database name
+/// (`resource_id`, unique on Scalingo) on any host. A target that is the source is refused
+/// before anything is touched.
+pub fn target_is_source(target_db: &str, source_db: Option<&str>) -> bool {
+    source_db.is_some_and(|s| !s.is_empty() && s == target_db)
+}
+
+/// What the target holds before its wipe, as far as the rule of [`first_wipe`] is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetContents {
+    pub database: String,
+    /// Relations the target's role owns (what the wipe removes), outside the system schemas
+    /// and the replicator's own.
+    pub objects: u64,
+    /// `replicator.runs` holds a record: the replicator already restored this database.
+    pub replicator_ran: bool,
+}
+
+/// Refusal of a first wipe: the database holds objects the replicator never put there.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the target database {database} holds {objects} table(s) or other relations and no record of an earlier run of the replicator (table replicator.runs): \
+     the first run would wipe them all (DROP OWNED BY CURRENT_USER). If DATABASE_URL names production, fix it; \
+     if this database really is the replica to overwrite, set {var}={database}",
+    var = TARGET_CONFIRM_VAR
+)]
+pub struct UnconfirmedWipe {
+    pub database: String,
+    pub objects: u64,
+}
+
+/// The first wipe of a database that holds objects needs `REPLICATOR_TARGET_CONFIRM` set to its
+/// name; an empty database, or one the replicator already restored, needs nothing.
+pub fn first_wipe(contents: &TargetContents, confirm: Option<&str>) -> Result<(), UnconfirmedWipe> {
+    if contents.objects == 0
+        || contents.replicator_ran
+        || confirm.is_some_and(|c| c == contents.database)
+    {
+        return Ok(());
+    }
+    Err(UnconfirmedWipe {
+        database: contents.database.clone(),
+        objects: contents.objects,
+    })
 }

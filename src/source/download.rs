@@ -87,6 +87,16 @@ pub enum DownloadError {
         expected: u64,
     },
     #[error(
+        "downloading the backup archive from {location}: the body is longer than the {limit} \
+         bytes announced ({by}): stopped there, while it streamed; the archive does not match \
+         its backup"
+    )]
+    Overflow {
+        location: String,
+        limit: u64,
+        by: &'static str,
+    },
+    #[error(
         "downloading the backup archive from {location}: the server ignored resuming twice \
          (answered {detail}); will retry"
     )]
@@ -107,6 +117,7 @@ impl From<DownloadError> for StepError {
         };
         let permanent = match &e {
             DownloadError::TooLong { .. } => true,
+            DownloadError::Overflow { .. } => true,
             DownloadError::Disk { source, .. } => io_error_is_permanent(source),
             _ => false,
         };
@@ -220,7 +231,7 @@ async fn download_inner(
                 // the `Extracting` step, from the whole file, as it always was.
                 let follower = match (dump, &start) {
                     (Some(dump), Start::FromZero) if pass == 0 && on_disk == 0 => {
-                        Some(Follower::start(dest, dump).map_err(disk)?)
+                        Some(Follower::start(dest, dump, expected_size).map_err(disk)?)
                     }
                     _ => None,
                 };
@@ -398,9 +409,29 @@ async fn write_body(
     let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut on_disk = offset;
     progress(on_disk);
+    // Never more than announced (Content-Length, the backup's size): a server that sends more
+    // is stopped while it streams, not after it filled the disk.
+    let limit = match (announced, expected_size) {
+        (Some(a), Some(e)) => Some(a.min(e)),
+        (a, e) => a.or(e),
+    };
     let cut = loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
+                if let Some(limit) = limit
+                    && on_disk + chunk.len() as u64 > limit
+                {
+                    out.flush().await.map_err(disk)?;
+                    return Err(DownloadError::Overflow {
+                        location: location.to_string(),
+                        limit,
+                        by: if expected_size == Some(limit) {
+                            "the backup's size Scalingo announced"
+                        } else {
+                            "Content-Length"
+                        },
+                    });
+                }
                 out.write_all(&chunk).await.map_err(disk)?;
                 on_disk += chunk.len() as u64;
                 // What is in the file (and survives a kill -9), not what sits in the buffer:

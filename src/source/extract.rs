@@ -95,6 +95,17 @@ pub enum ExtractError {
         member: String,
         hint: &'static str,
     },
+    #[error(
+        "the dump in backup archive {archive} expands past {limit} bytes, the disk budget of an \
+         archive of {archive_bytes} bytes (its size + 10% + 64 MiB; a pg_dump custom-format dump \
+         barely shrinks under gzip): extraction stopped before it fills the disk; this is not a \
+         normal Scalingo backup, choose another one"
+    )]
+    TooLarge {
+        archive: PathBuf,
+        archive_bytes: u64,
+        limit: u64,
+    },
     #[error("writing the dump to {path}: {source}; check the disk (space, permissions)")]
     Disk {
         path: PathBuf,
@@ -126,15 +137,18 @@ pub fn extract_dump(archive: &Path, dump: &Path) -> Result<u64, StepError> {
         archive: archive.to_path_buf(),
         source,
     })?;
-    Ok(extract_from(file, archive, dump)?)
+    let archive_bytes = file.metadata().map(|m| m.len()).ok();
+    Ok(extract_from(file, archive, dump, archive_bytes)?)
 }
 
 /// The extraction from any reader of the archive's bytes (the file, or the file followed as
 /// it is downloaded); `archive` names it in messages.
+/// `archive_bytes`: the archive's size, whose [`dump_budget`] caps what the dump may take.
 pub(super) fn extract_from(
     source: impl Read,
     archive: &Path,
     dump: &Path,
+    archive_bytes: Option<u64>,
 ) -> Result<u64, ExtractError> {
     let open_err = |source| ExtractError::OpenArchive {
         archive: archive.to_path_buf(),
@@ -166,7 +180,7 @@ pub(super) fn extract_from(
             detail: e.to_string(),
         },
     };
-    let length = copy_first_pgsql(&mut tar, archive, dump, &sort)?;
+    let length = copy_first_pgsql(&mut tar, archive, dump, archive_bytes, &sort)?;
     // Reading to the end checks the gzip CRC: a damaged tail is not a good archive.
     io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(&sort)?;
     Ok(length)
@@ -207,6 +221,7 @@ fn copy_first_pgsql<R: Read>(
     tar: &mut tar::Archive<R>,
     archive: &Path,
     dump: &Path,
+    archive_bytes: Option<u64>,
     sort: &dyn Fn(io::Error) -> ExtractError,
 ) -> Result<u64, ExtractError> {
     let mut seen = Vec::new();
@@ -216,7 +231,7 @@ fn copy_first_pgsql<R: Read>(
         let is_file = entry.header().entry_type().is_file();
         if is_file && name.ends_with(".pgsql") {
             tracing::info!(archive = %archive.display(), member = %name, "extracting the dump");
-            return write_dump(&mut entry, archive, &name, dump, sort);
+            return write_dump(&mut entry, archive, &name, dump, archive_bytes, sort);
         }
         if seen.len() < 10 {
             seen.push(name);
@@ -239,6 +254,7 @@ fn write_dump(
     archive: &Path,
     name: &str,
     dump: &Path,
+    archive_bytes: Option<u64>,
     sort: &dyn Fn(io::Error) -> ExtractError,
 ) -> Result<u64, ExtractError> {
     let mut head = Vec::with_capacity(64);
@@ -261,7 +277,24 @@ fn write_dump(
     };
     let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(&partial).map_err(disk)?);
     out.write_all(&head).map_err(disk)?;
-    let copied = match copy_member(member, &mut out, sort, &disk) {
+    // The dump may take its share of the disk budget, no more: a small archive that expands
+    // without end is stopped here, not by a full disk.
+    let limit = archive_bytes.map(|a| (a, crate::machine::dump_budget(a)));
+    let mut member = member.take(
+        limit
+            .map(|(_, l)| l.saturating_sub(head.len() as u64) + 1)
+            .unwrap_or(u64::MAX),
+    );
+    let copied = match copy_member(&mut member, &mut out, sort, &disk) {
+        Ok(n) if limit.is_some_and(|(_, l)| head.len() as u64 + n > l) => {
+            let _ = fs::remove_file(&partial);
+            let (archive_bytes, limit) = limit.expect("checked");
+            return Err(ExtractError::TooLarge {
+                archive: archive.to_path_buf(),
+                archive_bytes,
+                limit,
+            });
+        }
         Ok(n) => n,
         Err(e) => {
             let _ = fs::remove_file(&partial);

@@ -86,7 +86,12 @@ pub(super) struct Follower {
 impl Follower {
     /// Creates the (empty) archive file, so that the thread can open it before the body's
     /// first byte, and starts the thread.
-    pub(super) fn start(archive: &Path, dump: &Path) -> io::Result<Follower> {
+    /// `archive_bytes`: the archive's announced size (its dump's disk budget).
+    pub(super) fn start(
+        archive: &Path,
+        dump: &Path,
+        archive_bytes: Option<u64>,
+    ) -> io::Result<Follower> {
         fs::File::create(archive)?;
         let file = fs::File::open(archive)?;
         let feed = Arc::new(Feed {
@@ -98,7 +103,9 @@ impl Follower {
             feed: feed.clone(),
         };
         let (archive, dump) = (archive.to_path_buf(), dump.to_path_buf());
-        let task = tokio::task::spawn_blocking(move || extract_from(input, &archive, &dump));
+        let task = tokio::task::spawn_blocking(move || {
+            extract_from(input, &archive, &dump, archive_bytes)
+        });
         Ok(Follower { feed, task })
     }
 

@@ -85,14 +85,65 @@ pub fn http_client(read_timeout: Duration) -> reqwest::Client {
         .connect_timeout(read_timeout.min(Duration::from_secs(30)))
         .read_timeout(read_timeout)
         .tcp_keepalive(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::limited(10))
+        .redirect(secure_redirects())
         .build()
         .expect("a rustls reqwest client always builds")
+}
+
+pub use crate::secret::secure_or_loopback;
+
+/// Redirects are followed (up to 10) only to [`secure_or_loopback`] URLs, and never from
+/// `https` down to `http`: a download URL's token or a bearer must not leave TLS. The error
+/// names the target's scheme and host only.
+pub fn secure_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
+            && attempt.url().scheme() != "https";
+        if attempt.previous().len() >= 10 {
+            attempt.error("more than 10 redirects")
+        } else if downgrade || !secure_or_loopback(attempt.url()) {
+            let to = format!(
+                "{}://{}",
+                attempt.url().scheme(),
+                attempt.url().host_str().unwrap_or("")
+            );
+            attempt.error(format!(
+                "refused a redirect to {to}: only https (or http on loopback), never from https down to http"
+            ))
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_https_or_loopback_may_carry_a_secret() {
+        for ok in [
+            "https://db-api.osc-fr1.scalingo.com/x",
+            "http://127.0.0.1:8080/x",
+            "http://[::1]:80/",
+            "http://localhost:3000",
+        ] {
+            assert!(
+                secure_or_loopback(&reqwest::Url::parse(ok).unwrap()),
+                "{ok}"
+            );
+        }
+        for no in [
+            "http://example.com/hook",
+            "http://10.0.0.1/",
+            "ftp://127.0.0.1/",
+        ] {
+            assert!(
+                !secure_or_loopback(&reqwest::Url::parse(no).unwrap()),
+                "{no}"
+            );
+        }
+    }
 
     #[test]
     fn retry_after_seconds_and_date() {

@@ -233,6 +233,8 @@ pub struct ScalingoClient {
     bearer: Mutex<Option<CachedBearer>>,
     /// The addon id is not a secret and does not change: found once per client.
     addon_id: Mutex<Option<String>>,
+    /// The addon's `resource_id`: the name of the production database.
+    resource_id: Mutex<Option<String>>,
 }
 
 enum Auth<'a> {
@@ -261,6 +263,7 @@ impl ScalingoClient {
             .user_agent(concat!("replicator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .timeout(API_TIMEOUT)
+            .redirect(crate::source::http::secure_redirects())
             .build()
             .expect("a rustls reqwest client always builds");
         ScalingoClient {
@@ -270,6 +273,7 @@ impl ScalingoClient {
             api_token,
             bearer: Mutex::new(None),
             addon_id: Mutex::new(None),
+            resource_id: Mutex::new(None),
         }
     }
 
@@ -283,6 +287,13 @@ impl ScalingoClient {
     pub async fn check_token(&self) -> Result<(), StepError> {
         self.bearer().await?;
         Ok(())
+    }
+
+    /// The name of the source's database: the PostgreSQL addon's `resource_id` (Scalingo
+    /// names an addon's database and role after it; its host and port are not in the API).
+    pub async fn source_database(&self) -> Result<Option<String>, StepError> {
+        self.postgres_addon_id().await?;
+        Ok(self.resource_id.lock().unwrap().clone())
     }
 
     /// The id of the app's PostgreSQL addon (`replicator check`).
@@ -367,6 +378,7 @@ impl ScalingoClient {
                 found: describe_addons(&list.addons),
             })?;
         tracing::debug!(app = %self.app, addon_id = %addon.id, "found the PostgreSQL addon");
+        *self.resource_id.lock().unwrap() = addon.resource_id.clone();
         *self.addon_id.lock().unwrap() = Some(addon.id.clone());
         Ok(addon.id.clone())
     }
@@ -589,6 +601,9 @@ struct AddonList {
 #[derive(Deserialize, Debug, Clone)]
 struct ApiAddon {
     id: String,
+    /// The addon's database name on its server (also its role's name).
+    #[serde(default)]
+    resource_id: Option<String>,
     #[serde(default)]
     addon_provider: Option<AddonProvider>,
 }

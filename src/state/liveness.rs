@@ -59,12 +59,42 @@ fn read_pid(file: &mut File) -> Option<u32> {
     s.trim().parse().ok()
 }
 
+/// The state directory holds production data (the archive, the dump) and the run's records:
+/// the directory and its subdirectories become `0700`, every file in it `0600` (new ones are
+/// made so by the process's umask, `cli::entry`; this repairs what an older version left).
+/// Best effort: a file that cannot be changed is logged, not fatal.
+pub fn make_private(state_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![state_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!("could not make {} private (0700): {e}", dir.display());
+            continue;
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file()
+                && let Err(e) =
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!("could not make {} private (0600): {e}", path.display());
+            }
+        }
+    }
+}
+
 /// Takes the lock for this process, or says who has it.
 pub fn acquire(state_dir: &Path) -> Result<Result<LiveLock, Holder>, LivenessError> {
     std::fs::create_dir_all(state_dir).map_err(|source| LivenessError::Io {
         path: state_dir.to_path_buf(),
         source,
     })?;
+    make_private(state_dir);
     let path = lock_path(state_dir);
     let mut file = open(&path)?;
     if !flock(&file, libc::LOCK_EX) {

@@ -19,6 +19,9 @@ pub struct TargetInfo {
     pub database: String,
     /// Whether the role owns the database (it should: Scalingo's app role does).
     pub owns_database: bool,
+    /// What the database holds that the wipe would remove (relations this role owns), for
+    /// the rule of the first wipe.
+    pub contents: crate::machine::TargetContents,
 }
 
 /// Connects and checks that the target can be wiped and restored by this role.
@@ -42,12 +45,37 @@ pub async fn check_target(target: &Target) -> Result<TargetInfo, StepError> {
         }
         .into());
     }
+    let contents = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.relowner = current_user::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'replicator')
+                        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%')::int8,
+                    to_regclass('replicator.runs') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error("looking at what the target holds", e))?;
+    let database: String = row.get(3);
+    let mut replicator_ran = contents.get::<_, bool>(1);
+    if replicator_ran {
+        replicator_ran = client
+            .query_one("SELECT EXISTS (SELECT FROM replicator.runs)", &[])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+    }
     let info = TargetInfo {
         server_version: row.get(0),
         server_version_num: row.get(1),
         current_user: row.get(2),
-        database: row.get(3),
+        database: database.clone(),
         owns_database: row.get(5),
+        contents: crate::machine::TargetContents {
+            database,
+            objects: contents.get::<_, i64>(0).max(0) as u64,
+            replicator_ran,
+        },
     };
     if !info.owns_database {
         tracing::warn!(target = %target.describe(), "the role does not own the target database; the restore may lack privileges");
@@ -142,7 +170,7 @@ impl std::fmt::Display for DumpInfo {
 
 /// `pg_restore --version`, e.g. `pg_restore (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
 pub async fn pg_restore_version() -> Result<String, StepError> {
-    let out = crate::dump::toc::pg_restore_command()
+    let out = crate::secret::child_command("pg_restore")
         .arg("--version")
         .kill_on_drop(true)
         .output()

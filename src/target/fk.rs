@@ -218,6 +218,25 @@ fn make_not_valid(sql: &str) -> (String, usize, usize) {
 mod tests {
     use super::*;
 
+    /// Issue 13 (Low 10): a deterministic SQL error re-adding the foreign keys is permanent
+    /// (it would come back at every wipe-and-restore attempt); a lost session is transient.
+    #[test]
+    fn adding_the_keys_is_transient_only_when_the_sqlstate_says_so() {
+        let add = |transient| FkError::Add {
+            target: "u@h:5432/d".into(),
+            detail: "ERROR 42P01: relation \"t\" does not exist".into(),
+            transient,
+        };
+        assert!(matches!(
+            StepError::from(add(false)),
+            StepError::Permanent(_)
+        ));
+        assert!(matches!(
+            StepError::from(add(true)),
+            StepError::Transient(_)
+        ));
+    }
+
     #[test]
     fn parses_the_modes() {
         assert_eq!("trust".parse::<FkMode>(), Ok(FkMode::Trust));

@@ -1,8 +1,12 @@
 //! One replicator per target: the advisory lock, held by a dedicated session for the run.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use super::sqlstate::{PostgresError, classify, error_text};
 use super::url::Target;
@@ -129,4 +133,155 @@ pub async fn lock_target(target: &Target) -> Result<LockOutcome, StepError> {
     };
     tracing::warn!(target = %target.describe(), ?since, ?holder, "advisory lock held by another session");
     Ok(LockOutcome::Held { since, holder })
+}
+
+/// How often the watch looks at the lock's session (a local look: is the connection closed?).
+const WATCH_TICK: Duration = Duration::from_secs(1);
+/// How often the watch round-trips to the server on the lock's session: proves it, and keeps
+/// it active for proxies that cut idle sessions (Scalingo's cuts after 30 minutes).
+const WATCH_PING_EVERY: u32 = 5;
+
+/// The advisory lock watched for the whole run ([`LockWatch::start`]): a task checks the lock's
+/// session every few seconds; lost (a failover, a server restart, an operator's
+/// `pg_terminate_backend`), it takes the lock again at once on a new session. If another
+/// replicator took it meanwhile, [`LockWatch::lost`] fires: the run must stop touching the
+/// target. Dropping the watch releases the lock.
+pub struct LockWatch {
+    inner: Arc<WatchInner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the driver holds of a [`LockWatch`]: it may ask for the lock ([`LockHandle::ensure`])
+/// and wait for its loss ([`LockHandle::lost`]). It does not keep the lock alive.
+#[derive(Clone)]
+pub struct LockHandle {
+    inner: Arc<WatchInner>,
+}
+
+struct WatchInner {
+    target: Target,
+    lock: tokio::sync::Mutex<Option<TargetLock>>,
+    /// Cancelled when another session holds the lock; replaced once it is taken again.
+    stolen: std::sync::Mutex<CancellationToken>,
+    /// Set when the watch is dropped: the lock is never taken again.
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for LockWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockWatch({})", self.inner.target.describe())
+    }
+}
+
+impl LockWatch {
+    /// Watches `lock`, just taken on `target`.
+    pub fn start(target: &Target, lock: TargetLock) -> LockWatch {
+        let inner = Arc::new(WatchInner {
+            target: target.clone(),
+            lock: tokio::sync::Mutex::new(Some(lock)),
+            stolen: std::sync::Mutex::new(CancellationToken::new()),
+            closed: AtomicBool::new(false),
+        });
+        let watched = inner.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = 0u32;
+            let mut ticker = tokio::time::interval(WATCH_TICK);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                ticks = ticks.wrapping_add(1);
+                let ping = ticks % WATCH_PING_EVERY == 0;
+                if let Err(e) = watched.ensure(ping).await {
+                    tracing::warn!(target = %watched.target.describe(), "the replication lock: {e}");
+                }
+            }
+        });
+        LockWatch { inner, task }
+    }
+
+    pub fn handle(&self) -> LockHandle {
+        LockHandle {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for LockWatch {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.task.abort();
+        // Closes the session (which releases the lock) unless a check holds it right now; the
+        // closed flag then drops it at the end of that check.
+        if let Ok(mut held) = self.inner.lock.try_lock() {
+            held.take();
+        }
+    }
+}
+
+impl LockHandle {
+    /// Proves the lock is held (a round-trip on its session), taking it again on a new session
+    /// if the old one is gone. Another replicator holding it is a transient failure (and fires
+    /// [`LockHandle::lost`]).
+    pub async fn ensure(&self) -> Result<(), StepError> {
+        self.inner.ensure(true).await
+    }
+
+    /// Completes once another session holds the lock.
+    pub fn lost(&self) -> impl Future<Output = StepError> + Send + use<> {
+        let token = self.inner.stolen.lock().expect("lock watch").clone();
+        let target = self.inner.target.describe();
+        async move {
+            token.cancelled_owned().await;
+            stolen_error(&target)
+        }
+    }
+}
+
+fn stolen_error(target: &str) -> StepError {
+    StepError::transient(format!(
+        "the replication lock on {target} was lost and another replicator took it: this run \
+         stopped touching the target and will retry once the lock is free"
+    ))
+}
+
+impl WatchInner {
+    async fn ensure(&self, ping: bool) -> Result<(), StepError> {
+        let mut held = self.lock.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            held.take();
+            return Ok(());
+        }
+        if let Some(lock) = held.as_ref() {
+            let alive = lock.is_alive() && (!ping || lock.check().await.is_ok());
+            if alive {
+                return Ok(());
+            }
+            tracing::warn!(
+                target = %self.target.describe(),
+                "the replication lock's session is gone: taking the lock again on a new session"
+            );
+            held.take();
+        }
+        match lock_target(&self.target).await? {
+            LockOutcome::Acquired(lock) => {
+                *held = Some(lock);
+                let mut stolen = self.stolen.lock().expect("lock watch");
+                if stolen.is_cancelled() {
+                    *stolen = CancellationToken::new();
+                }
+                tracing::info!(target = %self.target.describe(), "the replication lock is held again");
+                Ok(())
+            }
+            LockOutcome::Held { since, holder } => {
+                self.stolen.lock().expect("lock watch").cancel();
+                tracing::error!(
+                    target = %self.target.describe(),
+                    ?since,
+                    ?holder,
+                    "another replicator took the replication lock: stopping this run's restore"
+                );
+                Err(stolen_error(&self.target.describe()))
+            }
+        }
+    }
 }

@@ -29,7 +29,9 @@ mod wipe;
 pub use checks::{
     DumpInfo, TargetInfo, check_dump, check_dump_toc, check_target, pg_restore_version,
 };
-pub use lock::{LOCK_APPLICATION_NAME, LOCK_KEY, LockOutcome, TargetLock, lock_target};
+pub use lock::{
+    LOCK_APPLICATION_NAME, LOCK_KEY, LockHandle, LockOutcome, LockWatch, TargetLock, lock_target,
+};
 pub use restore::{
     RESTORE_APPLICATION_NAME, restore_entries, restore_section, restore_section_with_list,
 };

@@ -173,7 +173,8 @@ pub(super) fn error_text(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
         if let Some(d) = db.detail() {
-            s.push_str(&format!(" ({d})"));
+            // The detail quotes row values (`Key (email)=(...)`): production data.
+            s.push_str(&format!(" ({})", crate::secret::redact_row_data(d)));
         }
         s
     } else {

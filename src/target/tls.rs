@@ -385,7 +385,9 @@ mod tests {
         let v = |url: &str| parse(url).unwrap().verification();
         assert!(v("postgres://u:p@h/d?sslmode=require") == Verification::Nothing);
         assert!(v("postgres://u:p@h/d?sslmode=require&sslrootcert=/ca.pem") == Verification::Chain);
-        assert!(v("postgres://u:p@h/d?sslmode=verify-ca") == Verification::Chain);
+        assert!(
+            v("postgres://u:p@h/d?sslmode=verify-ca&sslrootcert=/ca.pem") == Verification::Chain
+        );
         assert!(v("postgres://u:p@h/d?sslmode=verify-full") == Verification::ChainAndHost);
         let t =
             parse("postgres://u:p@h/d?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem").unwrap();

@@ -28,6 +28,13 @@ pub struct Target {
     pub(super) sslmode: Option<String>,
     /// libpq's `sslrootcert`: a PEM file, or `system` for the public web roots.
     pub(super) sslrootcert: Option<String>,
+    /// `REPLICATOR_TARGET_CONFIRM`: the database name that allows the first wipe of a
+    /// database holding objects ([`crate::machine::first_wipe`]).
+    pub(super) confirm: Option<String>,
+    /// libpq's `options` (e.g. `-c statement_timeout=0`), sent at connection start.
+    pub(super) options: Option<String>,
+    /// libpq's `connect_timeout`, instead of the default.
+    pub(super) connect_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Target {
@@ -112,10 +119,14 @@ impl Target {
                 None => (hostport.to_string(), None),
             }
         };
-        if host.is_empty() {
-            return Err(invalid("the host is empty"));
+        if host.contains(',') || port.is_some_and(|p| p.contains(',')) {
+            return Err(invalid(
+                "it names several hosts (h1:5432,h2:5432): the replicator connects to one; name the primary",
+            ));
         }
-        let port = match port {
+        // A Unix-socket directory, percent-encoded in the host (`%2Fvar%2Frun%2Fpostgresql`).
+        let mut host = percent_decode(&host, "host")?;
+        let mut port = match port {
             None | Some("") => 5432,
             Some(p) => p
                 .parse::<u16>()
@@ -129,9 +140,37 @@ impl Target {
         };
         let mut sslmode = None;
         let mut sslrootcert = None;
+        let mut options = None;
+        let mut connect_timeout = None;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if k == "sslmode" {
+            if k == "host" {
+                let v = percent_decode(v, "host")?;
+                if v.contains(',') {
+                    return Err(invalid(
+                        "host= names several hosts: the replicator connects to one; name the primary",
+                    ));
+                }
+                host = v;
+            } else if k == "port" {
+                port = percent_decode(v, "port")?
+                    .parse::<u16>()
+                    .map_err(|_| invalid("port= is not a number between 1 and 65535"))?;
+            } else if k == "options" {
+                options = Some(percent_decode(v, "options")?).filter(|o| !o.is_empty());
+            } else if k == "connect_timeout" {
+                let secs = percent_decode(v, "connect_timeout")?
+                    .parse::<u64>()
+                    .map_err(|_| invalid("connect_timeout= is not a number of seconds"))?;
+                // libpq: 0 (or none) waits forever; less than 2 s is taken as 2 s.
+                connect_timeout = (secs > 0).then(|| Duration::from_secs(secs.max(2)));
+            } else if k == "application_name" {
+                // Accepted, not used: the replicator names its sessions itself (`replicator
+                // lock`, `replicator restore`) to find its own in pg_stat_activity.
+                tracing::debug!(
+                    "DATABASE_URL's application_name is replaced by the replicator's own session names"
+                );
+            } else if k == "sslmode" {
                 let v = percent_decode(v, "sslmode")?;
                 match v.as_str() {
                     "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full" => {}
@@ -141,8 +180,33 @@ impl Target {
             } else if k == "sslrootcert" {
                 sslrootcert = Some(percent_decode(v, "sslrootcert")?).filter(|v| !v.is_empty());
             } else {
-                tracing::debug!(parameter = k, "ignoring a DATABASE_URL query parameter");
+                return Err(invalid(&format!(
+                    "the parameter {k}= is not supported (supported: sslmode, sslrootcert, host, port, options, application_name, connect_timeout)"
+                )));
             }
+        }
+        if host.is_empty() {
+            return Err(invalid("the host is empty"));
+        }
+        // As libpq: `sslrootcert=system` means the public web roots, which any host can get a
+        // certificate from, so only `verify-full` (the name checked) makes sense with it, and
+        // it is the default mode then (libpq 16); `verify-ca` needs the CA that signed the
+        // server's certificate, not the whole web's.
+        if sslrootcert.as_deref() == Some("system") {
+            match sslmode.as_deref() {
+                None => sslmode = Some("verify-full".to_string()),
+                Some("verify-full") => {}
+                Some(m) => {
+                    return Err(invalid(&format!(
+                        "sslmode={m} with sslrootcert=system would accept any publicly trusted certificate of any host (libpq refuses it too): use sslmode=verify-full, or sslrootcert=/path/to/the-ca.pem"
+                    )));
+                }
+            }
+        }
+        if sslmode.as_deref() == Some("verify-ca") && sslrootcert.is_none() {
+            return Err(invalid(
+                "sslmode=verify-ca needs sslrootcert=/path/to/the-ca.pem (libpq refuses it without one): checked against the public web roots without the host name, any publicly trusted certificate of any host would pass; give the CA's file, or use sslmode=verify-full",
+            ));
         }
         Ok(Target {
             host,
@@ -152,6 +216,9 @@ impl Target {
             dbname,
             sslmode,
             sslrootcert,
+            options,
+            connect_timeout,
+            confirm: None,
         })
     }
 
@@ -172,6 +239,16 @@ impl Target {
         &self.user
     }
 
+    /// This target with `REPLICATOR_TARGET_CONFIRM`'s value.
+    pub fn confirmed(mut self, confirm: Option<String>) -> Target {
+        self.confirm = confirm.filter(|c| !c.trim().is_empty());
+        self
+    }
+
+    pub fn confirm(&self) -> Option<&str> {
+        self.confirm.as_deref()
+    }
+
     pub fn dbname(&self) -> &str {
         &self.dbname
     }
@@ -188,12 +265,15 @@ impl Target {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name(application_name)
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(self.connect_timeout.unwrap_or(CONNECT_TIMEOUT))
             // The lock's connection is idle for hours: notice a dead peer in minutes.
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(60));
         if let Some(p) = &self.password {
             config.password(p.expose());
+        }
+        if let Some(o) = &self.options {
+            config.options(o);
         }
         // `allow` is libpq's "plain first, TLS if the server insists"; tokio-postgres has no
         // such mode, and trying TLS first (`prefer`) reaches the same servers.
@@ -270,6 +350,53 @@ mod tests {
         assert_eq!(t.password.as_ref().unwrap().expose(), "s3cr@t");
         assert_eq!(t.sslmode(), Some("prefer"));
         assert!(!format!("{t:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn socket_hosts_options_and_timeouts_are_read_other_forms_refused_by_name() {
+        let t = parse("postgres://u:p@%2Fvar%2Frun%2Fpostgresql:5433/d").unwrap();
+        assert_eq!((t.host(), t.port()), ("/var/run/postgresql", 5433));
+        let t = parse("postgres://u:p@/d?host=/tmp/pg&port=6000").unwrap();
+        assert_eq!((t.host(), t.port()), ("/tmp/pg", 6000));
+        let t = parse(
+            "postgres://u:p@h/d?options=-c%20statement_timeout%3D0&application_name=x&connect_timeout=7",
+        )
+        .unwrap();
+        assert_eq!(t.options.as_deref(), Some("-c statement_timeout=0"));
+        assert_eq!(t.connect_timeout, Some(Duration::from_secs(7)));
+        for (bad, says) in [
+            ("postgres://u:p@h1:5432,h2:5432/d", "several hosts"),
+            ("postgres://u:p@/d?host=h1,h2", "several hosts"),
+            (
+                "postgres://u:p@h/d?target_session_attrs=read-write",
+                "target_session_attrs",
+            ),
+            ("postgres://u:p@h/d?sslcert=/c.pem", "sslcert"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && !e.contains(":p@"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn weak_modes_with_the_public_roots_are_refused_as_libpq_does() {
+        for bad in [
+            "postgres://u:p@h/d?sslmode=verify-ca",
+            "postgres://u:p@h/d?sslmode=require&sslrootcert=system",
+            "postgres://u:p@h/d?sslmode=verify-ca&sslrootcert=system",
+            "postgres://u:p@h/d?sslmode=prefer&sslrootcert=system",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("sslrootcert") && e.contains("verify-full"),
+                "{bad}: {e}"
+            );
+            assert!(!e.contains(":p@"), "{e}");
+        }
+        let t = parse("postgres://u:p@h/d?sslrootcert=system").unwrap();
+        assert_eq!(t.sslmode(), Some("verify-full"));
+        assert!(parse("postgres://u:p@h/d?sslmode=verify-ca&sslrootcert=/ca.pem").is_ok());
+        assert!(parse("postgres://u:p@h/d?sslmode=verify-full").is_ok());
     }
 
     #[test]

@@ -87,3 +87,35 @@ fn check_fails_on_each_rule_that_stops_a_run_before_the_wipe() {
     kill_9(&mut child);
     check_fails_where_run_fails(&s, "state directory", 3);
 }
+
+/// Issue 13, High 2: production as the target, and a first wipe nobody confirmed, are
+/// refused by `check` and by `run` alike, before anything is touched.
+#[test]
+fn check_fails_where_run_refuses_production_or_an_unconfirmed_first_wipe() {
+    // The target is the source's database (the addon's resource_id is its name).
+    let s = scenario("parity_source");
+    let db = s.target.dbname.clone();
+    s.fake.faults(|f| f.postgres_resource_id = Some(db));
+    check_fails_where_run_fails(&s, "target is not the source", 1);
+    let out = s.run(&["run"]);
+    assert!(
+        stderr(&out).contains("names the production database"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        s.fake
+            .records()
+            .requests
+            .get(&crate::common::fake_scalingo::Route::Download)
+            .copied()
+            .unwrap_or(0),
+        0,
+        "downloaded from a run that targets production"
+    );
+
+    // A first wipe of a database holding tables, without REPLICATOR_TARGET_CONFIRM.
+    let s = scenario("parity_confirm");
+    s.confirm_target.set(false);
+    check_fails_where_run_fails(&s, "target confirmation", 1);
+}

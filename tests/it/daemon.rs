@@ -31,6 +31,8 @@ impl Proc {
 
     fn spawn_with_state(s: &Scenario, args: &[&str], env: &[(&str, &str)], state: &Path) -> Proc {
         let mut cmd = s.cmd_with_state(args, state);
+        // The tests tick every few seconds: more often than a minute, on purpose.
+        cmd.env("SCHEDULE_ALLOW_FREQUENT", "true");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -7,6 +7,7 @@ mod fetch;
 mod fidelity;
 mod fixtures;
 mod fk_mode;
+mod hardening;
 mod masking;
 mod model;
 mod operator;

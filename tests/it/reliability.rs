@@ -602,6 +602,32 @@ fn no_secret_reaches_a_log_line_the_status_or_the_state_directory() {
     s.fake = FakeScalingo::start(cfg);
     s.set_env("SCALINGO_API_TOKEN", token);
     s.set_env("RUST_LOG", "debug");
+    // The notification's secrets: its bearer and a webhook whose path is the secret.
+    let notify_token = "nt-Q4distinctive-NOTIFY-token-31";
+    let hook_path = "hooks/Wh8distinctiveWEBHOOKpath";
+    s.set_env("NOTIFY_TOKEN", notify_token);
+    s.set_env("NOTIFY_URLS", &format!("{}/{hook_path}", s.fake.url()));
+    // Every pg_restore the replicator starts (--version, --list, --file) writes its
+    // environment here first: a child's environment is checked even when it lives for
+    // milliseconds.
+    let wrap = s.files.path().join("wrap");
+    std::fs::create_dir_all(&wrap).unwrap();
+    let envs = s.files.path().join("child-envs");
+    std::fs::create_dir_all(&envs).unwrap();
+    let real = s.cluster.bin_dir().join("pg_restore");
+    let script = wrap.join("pg_restore");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n/usr/bin/env > {}/env.$$\nexec {} \"$@\"\n",
+            envs.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    s.set_env("PATH", &format!("{}:{path}", wrap.display()));
     // Error paths on the way: a 500, an expired URL, a cut download.
     let len = s.fake.archive_len();
     s.fake.faults(|f| {
@@ -630,6 +656,38 @@ fn no_secret_reaches_a_log_line_the_status_or_the_state_directory() {
         }
     }
     assert!(cmdlines > 1);
+    // Nor the environment of any of its children (pg_restore --file and its peers).
+    let me = child.id().to_string();
+    let mut children = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let is_child = status
+            .lines()
+            .any(|l| l.strip_prefix("PPid:").is_some_and(|p| p.trim() == me));
+        if !is_child {
+            continue;
+        }
+        if let Ok(env) = std::fs::read(e.path().join("environ")) {
+            children += 1;
+            for secret in [
+                token,
+                notify_token,
+                hook_path,
+                s.target.password.as_str(),
+                "DATABASE_URL",
+                "PGPASSWORD",
+            ] {
+                assert!(
+                    !contains(&env, secret),
+                    "the environment of child {:?} holds {secret:?}",
+                    e.file_name()
+                );
+            }
+        }
+    }
+    // pg_restore --file may have finished translating by now: the wrapper's records below
+    // are the check that sees every child.
+    eprintln!("{children} child process(es) of the replicator read in /proc");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -642,8 +700,31 @@ fn no_secret_reaches_a_log_line_the_status_or_the_state_directory() {
             secrets.push(b.to_string());
         }
     }
+    secrets.push(notify_token.into());
+    secrets.push(hook_path.into());
     secrets.sort();
     secrets.dedup();
+    // Every pg_restore child's whole environment: no secret, no variable but the allowed.
+    let mut child_envs = 0;
+    for e in std::fs::read_dir(&envs).unwrap().flatten() {
+        child_envs += 1;
+        let env = std::fs::read_to_string(e.path()).unwrap();
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap_or("");
+            assert!(
+                ["PATH", "LANG", "LANGUAGE", "TZ", "PWD", "SHLVL", "_"].contains(&name)
+                    || name.starts_with("LC_"),
+                "a pg_restore child got {name}: {env}"
+            );
+        }
+        for secret in &secrets {
+            assert!(
+                !env.contains(secret.as_str()),
+                "a pg_restore child got {secret:?}"
+            );
+        }
+    }
+    assert!(child_envs >= 2, "{child_envs} pg_restore children recorded");
     assert!(secrets.len() >= 4, "{secrets:?}");
     let status_text = stdout(&s.run_ok(&["status"]));
     let status_json = stdout(&s.run_ok(&["status", "--json"]));

@@ -200,3 +200,47 @@ fn restore_dump_with_sslmode_require_reaches_a_tls_only_target() {
     s.run_ok(&["restore", "--dump", &dump]);
     assert_eq!(fingerprint(cluster, &db.dbname), s.expected_fingerprint());
 }
+
+/// Issue 13, the deliberate breaks: a certificate pinned by `sslrootcert` is matched by its
+/// bytes and signature, not its name. An impostor self-signed certificate with the server's
+/// very subject (`CN=localhost`), given as `sslrootcert`, must not let `verify-full` (nor
+/// `verify-ca`) pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_certificate_with_the_same_subject_fails_verification() {
+    let (cluster, _crt) = tls_cluster();
+    let db = cluster.create_target(&unique_name("tls_impostor"));
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (
+        dir.path().join("impostor.crt"),
+        dir.path().join("impostor.key"),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (host, mode) in [("localhost", "verify-full"), ("127.0.0.1", "verify-ca")] {
+        let query = format!("sslmode={mode}&sslrootcert={}", crt.display());
+        let target = Target::parse(&Secret::new(url(&db, host, &query))).unwrap();
+        let e = target.connect().await.unwrap_err();
+        assert!(!e.is_transient(), "{mode}: {e}");
+        assert!(e.to_string().contains("sslrootcert"), "{mode}: {e}");
+    }
+}

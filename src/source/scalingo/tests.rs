@@ -64,6 +64,7 @@ fn no_done_backup_is_none_and_described() {
 fn postgres_addon_by_provider_id_then_name() {
     let addon = |id: &str, pid: Option<&str>, name: Option<&str>| ApiAddon {
         id: id.into(),
+        resource_id: None,
         addon_provider: Some(AddonProvider {
             id: pid.map(Into::into),
             name: name.map(Into::into),

@@ -58,7 +58,7 @@ impl Drop for ScriptStream {
 /// no connection, no secret, nothing of the replicator's environment but `PATH`, the locale
 /// and the time zone.
 pub(super) fn pg_restore_script(dump: &Path, list: String) -> Result<ScriptStream, ApplyError> {
-    let mut cmd = crate::dump::toc::pg_restore_command();
+    let mut cmd = crate::secret::child_command("pg_restore");
     cmd.args([
         "--file=-",
         "--no-owner",

@@ -121,6 +121,12 @@ pub struct Faults {
     pub bytes_per_second: Option<u64>,
     /// Answer a download with a 302 to the same URL plus `&hop=1` (as a storage redirect).
     pub redirect_download: bool,
+    /// Answer a download with a 302 to the same path and query on this origin instead.
+    pub redirect_download_to: Option<String>,
+    /// Download URLs name this origin (e.g. a closed port: an unreachable download host).
+    pub download_origin: Option<String>,
+    /// The PostgreSQL addon's `resource_id` (its database's name) instead of the default.
+    pub postgres_resource_id: Option<String>,
 }
 
 /// What the fake was asked; read it with [`FakeScalingo::records`].
@@ -591,7 +597,7 @@ fn addon_json(id: &str, provider: &str, provider_name: &str, plan: &str) -> Valu
     })
 }
 
-fn app_addons(no_postgres: bool) -> Vec<Value> {
+fn app_addons(no_postgres: bool, resource_id: Option<&str>) -> Vec<Value> {
     let mut list = vec![addon_json(
         REDIS_ADDON_ID,
         "redis",
@@ -599,12 +605,16 @@ fn app_addons(no_postgres: bool) -> Vec<Value> {
         "redis-starter-256",
     )];
     if !no_postgres {
-        list.push(addon_json(
+        let mut addon = addon_json(
             POSTGRES_ADDON_ID,
             "postgresql",
             "PostgreSQL",
             "postgresql-business-1024",
-        ));
+        );
+        if let Some(id) = resource_id {
+            addon["resource_id"] = json!(id);
+        }
+        list.push(addon);
     }
     list
 }
@@ -620,7 +630,10 @@ async fn addons(State(s): S, UrlPath(app): UrlPath<String>, headers: HeaderMap) 
     if app != s.app {
         return not_found("app");
     }
-    json_body(json!({ "addons": app_addons(inner.faults.no_postgres_addon) }))
+    json_body(json!({ "addons": app_addons(
+        inner.faults.no_postgres_addon,
+        inner.faults.postgres_resource_id.as_deref(),
+    ) }))
 }
 
 async fn addon_token(
@@ -638,10 +651,12 @@ async fn addon_token(
     if app != s.app {
         return not_found("app");
     }
-    let Some(mut addon) = app_addons(inner.faults.no_postgres_addon)
-        .into_iter()
-        .find(|a| a["id"] == addon_id.as_str())
-    else {
+    let Some(mut addon) = app_addons(
+        inner.faults.no_postgres_addon,
+        inner.faults.postgres_resource_id.as_deref(),
+    )
+    .into_iter()
+    .find(|a| a["id"] == addon_id.as_str()) else {
         return not_found("addon");
     };
     inner.counter += 1;
@@ -720,10 +735,12 @@ fn issue_download_url(s: &Shared, backup_id: &str) -> String {
         inner.counter.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     );
     inner.download_tokens.insert(token.clone());
-    format!(
-        "{}/api/databases/{POSTGRES_ADDON_ID}/backups/{backup_id}/download?token={token}",
-        s.origin
-    )
+    let origin = inner
+        .faults
+        .download_origin
+        .clone()
+        .unwrap_or_else(|| s.origin.clone());
+    format!("{origin}/api/databases/{POSTGRES_ADDON_ID}/backups/{backup_id}/download?token={token}")
 }
 
 /// How the body of one download response misbehaves.
@@ -752,6 +769,13 @@ async fn download(
             "Only one auth mechanism allowed: the URL carries its token",
         )
             .into_response();
+    }
+    if let Some(origin) = inner.faults.redirect_download_to.clone() {
+        let token = query.get("token").cloned().unwrap_or_default();
+        let location = format!(
+            "{origin}/api/databases/{POSTGRES_ADDON_ID}/backups/{backup_id}/download?token={token}"
+        );
+        return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
     }
     if inner.faults.redirect_download && !query.contains_key("hop") {
         let token = query.get("token").cloned().unwrap_or_default();

@@ -35,6 +35,9 @@ pub struct Scenario {
     pub files: tempfile::TempDir,
     /// Extra environment for every command.
     pub env: Vec<(String, String)>,
+    /// The target held tables before the first run ([`Scenario::put_stale_table_in_target`]):
+    /// every command confirms its first wipe (`REPLICATOR_TARGET_CONFIRM`).
+    pub confirm_target: std::cell::Cell<bool>,
 }
 
 impl Scenario {
@@ -78,6 +81,7 @@ impl Scenario {
             state_dir,
             files,
             env: Vec::new(),
+            confirm_target: std::cell::Cell::new(false),
         }
     }
 
@@ -121,6 +125,9 @@ impl Scenario {
             .env("MAX_RETRY_COUNT", "3")
             .env("PG_RESTORE_JOBS", "2")
             .stdin(Stdio::null());
+        if self.confirm_target.get() {
+            c.env("REPLICATOR_TARGET_CONFIRM", &self.target.dbname);
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -245,7 +252,10 @@ impl Scenario {
     }
 
     /// Something the previous replica had that the source does not: must be gone after a run.
+    /// The target then holds a table and no record of a replicator run, so every command
+    /// from now on confirms the first wipe (`REPLICATOR_TARGET_CONFIRM`).
     pub fn put_stale_table_in_target(&self) {
+        self.confirm_target.set(true);
         let sql = "CREATE TABLE stale_leftover (id int PRIMARY KEY, note text);\
                    INSERT INTO stale_leftover VALUES (1, 'from yesterday');";
         self.target_psql(sql);
