@@ -342,7 +342,18 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
     let client_version = target::pg_restore_version().await;
     // What a run would restore, judged against the target as a run judges it before the wipe.
     let mut backup_rules_checked = false;
+    // A target that is production gets nothing more: not even the backup's first bytes.
+    let is_source = checks
+        .iter()
+        .any(|c| c.name == "target is not the source" && c.verdict == Verdict::Fail);
     match (&scalingo, &backup, &target, &restore) {
+        _ if is_source => {
+            checks.push(Check::skip("dump", "the target is the source's database"));
+            checks.push(Check::skip(
+                "restore plan",
+                "the target is the source's database",
+            ));
+        }
         (Some(s), Some(b), Some(t), Some(r)) => {
             let client =
                 ScalingoClient::new(s.endpoints.clone(), s.app.clone(), s.api_token.clone());

@@ -244,7 +244,15 @@ fn strict_mode_refuses_a_missing_column_before_the_wipe() {
         "the target's previous content is intact"
     );
 
-    // `check --dump` says the same, and passes once the column is named.
+    // `check` says the same from the backup itself (its first MiBs), and `check --dump`
+    // from a dump on disk; both pass once the column is named.
+    let out = s.run(&["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  replica rules") && text.contains("\"notes\""),
+        "{text}"
+    );
     let dump = s.dump.to_str().unwrap().to_string();
     let out = s.run(&["check", "--dump", &dump]);
     let text = stdout(&out);
@@ -259,6 +267,12 @@ fn strict_mode_refuses_a_missing_column_before_the_wipe() {
     );
     s.set_env("REPLICA_RULES", &rules);
     let out = s.run(&["check", "--dump", &dump]);
+    assert!(
+        stdout(&out).contains("ok    replica rules"),
+        "{}",
+        stdout(&out)
+    );
+    let out = s.run(&["check"]);
     assert!(
         stdout(&out).contains("ok    replica rules"),
         "{}",
@@ -345,6 +359,12 @@ fn rules_init_lists_every_column_and_marks_personal_ones() {
     }
     s.set_env("REPLICA_RULES", path.to_str().unwrap());
     let out = s.run(&["check", "--dump", &dump]);
+    assert!(
+        stdout(&out).contains("ok    replica rules"),
+        "{}",
+        stdout(&out)
+    );
+    let out = s.run(&["check"]);
     assert!(
         stdout(&out).contains("ok    replica rules"),
         "{}",
