@@ -65,15 +65,7 @@ fn check_fails_on_each_rule_that_stops_a_run_before_the_wipe() {
     // runs on the archive's first MiBs): here, a table of the dump's name that another role
     // owns, which the wipe would leave and the restore collide with.
     let s = scenario("parity_owner");
-    let other = format!("{}_admin", s.target.role);
-    s.cluster.superuser_psql(
-        &s.target.dbname,
-        &format!(
-            "CREATE ROLE \"{other}\" NOLOGIN; \
-             CREATE TABLE public.\"UserAccounts\" (id int); \
-             ALTER TABLE public.\"UserAccounts\" OWNER TO \"{other}\";"
-        ),
-    );
+    s.put_foreign_owned_table_in_target();
     check_fails_where_run_fails(&s, "restore plan", 1);
 
     // An interrupted run in the state directory: `run` refuses it (exit 3).

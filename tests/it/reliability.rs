@@ -496,15 +496,7 @@ fn a_role_that_does_not_own_the_objects_in_the_target_fails_before_dropping() {
     let s = scenario("rel_notowner");
     // Yesterday's replica was restored by another role: DROP OWNED would leave its tables, and
     // the restore would collide with them.
-    let other = format!("{}_admin", s.target.role);
-    s.cluster.superuser_psql(
-        &s.target.dbname,
-        &format!(
-            "CREATE ROLE \"{other}\" NOLOGIN; \
-             CREATE TABLE public.\"UserAccounts\" (id int); \
-             ALTER TABLE public.\"UserAccounts\" OWNER TO \"{other}\";"
-        ),
-    );
+    s.put_foreign_owned_table_in_target();
     let (out, took) = run(&s);
     assert_failed_before_dropping(&s, &out, took, &["UserAccounts", "owned by"]);
 }

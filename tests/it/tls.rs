@@ -21,28 +21,7 @@ fn tls_cluster() -> &'static (PgCluster, PathBuf) {
         let cluster = PgCluster::start();
         let dir = cluster.dir().to_path_buf();
         let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
-        let out = Command::new("openssl")
-            .args([
-                "req",
-                "-new",
-                "-x509",
-                "-days",
-                "1",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self_signed_localhost(&crt, &key);
         fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -214,6 +193,18 @@ async fn an_impostor_certificate_with_the_same_subject_fails_verification() {
         dir.path().join("impostor.crt"),
         dir.path().join("impostor.key"),
     );
+    self_signed_localhost(&crt, &key);
+    for (host, mode) in [("localhost", "verify-full"), ("127.0.0.1", "verify-ca")] {
+        let query = format!("sslmode={mode}&sslrootcert={}", crt.display());
+        let target = Target::parse(&Secret::new(url(&db, host, &query))).unwrap();
+        let e = target.connect().await.unwrap_err();
+        assert!(!e.is_transient(), "{mode}: {e}");
+        assert!(e.to_string().contains("sslrootcert"), "{mode}: {e}");
+    }
+}
+
+/// A new self-signed certificate for `CN=localhost` and its key (openssl).
+fn self_signed_localhost(crt: &std::path::Path, key: &std::path::Path) {
     let out = Command::new("openssl")
         .args([
             "req",
@@ -226,9 +217,9 @@ async fn an_impostor_certificate_with_the_same_subject_fails_verification() {
             "/CN=localhost",
         ])
         .arg("-keyout")
-        .arg(&key)
+        .arg(key)
         .arg("-out")
-        .arg(&crt)
+        .arg(crt)
         .output()
         .expect("run openssl");
     assert!(
@@ -236,11 +227,4 @@ async fn an_impostor_certificate_with_the_same_subject_fails_verification() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (host, mode) in [("localhost", "verify-full"), ("127.0.0.1", "verify-ca")] {
-        let query = format!("sslmode={mode}&sslrootcert={}", crt.display());
-        let target = Target::parse(&Secret::new(url(&db, host, &query))).unwrap();
-        let e = target.connect().await.unwrap_err();
-        assert!(!e.is_transient(), "{mode}: {e}");
-        assert!(e.to_string().contains("sslrootcert"), "{mode}: {e}");
-    }
 }

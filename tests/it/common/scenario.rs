@@ -261,6 +261,21 @@ impl Scenario {
         self.target_psql(sql);
     }
 
+    /// Yesterday's replica as another role restored it: a table of the dump's name
+    /// (`UserAccounts`) that a role other than the target's owns, which `DROP OWNED BY
+    /// CURRENT_USER` leaves and the restore would collide with.
+    pub fn put_foreign_owned_table_in_target(&self) {
+        let other = format!("{}_admin", self.target.role);
+        self.cluster.superuser_psql(
+            &self.target.dbname,
+            &format!(
+                "CREATE ROLE \"{other}\" NOLOGIN; \
+                 CREATE TABLE public.\"UserAccounts\" (id int); \
+                 ALTER TABLE public.\"UserAccounts\" OWNER TO \"{other}\";"
+            ),
+        );
+    }
+
     /// SQL as the target's own role (over TCP, with its password).
     pub fn target_psql(&self, sql: &str) -> String {
         let out = Command::new("psql")
