@@ -501,6 +501,9 @@ fn replicator_env(
         .env("SCALINGO_API_URL", fake.url())
         .env("SCALINGO_DB_URL", fake.url())
         .env("DATABASE_URL", &target.url)
+        // The seed's rounds wipe the replicator's records with the rest: each replicator
+        // round is then a "first wipe" of a database holding tables, which must be confirmed.
+        .env("REPLICATOR_TARGET_CONFIRM", &target.dbname)
         .env("REPLICATOR_STATE_DIR", state)
         .env("USE_UNLOGGED_TABLES", "true")
         .env("RETRY_INITIAL_DELAY_SECONDS", "1")
