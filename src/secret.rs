@@ -34,6 +34,25 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The byte index, in `text`, of the `)` that closes a parenthesis opened just before it
+/// (nested ones counted); `text.len()` when it is never closed.
+pub(crate) fn closing_paren(text: &str) -> usize {
+    let mut depth = 1usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => {}
+        }
+    }
+    text.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,22 +94,7 @@ pub fn redact_row_data(text: &str) -> String {
         out.push_str(&rest[..start]);
         let tail = &rest[start..];
         if in_parens {
-            // To the parenthesis that closes the one just opened.
-            let mut depth = 1usize;
-            let mut end = tail.len();
-            for (i, c) in tail.char_indices() {
-                match c {
-                    '(' => depth += 1,
-                    ')' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            end = i;
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let end = closing_paren(tail);
             out.push_str(HIDDEN);
             rest = &tail[end..];
         } else {

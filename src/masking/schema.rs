@@ -158,21 +158,7 @@ impl Schema {
         let Some(inner) = list.trim_start().strip_prefix('(') else {
             return;
         };
-        let mut depth = 1;
-        let mut end = inner.len();
-        for (i, ch) in inner.char_indices() {
-            match ch {
-                '(' => depth += 1,
-                ')' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = i;
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
+        let end = crate::secret::closing_paren(inner);
         for word in identifiers(&inner[..end]) {
             if let Some(c) = table.columns.iter_mut().find(|c| c.name == word) {
                 c.unique = true;
