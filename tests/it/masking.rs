@@ -266,18 +266,7 @@ fn strict_mode_refuses_a_missing_column_before_the_wipe() {
         &strict.replace("prefs = \"keep\"\n", "prefs = \"keep\"\nnotes = \"null\"\n"),
     );
     s.set_env("REPLICA_RULES", &rules);
-    let out = s.run(&["check", "--dump", &dump]);
-    assert!(
-        stdout(&out).contains("ok    replica rules"),
-        "{}",
-        stdout(&out)
-    );
-    let out = s.run(&["check"]);
-    assert!(
-        stdout(&out).contains("ok    replica rules"),
-        "{}",
-        stdout(&out)
-    );
+    assert_rules_pass_check(&s, &dump);
 }
 
 /// A rule that cannot apply (here `null` on a NOT NULL column) is refused before the wipe,
@@ -358,18 +347,7 @@ fn rules_init_lists_every_column_and_marks_personal_ones() {
         assert!(!l.contains("REVIEW"), "{l}");
     }
     s.set_env("REPLICA_RULES", path.to_str().unwrap());
-    let out = s.run(&["check", "--dump", &dump]);
-    assert!(
-        stdout(&out).contains("ok    replica rules"),
-        "{}",
-        stdout(&out)
-    );
-    let out = s.run(&["check"]);
-    assert!(
-        stdout(&out).contains("ok    replica rules"),
-        "{}",
-        stdout(&out)
-    );
+    assert_rules_pass_check(&s, &dump);
 }
 
 /// A row filter on a table other tables reference cannot go with FK_MODE=validate (the keys
@@ -411,4 +389,16 @@ fn without_a_key_pseudonyms_are_masked_but_change_at_each_run() {
     s.run_ok(&["run", "--force"]);
     assert_ne!(s.target_psql(emails), first, "a random key per run");
     assert_eq!(s.target_psql(join), "150");
+}
+
+/// `REPLICA_RULES` pass `check`, against the dump `dump` and against the backup itself.
+fn assert_rules_pass_check(s: &Scenario, dump: &str) {
+    for args in [vec!["check", "--dump", dump], vec!["check"]] {
+        let out = s.run(&args);
+        assert!(
+            stdout(&out).contains("ok    replica rules"),
+            "{args:?}: {}",
+            stdout(&out)
+        );
+    }
 }
