@@ -224,15 +224,21 @@ fn gitlab_schema_restores_onto_a_target_without_its_extensions() {
     assert_exact(&s);
 }
 
-/// (iii) The newest client against an older target: a PostgreSQL 17 dump, pg_restore 18, a 15
-/// target.
-#[test]
-fn a_17_dump_restored_by_pg_restore_18_into_15_is_exact() {
-    let _t = Timer::start("a_17_dump_restored_by_pg_restore_18_into_15_is_exact");
-    let s = scenario("v17to15", 17, 17, &[], 15, 18, load(PAGILA));
+/// Pagila dumped by PostgreSQL `dump_version`, restored with pg_restore 18 into a
+/// `target_version` target that held a stale table: exact, and the stale table gone.
+fn pagila_across_versions_is_exact(prefix: &str, dump_version: u32, target_version: u32) {
+    let s = scenario(
+        prefix,
+        dump_version,
+        dump_version,
+        &[],
+        target_version,
+        18,
+        load(PAGILA),
+    );
     s.put_stale_table_in_target();
     s.run_ok(&["run"]);
-    let reference = reference(s.cluster, "v17to15", PAGILA);
+    let reference = reference(s.cluster, prefix, PAGILA);
     assert_eq!(
         s.target_fingerprint(),
         s.expected_fingerprint_of(s.cluster, &reference)
@@ -240,19 +246,19 @@ fn a_17_dump_restored_by_pg_restore_18_into_15_is_exact() {
     assert!(!s.table_exists("stale_leftover"));
 }
 
+/// (iii) The newest client against an older target: a PostgreSQL 17 dump, pg_restore 18, a 15
+/// target.
+#[test]
+fn a_17_dump_restored_by_pg_restore_18_into_15_is_exact() {
+    let _t = Timer::start("a_17_dump_restored_by_pg_restore_18_into_15_is_exact");
+    pagila_across_versions_is_exact("v17to15", 17, 15);
+}
+
 /// (iii) A PostgreSQL 15 dump, pg_restore 18, a 16 target.
 #[test]
 fn a_15_dump_restored_by_pg_restore_18_into_16_is_exact() {
     let _t = Timer::start("a_15_dump_restored_by_pg_restore_18_into_16_is_exact");
-    let s = scenario("v15to16", 15, 15, &[], 16, 18, load(PAGILA));
-    s.put_stale_table_in_target();
-    s.run_ok(&["run"]);
-    let reference = reference(s.cluster, "v15to16", PAGILA);
-    assert_eq!(
-        s.target_fingerprint(),
-        s.expected_fingerprint_of(s.cluster, &reference)
-    );
-    assert!(!s.table_exists("stale_leftover"));
+    pagila_across_versions_is_exact("v15to16", 15, 16);
 }
 
 /// (iv) A dump of PostgreSQL 18 with its statistics entries (`pg_dump --statistics`), into an
