@@ -307,15 +307,16 @@ impl Toc {
         self.entries.iter().map(|(e, _)| e)
     }
 
-    /// Each entry with the section it is restored in: its own, or for entries in no section
-    /// (comments, security labels) the section of the entry before it, as pg_restore does
-    /// (`pg_dump` writes them right after their object). Large objects' metadata is pre-data
-    /// (`lo_create`), their contents data; statistics (PostgreSQL 18) come last, with the
-    /// post-data.
-    pub fn sectioned(&self) -> Vec<(&TocEntry, TocSection)> {
+    /// Each entry with the section it is restored in, and its list line (what `--use-list`
+    /// reads): its own section, or for entries in no section (comments, security labels) the
+    /// section of the entry before it, as pg_restore does (`pg_dump` writes them right after
+    /// their object). Large objects' metadata is pre-data (`lo_create`), their contents data;
+    /// statistics (PostgreSQL 18) come last, with the post-data.
+    pub fn sectioned(&self) -> Vec<(&TocEntry, TocSection, &str)> {
         let mut current = TocSection::PreData;
-        self.entries()
-            .map(|e| {
+        self.entries
+            .iter()
+            .map(|(e, line)| {
                 let section = match e.desc.as_str() {
                     "BLOB" | "BLOB METADATA" => TocSection::PreData,
                     "STATISTICS DATA" => TocSection::PostData,
@@ -324,22 +325,9 @@ impl Toc {
                 if section != TocSection::None {
                     current = section;
                 }
-                (e, current)
+                (e, current, self.lines[*line].as_str())
             })
             .collect()
-    }
-
-    /// The list lines (as `--use-list` reads them) of the entries `keep` accepts, in the
-    /// dump's order.
-    pub fn list_of(&self, keep: impl Fn(&TocEntry) -> bool) -> String {
-        let mut out = String::new();
-        for (e, i) in &self.entries {
-            if keep(e) {
-                out.push_str(&self.lines[*i]);
-                out.push('\n');
-            }
-        }
-        out
     }
 
     /// The `TABLE DATA` entry of `schema.table`, if the dump has one.

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::apply::Applier;
 use super::url::Target;
-use crate::dump::toc::{Toc, TocSection};
+use crate::dump::toc::{Toc, TocEntry, TocSection};
 use crate::error::StepError;
 use crate::machine::Section;
 
@@ -31,44 +31,42 @@ pub async fn restore_entries(
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<(), StepError> {
     let sectioned = toc.sectioned();
-    let entries = |want: TocSection| {
+    // The entries of a section that are restored, with their list lines, in the dump's order.
+    let entries = |want: TocSection| -> Vec<(&TocEntry, &str)> {
         sectioned
             .iter()
-            .filter(move |(e, s)| *s == want && !skip.contains(&e.id))
-            .map(|(e, _)| *e)
+            .filter(|(e, s, _)| *s == want && !skip.contains(&e.id))
+            .map(|(e, _, line)| (*e, *line))
+            .collect()
+    };
+    let list = |items: &[(&TocEntry, &str)]| -> String {
+        items.iter().map(|(_, line)| format!("{line}\n")).collect()
     };
     match section {
         Section::PreData => {
-            let ids: HashSet<u32> = entries(TocSection::PreData).map(|e| e.id).collect();
-            let total = ids.len() as u64;
+            let pre = entries(TocSection::PreData);
+            let total = pre.len() as u64;
             tracing::info!(
                 entries = total,
                 "restoring the schema (pre-data: {total} entries)"
             );
             progress(0, total);
             let report = |done: u64| progress(done.min(total), total);
-            applier
-                .run_serial(toc.list_of(|e| ids.contains(&e.id)), true, &report)
-                .await?;
+            applier.run_serial(list(&pre), true, &report).await?;
             progress(total, total);
         }
         Section::DataAndPostData => {
             // Each table's rows from a pg_restore of their own, so that they load side by
             // side; the other data entries (sequences, large objects) together.
-            let mut lists: Vec<String> = Vec::new();
-            let mut others: HashSet<u32> = HashSet::new();
-            for e in entries(TocSection::Data) {
-                if e.desc == "TABLE DATA" {
-                    lists.push(toc.list_of(|x| x.id == e.id));
-                } else {
-                    others.insert(e.id);
-                }
-            }
-            let data = (lists.len() + others.len()) as u64;
+            let (tables, others): (Vec<_>, Vec<_>) = entries(TocSection::Data)
+                .into_iter()
+                .partition(|(e, _)| e.desc == "TABLE DATA");
+            let data = (tables.len() + others.len()) as u64;
+            let mut lists: Vec<String> = tables.iter().map(|t| list(&[*t])).collect();
             if !others.is_empty() {
-                lists.push(toc.list_of(|e| others.contains(&e.id)));
+                lists.push(list(&others));
             }
-            let post: HashSet<u32> = entries(TocSection::PostData).map(|e| e.id).collect();
+            let post = entries(TocSection::PostData);
             let total = data + post.len() as u64;
             tracing::info!(
                 data_entries = data,
@@ -80,9 +78,7 @@ pub async fn restore_entries(
             let report = |done: u64| progress(done.min(total), total);
             applier.run_parallel(lists, &report).await?;
             let report = |done: u64| progress((data + done).min(total), total);
-            applier
-                .run_post_data(toc.list_of(|e| post.contains(&e.id)), &report)
-                .await?;
+            applier.run_post_data(list(&post), &report).await?;
             progress(total, total);
         }
     }
