@@ -122,6 +122,11 @@ pub struct RestoreArgs {
     /// Without it, a random key per run
     #[arg(long, env = "MASKING_KEY", hide_env_values = true)]
     pub masking_key: Option<String>,
+    /// Most disk the run's working files may use, with units (`64MiB`, `20GB`). A backup that
+    /// fits is downloaded and checked whole before the wipe; one that does not streams
+    /// (docs/operations.md). Default: 90% of the state directory's free space
+    #[arg(long, env = "MAX_WORK_DISK")]
+    pub max_work_disk: Option<String>,
     /// Comma-separated https URLs (http only to loopback) that get a JSON POST when a run ends (Done or Failed)
     #[arg(long, env = "NOTIFY_URLS", hide_env_values = true)]
     pub notify_urls: Option<String>,
@@ -183,6 +188,8 @@ pub struct RestoreConfig {
     pub rules: Option<std::sync::Arc<crate::masking::RulesFile>>,
     /// `MASKING_KEY`; `None`: a random key per run.
     pub masking_key: Option<crate::masking::MaskingKey>,
+    /// `MAX_WORK_DISK` in bytes; `None`: derived from the free space.
+    pub max_work_disk: Option<u64>,
 }
 
 /// Retry settings, validated.
@@ -342,7 +349,18 @@ impl RestoreArgs {
             .as_deref()
             .filter(|k| !k.is_empty())
             .map(|k| crate::masking::MaskingKey::from_secret(&Secret::new(k)));
+        let max_work_disk = match self.max_work_disk.as_deref().map(str::trim) {
+            Some(v) if !v.is_empty() => Some(parse_bytes(v).filter(|n| *n >= MIN_WORK_DISK).ok_or_else(|| {
+                ConfigError::Invalid {
+                    var: "MAX_WORK_DISK",
+                    value: v.to_string(),
+                    expected: "a size of at least 16MiB, with a unit: 64MiB, 20GB, 2GiB (kB/MB/GB/TB count by 1000, KiB/MiB/GiB/TiB by 1024; a bare number is bytes)".to_string(),
+                }
+            })?),
+            _ => None,
+        };
         Ok(RestoreConfig {
+            max_work_disk,
             rules,
             masking_key,
             exclude_table_data,
@@ -414,6 +432,36 @@ fn non_empty(
     }
 }
 
+/// The smallest `MAX_WORK_DISK`: the dump's head and a few spool segments.
+pub const MIN_WORK_DISK: u64 = 16 << 20;
+
+/// `64MiB`, `20GB`, `1.5GiB`, `1048576`: bytes (`None` if not a size).
+pub fn parse_bytes(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = (v[..split].trim(), v[split..].trim());
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1000,
+        "mb" | "m" => 1000_u64.pow(2),
+        "gb" | "g" => 1000_u64.pow(3),
+        "tb" | "t" => 1000_u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = n * scale as f64;
+    (bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 /// Numbers are kept as strings by clap so that a bad value gets a message naming its
 /// variable and its range, rather than clap's generic one naming the flag.
 pub fn parse_number(
@@ -443,6 +491,18 @@ mod tests {
             retry_max_delay_seconds: "900".into(),
             retries_timeout_minutes: "180".into(),
         }
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
+        assert_eq!(parse_bytes("20GB"), Some(20_000_000_000));
+        assert_eq!(parse_bytes("1.5 GiB"), Some(3 << 29));
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("64 mib"), Some(64 << 20));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("12PB"), None);
+        assert_eq!(parse_bytes(""), None);
     }
 
     #[test]

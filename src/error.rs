@@ -29,6 +29,10 @@ pub enum StepError {
     Transient(#[from] Transient),
     #[error(transparent)]
     Permanent(#[from] Permanent),
+    /// The archive's stream broke while the run streams it (the download cut for good, the
+    /// dump cut short): transient, and the next attempt reads the stream again from its start.
+    #[error(transparent)]
+    StreamCut(Transient),
 }
 
 impl StepError {
@@ -46,6 +50,6 @@ impl StepError {
     }
 
     pub fn is_transient(&self) -> bool {
-        matches!(self, StepError::Transient(_))
+        matches!(self, StepError::Transient(_) | StepError::StreamCut(_))
     }
 }

@@ -106,6 +106,7 @@ pub fn body(run: &Run) -> Value {
         Origin::Scalingo => "scalingo",
         Origin::Archive { .. } => "archive",
         Origin::Dump { .. } => "dump",
+        Origin::Live { .. } => "live",
     };
     json!({
         "outcome": outcome,

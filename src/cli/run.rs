@@ -45,7 +45,7 @@ pub async fn restore(
     };
     let path = match &origin {
         Origin::Archive { path } | Origin::Dump { path } => path.clone(),
-        Origin::Scalingo => unreachable!(),
+        Origin::Scalingo | Origin::Live { .. } => unreachable!(),
     };
     if !path.is_file() {
         return Err(CliError::Fatal(format!(

@@ -337,6 +337,27 @@ fn read_toc(rd: &mut Reader) -> Result<Vec<RawEntry>, Problem> {
     Ok(entries)
 }
 
+/// Where the header and table of contents of the archive that starts `head` end: `Ok(None)`
+/// while `head` is too short to hold them all, `Err` when it is not a custom-format archive
+/// this reader knows. A stream's data starts there.
+pub fn toc_end(head: &Path) -> Result<Option<u64>, String> {
+    let file = File::open(head).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut rd = Reader {
+        r: BufReader::with_capacity(1 << 20, file),
+        int_size: 4,
+        off_size: 8,
+        len,
+    };
+    match read_toc(&mut rd) {
+        Ok(_) => Ok(Some(rd.r.stream_position().map_err(|e| e.to_string())?)),
+        Err(Problem::Eof(_)) => Ok(None),
+        Err(Problem::Io(e)) if is_eof(&e) => Ok(None),
+        Err(Problem::Io(e)) => Err(e.to_string()),
+        Err(Problem::Missing(m) | Problem::Unknown(m)) => Err(m),
+    }
+}
+
 /// [`Dependencies`] of `dump` alone (`check` reads a dump's first bytes only, whose data
 /// cannot be whole). `None` when the archive is not one this reader knows.
 pub fn dependencies(dump: &Path) -> Option<Dependencies> {

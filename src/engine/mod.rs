@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::RetryConfig;
 use crate::error::StepError;
-use crate::machine::{Backup, Event, LeftOut, Phase, Progress, Run, Section, transition};
+use crate::machine::{Backup, Event, LeftOut, Phase, Progress, Run, Section, WorkMode, transition};
 use crate::state::remote::{RemoteWriter, Write};
 use crate::state::store::{Store, StoreError};
 
@@ -72,11 +72,16 @@ pub trait Steps: Send + Sync {
     ) -> impl Future<Output = Result<Vec<LeftOut>, StepError>> + Send;
     /// `DROP OWNED BY CURRENT_USER CASCADE` (after ending leftover restore sessions).
     fn drop_target(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Whole or streamed, for `run` (before its first byte).
+    fn plan(&self, run: &Run) -> impl Future<Output = Result<WorkMode, StepError>> + Send;
+    /// One section. `events` gets the run's events of the rows' section as they happen
+    /// (`LoadStarted`, `TableLoaded`).
     fn restore(
         &self,
         run: &Run,
         section: Section,
         progress: &(dyn Fn(Progress) + Send + Sync),
+        events: &(dyn Fn(Event) + Send + Sync),
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     fn unlog(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     fn post_restore(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
@@ -129,16 +134,23 @@ enum StepOutcome {
     AlreadyRestored(Backup),
 }
 
-/// The latest progress a step reported; the driver persists it on its own clock.
+/// The latest progress a step reported, and the events it sent (a table loaded); the driver
+/// persists them on its own clock.
 #[derive(Clone, Default)]
-struct ProgressCell(Arc<Mutex<Option<Progress>>>);
+struct ProgressCell(Arc<Mutex<(Option<Progress>, Vec<Event>)>>);
 
 impl ProgressCell {
     fn set(&self, p: Progress) {
-        *self.0.lock().expect("progress lock") = Some(p);
+        self.0.lock().expect("progress lock").0 = Some(p);
     }
     fn take(&self) -> Option<Progress> {
-        self.0.lock().expect("progress lock").take()
+        self.0.lock().expect("progress lock").0.take()
+    }
+    fn event(&self, e: Event) {
+        self.0.lock().expect("progress lock").1.push(e);
+    }
+    fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut self.0.lock().expect("progress lock").1)
     }
 }
 
@@ -159,6 +171,10 @@ impl<S: Steps> Driver<S> {
             },
             Event::PermanentFailure { error } => Event::PermanentFailure {
                 error: crate::secret::redact_row_data(&error),
+            },
+            Event::StreamCut { error, retry_at } => Event::StreamCut {
+                error: crate::secret::redact_row_data(&error),
+                retry_at,
             },
             other => other,
         };
@@ -255,7 +271,12 @@ impl<S: Steps> Driver<S> {
                         r = &mut step => break Some(r),
                         e = self.steps.target_lost() => break Some(Err(e)),
                         _ = ticker.tick() => {
-                            if let Some(p) = cell.take() {
+                            let events = cell.take_events();
+                            let progressed = cell.take();
+                            for e in events {
+                                run = self.apply(&run, e)?;
+                            }
+                            if let Some(p) = progressed {
                                 logger.log(&run, &p);
                                 run = self.apply(&run, Event::Progress(p))?;
                                 self.publish(&run, Write::Progress).await;
@@ -265,6 +286,10 @@ impl<S: Steps> Driver<S> {
                     }
                 }
             };
+            // What the step told before it ended is the run's, whatever its outcome.
+            for e in cell.take_events() {
+                run = self.apply(&run, e)?;
+            }
             let Some(result) = result else {
                 return self.interrupt(run).await;
             };
@@ -291,7 +316,11 @@ impl<S: Steps> Driver<S> {
                     self.remove_working_files(&run);
                     return Ok(Outcome::AlreadyRestored(backup));
                 }
-                Err(StepError::Transient(mut t)) => {
+                Err(e @ (StepError::Transient(_) | StepError::StreamCut(_))) => {
+                    let cut = matches!(e, StepError::StreamCut(_));
+                    let (StepError::Transient(mut t) | StepError::StreamCut(mut t)) = e else {
+                        unreachable!("matched above")
+                    };
                     t.message = crate::secret::redact_row_data(&t.message);
                     let delay = retry::delay_after(&self.retry, run.attempt, t.retry_after);
                     if run.attempt < run.max_attempts {
@@ -300,14 +329,29 @@ impl<S: Steps> Driver<S> {
                             attempt = run.attempt,
                             max_attempts = run.max_attempts,
                             retry_in_seconds = delay.as_secs(),
-                            "transient failure in {}: {}; retrying in {}s",
+                            "{} in {}: {}; retrying in {}s",
+                            if cut { "stream cut" } else { "transient failure" },
                             run.phase.name(), t.message, delay.as_secs()
                         );
                     }
-                    Event::TransientFailure {
-                        error: t.message,
-                        retry_at: Utc::now()
-                            + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    let retry_at =
+                        Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    // A cut stream is its own event only where the run streams.
+                    if cut
+                        && run
+                            .mode
+                            .as_ref()
+                            .is_some_and(crate::machine::WorkMode::streams)
+                    {
+                        Event::StreamCut {
+                            error: t.message,
+                            retry_at,
+                        }
+                    } else {
+                        Event::TransientFailure {
+                            error: t.message,
+                            retry_at,
+                        }
                     }
                 }
                 Err(StepError::Permanent(p)) => Event::PermanentFailure { error: p.message },
@@ -374,6 +418,17 @@ impl<S: Steps> Driver<S> {
             self.steps.hold_target().await?;
         }
         let report = |p: Progress| progress.set(p);
+        let events = |e: Event| progress.event(e);
+        // Whole or streamed is decided once, before the archive's first byte.
+        if run.mode.is_none()
+            && matches!(
+                run.phase,
+                Phase::Downloading { .. } | Phase::Extracting { .. }
+            )
+        {
+            let mode = self.steps.plan(run).await?;
+            return Ok(StepOutcome::Event(Event::Planned(mode)));
+        }
         match &run.phase {
             Phase::FetchingUrl => return self.fetch_backup().await,
             Phase::Downloading { backup, .. } => {
@@ -385,7 +440,7 @@ impl<S: Steps> Driver<S> {
             }
             Phase::Dropping { .. } => self.steps.drop_target(run).await?,
             Phase::Restoring { section, .. } => {
-                self.steps.restore(run, *section, &report).await?;
+                self.steps.restore(run, *section, &report, &events).await?;
             }
             Phase::Unlogging { .. } => self.steps.unlog(run).await?,
             Phase::PostRestoreSql { .. } => {

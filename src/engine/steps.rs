@@ -14,16 +14,19 @@ use crate::config::RestoreConfig;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
 use crate::machine::{
-    Backup, DiskBudget, LeftOut, Origin, Phase, Progress, Run, Section, disk_budget,
+    Backup, Event, LeftOut, LoadCounts, Origin, Phase, Progress, Run, Section, WorkMode,
 };
+use crate::source::feed::{Feed, UrlSource};
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
+use crate::target::records::{FOREIGN_KEYS_ID, Recorder};
 use crate::target::{self, LockHandle, Target};
+use crate::target::{LoadSetup, TablesLoaded};
 
 /// The real steps.
 pub struct RealSteps {
     pub state_dir: PathBuf,
-    pub scalingo: Option<ScalingoClient>,
+    pub scalingo: Option<Arc<ScalingoClient>>,
     pub http: reqwest::Client,
     pub target: Target,
     pub restore: RestoreConfig,
@@ -33,6 +36,9 @@ pub struct RealSteps {
     pub masking: std::sync::Mutex<Option<crate::machine::MaskingCounts>>,
     /// The target's lock, watched while a run holds it (set by `app::lock`).
     pub lock: LockSlot,
+    /// The stream of a run that streams, between the step that read its head and the one
+    /// that loads its rows (run id, feed).
+    pub feed: Mutex<Option<(String, Feed)>>,
 }
 
 /// Where the run's [`LockHandle`] is put once the lock is taken.
@@ -56,12 +62,131 @@ impl RealSteps {
         }
     }
 
-    /// Where the dump of `run` is (a file the user gave, or the one extracted in the state dir).
+    /// Where the dump of `run` is (a file the user gave, the one extracted in the state dir,
+    /// or the head of a streamed one: every step before the rows reads only its head).
     pub fn dump_path(&self, run: &Run) -> PathBuf {
+        if run.mode.as_ref().is_some_and(WorkMode::streams) {
+            return WorkDir::of(&self.state_dir, &run.run_id).head();
+        }
         match &run.origin {
             Origin::Dump { path } => path.clone(),
             _ => WorkDir::of(&self.state_dir, &run.run_id).dump(),
         }
+    }
+
+    /// The disk the working files may use: `MAX_WORK_DISK`, within 90% of the state
+    /// directory's free space (`None`: neither is known).
+    fn budget(&self) -> Option<u64> {
+        std::fs::create_dir_all(&self.state_dir).ok();
+        let free = free_bytes_near(&self.state_dir).map(|f| f - f / 10);
+        match (self.restore.max_work_disk, free) {
+            (Some(max), Some(free)) => Some(max.min(free)),
+            (max, free) => max.or(free),
+        }
+    }
+
+    /// A new stream of `run`'s archive, from its first byte.
+    async fn open_feed(&self, run: &Run) -> Result<Feed, StepError> {
+        let work = WorkDir::of(&self.state_dir, &run.run_id);
+        create_dir_for(&work.head())?;
+        match &run.origin {
+            Origin::Scalingo => {
+                let backup = run
+                    .backup()
+                    .cloned()
+                    .ok_or_else(|| StepError::permanent("internal error: no backup to stream"))?;
+                let scalingo = self.scalingo()?.clone();
+                let id = backup.id.clone();
+                let urls: UrlSource = Arc::new(move || {
+                    let scalingo = scalingo.clone();
+                    let id = id.clone();
+                    Box::pin(async move { scalingo.download_url(&id).await })
+                });
+                // The spool takes what the head and the lists leave of the budget.
+                let budget = self.budget().unwrap_or(crate::config::MIN_WORK_DISK);
+                let cap = budget.saturating_sub(budget / 4).max(4 << 20);
+                Ok(Feed::download(
+                    self.http.clone(),
+                    urls,
+                    format!("the backup {}", backup.name),
+                    backup.size,
+                    &work.spool(),
+                    cap,
+                    backup.size.map(crate::machine::dump_budget),
+                )?)
+            }
+            Origin::Archive { path } => {
+                let len = std::fs::metadata(path).map(|m| m.len()).ok();
+                Ok(Feed::archive_file(
+                    path,
+                    len.map(crate::machine::dump_budget),
+                )?)
+            }
+            Origin::Live { .. } => self.live_feed().await,
+            Origin::Dump { path } => Err(StepError::permanent(format!(
+                "internal error: the dump {} is a file, it is not streamed",
+                path.display()
+            ))),
+        }
+    }
+
+    /// `pg_dump` of `SOURCE_DATABASE_URL`, streamed.
+    async fn live_feed(&self) -> Result<Feed, StepError> {
+        Err(StepError::permanent(
+            "SOURCE_DATABASE_URL is not supported by this build",
+        ))
+    }
+
+    /// A new stream of `run`'s archive with its head read into the work dir.
+    async fn feed_with_head(&self, run: &Run) -> Result<Feed, StepError> {
+        let mut feed = self.open_feed(run).await?;
+        let head = WorkDir::of(&self.state_dir, &run.run_id).head();
+        let (feed, bytes) = tokio::task::spawn_blocking(move || {
+            let r = feed.read_head(&head);
+            (feed, r)
+        })
+        .await
+        .map_err(|e| StepError::transient(format!("the stream's reading task failed: {e}")))?;
+        let bytes = bytes?;
+        info!(
+            bytes,
+            "read the dump's header and table of contents from the stream ({} KiB)",
+            bytes >> 10
+        );
+        Ok(feed)
+    }
+
+    /// Keeps `feed` for `run`'s later steps.
+    fn keep_feed(&self, run: &Run, feed: Feed) {
+        *self.feed.lock().expect("feed lock") = Some((run.run_id.clone(), feed));
+    }
+
+    /// The feed this process keeps for `run`, if any.
+    fn take_feed(&self, run: &Run) -> Option<Feed> {
+        let mut slot = self.feed.lock().expect("feed lock");
+        match slot.take() {
+            Some((id, feed)) if id == run.run_id => Some(feed),
+            _ => None,
+        }
+    }
+
+    /// Where the rows of `run` come from: the dump on disk (`None`), or a stream whose head
+    /// is in the work dir. A stream is read again from its start when this process holds none
+    /// (a resumed run, a new container).
+    async fn rows_source(&self, run: &Run) -> Result<Option<Feed>, StepError> {
+        let streams = run.mode.as_ref().is_some_and(WorkMode::streams);
+        if !streams && self.dump_path(run).exists() {
+            return Ok(None);
+        }
+        if let Some(feed) = self.take_feed(run) {
+            return Ok(Some(feed));
+        }
+        if !streams {
+            info!(
+                "the dump is not on this disk any more (a new container, or the state directory was emptied): streaming it from its start, the tables already in the target are not loaded again"
+            );
+        }
+        Ok(Some(self.feed_with_head(run).await?))
     }
 
     /// The entries that leave out the rows of `EXCLUDE_TABLE_DATA` (and the foreign keys that
@@ -125,7 +250,7 @@ impl RealSteps {
         Ok(Toc::load_or_read(dump, &saved).await?)
     }
 
-    fn scalingo(&self) -> Result<&ScalingoClient, StepError> {
+    fn scalingo(&self) -> Result<&Arc<ScalingoClient>, StepError> {
         self.scalingo.as_ref().ok_or_else(|| {
             StepError::permanent(
                 "this run needs Scalingo but no Scalingo configuration was given: set SCALINGO_APP and SCALINGO_API_TOKEN",
@@ -154,8 +279,29 @@ impl Steps for RealSteps {
             return Err(StepError::permanent(target_is_source_message(&self.target)));
         }
         let backup = scalingo.newest_done_backup().await?;
-        check_free_disk(&self.state_dir, backup.size)?;
         Ok(backup)
+    }
+
+    async fn plan(&self, run: &Run) -> Result<WorkMode, StepError> {
+        let size = match &run.origin {
+            Origin::Archive { path } => std::fs::metadata(path).map(|m| m.len()).ok(),
+            _ => run.backup().and_then(|b| b.size),
+        };
+        let budget = self.budget();
+        if let Some(b) = budget
+            && b < crate::config::MIN_WORK_DISK
+            && matches!(run.origin, Origin::Scalingo | Origin::Archive { .. })
+        {
+            return Err(StepError::permanent(format!(
+                "not enough free disk in {}: {} MiB, less than the {} MiB even a streamed run needs; free some space or point REPLICATOR_STATE_DIR at a larger disk",
+                self.state_dir.display(),
+                b >> 20,
+                crate::config::MIN_WORK_DISK >> 20
+            )));
+        }
+        let mode = crate::machine::work_mode(&run.origin, size, budget);
+        info!(mode = mode.label(), "this run is {}", mode.describe());
+        Ok(mode)
     }
 
     async fn download(
@@ -164,6 +310,19 @@ impl Steps for RealSteps {
         backup: &Backup,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), StepError> {
+        if run.mode.as_ref().is_some_and(WorkMode::streams) {
+            // Only the head now: the rest flows while the checks, the wipe and the schema run,
+            // into the spool, and on into the target with the rows.
+            let feed = self.feed_with_head(run).await?;
+            if let Some((done, _)) = feed.download_counts() {
+                progress(Progress::Bytes {
+                    done,
+                    total: backup.size,
+                });
+            }
+            *self.feed.lock().expect("feed lock") = Some((run.run_id.clone(), feed));
+            return Ok(());
+        }
         let archive = self.archive_path(run);
         create_dir_for(&archive)?;
         let url = self.scalingo()?.download_url(&backup.id).await?;
@@ -205,7 +364,18 @@ impl Steps for RealSteps {
 
     async fn extract_and_check(&self, run: &Run) -> Result<Vec<LeftOut>, StepError> {
         let dump = self.dump_path(run);
-        if !matches!(run.origin, Origin::Dump { .. }) {
+        let streams = run.mode.as_ref().is_some_and(WorkMode::streams);
+        if streams
+            && self
+                .take_feed(run)
+                .map(|f| self.keep_feed(run, f))
+                .is_none()
+        {
+            // A local archive streams from here; a download's head was read by `Downloading`
+            // in this process, or is read again.
+            let feed = self.feed_with_head(run).await?;
+            self.keep_feed(run, feed);
+        } else if !streams && !matches!(run.origin, Origin::Dump { .. }) {
             let archive = self.archive_path(run);
             create_dir_for(&dump)?;
             // A dump from the download step (or an earlier attempt of this one) is used only
@@ -252,7 +422,13 @@ impl Steps for RealSteps {
         // Before Dropping: a dump cut in its data, a restriction that cuts objects from what
         // they need, an extension the role cannot create or objects the wipe cannot remove
         // would fail the restore only after the target is gone (docs/reliability.md).
-        let deps = crate::dump::verify::check_dump_complete(&dump).await?;
+        // A streamed dump's data is not here yet: its completeness is pg_restore's to find,
+        // after the wipe (docs/operations.md, streaming).
+        let deps = if streams {
+            crate::dump::verify::dependencies(&dump)
+        } else {
+            crate::dump::verify::check_dump_complete(&dump).await?
+        };
         let opts = self.select_options(info.server_version_num as u32);
         let selection =
             crate::target::preflight::check_restorable(&self.target, &toc, deps.as_ref(), &opts)
@@ -297,8 +473,17 @@ impl Steps for RealSteps {
         run: &Run,
         section: Section,
         progress: &(dyn Fn(Progress) + Send + Sync),
+        events: &(dyn Fn(Event) + Send + Sync),
     ) -> Result<(), StepError> {
-        let dump = self.dump_path(run);
+        // The rows' source first: a resumed run whose dump is gone reads the head again.
+        let feed = match section {
+            Section::DataAndPostData => self.rows_source(run).await?,
+            Section::PreData => None,
+        };
+        let dump = match &feed {
+            Some(_) => WorkDir::of(&self.state_dir, &run.run_id).head(),
+            None => self.dump_path(run),
+        };
         let toc = self.toc(run, &dump).await?;
         let mut applier =
             crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
@@ -332,14 +517,83 @@ impl Steps for RealSteps {
             _ => None,
         };
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
-        target::restore_entries(&applier, &toc, &skip, section, &report).await?;
+        let mut fks_done = false;
+        let load = match section {
+            Section::PreData => None,
+            Section::DataAndPostData => {
+                let recorder = Recorder::new(&run.run_id);
+                recorder.prepare(&self.target).await?;
+                let loaded = recorder.loaded(&self.target).await?;
+                fks_done = loaded.ids.contains(&FOREIGN_KEYS_ID);
+                let tables_total = toc
+                    .entries()
+                    .filter(|e| e.desc == "TABLE DATA" && !skip.contains(&e.id))
+                    .count() as u64;
+                if loaded.tables > 0 || !loaded.ids.is_empty() {
+                    info!(
+                        tables = loaded.tables,
+                        entries = loaded.ids.len(),
+                        "resuming from the target's records: {} table(s) ({} rows) and {} other entries are already in and are not loaded again",
+                        loaded.tables,
+                        loaded.rows,
+                        loaded.ids.len() as u64 - loaded.tables
+                    );
+                }
+                events(Event::LoadStarted(LoadCounts {
+                    tables_done: loaded.tables,
+                    tables_total,
+                    rows: loaded.rows,
+                    bytes: loaded.bytes,
+                    resumed: loaded.tables,
+                }));
+                skip.extend(loaded.entries());
+                let stream =
+                    feed.map(|f| (f, WorkDir::of(&self.state_dir, &run.run_id).data_list()));
+                Some(LoadSetup {
+                    recorder,
+                    stream,
+                    deps: crate::dump::verify::dependencies(&dump),
+                    tables: TablesLoaded::default(),
+                })
+            }
+        };
+        let tables = load.as_ref().map(|l| l.tables.clone());
+        let restoring = target::restore_entries(applier, &toc, &skip, section, load, &report);
+        tokio::pin!(restoring);
+        // Each table loaded becomes the run's event as it happens (the driver persists them
+        // on its own clock).
+        let drain = || {
+            if let Some(t) = &tables {
+                for table in std::mem::take(&mut *t.lock().expect("tables lock")) {
+                    events(Event::TableLoaded(table));
+                }
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let result = loop {
+            tokio::select! {
+                r = &mut restoring => break r,
+                _ = tick.tick() => drain(),
+            }
+        };
+        drain();
+        result?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
         if section == Section::DataAndPostData
             && self.restore.fk_mode == crate::target::fk::FkMode::Trust
+            && !fks_done
         {
             let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
+            let record = Recorder::new(&run.run_id).insert_sql(
+                FOREIGN_KEYS_ID,
+                "FK CONSTRAINT",
+                "foreign keys added NOT VALID",
+                0,
+                0,
+            );
             let (not_valid, validated) =
-                crate::target::fk::add_not_valid(&self.target, &dump, &fk_list).await?;
+                crate::target::fk::add_not_valid(&self.target, &dump, &fk_list, Some(&record))
+                    .await?;
             info!(
                 not_valid,
                 validated,
@@ -446,22 +700,4 @@ pub fn target_is_source_message(target: &Target) -> String {
          a run would wipe it. Set DATABASE_URL to the replica's database (on Scalingo, an app's own DATABASE_URL is its own addon: deploy the replicator on the replica's app)",
         target.describe()
     )
-}
-
-/// Refuses a download that cannot fit (see [`crate::machine::disk_needed`]): the rule
-/// `check` applies too.
-fn check_free_disk(state_dir: &Path, size: Option<u64>) -> Result<(), StepError> {
-    std::fs::create_dir_all(state_dir).ok();
-    match disk_budget(size, free_bytes_near(state_dir)) {
-        DiskBudget::TooSmall { needed, free } => Err(StepError::permanent(format!(
-            "not enough free disk in {}: the backup is {} MiB, and the archive plus the dump need about {} MiB (twice the archive, plus 10% and 64 MiB), but only {} MiB are free; free some space or point REPLICATOR_STATE_DIR at a larger disk",
-            state_dir.display(),
-            size.unwrap_or(0) >> 20,
-            needed >> 20,
-            free >> 20
-        ))),
-        DiskBudget::SizeUnknown | DiskBudget::FreeUnknown { .. } | DiskBudget::Fits { .. } => {
-            Ok(())
-        }
-    }
 }

@@ -27,6 +27,19 @@ impl WorkDir {
     pub fn toc(&self) -> PathBuf {
         self.0.join("toc.list")
     }
+    /// The first bytes of a streamed dump: its header and table of contents (and maybe the
+    /// start of its data), what the checks and the schema are read from.
+    pub fn head(&self) -> PathBuf {
+        self.0.join("head.pgsql")
+    }
+    /// The spool between a streamed download and the restore.
+    pub fn spool(&self) -> PathBuf {
+        self.0.join("spool")
+    }
+    /// The `--use-list` of the rows read from a stream.
+    pub fn data_list(&self) -> PathBuf {
+        self.0.join("data.list")
+    }
     /// The foreign keys left out of the restore, added afterwards (`FK_MODE=trust`).
     pub fn fk_list(&self) -> PathBuf {
         self.0.join("fk.list")

@@ -31,12 +31,14 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod load;
 mod rules;
 
+pub use load::{LoadCounts, TableLoad, WorkMode};
 pub use rules::{
     DiskBudget, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon,
     already_restored, disk_budget, disk_needed, dump_budget, first_wipe, interrupted, recover,
-    target_is_source, too_old,
+    target_is_source, too_old, work_mode,
 };
 
 /// The backup a run restores, as Scalingo describes it (or as a local file is described).
@@ -81,6 +83,9 @@ pub enum Origin {
     Archive { path: PathBuf },
     /// A `pg_dump -Fc` file already on disk (`replicator restore --dump`).
     Dump { path: PathBuf },
+    /// `pg_dump -Fc` of a live database (`SOURCE_DATABASE_URL`); `source` names it without
+    /// its password (`user@host:port/db`).
+    Live { source: String },
 }
 
 /// The phase of a run. Each variant carries what its step needs, and never a secret.
@@ -229,14 +234,32 @@ impl Phase {
     }
 
     /// Where a run that stopped in this phase (crash, transient failure, shutdown) starts
-    /// again: the earliest phase whose effects can still be trusted.
-    pub fn resume_point(&self) -> Phase {
+    /// again, in this process: the earliest phase whose effects can still be trusted. See
+    /// [`Run::resume_point`], which knows the run's origin.
+    fn resume_point(&self, origin: &Origin) -> Phase {
         match self {
+            // A live source cannot give the same snapshot twice: after the wipe, anything
+            // interrupted starts again from a new `pg_dump` (its head read in `Downloading`).
+            Phase::Dropping { backup }
+            | Phase::Restoring { backup, .. }
+            | Phase::Unlogging { backup }
+                if matches!(origin, Origin::Live { .. }) =>
+            {
+                Phase::Downloading {
+                    backup: backup.clone(),
+                    bytes_done: 0,
+                }
+            }
+            // The schema is in once `Unlogging` succeeded, and each table's rows are committed
+            // with their record in the target: the rows resume where they stopped.
+            Phase::Restoring {
+                section: Section::DataAndPostData,
+                ..
+            } => self.clone(),
             Phase::Restoring { backup, .. } | Phase::Unlogging { backup } => Phase::Dropping {
                 backup: backup.clone(),
             },
-            // The rows are in and complete once `Restoring{DataAndPostData}` succeeded; each
-            // SQL file runs in its own transaction, so running them again is safe.
+            // Each SQL file runs in its own transaction, so running them again is safe.
             other => other.clone(),
         }
     }
@@ -290,6 +313,13 @@ pub struct Run {
     /// records written before masking existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masking: Option<MaskingCounts>,
+    /// Whole or streamed (decided before the first byte; absent in records written before
+    /// streaming existed, which were whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<WorkMode>,
+    /// How far the load of the rows is (from `Restoring{DataAndPostData}` on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadCounts>,
 }
 
 /// A kind of dump entry the restore leaves out, and why.
@@ -378,6 +408,23 @@ pub enum Event {
     Crashed,
     /// Continue an interrupted run from its resume point.
     Resume,
+    /// Before the first byte of the archive (in `Downloading`, or `Extracting` for a local
+    /// file): whole or streamed. Once per run; the phase does not change.
+    Planned(WorkMode),
+    /// `Restoring{DataAndPostData}` started: the tables it loads, and those the target's
+    /// records say an earlier attempt already loaded (not loaded again).
+    LoadStarted(LoadCounts),
+    /// One table's rows were committed in the target, with the record that says so.
+    TableLoaded(TableLoad),
+    /// The archive's stream broke while streaming (the download cut for good, the dump cut
+    /// short or corrupt): what the target holds stays, the next attempt downloads again.
+    StreamCut {
+        error: String,
+        retry_at: DateTime<Utc>,
+    },
+    /// A process whose state directory is empty (a new container) took this run over from
+    /// the target's record: its files are gone, the target's records are not.
+    ResumedFromTarget,
 }
 
 /// Why an event could not be applied.
@@ -402,6 +449,11 @@ impl Event {
             Event::PermanentFailure { .. } => "PermanentFailure",
             Event::Crashed => "Crashed",
             Event::Resume => "Resume",
+            Event::Planned(_) => "Planned",
+            Event::LoadStarted(_) => "LoadStarted",
+            Event::TableLoaded(_) => "TableLoaded",
+            Event::StreamCut { .. } => "StreamCut",
+            Event::ResumedFromTarget => "ResumedFromTarget",
         }
     }
 }
@@ -427,6 +479,43 @@ impl Run {
             progress: None,
             left_out: Vec::new(),
             masking: None,
+            mode: None,
+            load: None,
+        }
+    }
+
+    /// Where this run starts again after a crash, a stop or a transient failure, in the same
+    /// process or state directory (see [`Event::ResumedFromTarget`] for a new one).
+    pub fn resume_point(&self) -> Phase {
+        self.phase.resume_point(&self.origin)
+    }
+
+    /// Where a run taken over from the target's record starts: its working files are gone.
+    /// The rows resume where the target's records say; anything before them starts again at
+    /// the download (or, for a file the user gave, at its extraction).
+    fn resume_point_from_target(&self) -> Phase {
+        let point = self.resume_point();
+        match (&point, &self.origin) {
+            (
+                Phase::Restoring {
+                    section: Section::DataAndPostData,
+                    ..
+                }
+                | Phase::PostRestoreSql { .. }
+                | Phase::Idle
+                | Phase::FetchingUrl,
+                _,
+            ) => point,
+            (_, Origin::Archive { path } | Origin::Dump { path }) => Phase::Extracting {
+                backup: local_backup(path),
+            },
+            (p, _) => match p.backup() {
+                Some(backup) => Phase::Downloading {
+                    backup: backup.clone(),
+                    bytes_done: 0,
+                },
+                None => Phase::FetchingUrl,
+            },
         }
     }
 
@@ -491,6 +580,11 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
         (Phase::Idle, Event::Start) => {
             let first = match &run.origin {
                 Origin::Scalingo => Phase::FetchingUrl,
+                // The source is there: its head is read as the first step.
+                Origin::Live { .. } => Phase::Downloading {
+                    backup: live_backup(),
+                    bytes_done: 0,
+                },
                 Origin::Archive { path } | Origin::Dump { path } => Phase::Extracting {
                     backup: local_backup(path),
                 },
@@ -525,6 +619,54 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
             next.interrupted = false;
         }
         (_, Event::Checked { .. }) => return Err(not_applicable()),
+
+        (Phase::Downloading { .. } | Phase::Extracting { .. }, Event::Planned(mode)) => {
+            next.mode = Some(mode.clone());
+        }
+        (_, Event::Planned(_)) => return Err(not_applicable()),
+
+        (
+            Phase::Restoring {
+                section: Section::DataAndPostData,
+                ..
+            },
+            Event::LoadStarted(counts),
+        ) => {
+            next.load = Some(counts.clone());
+        }
+        (
+            Phase::Restoring {
+                section: Section::DataAndPostData,
+                ..
+            },
+            Event::TableLoaded(table),
+        ) => {
+            let load = next.load.get_or_insert_with(LoadCounts::default);
+            load.tables_done += 1;
+            load.tables_total = load.tables_total.max(load.tables_done);
+            load.rows += table.rows;
+            load.bytes += table.bytes;
+        }
+        (_, Event::LoadStarted(_) | Event::TableLoaded(_)) => return Err(not_applicable()),
+        (_, Event::StreamCut { .. }) if !run.mode.as_ref().is_some_and(WorkMode::streams) => {
+            return Err(not_applicable());
+        }
+
+        (_, Event::ResumedFromTarget) => {
+            let point = run.resume_point_from_target();
+            if !matches!(
+                point,
+                Phase::Restoring {
+                    section: Section::DataAndPostData,
+                    ..
+                } | Phase::PostRestoreSql { .. }
+            ) {
+                // A new container plans again: its disk is not the one that chose.
+                next.mode = None;
+            }
+            next.enter(point, now);
+            next.interrupted = false;
+        }
 
         (phase, Event::Succeeded) => {
             let after = match phase {
@@ -578,7 +720,10 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
             next.progress = Some(progress.clone());
         }
 
-        (phase, Event::TransientFailure { error, retry_at }) => {
+        (
+            phase,
+            Event::TransientFailure { error, retry_at } | Event::StreamCut { error, retry_at },
+        ) => {
             next.error = Some(error.clone());
             if run.attempt >= run.max_attempts {
                 let failed = Phase::Failed {
@@ -594,7 +739,7 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
                 next.attempt += 1;
                 next.next_attempt_at = Some(*retry_at);
                 next.retrying_since.get_or_insert(now);
-                let point = phase.resume_point();
+                let point = run.resume_point();
                 next.enter(point, now);
             }
         }
@@ -612,12 +757,22 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
             next.interrupted = true;
         }
 
-        (phase, Event::Resume) => {
-            let point = phase.resume_point();
+        (_, Event::Resume) => {
+            let point = run.resume_point();
             next.enter(point, now);
         }
     }
     Ok(next)
+}
+
+/// The "backup" of a live source: a `pg_dump` taken when the run reads it.
+fn live_backup() -> Backup {
+    Backup {
+        id: "live".to_string(),
+        name: "pg_dump of SOURCE_DATABASE_URL".to_string(),
+        created_at: None,
+        size: None,
+    }
 }
 
 fn local_backup(path: &std::path::Path) -> Backup {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Backup, Event, Run, TransitionError, transition};
+use super::{Backup, Event, Origin, Run, TransitionError, WorkMode, transition};
 
 /// The last `Done` run, when it restored `backup`: a run would restore nothing (unless
 /// `force`, `replicator run --force`).
@@ -85,6 +85,30 @@ pub fn disk_budget(size: Option<u64>, free: Option<u64>) -> DiskBudget {
     }
 }
 
+/// Whole or streamed: a backup whose archive and dump fit `budget` (`MAX_WORK_DISK`, or what
+/// the state directory's free space allows) is downloaded and checked whole before the wipe,
+/// as the safe default; one that does not fit streams. `size` is the archive's (Scalingo's
+/// announced size, or the file's length); a size or a budget not known keeps the default.
+pub fn work_mode(origin: &Origin, size: Option<u64>, budget: Option<u64>) -> WorkMode {
+    let needed = match origin {
+        Origin::Live { .. } => return WorkMode::Live,
+        // The dump is the user's file: nothing is written.
+        Origin::Dump { .. } => {
+            return WorkMode::Whole {
+                needed: Some(0),
+                budget,
+            };
+        }
+        // The archive is the user's file: only the dump is written.
+        Origin::Archive { .. } => size.map(dump_budget),
+        Origin::Scalingo => size.map(disk_needed),
+    };
+    match (needed, budget) {
+        (Some(needed), Some(budget)) if needed > budget => WorkMode::Streaming { needed, budget },
+        (needed, budget) => WorkMode::Whole { needed, budget },
+    }
+}
+
 /// The run that stands in the way of a new one: the current run of the state directory, when
 /// a crash or a stop left it unfinished (`run` refuses it, `run --restart` abandons it,
 /// `resume` continues it).
@@ -120,6 +144,43 @@ mod tests {
             size: Some(1 << 20),
             created_at: Some(now - chrono::Duration::hours(hours_old)),
         }
+    }
+
+    #[test]
+    fn a_backup_that_does_not_fit_the_budget_streams() {
+        let gib = 1u64 << 30;
+        let needed = disk_needed(gib);
+        assert_eq!(
+            work_mode(&Origin::Scalingo, Some(gib), Some(needed)),
+            WorkMode::Whole {
+                needed: Some(needed),
+                budget: Some(needed)
+            }
+        );
+        assert_eq!(
+            work_mode(&Origin::Scalingo, Some(gib), Some(64 << 20)),
+            WorkMode::Streaming {
+                needed,
+                budget: 64 << 20
+            }
+        );
+        // Unknown size or budget: the safe default.
+        assert!(!work_mode(&Origin::Scalingo, None, Some(1)).streams());
+        assert!(!work_mode(&Origin::Scalingo, Some(gib), None).streams());
+        // A local archive needs room for its dump only; a dump file, for nothing.
+        let archive = Origin::Archive {
+            path: "/b.tar.gz".into(),
+        };
+        assert!(!work_mode(&archive, Some(gib), Some(dump_budget(gib))).streams());
+        assert!(work_mode(&archive, Some(gib), Some(dump_budget(gib) - 1)).streams());
+        let dump = Origin::Dump {
+            path: "/d.pgsql".into(),
+        };
+        assert!(!work_mode(&dump, Some(gib), Some(1)).streams());
+        let live = Origin::Live {
+            source: "u@h:5432/db".into(),
+        };
+        assert_eq!(work_mode(&live, None, None), WorkMode::Live);
     }
 
     #[test]

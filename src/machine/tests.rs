@@ -112,6 +112,11 @@ enum Ev {
     Resume,
     Progress(u64),
     Stray(u8),
+    /// Whole (false) or streamed (true).
+    Plan(bool),
+    Table(u64),
+    Cut,
+    FromTarget,
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -123,6 +128,10 @@ fn ev() -> impl Strategy<Value = Ev> {
         2 => Just(Ev::Resume),
         1 => (0u64..10_000).prop_map(Ev::Progress),
         1 => (0u8..3).prop_map(Ev::Stray),
+        2 => any::<bool>().prop_map(Ev::Plan),
+        2 => (0u64..1000).prop_map(Ev::Table),
+        1 => Just(Ev::Cut),
+        1 => Just(Ev::FromTarget),
     ]
 }
 
@@ -131,6 +140,7 @@ fn origin() -> impl Strategy<Value = Origin> {
         4 => Just(Origin::Scalingo),
         1 => Just(Origin::Archive { path: "/data/b.tar.gz".into() }),
         1 => Just(Origin::Dump { path: "/data/d.pgsql".into() }),
+        1 => Just(Origin::Live { source: "app@db:5432/prod".into() }),
     ]
 }
 
@@ -155,7 +165,35 @@ fn concrete(run: &Run, ev: &Ev, now: DateTime<Utc>) -> Event {
         Ev::Stray(0) => Event::Start,
         Ev::Stray(1) => Event::Fetched(backup()),
         Ev::Stray(_) => Event::Succeeded,
+        Ev::Plan(false) => Event::Planned(WorkMode::Whole {
+            needed: Some(100),
+            budget: Some(1000),
+        }),
+        Ev::Plan(true) => Event::Planned(WorkMode::Streaming {
+            needed: 1000,
+            budget: 100,
+        }),
+        Ev::Table(rows) => Event::TableLoaded(TableLoad {
+            table: "public.t".into(),
+            rows: *rows,
+            bytes: rows * 10,
+        }),
+        Ev::Cut => Event::StreamCut {
+            error: "the download was cut".into(),
+            retry_at: now + chrono::Duration::seconds(30),
+        },
+        Ev::FromTarget => Event::ResumedFromTarget,
     }
+}
+
+fn is_data(phase: &Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Restoring {
+            section: Section::DataAndPostData,
+            ..
+        }
+    )
 }
 
 proptest! {
@@ -190,7 +228,13 @@ proptest! {
                     // Invariant 5, and only terminal runs or mismatched events are refused.
                     let mismatched = matches!(event, Event::Start)
                         || (matches!(event, Event::Fetched(_)) && before.phase != Phase::FetchingUrl)
-                        || (matches!(event, Event::Succeeded) && before.phase == Phase::FetchingUrl);
+                        || (matches!(event, Event::Succeeded) && before.phase == Phase::FetchingUrl)
+                        || (matches!(event, Event::Planned(_))
+                            && !matches!(before.phase, Phase::Downloading{..} | Phase::Extracting{..}))
+                        || (matches!(event, Event::TableLoaded(_) | Event::LoadStarted(_))
+                            && !is_data(&before.phase))
+                        || (matches!(event, Event::StreamCut{..})
+                            && !before.mode.as_ref().is_some_and(WorkMode::streams));
                     prop_assert!(before.is_terminal() || mismatched,
                         "refused {:?} in {:?}", event, before.phase);
                     continue;
@@ -200,8 +244,56 @@ proptest! {
                     if matches!(before.phase, Phase::Extracting { .. }) && event == Event::Succeeded {
                         extracted_ok = true;
                     }
-                    if after.phase != before.phase || matches!(event, Event::Resume | Event::TransientFailure{..}) {
+                    if after.phase != before.phase
+                        || matches!(event, Event::Resume | Event::TransientFailure{..} | Event::StreamCut{..} | Event::ResumedFromTarget)
+                    {
                         trace.push(after.phase.clone());
+                    }
+                    // A run that goes back before its checks must pass them again.
+                    if matches!(after.phase, Phase::FetchingUrl | Phase::Downloading{..} | Phase::Extracting{..})
+                        && after.phase != before.phase
+                    {
+                        extracted_ok = false;
+                    }
+                    // The new events change what they say and nothing else.
+                    match &event {
+                        Event::Planned(mode) => {
+                            prop_assert_eq!(&after.phase, &before.phase);
+                            prop_assert_eq!(after.mode.as_ref(), Some(mode));
+                        }
+                        Event::TableLoaded(t) => {
+                            prop_assert_eq!(&after.phase, &before.phase);
+                            let (b, a) = (before.load.clone().unwrap_or_default(), after.load.clone().unwrap());
+                            prop_assert_eq!(a.tables_done, b.tables_done + 1);
+                            prop_assert_eq!(a.rows, b.rows + t.rows);
+                            prop_assert!(a.tables_done <= a.tables_total);
+                        }
+                        Event::StreamCut{..} => {
+                            // Only a streaming run is cut, and it keeps what the target holds.
+                            prop_assert!(before.mode.as_ref().is_some_and(WorkMode::streams));
+                            if is_data(&before.phase) && !after.is_terminal()
+                                && !matches!(before.origin, Origin::Live{..})
+                            {
+                                prop_assert_eq!(&after.phase, &before.phase);
+                            }
+                        }
+                        Event::ResumedFromTarget => {
+                            // A new container: the rows resume where the target's records
+                            // say; anything before them starts again from the archive.
+                            prop_assert!(!after.interrupted);
+                            match (&before.phase, &before.origin) {
+                                (p, Origin::Scalingo | Origin::Archive{..} | Origin::Dump{..})
+                                    if is_data(p) => prop_assert_eq!(&after.phase, p),
+                                (Phase::PostRestoreSql{..} | Phase::Idle | Phase::FetchingUrl, _) => {
+                                    prop_assert_eq!(&after.phase, &before.phase)
+                                }
+                                _ => prop_assert!(matches!(
+                                    after.phase,
+                                    Phase::Downloading{..} | Phase::Extracting{..}
+                                ), "{:?} resumed from the target to {:?}", before.phase, after.phase),
+                            }
+                        }
+                        _ => {}
                     }
                     // Invariant 2.
                     if matches!(after.phase, Phase::Dropping { .. }) {
@@ -214,11 +306,18 @@ proptest! {
                         prop_assert_eq!(after.phase.name(), PhaseName::Failed);
                         prop_assert_eq!(after.attempt, before.attempt);
                     }
-                    // Invariant 4: after a crash/retry, a post-drop phase resumes at Dropping.
-                    if matches!(event, Event::Resume | Event::TransientFailure{..})
+                    // Invariant 4: after a crash/retry, the schema's phases resume at Dropping;
+                    // the rows resume in place (their records are in the target), except from a
+                    // live source, which starts again from a new pg_dump.
+                    if matches!(event, Event::Resume | Event::TransientFailure{..} | Event::StreamCut{..})
                         && !after.is_terminal()
                     {
+                        let live = matches!(before.origin, Origin::Live{..});
                         match &before.phase {
+                            Phase::Dropping{..} | Phase::Restoring{..} | Phase::Unlogging{..} if live => {
+                                prop_assert_eq!(after.phase.name(), PhaseName::Downloading);
+                            }
+                            p if is_data(p) => prop_assert_eq!(&after.phase, p),
                             Phase::Restoring{..} | Phase::Unlogging{..} => {
                                 prop_assert_eq!(after.phase.name(), PhaseName::Dropping);
                             }

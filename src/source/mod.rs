@@ -3,6 +3,8 @@
 
 pub mod download;
 pub mod extract;
+pub mod feed;
 mod follow;
 pub mod http;
 pub mod scalingo;
+pub mod spool;

@@ -130,12 +130,18 @@ pub async fn add_not_valid(
     target: &Target,
     dump: &Path,
     fk_list: &Path,
+    record: Option<&str>,
 ) -> Result<(usize, usize), StepError> {
     if !fk_list.exists() {
         return Ok((0, 0));
     }
     let sql = foreign_key_sql(dump, fk_list).await?;
-    let (sql, not_valid, validated) = make_not_valid(&sql);
+    let (mut sql, not_valid, validated) = make_not_valid(&sql);
+    // The record that the keys are in commits with them: a resumed run adds them once.
+    if let Some(record) = record {
+        sql.push_str(record);
+        sql.push_str(";\n");
+    }
     if not_valid + validated == 0 {
         return Ok((0, 0));
     }

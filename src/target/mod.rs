@@ -19,6 +19,7 @@ mod lock;
 pub mod masking;
 pub(crate) mod post_restore;
 pub(crate) mod preflight;
+pub mod records;
 mod restore;
 pub(crate) mod sqlstate;
 mod tls;
@@ -33,7 +34,8 @@ pub use lock::{
     LOCK_APPLICATION_NAME, LOCK_KEY, LockHandle, LockOutcome, LockWatch, TargetLock, lock_target,
 };
 pub use restore::{
-    RESTORE_APPLICATION_NAME, restore_entries, restore_section, restore_section_with_list,
+    LoadSetup, RESTORE_APPLICATION_NAME, TablesLoaded, restore_entries, restore_section,
+    restore_section_with_list,
 };
 pub use sqlstate::{PostgresError, is_transient_sqlstate};
 pub use unlogged::{foreign_keys_in_dump, set_unlogged_with_dump};

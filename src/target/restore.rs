@@ -8,10 +8,12 @@
 //! - **post-data**: indexes and primary/unique/check constraints over `jobs` sessions, then the
 //!   rest in order (see [`super::apply::Applier::run_post_data`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use super::apply::Applier;
+use super::apply::{Applier, LoadLog};
 use super::url::Target;
 use crate::dump::toc::{Toc, TocEntry, TocSection};
 use crate::error::StepError;
@@ -21,13 +23,31 @@ use crate::machine::Section;
 /// looks for after a crash.
 pub const RESTORE_APPLICATION_NAME: &str = "replicator-restore";
 
+/// What a load of the rows records and where it reads them from (the rows' section only).
+pub struct LoadSetup {
+    /// Writes each entry's record in the target with its work.
+    pub recorder: crate::target::records::Recorder,
+    /// The archive as a stream, and where to write the `--use-list` pg_restore reads it
+    /// with; `None`: the dump is a file, each table's rows come from their own pg_restore.
+    pub stream: Option<(crate::source::feed::Feed, std::path::PathBuf)>,
+    /// The entries' dependencies (to know which table an index waits for); `None`: every
+    /// index waits for all the rows.
+    pub deps: Option<crate::dump::verify::Dependencies>,
+    /// Where each table loaded is told (for the run's `TableLoaded` events).
+    pub tables: TablesLoaded,
+}
+
+/// The tables loaded, as they are: drained by the step into the run's events.
+pub type TablesLoaded = Arc<std::sync::Mutex<Vec<crate::machine::TableLoad>>>;
+
 /// Restores the entries of `toc` in `section` that `skip` does not name. `progress(done,
 /// total)` counts entries.
 pub async fn restore_entries(
-    applier: &Applier,
+    applier: Applier,
     toc: &Toc,
     skip: &HashSet<u32>,
     section: Section,
+    load: Option<LoadSetup>,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<(), StepError> {
     let sectioned = toc.sectioned();
@@ -56,34 +76,149 @@ pub async fn restore_entries(
             progress(total, total);
         }
         Section::DataAndPostData => {
-            // Each table's rows from a pg_restore of their own, so that they load side by
-            // side; the other data entries (sequences, large objects) together.
-            let (tables, others): (Vec<_>, Vec<_>) = entries(TocSection::Data)
-                .into_iter()
-                .partition(|(e, _)| e.desc == "TABLE DATA");
-            let data = (tables.len() + others.len()) as u64;
-            let mut lists: Vec<String> = tables.iter().map(|t| list(&[*t])).collect();
-            if !others.is_empty() {
-                lists.push(list(&others));
-            }
+            let data_entries = entries(TocSection::Data);
             let post = entries(TocSection::PostData);
+            let data = data_entries.len() as u64;
             let total = data + post.len() as u64;
+            let (applier, early, stream) = match load {
+                Some(setup) => {
+                    let log = LoadLog::new(
+                        setup.recorder.clone(),
+                        setup.tables.clone(),
+                        data_entries.iter().chain(post.iter()).map(|(e, _)| *e),
+                    );
+                    let (log, early_ids) = match &setup.deps {
+                        Some(deps) => {
+                            plan_early(&applier, log, &data_entries, &post, deps, &setup.recorder)
+                                .await?
+                        }
+                        None => (log, HashSet::new()),
+                    };
+                    let log = Arc::new(log);
+                    let early = log.early().map(|e| (e, early_ids));
+                    (applier.with_log(log), early, setup.stream)
+                }
+                None => (applier, None, None),
+            };
+            if let Some((early, _)) = &early {
+                // Indexes of tables an earlier attempt loaded start now.
+                early.launch(0);
+            }
+            let post: Vec<_> = match &early {
+                Some((_, ids)) => post
+                    .into_iter()
+                    .filter(|(e, _)| !ids.contains(&e.id))
+                    .collect(),
+                None => post,
+            };
             tracing::info!(
                 data_entries = data,
-                post_data_entries = post.len(),
-                "restoring the rows ({data} entries), then indexes, constraints and the rest ({} entries)",
-                post.len()
+                post_data_entries = total - data,
+                streamed = stream.is_some(),
+                "restoring the rows ({data} entries{}), then indexes, constraints and the rest ({} entries{})",
+                if stream.is_some() {
+                    ", streamed as the archive arrives"
+                } else {
+                    ""
+                },
+                total - data,
+                if early.is_some() {
+                    ", each table's indexes and keys as soon as its rows are in"
+                } else {
+                    ""
+                },
             );
             progress(0, total);
-            let report = |done: u64| progress(done.min(total), total);
-            applier.run_parallel(lists, &report).await?;
-            let report = |done: u64| progress((data + done).min(total), total);
+            let early_done = early.as_ref().map(|(e, _)| e.done.clone());
+            let early_count = move || early_done.as_ref().map_or(0, |d| d.load(Ordering::Relaxed));
+            let report = |done: u64| progress((done + early_count()).min(total), total);
+            match stream {
+                Some((feed, list_file)) => {
+                    let text: String = list(&data_entries);
+                    std::fs::write(&list_file, text).map_err(|e| {
+                        StepError::transient(format!(
+                            "cannot write {}: {e}; check the disk of REPLICATOR_STATE_DIR",
+                            list_file.display()
+                        ))
+                    })?;
+                    applier.run_stream(feed, &list_file, &report).await?;
+                }
+                None => {
+                    // Each table's rows from a pg_restore of their own, so that they load side
+                    // by side; the other data entries (sequences, large objects) together.
+                    let (tables, others): (Vec<_>, Vec<_>) = data_entries
+                        .iter()
+                        .copied()
+                        .partition(|(e, _)| e.desc == "TABLE DATA");
+                    let mut lists: Vec<String> = tables.iter().map(|t| list(&[*t])).collect();
+                    if !others.is_empty() {
+                        lists.push(list(&others));
+                    }
+                    applier.run_parallel(lists, &report).await?;
+                }
+            }
+            if let Some((early, _)) = &early {
+                early.finish().await?;
+            }
+            let base = data + early_count();
+            let report = |done: u64| progress((base + done).min(total), total);
             applier.run_post_data(list(&post), &report).await?;
             progress(total, total);
         }
     }
     Ok(())
 }
+
+/// Which post-data entries start as soon as their table's rows are in: indexes and primary
+/// key, unique and check constraints, keyed by the `TABLE DATA` entry of their table (0: their
+/// table loads nothing in this attempt, they start at once). Returns the log with its
+/// [`Early`], and the dump ids it runs.
+async fn plan_early(
+    applier: &Applier,
+    log: LoadLog,
+    data: &[(&TocEntry, &str)],
+    post: &[(&TocEntry, &str)],
+    deps: &crate::dump::verify::Dependencies,
+    recorder: &crate::target::records::Recorder,
+) -> Result<(LoadLog, HashSet<u32>), StepError> {
+    // The table each TABLE DATA entry fills (its one dependency).
+    let data_of_table: HashMap<u32, u32> = data
+        .iter()
+        .filter(|(e, _)| e.desc == "TABLE DATA")
+        .flat_map(|(e, _)| deps.get(&e.id).into_iter().flatten().map(|t| (*t, e.id)))
+        .collect();
+    let candidates: Vec<(&TocEntry, &str)> = post
+        .iter()
+        .copied()
+        .filter(|(e, _)| EARLY_KINDS.contains(&e.desc.as_str()))
+        .collect();
+    if candidates.is_empty() {
+        return Ok((log, HashSet::new()));
+    }
+    let text: String = candidates.iter().map(|(_, l)| format!("{l}\n")).collect();
+    let (preamble, translated) = applier.translate(text, &log).await?;
+    let mut plan: HashMap<u32, Vec<crate::target::apply::EarlyEntry>> = HashMap::new();
+    let mut ids = HashSet::new();
+    for entry in translated {
+        if entry.id == 0 {
+            // Not matched to the list: left to the post-data section, as before.
+            continue;
+        }
+        let waits_for = deps
+            .get(&entry.id)
+            .into_iter()
+            .flatten()
+            .find_map(|d| data_of_table.get(d).copied())
+            .unwrap_or(0);
+        ids.insert(entry.id);
+        plan.entry(waits_for).or_default().push(entry);
+    }
+    let early = applier.early(plan, preamble, applier.jobs(), recorder.clone());
+    Ok((log.with_early(early), ids))
+}
+
+/// The post-data kinds that touch one table each and start with its rows.
+const EARLY_KINDS: &[&str] = &["INDEX", "CONSTRAINT", "CHECK CONSTRAINT"];
 
 /// Restores one section of `dump`: every entry of its table of contents.
 pub async fn restore_section(
@@ -111,5 +246,5 @@ pub async fn restore_section_with_list(
         None => Toc::read(dump).await?,
     };
     let applier = Applier::new(target, dump, jobs).await?;
-    restore_entries(&applier, &toc, &HashSet::new(), section, progress).await
+    restore_entries(applier, &toc, &HashSet::new(), section, None, progress).await
 }

@@ -316,7 +316,7 @@ impl Target {
         Ok(client)
     }
 
-    pub(super) fn query_error(
+    pub(crate) fn query_error(
         &self,
         what: &'static str,
         e: tokio_postgres::Error,

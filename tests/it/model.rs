@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use replicator::config::RetryConfig;
 use replicator::engine::{Driver, Outcome, Steps};
 use replicator::error::StepError;
-use replicator::machine::{Backup, LeftOut, Origin, Phase, Progress, Run, Section};
+use replicator::machine::{
+    Backup, Event, LeftOut, Origin, Phase, Progress, Run, Section, TableLoad, WorkMode,
+};
 use replicator::state::store::Store;
 
 const SIZE: u64 = 1000;
@@ -60,6 +62,8 @@ enum Target {
     Unlogged,
     /// Rows, indexes, constraints: complete.
     Loaded,
+    /// Some tables' rows in, each with its record (a load a crash cut short).
+    Loading,
     /// A step stopped half-way: only a wipe makes it usable again.
     Partial,
 }
@@ -219,19 +223,40 @@ impl Steps for ModelSteps {
         }
     }
 
+    async fn plan(&self, _run: &Run) -> Result<WorkMode, StepError> {
+        Ok(WorkMode::Whole {
+            needed: Some(SIZE),
+            budget: Some(10 * SIZE),
+        })
+    }
+
     async fn restore(
         &self,
         _run: &Run,
         section: Section,
         progress: &(dyn Fn(Progress) + Send + Sync),
+        events: &(dyn Fn(Event) + Send + Sync),
     ) -> Result<(), StepError> {
-        let (needs, gives) = match section {
-            Section::PreData => (Target::Empty, Target::PreData),
-            Section::DataAndPostData => (Target::Unlogged, Target::Loaded),
+        // The rows' section resumes from the target's records: a load a crash cut short
+        // (tables committed with their records) is continued, not redone.
+        let (needs, gives, cut): (&[Target], _, _) = match section {
+            Section::PreData => (&[Target::Empty], Target::PreData, Target::Partial),
+            Section::DataAndPostData => (
+                &[Target::Unlogged, Target::Loading],
+                Target::Loaded,
+                Target::Loading,
+            ),
         };
-        self.expect_target(&format!("restoring {}", section.label()), &[needs]);
+        self.expect_target(&format!("restoring {}", section.label()), needs);
         progress(Progress::Items { done: 1, total: 2 });
-        match self.act(self.next_fault(), |w| w.target = Target::Partial) {
+        if section == Section::DataAndPostData {
+            events(Event::TableLoaded(TableLoad {
+                table: "public.t".into(),
+                rows: 1,
+                bytes: 10,
+            }));
+        }
+        match self.act(self.next_fault(), |w| w.target = cut) {
             Act::Go => {
                 self.world.lock().unwrap().target = gives;
                 Ok(())

@@ -20,6 +20,7 @@
 //! sessions while the rest (foreign keys, triggers, index attachments, materialized view
 //! refreshes) runs in the archive's order once they are done.
 
+pub mod early;
 pub mod script;
 mod stream;
 
@@ -37,8 +38,9 @@ use crate::masking::Masker;
 use crate::masking::transform::Rows;
 use crate::target::sqlstate::classify;
 use crate::target::{PostgresError, RESTORE_APPLICATION_NAME, Target};
+pub use early::{Early, EarlyEntry, LoadLog};
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
-use stream::{Item, ScriptStream, pg_restore_script};
+use stream::{Item, ScriptStream, pg_restore_script, pg_restore_stream};
 
 /// Pre-data statements are committed in transactions of at most this many statements: one
 /// commit per object would cost a disk flush each, and one transaction for all of them could
@@ -90,6 +92,9 @@ pub enum ApplyError {
     /// a dump that changed under the run gets here).
     #[error("REPLICA_RULES: {0}")]
     Masking(String),
+    /// The streamed archive stopped early (a cut download, a dump cut short).
+    #[error(transparent)]
+    Stream(#[from] crate::source::feed::FeedError),
 }
 
 impl ApplyError {
@@ -100,6 +105,7 @@ impl ApplyError {
                 *transient
             }
             ApplyError::Connect(e) => e.is_transient(),
+            ApplyError::Stream(e) => !matches!(e, crate::source::feed::FeedError::NotCustom { .. }),
             ApplyError::Spawn { .. } | ApplyError::Script { .. } | ApplyError::Masking(_) => false,
         }
     }
@@ -107,6 +113,9 @@ impl ApplyError {
 
 impl From<ApplyError> for StepError {
     fn from(e: ApplyError) -> StepError {
+        if let ApplyError::Stream(e) = e {
+            return e.into();
+        }
         if e.is_transient() {
             StepError::transient(e.to_string())
         } else {
@@ -133,6 +142,17 @@ pub struct Applier {
     server_version_num: u32,
     /// `REPLICA_RULES`: what each table's rows become on their way to the target.
     masker: Option<Arc<Masker>>,
+    /// The records of the load (the rows' section): each entry recorded in the target with
+    /// its work, each table's follow-up started with its rows.
+    log: Option<Arc<LoadLog>>,
+}
+
+/// What a session of the restore needs to open, owned (sessions open in spawned tasks too).
+#[derive(Clone)]
+pub struct SessionSpec {
+    target: Target,
+    known: Arc<HashSet<String>>,
+    said: Arc<Mutex<HashSet<String>>>,
 }
 
 /// The name of the setting `stmt` sets, if it is a plain `SET name = value` (or `TO`):
@@ -189,12 +209,16 @@ struct Session {
 
 impl Session {
     async fn open(applier: &Applier) -> Result<Session, ApplyError> {
-        let client = applier.target.connect_as(RESTORE_APPLICATION_NAME).await?;
+        Session::open_spec(&applier.spec()).await
+    }
+
+    async fn open_spec(spec: &SessionSpec) -> Result<Session, ApplyError> {
+        let client = spec.target.connect_as(RESTORE_APPLICATION_NAME).await?;
         Ok(Session {
             client,
-            target: applier.target.describe(),
-            known: applier.known.clone(),
-            said: applier.left_out.clone(),
+            target: spec.target.describe(),
+            known: spec.known.clone(),
+            said: spec.said.clone(),
             preamble: Vec::new(),
         })
     }
@@ -242,13 +266,15 @@ impl Session {
 
     /// Runs a `COPY ... FROM stdin` with the rows that follow it in `stream`, through
     /// `rows` (masking, filters) if given: the rows' real values never reach the target.
+    /// Returns the rows and bytes sent.
     async fn copy(
         &self,
         entry: &str,
         stmt: &str,
         stream: &mut ScriptStream,
         mut rows: Option<Rows<'_>>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(u64, u64), ApplyError> {
+        let mut bytes = 0u64;
         let sink = self
             .client
             .copy_in::<_, Bytes>(stmt)
@@ -267,6 +293,7 @@ impl Session {
                         None => chunk,
                     };
                     if !chunk.is_empty() {
+                        bytes += chunk.len() as u64;
                         sink.send(chunk).await.map_err(|e| self.error(entry, &e))?;
                     }
                 }
@@ -276,11 +303,11 @@ impl Session {
                 }
             }
         }
-        sink.finish().await.map_err(|e| self.error(entry, &e))?;
+        let n = sink.finish().await.map_err(|e| self.error(entry, &e))?;
         if let Some(t) = rows {
             t.finish();
         }
-        Ok(())
+        Ok((n, bytes))
     }
 }
 
@@ -335,7 +362,89 @@ impl Applier {
             left_out: said_settings(),
             server_version_num,
             masker: None,
+            log: None,
         })
+    }
+
+    /// Records each entry of the load in the target with its work (see [`LoadLog`]).
+    pub fn with_log(mut self, log: Arc<LoadLog>) -> Applier {
+        self.log = Some(log);
+        self
+    }
+
+    fn spec(&self) -> SessionSpec {
+        SessionSpec {
+            target: self.target.clone(),
+            known: self.known.clone(),
+            said: self.left_out.clone(),
+        }
+    }
+
+    /// The `jobs` of `PG_RESTORE_JOBS`.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
+    /// The entries of `list` translated from the dump, with the script's preamble: what
+    /// [`Early`] runs as soon as their tables' rows are in.
+    pub async fn translate(
+        &self,
+        list: String,
+        ids: &LoadLog,
+    ) -> Result<(Vec<String>, Vec<EarlyEntry>), ApplyError> {
+        let mut stream = pg_restore_script(&self.dump, list)?;
+        let mut preamble = Vec::new();
+        let mut out: Vec<EarlyEntry> = Vec::new();
+        while let Some(item) = stream.next().await? {
+            match item {
+                Item::Piece(Piece::Entry(h)) => {
+                    let id = ids.id_of(&h).unwrap_or(0);
+                    out.push(EarlyEntry {
+                        id,
+                        header: h,
+                        stmts: Vec::new(),
+                    });
+                }
+                Item::Piece(Piece::Statement(s)) => match out.last_mut() {
+                    Some(e) => e.stmts.push(s),
+                    None => preamble.push(s),
+                },
+                Item::Piece(Piece::Meta(_)) => {}
+                _ => return Err(ScriptError::Unterminated { line: 0 }.into()),
+            }
+        }
+        stream.finish().await?;
+        Ok((preamble, out))
+    }
+
+    /// An [`Early`] of `plan` over `width` sessions of this target.
+    pub fn early(
+        &self,
+        plan: std::collections::HashMap<u32, Vec<EarlyEntry>>,
+        preamble: Vec<String>,
+        width: usize,
+        recorder: crate::target::records::Recorder,
+    ) -> Early {
+        Early::new(plan, preamble, width, self.spec(), recorder)
+    }
+
+    /// Runs the data entries of `list_file` from a streamed archive, in the archive's order, on
+    /// one session: each table's rows as their block arrives.
+    pub async fn run_stream(
+        &self,
+        feed: crate::source::feed::Feed,
+        list_file: &Path,
+        report: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), ApplyError> {
+        let progress = Progress {
+            done: AtomicU64::new(0),
+            report,
+        };
+        let mut session = Session::open(self).await?;
+        let mut stream = pg_restore_stream(feed, list_file)?;
+        self.drive(&mut session, &mut stream, false, &progress)
+            .await?;
+        stream.finish().await
     }
 
     /// Rows go through `masker` (`REPLICA_RULES`) on their way to the target.
@@ -458,10 +567,15 @@ impl Applier {
                 None => (true, current.take()),
             };
             if let Some((header, stmts)) = entry {
+                let record = self
+                    .log
+                    .as_ref()
+                    .map(|l| (l.recorder.clone(), l.id_of(&header).unwrap_or(0)));
                 if PARALLEL_POST_DATA.contains(&header.kind.as_str()) {
                     let session = pool.take(self, &preamble, &progress).await?;
                     pool.running.push(Box::pin(async move {
-                        let r = session.run_entry(&header, &stmts).await;
+                        let record = record.as_ref().map(|(r, id)| (r, *id));
+                        let r = session.run_entry_recorded(&header, &stmts, record).await;
                         (session, r)
                     }));
                 } else {
@@ -471,7 +585,8 @@ impl Applier {
                     }
                     let session = primary.as_mut().expect("opened");
                     session.prepare(&preamble).await?;
-                    session.run_entry(&header, &stmts).await?;
+                    let record = record.as_ref().map(|(r, id)| (r, *id));
+                    session.run_entry_recorded(&header, &stmts, record).await?;
                     progress.tick();
                 }
             }
@@ -483,7 +598,9 @@ impl Applier {
         stream.finish().await
     }
 
-    /// Runs `stream` on `session`, in order.
+    /// Runs `stream` on `session`, in order. In the rows' section (with a [`LoadLog`]), each
+    /// table's `COPY` commits with its record, and any other entry is recorded once its
+    /// statements ran (sequence values and large objects: running them again is harmless).
     async fn drive(
         &self,
         session: &mut Session,
@@ -493,6 +610,9 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let mut preamble: Vec<String> = Vec::new();
         let mut entry: Option<EntryHeader> = None;
+        // The current entry's dump id, while its record is still to write.
+        let mut pending: Option<u32> = None;
+        let log = self.log.as_deref().filter(|_| !batch);
         let mut in_tx = 0usize;
         let what = |entry: &Option<EntryHeader>| {
             entry.as_ref().map_or_else(
@@ -506,8 +626,11 @@ impl Applier {
                     if entry.is_none() {
                         session.prepare(&preamble).await?;
                     } else {
+                        self.entry_done(session, log, &entry, pending.take())
+                            .await?;
                         progress.tick();
                     }
+                    pending = log.and_then(|l| l.id_of(&h));
                     entry = Some(h);
                 }
                 Item::Piece(Piece::Meta(_)) => {}
@@ -537,7 +660,25 @@ impl Applier {
                             .map_err(ApplyError::Masking)?,
                         _ => None,
                     };
-                    session.copy(&what(&entry), &s, stream, rows).await?;
+                    let record = match (log, pending, &entry) {
+                        (Some(l), Some(id), Some(h)) if h.kind == "TABLE DATA" => Some((l, id, h)),
+                        _ => None,
+                    };
+                    if record.is_some() {
+                        session.execute(&what(&entry), "BEGIN").await?;
+                    }
+                    let (n, bytes) = session.copy(&what(&entry), &s, stream, rows).await?;
+                    if let Some((l, id, h)) = record {
+                        let name = qualified(h);
+                        let sql = l.recorder.insert_sql(id as i32, &h.kind, &name, n, bytes);
+                        session.execute(&what(&entry), &sql).await?;
+                        session.execute(&what(&entry), "COMMIT").await?;
+                        pending = None;
+                        l.table_loaded(id, h, n, bytes);
+                        if let Some(early) = &l.early {
+                            early.check()?;
+                        }
+                    }
                 }
                 Item::Rows(_) | Item::RowsEnd => {
                     return Err(ScriptError::Unterminated { line: 0 }.into());
@@ -548,7 +689,26 @@ impl Applier {
             session.execute(&what(&entry), "COMMIT").await?;
         }
         if entry.is_some() {
+            self.entry_done(session, log, &entry, pending.take())
+                .await?;
             progress.tick();
+        }
+        Ok(())
+    }
+
+    /// Records an entry whose statements ran outside a transaction of their own.
+    async fn entry_done(
+        &self,
+        session: &Session,
+        log: Option<&LoadLog>,
+        entry: &Option<EntryHeader>,
+        pending: Option<u32>,
+    ) -> Result<(), ApplyError> {
+        if let (Some(l), Some(id), Some(h)) = (log, pending, entry) {
+            let sql = l
+                .recorder
+                .insert_sql(id as i32, &h.kind, &qualified(h), 0, 0);
+            session.execute(&h.describe(), &sql).await?;
         }
         Ok(())
     }
@@ -603,13 +763,41 @@ impl Pool {
 }
 
 impl Session {
-    /// The statements of one entry, in order.
-    async fn run_entry(&self, header: &EntryHeader, stmts: &[String]) -> Result<(), ApplyError> {
+    /// The statements of one entry, in order; with `record`, in one transaction with the
+    /// record that says the entry is done.
+    async fn run_entry_recorded(
+        &self,
+        header: &EntryHeader,
+        stmts: &[String],
+        record: Option<(&crate::target::records::Recorder, u32)>,
+    ) -> Result<(), ApplyError> {
         let what = header.describe();
+        let record = record.filter(|(_, id)| *id > 0);
+        if record.is_some() {
+            self.execute(&what, "BEGIN").await?;
+        }
         for stmt in stmts {
             self.execute(&what, stmt).await?;
         }
+        if let Some((recorder, id)) = record {
+            let name = qualified(header);
+            self.execute(
+                &what,
+                &recorder.insert_sql(id as i32, &header.kind, &name, 0, 0),
+            )
+            .await?;
+            self.execute(&what, "COMMIT").await?;
+        }
         Ok(())
+    }
+}
+
+/// `schema.name` of an entry (its name alone outside schemas).
+fn qualified(h: &EntryHeader) -> String {
+    if h.schema == "-" || h.schema.is_empty() {
+        h.name.clone()
+    } else {
+        format!("{}.{}", h.schema, h.name)
     }
 }
 

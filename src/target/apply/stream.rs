@@ -13,6 +13,7 @@ use tokio::process::{Child, ChildStdout};
 
 use super::ApplyError;
 use super::script::{Piece, ScriptParser};
+use crate::source::feed::{CutReason, Feed, FeedError};
 
 /// Rows are sent to `COPY` in chunks of about this size.
 const COPY_CHUNK: usize = 256 * 1024;
@@ -32,6 +33,10 @@ pub(super) struct ScriptStream {
     dump: PathBuf,
     /// The rows just returned ended their `COPY`: [`Item::RowsEnd`] comes next.
     rows_end: bool,
+    /// The thread writing a streamed archive into pg_restore's stdin.
+    feeding: Option<tokio::task::JoinHandle<Result<(), FeedError>>>,
+    /// Why the streamed archive stopped early, if it did.
+    cut: Option<CutReason>,
 }
 
 /// What [`ScriptStream::next`] returns.
@@ -58,15 +63,44 @@ impl Drop for ScriptStream {
 /// no connection, no secret, nothing of the replicator's environment but `PATH`, the locale
 /// and the time zone.
 pub(super) fn pg_restore_script(dump: &Path, list: String) -> Result<ScriptStream, ApplyError> {
+    pg_restore_inner(dump, Input::File(list))
+}
+
+/// [`pg_restore_script`] of an archive that arrives as a stream: `feed` is written to
+/// pg_restore's stdin (on a blocking thread), the list is read from `list_file`. pg_restore
+/// reads a stream forward only, so the list must be in the archive's order (it is).
+pub(super) fn pg_restore_stream(feed: Feed, list_file: &Path) -> Result<ScriptStream, ApplyError> {
+    let what = PathBuf::from(feed.what.clone());
+    let mut stream = pg_restore_inner(&what, Input::Stream(feed, list_file.to_path_buf()))?;
+    stream.dump = what;
+    Ok(stream)
+}
+
+enum Input {
+    /// The archive is a file; the list comes on stdin.
+    File(String),
+    /// The archive comes on stdin; the list is a file.
+    Stream(Feed, PathBuf),
+}
+
+fn pg_restore_inner(dump: &Path, input: Input) -> Result<ScriptStream, ApplyError> {
     let mut cmd = crate::secret::child_command("pg_restore");
     cmd.args([
         "--file=-",
         "--no-owner",
         "--no-privileges",
         "--no-tablespaces",
-        "--use-list=/dev/stdin",
-    ])
-    .arg(dump);
+    ]);
+    match &input {
+        Input::File(_) => {
+            cmd.arg("--use-list=/dev/stdin").arg(dump);
+        }
+        Input::Stream(_, list) => {
+            let mut arg = std::ffi::OsString::from("--use-list=");
+            arg.push(list);
+            cmd.arg(arg);
+        }
+    }
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -99,10 +133,24 @@ pub(super) fn pg_restore_script(dump: &Path, list: String) -> Result<ScriptStrea
     let mut child = cmd.spawn().map_err(|source| ApplyError::Spawn { source })?;
     let pgid = child.id().map(|p| p as libc::pid_t);
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    tokio::spawn(async move {
-        // pg_restore reads the whole list before it writes anything.
-        let _ = stdin.write_all(list.as_bytes()).await;
-    });
+    let mut feeding = None;
+    let mut cut = None;
+    match input {
+        Input::File(list) => {
+            tokio::spawn(async move {
+                // pg_restore reads the whole list before it writes anything.
+                let _ = stdin.write_all(list.as_bytes()).await;
+            });
+        }
+        Input::Stream(feed, _) => {
+            let sink = stdin
+                .into_owned_fd()
+                .map(std::fs::File::from)
+                .map_err(|source| ApplyError::Spawn { source })?;
+            cut = Some(feed.cut_reason());
+            feeding = Some(tokio::task::spawn_blocking(move || feed.copy_into(sink)));
+        }
+    }
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let stderr = tokio::spawn(async move {
         let mut text = String::new();
@@ -121,6 +169,8 @@ pub(super) fn pg_restore_script(dump: &Path, list: String) -> Result<ScriptStrea
         stderr,
         dump: dump.to_path_buf(),
         rows_end: false,
+        feeding,
+        cut,
     })
 }
 
@@ -191,6 +241,18 @@ impl ScriptStream {
             .await
             .map_err(|source| ApplyError::Read { source })?;
         self.pgid = None;
+        // A stream cut short makes pg_restore fail on a short read: the cut is the cause.
+        if let Some(feeding) = self.feeding.take()
+            && let Ok(Err(e)) = feeding.await
+        {
+            return Err(ApplyError::Stream(e));
+        }
+        if let Some(why) = self.cut.as_ref().and_then(CutReason::get) {
+            return Err(ApplyError::Stream(FeedError::Cut {
+                what: self.dump.display().to_string(),
+                detail: why,
+            }));
+        }
         if status.success() {
             return Ok(());
         }
