@@ -209,3 +209,59 @@ pub fn refuse_interrupted(store: &Store, state_dir: &Path, restart: bool) -> Res
 pub fn resumable(run: Run) -> Result<Run, CliError> {
     crate::machine::recover(run, Utc::now()).map_err(fatal)
 }
+
+/// The run a new container takes over: the target's record of an unfinished run, when this
+/// state directory knows no unfinished run and no replicator holds the target. Call it under
+/// the locks ([`lock`]): the target's lock is then this process's own.
+///
+/// On Scalingo a restart or a deploy empties the state directory: without this, the night's
+/// run would be lost with its container, and the next one would wipe and start again.
+pub async fn adopt_from_target(driver: &Driver, target: &Target) -> Option<Run> {
+    let local = driver.store.current().ok().flatten();
+    if crate::machine::interrupted(local.as_ref()).is_some() {
+        return None;
+    }
+    let remote = match crate::state::remote::read(target).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("could not read the runs recorded in the target: {e}");
+            return None;
+        }
+    };
+    let run = remote.current.filter(|r| !r.is_terminal())?;
+    if local.as_ref().is_some_and(|l| l.run_id == run.run_id) {
+        return None;
+    }
+    if let crate::machine::Origin::Archive { path } | crate::machine::Origin::Dump { path } =
+        &run.origin
+        && !path.exists()
+    {
+        warn!(
+            run_id = %run.run_id,
+            "the target records run {} unfinished, but its file {} is not here: it cannot be taken over (`replicator run` starts a new one)",
+            run.run_id,
+            path.display()
+        );
+        return None;
+    }
+    let adopted = match crate::machine::adopt(run, Utc::now()) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("cannot take over the run recorded in the target: {e}");
+            return None;
+        }
+    };
+    tracing::info!(
+        run_id = %adopted.run_id,
+        phase = %adopted.phase.name(),
+        written_by = %remote.current_written_by.unwrap_or_default(),
+        "taking over run {} from the target's records (its process and its files are gone): it goes on in {}",
+        adopted.run_id,
+        adopted.phase.name()
+    );
+    if let Err(e) = driver.store.save(&adopted) {
+        warn!("could not save the run taken over: {e}");
+        return None;
+    }
+    Some(adopted)
+}

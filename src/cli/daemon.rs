@@ -82,7 +82,12 @@ pub async fn run(
         schedule.describe()
     );
     let current = driver.store.current().ok().flatten();
-    let resume_first = crate::machine::interrupted(current.as_ref()).is_some();
+    // A new container (Scalingo empties the disk at each restart) resumes what the target's
+    // records say its predecessor left unfinished.
+    let resume_first = crate::machine::interrupted(current.as_ref()).is_some()
+        || crate::state::remote::read(&target)
+            .await
+            .is_ok_and(|r| !r.lock_held && r.current.is_some_and(|c| !c.is_terminal()));
     let stats = cron_loop(
         &schedule,
         &SystemClock,
@@ -294,7 +299,12 @@ async fn try_attempt(driver: &Driver, trigger: Trigger) -> Result<After, CliErro
             );
             resumable(r)?
         }
-        None if trigger == Trigger::Resume => return Ok(After::Continue),
+        None if trigger == Trigger::Resume => {
+            match app::adopt_from_target(driver, &driver.steps.target).await {
+                Some(r) => r,
+                None => return Ok(After::Continue),
+            }
+        }
         None => Run::new(
             new_run_id(Utc::now()),
             Origin::Scalingo,

@@ -104,27 +104,39 @@ pub async fn resume(
 ) -> Result<u8, CliError> {
     let store = Store::new(&state_dir);
     let current = store.current().map_err(fatal)?;
-    let run = match current {
-        None => {
+    drop(store);
+    // A new container knows no run: the target's records may hold one its process left.
+    let from_target = match &current {
+        Some(r) if !r.is_terminal() => None,
+        _ => remote_unfinished(&args).await?,
+    };
+    let run = match (current, from_target) {
+        (_, Some(r)) => r,
+        (None, None) => {
             return Err(CliError::Refused(format!(
-                "nothing to resume: no run was ever recorded in {}",
+                "nothing to resume: no run was ever recorded in {}, and the target records no unfinished run",
                 state_dir.display()
             )));
         }
-        Some(r) if r.is_terminal() => {
+        (Some(r), None) if r.is_terminal() => {
             return Err(CliError::Refused(format!(
                 "nothing to resume: the last run ({}) ended {}; `replicator run` starts a new one",
                 r.run_id,
                 r.phase.name()
             )));
         }
-        Some(r) => r,
+        (Some(r), None) => r,
     };
     let needs_scalingo = matches!(run.origin, Origin::Scalingo);
     let config = args.validate(needs_scalingo)?;
+    let target = config.target.clone();
     let driver = app::driver(state_dir, config, false, shutdown);
     let _locks = app::lock(&driver).await?;
     // Read again under the lock: the run may have moved since.
+    if let Some(adopted) = app::adopt_from_target(&driver, &target).await {
+        let outcome = drive_in_task(Arc::new(driver), adopted).await?;
+        return Ok(finish(outcome));
+    }
     let current = driver.store.current().map_err(fatal)?;
     let run = crate::machine::interrupted(current.as_ref())
         .cloned()
@@ -139,6 +151,25 @@ pub async fn resume(
     let run = app::resumable(run)?;
     let outcome = drive_in_task(Arc::new(driver), run).await?;
     Ok(finish(outcome))
+}
+
+/// The target's record of an unfinished run no replicator holds (read without the locks,
+/// to learn its origin; taken over under them).
+async fn remote_unfinished(args: &EngineArgs) -> Result<Option<Run>, CliError> {
+    let url = args.target.validate()?;
+    let target = crate::cli::parse_target(&url)?;
+    match crate::state::remote::read(&target).await {
+        Ok(r) if !r.lock_held => Ok(r.current.filter(|r| !r.is_terminal())),
+        Ok(r) => match r.current.filter(|r| !r.is_terminal()) {
+            Some(run) => Err(CliError::Refused(format!(
+                "run {} is going on right now on the target (written by {}): nothing to resume",
+                run.run_id,
+                r.current_written_by.unwrap_or_default()
+            ))),
+            None => Ok(None),
+        },
+        Err(_) => Ok(None),
+    }
 }
 
 /// Drives `run` on a spawned task (a runtime worker thread, not the main thread): the

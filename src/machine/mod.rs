@@ -36,7 +36,7 @@ mod rules;
 
 pub use load::{LoadCounts, TableLoad, WorkMode};
 pub use rules::{
-    DiskBudget, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon,
+    DiskBudget, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon, adopt,
     already_restored, disk_budget, disk_needed, dump_budget, first_wipe, interrupted, recover,
     target_is_source, too_old, work_mode,
 };

@@ -132,6 +132,18 @@ pub fn recover(run: Run, now: DateTime<Utc>) -> Result<Run, TransitionError> {
     transition(&run, Event::Resume, now)
 }
 
+/// A run found unfinished in the target's records, that no process holds, taken over by a
+/// process whose state directory does not know it (a new container): marked interrupted,
+/// then moved to where the target's records let it go on ([`Event::ResumedFromTarget`]).
+pub fn adopt(run: Run, now: DateTime<Utc>) -> Result<Run, TransitionError> {
+    let run = if run.interrupted {
+        run
+    } else {
+        transition(&run, Event::Crashed, now)?
+    };
+    transition(&run, Event::ResumedFromTarget, now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
