@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::check_dump::{dump_checks, rules_check};
 use super::{CliError, EngineArgs, exit};
 use crate::engine::workdir::{free_bytes, nearest_existing};
-use crate::machine::{Backup, DiskBudget, Phase, Run};
+use crate::machine::{Backup, Phase, Run};
 use crate::source::scalingo::ScalingoClient;
 use crate::state::store::Store;
 use crate::status::human_duration;
@@ -287,7 +287,7 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
         }
     }
     checks.push(match backup.as_ref() {
-        Some(b) => disk_check(state_dir, b),
+        Some(b) => disk_check(state_dir, b, restore.as_ref().and_then(|r| r.max_work_disk)),
         None => Check::skip("disk", "the backup's size is unknown"),
     });
 
@@ -558,37 +558,32 @@ fn backup_check(
     check
 }
 
-fn disk_check(state_dir: &Path, b: &Backup) -> Check {
+/// Whole or streamed, as a run decides it ([`crate::machine::work_mode`] on the same budget).
+fn disk_check(state_dir: &Path, b: &Backup, max_work_disk: Option<u64>) -> Check {
     let name = "disk";
     let probe = nearest_existing(state_dir);
-    match crate::machine::disk_budget(b.size, free_bytes(probe)) {
-        DiskBudget::SizeUnknown => Check::ok(
-            name,
-            "Scalingo gives no size for this backup: free disk not checked",
-        ),
-        DiskBudget::FreeUnknown { .. } => {
-            Check::ok(name, format!("free space of {} unknown", probe.display()))
-        }
-        DiskBudget::TooSmall { needed, free } => Check::fail(
+    let budget = crate::engine::workdir::work_budget(state_dir, max_work_disk);
+    if let Some(budget) = budget
+        && budget < crate::config::MIN_WORK_DISK
+    {
+        return Check::fail(
             name,
             format!(
-                "{} MiB free in {}, but the archive plus the dump need about {} MiB (twice the backup's {} MiB, plus 10% and 64 MiB); free some space or point REPLICATOR_STATE_DIR at a larger disk",
-                free >> 20,
+                "{} MiB may be used in {}, less than the {} MiB even a streamed run needs; free some space or point REPLICATOR_STATE_DIR at a larger disk",
+                budget >> 20,
                 probe.display(),
-                needed >> 20,
-                b.size.unwrap_or(0) >> 20
+                crate::config::MIN_WORK_DISK >> 20
             ),
-        ),
-        DiskBudget::Fits { needed, free } => Check::ok(
-            name,
-            format!(
-                "{} MiB free in {}, {} MiB needed (archive plus dump)",
-                free >> 20,
-                probe.display(),
-                needed >> 20
-            ),
-        ),
+        );
     }
+    let mode = crate::machine::work_mode(&crate::machine::Origin::Scalingo, b.size, budget);
+    let mut check = Check::ok(name, format!("a run is {}", mode.describe()));
+    check.data = Some(serde_json::json!({
+        "mode": mode.label(),
+        "budget": budget,
+        "free": free_bytes(probe),
+    }));
+    check
 }
 
 /// What a run does as the role: `DROP OWNED BY CURRENT_USER` (only what it owns goes),

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::Steps;
 use super::test_hooks::PauseAt;
-use super::workdir::{WorkDir, free_bytes_near};
+use super::workdir::WorkDir;
 use crate::config::RestoreConfig;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
@@ -78,11 +78,7 @@ impl RealSteps {
     /// directory's free space (`None`: neither is known).
     fn budget(&self) -> Option<u64> {
         std::fs::create_dir_all(&self.state_dir).ok();
-        let free = free_bytes_near(&self.state_dir).map(|f| f - f / 10);
-        match (self.restore.max_work_disk, free) {
-            (Some(max), Some(free)) => Some(max.min(free)),
-            (max, free) => max.or(free),
-        }
+        super::workdir::work_budget(&self.state_dir, self.restore.max_work_disk)
     }
 
     /// A new stream of `run`'s archive, from its first byte.

@@ -70,3 +70,14 @@ pub fn nearest_existing(path: &Path) -> &Path {
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"))
 }
+
+/// The disk a run's working files may use: `MAX_WORK_DISK` (`max`), within 90% of the free
+/// space of the state directory's file system (`None`: neither is known). `run` and `check`
+/// both decide whole or streamed on it.
+pub fn work_budget(state_dir: &Path, max: Option<u64>) -> Option<u64> {
+    let free = free_bytes_near(state_dir).map(|f| f - f / 10);
+    match (max, free) {
+        (Some(max), Some(free)) => Some(max.min(free)),
+        (max, free) => max.or(free),
+    }
+}

@@ -42,6 +42,17 @@ struct RunView<'a> {
     left_out: &'a [LeftOut],
     /// What `REPLICA_RULES` did (null without rules).
     masking: Option<&'a MaskingCounts>,
+    /// Whole or streamed, and why (null until decided).
+    mode: Option<ModeView<'a>>,
+    /// Tables loaded: done/total, rows, bytes (null before the rows' section).
+    load: Option<&'a crate::machine::LoadCounts>,
+}
+
+#[derive(Serialize)]
+struct ModeView<'a> {
+    #[serde(flatten)]
+    mode: &'a crate::machine::WorkMode,
+    why: String,
 }
 
 #[derive(Serialize)]
@@ -121,6 +132,11 @@ impl<'a> RunView<'a> {
             durations: &run.durations,
             left_out: &run.left_out,
             masking: run.masking.as_ref(),
+            mode: run.mode.as_ref().map(|mode| ModeView {
+                mode,
+                why: mode.describe(),
+            }),
+            load: run.load.as_ref(),
         }
     }
 
@@ -155,6 +171,8 @@ impl<'a> RunView<'a> {
             durations: &[],
             left_out: &[],
             masking: None,
+            mode: None,
+            load: None,
         }
     }
 }

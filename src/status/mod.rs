@@ -360,6 +360,12 @@ pub fn status_text(view: &StatusView, now: DateTime<Utc>) -> String {
     if let Some(m) = &run.masking {
         out.push_str(&field("Masking", &m.describe()));
     }
+    if let Some(mode) = &run.mode {
+        out.push_str(&field("Mode", &mode.describe()));
+    }
+    if let Some(load) = &run.load {
+        out.push_str(&field("Tables", &load.describe()));
+    }
     if view.target_lock_held == Some(true) && run.is_terminal() {
         out.push_str(
             "  Now       a replicator holds the target: its new run records itself here once it has wiped the target\n",

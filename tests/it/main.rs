@@ -17,5 +17,6 @@ mod quiet;
 mod reliability;
 mod scalingo_api;
 mod shaping;
+mod streaming;
 mod tls;
 mod toc_progress;
