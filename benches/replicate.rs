@@ -64,6 +64,10 @@ cargo bench --bench replicate -- [options]
                      against another, alternated)
   --b-env K=V        extra environment for the B replicator (repeatable); implies B is the
                      replicator (the same binary unless --b-replicator)
+  --throttle-mb N    the fake's downloads are throttled to N MB/s (10^6 bytes), for both
+                     sides (the seed's curl too): a Scalingo download over the internet
+                     rather than loopback; with --env MAX_WORK_DISK=64MiB the replicator
+                     streams
   --rules            A runs with REPLICA_RULES (docs/masking.md): answers.value `hash`,
                      knowledge_elements.skill_id `first_name`, knowledge_elements.details
                      `redact`, answers filtered on result (4 of 5 values kept), MASKING_KEY set;
@@ -96,6 +100,7 @@ struct Args {
     b_bin: Option<PathBuf>,
     b_env: Vec<(String, String)>,
     rules: bool,
+    throttle_mb: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -114,6 +119,7 @@ fn parse_args() -> Args {
         b_bin: None,
         b_env: Vec::new(),
         rules: false,
+        throttle_mb: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -144,6 +150,7 @@ fn parse_args() -> Args {
             "--seed-jobs" => a.seed_jobs = number(&value("--seed-jobs")) as u32,
             "--no-verify" => a.verify = false,
             "--rules" => a.rules = true,
+            "--throttle-mb" => a.throttle_mb = Some(number(&value("--throttle-mb"))),
             "--shared-buffers" => a.shared_buffers = value("--shared-buffers"),
             "--replicator" => a.bin = PathBuf::from(value("--replicator")),
             "--b-replicator" => a.b_bin = Some(PathBuf::from(value("--b-replicator"))),
@@ -748,6 +755,10 @@ fn main() {
     ));
     let target = cluster.create_target("bench_target");
     let fake = FakeScalingo::start(FakeConfig::new(source.archive.clone()));
+    if let Some(mb) = args.throttle_mb {
+        fake.faults(|f| f.bytes_per_second = Some(mb * 1_000_000));
+        log(&format!("downloads throttled to {mb} MB/s"));
+    }
     let work = args.cache_dir.join("work");
     fs::create_dir_all(&work).unwrap();
     if args.rules {

@@ -13,15 +13,22 @@
 //!
 //! 1. `Done` is reached only through `Dropping`, then `Restoring{PreData}`, then
 //!    `Restoring{DataAndPostData}`, in that order, with no `Dropping` in between: rows are
-//!    never loaded on top of a previous, partial load.
+//!    never loaded on top of another run's load (the rows' section of one run may take several
+//!    attempts; each skips what the target records as loaded by this run).
 //! 2. `Dropping` is entered only after `Extracting` succeeded in this run (the dump passed
 //!    `pg_restore --list` and the target answered): a run bound to fail leaves the target as it
 //!    was.
 //! 3. `attempt` never exceeds `max_attempts` (`MAX_RETRY_COUNT + 1`); only transient failures
 //!    consume attempts, and a permanent failure ends the run at once.
-//! 4. A resumed or retried run never skips a phase whose effects may be lost: anything at or
-//!    after `Dropping` and before `PostRestoreSql` goes back to `Dropping`; a download keeps its
-//!    bytes (they are on disk, the driver checks them); extraction is redone.
+//! 4. A resumed or retried run never skips a phase whose effects may be lost: `Dropping`,
+//!    `Restoring{PreData}` and `Unlogging` go back to `Dropping`; `Restoring{DataAndPostData}`
+//!    stays (each table's rows commit with their record in the target); a live source goes back
+//!    to `Downloading` (a new snapshot); a download keeps its bytes (they are on disk, the driver
+//!    checks them); extraction is redone. A run taken over from the target's records by a new
+//!    container (`ResumedFromTarget`) keeps its rows' section and starts anything earlier again
+//!    from the archive.
+//! 8. `Planned`, `LoadStarted` and `TableLoaded` change what they say and never the phase; a
+//!    `StreamCut` applies to a streaming run only.
 //! 5. `Done` and `Failed` absorb every event: a finished run is never changed.
 //! 6. No variant carries a secret: tokens, passwords and download URLs never enter a [`Run`].
 //! 7. Every [`Run`] round-trips through its JSON form unchanged (that is what the store keeps).

@@ -30,8 +30,8 @@ fn a_persisted_run_of_the_current_format_loads_resumes_and_writes_back_the_same(
     let frozen: Value = serde_json::from_str(RUN).unwrap();
     assert_eq!(serde_json::to_value(&run).unwrap(), frozen);
 
-    // Through the store, as a redeployed process finds it, then resumed: a partial restore
-    // starts again from the wipe, for the same backup.
+    // Through the store, as a redeployed process finds it, then resumed: a run cut in its rows
+    // goes on in its rows (the target records each table loaded), for the same backup.
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path());
     store.save(&run).unwrap();
@@ -39,7 +39,13 @@ fn a_persisted_run_of_the_current_format_loads_resumes_and_writes_back_the_same(
     assert_eq!(loaded, run);
     let resumed = machine::recover(loaded, Utc::now()).unwrap();
     assert!(
-        matches!(resumed.phase, Phase::Dropping { .. }),
+        matches!(
+            resumed.phase,
+            Phase::Restoring {
+                section: Section::DataAndPostData,
+                ..
+            }
+        ),
         "{:?}",
         resumed.phase
     );

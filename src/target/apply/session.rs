@@ -1,0 +1,251 @@
+//! One session of the restore on the target: its settings, its statements (a `SET` the server
+//! does not know is left out, said once), its `COPY`, each entry optionally committed with its
+//! record.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio_postgres::Client;
+
+use super::ApplyError;
+use super::script::{EntryHeader, ScriptError};
+use super::stream::{Item, ScriptStream};
+use crate::masking::transform::Rows;
+use crate::target::sqlstate::classify;
+use crate::target::{RESTORE_APPLICATION_NAME, Target};
+
+/// What a session of the restore needs to open, owned (sessions open in spawned tasks too).
+#[derive(Clone)]
+pub struct SessionSpec {
+    pub(super) target: Target,
+    pub(super) known: Arc<HashSet<String>>,
+    pub(super) said: Arc<Mutex<HashSet<String>>>,
+}
+
+/// The name of the setting `stmt` sets, if it is a plain `SET name = value` (or `TO`):
+/// what pg_restore writes at the start of its script. Forms whose second word is not a
+/// setting's name (`SET TIME ZONE`, `SET ROLE`, `SET SESSION AUTHORIZATION`, ...) give `None`.
+fn set_name(stmt: &str) -> Option<String> {
+    let s = stmt.trim_start();
+    if !s.get(..4)?.eq_ignore_ascii_case("SET ") {
+        return None;
+    }
+    let rest = s[4..].trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(rest.len());
+    let name = rest[..end].to_ascii_lowercase();
+    let after = rest[end..].trim_start();
+    let assigns =
+        after.starts_with('=') || after.len() >= 3 && after[..3].eq_ignore_ascii_case("TO ");
+    const NOT_SETTINGS: &[&str] = &[
+        "time",
+        "role",
+        "session",
+        "local",
+        "transaction",
+        "constraints",
+        "xml",
+    ];
+    (assigns && !name.is_empty() && !NOT_SETTINGS.contains(&name.as_str())).then_some(name)
+}
+
+/// The text of a server error without its `DETAIL`, which can quote row values (`Key
+/// (email)=(...) already exists`): what the replicator prints, stores and notifies must not
+/// carry production data.
+pub(super) fn server_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// One session of the restore on the target, named [`RESTORE_APPLICATION_NAME`] so that
+/// the sessions a killed run left behind can be found and ended before the next wipe.
+pub(super) struct Session {
+    client: Client,
+    target: String,
+    known: Arc<HashSet<String>>,
+    said: Arc<Mutex<HashSet<String>>>,
+    /// The session settings (the script's preamble) this session last ran.
+    preamble: Vec<String>,
+}
+
+impl Session {
+    pub(super) async fn open(applier: &super::Applier) -> Result<Session, ApplyError> {
+        Session::open_spec(&applier.spec()).await
+    }
+
+    pub(super) async fn open_spec(spec: &SessionSpec) -> Result<Session, ApplyError> {
+        let client = spec.target.connect_as(RESTORE_APPLICATION_NAME).await?;
+        Ok(Session {
+            client,
+            target: spec.target.describe(),
+            known: spec.known.clone(),
+            said: spec.said.clone(),
+            preamble: Vec::new(),
+        })
+    }
+
+    fn error(&self, entry: &str, e: &tokio_postgres::Error) -> ApplyError {
+        let (transient, hint) = classify(e);
+        ApplyError::Sql {
+            target: self.target.clone(),
+            entry: entry.to_string(),
+            detail: server_error_text(e),
+            hint,
+            transient,
+        }
+    }
+
+    /// Runs the script's session settings, unless this session already has them.
+    pub(super) async fn prepare(&mut self, preamble: &[String]) -> Result<(), ApplyError> {
+        if self.preamble == preamble {
+            return Ok(());
+        }
+        for stmt in preamble {
+            self.execute("the session settings", stmt).await?;
+        }
+        self.preamble = preamble.to_vec();
+        Ok(())
+    }
+
+    /// Sends one statement, unless it sets a setting the server does not know.
+    pub(super) async fn execute(&self, entry: &str, stmt: &str) -> Result<(), ApplyError> {
+        if let Some(name) = set_name(stmt).filter(|n| !n.contains('.') && !self.known.contains(n)) {
+            if self.said.lock().expect("said lock").insert(name.clone()) {
+                tracing::info!(
+                    setting = %name,
+                    "left out `{}`: the target's server does not know the setting {name} (a newer pg_restore writes it)",
+                    stmt.trim()
+                );
+            }
+            return Ok(());
+        }
+        self.client
+            .batch_execute(stmt)
+            .await
+            .map_err(|e| self.error(entry, &e))
+    }
+
+    /// Runs a `COPY ... FROM stdin` with the rows that follow it in `stream`, through
+    /// `rows` (masking, filters) if given: the rows' real values never reach the target.
+    /// Returns the rows and bytes sent.
+    pub(super) async fn copy(
+        &self,
+        entry: &str,
+        stmt: &str,
+        stream: &mut ScriptStream,
+        mut rows: Option<Rows<'_>>,
+    ) -> Result<(u64, u64), ApplyError> {
+        let mut bytes = 0u64;
+        let sink = self
+            .client
+            .copy_in::<_, Bytes>(stmt)
+            .await
+            .map_err(|e| self.error(entry, &e))?;
+        futures_util::pin_mut!(sink);
+        loop {
+            match stream.next().await? {
+                Some(Item::Rows(chunk)) => {
+                    let chunk = match rows.as_mut() {
+                        Some(t) => {
+                            let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
+                            t.apply(&chunk, &mut out);
+                            Bytes::from(out)
+                        }
+                        None => chunk,
+                    };
+                    if !chunk.is_empty() {
+                        bytes += chunk.len() as u64;
+                        sink.send(chunk).await.map_err(|e| self.error(entry, &e))?;
+                    }
+                }
+                Some(Item::RowsEnd) => break,
+                Some(Item::Piece(_)) | None => {
+                    return Err(ScriptError::Unterminated { line: 0 }.into());
+                }
+            }
+        }
+        let n = sink.finish().await.map_err(|e| self.error(entry, &e))?;
+        if let Some(t) = rows {
+            t.finish();
+        }
+        Ok((n, bytes))
+    }
+
+    /// The statements of one entry, in order; with `record`, in one transaction with the
+    /// record that says the entry is done.
+    pub(super) async fn run_entry_recorded(
+        &self,
+        header: &EntryHeader,
+        stmts: &[String],
+        record: Option<(&crate::target::records::Recorder, u32)>,
+    ) -> Result<(), ApplyError> {
+        let what = header.describe();
+        let record = record.filter(|(_, id)| *id > 0);
+        if record.is_some() {
+            self.execute(&what, "BEGIN").await?;
+        }
+        for stmt in stmts {
+            self.execute(&what, stmt).await?;
+        }
+        if let Some((recorder, id)) = record {
+            let name = qualified(header);
+            self.execute(
+                &what,
+                &recorder.insert_sql(id as i32, &header.kind, &name, 0, 0),
+            )
+            .await?;
+            self.execute(&what, "COMMIT").await?;
+        }
+        Ok(())
+    }
+}
+
+/// `schema.name` of an entry (its name alone outside schemas).
+pub(super) fn qualified(h: &EntryHeader) -> String {
+    if h.schema == "-" || h.schema.is_empty() {
+        h.name.clone()
+    } else {
+        format!("{}.{}", h.schema, h.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_which_statements_set_a_setting() {
+        assert_eq!(
+            set_name("SET transaction_timeout = 0;").as_deref(),
+            Some("transaction_timeout")
+        );
+        assert_eq!(
+            set_name("set Statement_Timeout TO 0;").as_deref(),
+            Some("statement_timeout")
+        );
+        assert_eq!(
+            set_name("SET default_table_access_method = heap;").as_deref(),
+            Some("default_table_access_method")
+        );
+        assert_eq!(
+            set_name("SET my.custom = 'x';").as_deref(),
+            Some("my.custom")
+        );
+        assert_eq!(set_name("SET TIME ZONE 'UTC';"), None);
+        assert_eq!(set_name("SET ROLE postgres;"), None);
+        assert_eq!(set_name("SET SESSION AUTHORIZATION x;"), None);
+        assert_eq!(
+            set_name("SELECT pg_catalog.set_config('search_path', '', false);"),
+            None
+        );
+        assert_eq!(set_name("SETOF"), None);
+    }
+}
