@@ -190,7 +190,7 @@ impl LockWatch {
             loop {
                 ticker.tick().await;
                 ticks = ticks.wrapping_add(1);
-                let ping = ticks % WATCH_PING_EVERY == 0;
+                let ping = ticks.is_multiple_of(WATCH_PING_EVERY);
                 if let Err(e) = watched.ensure(ping).await {
                     tracing::warn!(target = %watched.target.describe(), "the replication lock: {e}");
                 }

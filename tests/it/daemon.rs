@@ -191,8 +191,9 @@ fn sigterm_during_the_restore_ends_pg_restore_exits_zero_and_the_next_start_resu
         st["phase"] == "Restoring" && st["section"] == "data+post-data"
     });
     // Let pg_restore get going on the rows.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(s.restore_sessions() > 0, "pg_restore is not running");
+    eventually(Duration::from_secs(30), "pg_restore running", || {
+        s.restore_sessions() > 0
+    });
     let (status, took) = d.signal_and_wait(libc::SIGTERM, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", d.output());
     eprintln!(

@@ -529,24 +529,16 @@ fn the_target_going_away_in_the_middle_of_the_restore_is_retried_and_ends_exact(
 }
 
 #[test]
-fn not_enough_disk_is_refused_before_the_download_with_the_figures() {
+fn a_work_disk_too_small_even_to_stream_is_refused_before_anything() {
+    // A backup larger than the disk streams (tests/it/streaming.rs); a budget below what a
+    // stream needs is refused at start, by name.
     let s = scenario("rel_disk");
-    // A backup of 1 PiB: no disk has room for it and its dump.
-    let huge = 1u64 << 50;
-    let mut list = default_backups(huge);
-    list.iter_mut().for_each(|b| b.size = b.size.map(|_| huge));
-    s.fake.set_backups(list);
-    let (out, took) = run(&s);
-    assert_failed_before_dropping(
-        &s,
-        &out,
-        took,
-        &[
-            "not enough free disk",
-            "1073741824 MiB",
-            "REPLICATOR_STATE_DIR",
-        ],
-    );
+    let mut cmd = s.cmd(&["run"]);
+    cmd.env("MAX_WORK_DISK", "1MiB");
+    let (out, took) = run_within(cmd, FAIL_WITHIN);
+    assert_refused(&s, &out, took, &["MAX_WORK_DISK", "16MiB"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(s.fake.records().count(Route::Exchange), 0);
     assert_eq!(s.fake.records().count(Route::Download), 0);
 }
 
