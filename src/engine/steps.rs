@@ -543,8 +543,9 @@ impl Steps for RealSteps {
                     resumed: loaded.tables,
                 }));
                 skip.extend(loaded.entries());
-                let stream =
-                    feed.map(|f| (f, WorkDir::of(&self.state_dir, &run.run_id).data_list()));
+                // The rows come in the archive's order from one pg_restore, from the stream or
+                // the dump on disk, each table's spread over PG_RESTORE_JOBS sessions.
+                let stream = Some((feed, WorkDir::of(&self.state_dir, &run.run_id).data_list()));
                 Some(LoadSetup {
                     recorder,
                     stream,

@@ -27,9 +27,9 @@ pub const RESTORE_APPLICATION_NAME: &str = "replicator-restore";
 pub struct LoadSetup {
     /// Writes each entry's record in the target with its work.
     pub recorder: crate::target::records::Recorder,
-    /// The archive as a stream, and where to write the `--use-list` pg_restore reads it
-    /// with; `None`: the dump is a file, each table's rows come from their own pg_restore.
-    pub stream: Option<(crate::source::feed::Feed, std::path::PathBuf)>,
+    /// Where the rows come from: the archive as a stream (`Some`), or the dump file (`None`),
+    /// and where to write the `--use-list` pg_restore reads a stream with.
+    pub stream: Option<(Option<crate::source::feed::Feed>, std::path::PathBuf)>,
     /// The entries' dependencies (to know which table an index waits for); `None`: every
     /// index waits for all the rows.
     pub deps: Option<crate::dump::verify::Dependencies>,
@@ -133,15 +133,12 @@ pub async fn restore_entries(
             let early_count = move || early_done.as_ref().map_or(0, |d| d.load(Ordering::Relaxed));
             let report = |done: u64| progress((done + early_count()).min(total), total);
             match stream {
+                // With records: one pg_restore reads the rows in the archive's order (a stream
+                // can be read no other way), each table's spread over `jobs` sessions.
                 Some((feed, list_file)) => {
-                    let text: String = list(&data_entries);
-                    std::fs::write(&list_file, text).map_err(|e| {
-                        StepError::transient(format!(
-                            "cannot write {}: {e}; check the disk of REPLICATOR_STATE_DIR",
-                            list_file.display()
-                        ))
-                    })?;
-                    applier.run_stream(feed, &list_file, &report).await?;
+                    applier
+                        .run_stream(feed, list(&data_entries), &list_file, &report)
+                        .await?;
                 }
                 None => {
                     // Each table's rows from a pg_restore of their own, so that they load side

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::common::fake_scalingo::{Route, Times};
+use crate::common::fake_scalingo::{Route, Times, archive_bytes, default_backups};
 use crate::common::scenario::{Scenario, big_source, eventually, kill_9, stderr, stdout};
 
 /// Bytes of the files under `dir` (0 when it does not exist).
@@ -216,4 +216,42 @@ fn check_and_status_say_which_mode_a_run_uses_and_why() {
     let out = s.run(&["run"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("MAX_WORK_DISK"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_dump_cut_short_found_after_the_wipe_is_retried_from_the_download_keeping_the_tables_in() {
+    // The trade-off of streaming: a dump cut in its data is found only by pg_restore, after
+    // the wipe. The attempt ends with a stream cut, and the next one downloads again.
+    let mut s = streaming_scenario("stream_trunc");
+    s.set_env("MAX_RETRY_COUNT", "3");
+    let good = std::fs::read(&s.archive).unwrap();
+    let dump = std::fs::read(&s.dump).unwrap();
+    let cut = archive_bytes(
+        "20261123041000_my_app_4553.pgsql",
+        &dump[..dump.len() * 9 / 10],
+    );
+    // Scalingo announces the truncated archive's own size: only the dump inside is short.
+    s.fake.set_archive(cut.clone());
+    s.fake.set_backups(default_backups(cut.len() as u64));
+    let mut child = s.spawn(&["run"]);
+    let st = s.wait_status(Duration::from_secs(180), |st| {
+        st["error"].as_str().is_some_and(|e| e.contains("was cut"))
+    });
+    // It was found after the wipe, in the rows, and the run goes on (attempt 2 waits).
+    assert_eq!(st["phase"], "Restoring", "{st:#}");
+    assert_eq!(st["section"], "data+post-data", "{st:#}");
+    let loaded_before = table_records(&s);
+    // The next download is whole.
+    s.fake.set_archive(good.clone());
+    s.fake.set_backups(default_backups(good.len() as u64));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the run did not end Done");
+    s.assert_target_is_source();
+    let after = table_records(&s);
+    for rec in &loaded_before {
+        assert!(after.contains(rec), "{rec:?} was loaded again");
+    }
+    let st = s.status_json();
+    assert_eq!(st["phase"], "Done", "{st:#}");
+    assert!(st["attempt"].as_u64().unwrap() >= 2, "{st:#}");
 }

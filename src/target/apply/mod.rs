@@ -147,6 +147,13 @@ pub struct Applier {
     log: Option<Arc<LoadLog>>,
 }
 
+/// The table of `COPY <table> (<columns>) FROM stdin;` as written (quoted as pg_dump quotes).
+fn copy_target(stmt: &str) -> Option<&str> {
+    let rest = stmt.trim_start().strip_prefix("COPY ")?;
+    let end = rest.find(" (").or_else(|| rest.find(" FROM "))?;
+    Some(&rest[..end])
+}
+
 /// Is this statement a transaction boundary of the script's own (the large objects' data
 /// comes in `BEGIN; ... COMMIT;`)?
 fn is_transaction_control(stmt: &str) -> bool {
@@ -268,7 +275,8 @@ impl Applier {
     /// one session: each table's rows as their block arrives.
     pub async fn run_stream(
         &self,
-        feed: crate::source::feed::Feed,
+        feed: Option<crate::source::feed::Feed>,
+        list: String,
         list_file: &Path,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
@@ -277,7 +285,13 @@ impl Applier {
             report,
         };
         let mut session = Session::open(self).await?;
-        let mut stream = pg_restore_stream(feed, list_file)?;
+        let mut stream = match feed {
+            Some(feed) => {
+                std::fs::write(list_file, list).map_err(|source| ApplyError::Read { source })?;
+                pg_restore_stream(feed, list_file)?
+            }
+            None => pg_restore_script(&self.dump, list)?,
+        };
         self.drive(&mut session, &mut stream, false, &progress)
             .await?;
         stream.finish().await
@@ -449,6 +463,8 @@ impl Applier {
         // The current entry's dump id, while its record is still to write.
         let mut pending: Option<u32> = None;
         let log = self.log.as_deref().filter(|_| !batch);
+        // The other sessions a table's rows are spread over.
+        let mut extra: Vec<Session> = Vec::new();
         let mut in_tx = 0usize;
         let what = |entry: &Option<EntryHeader>| {
             entry.as_ref().map_or_else(
@@ -500,15 +516,39 @@ impl Applier {
                         (Some(l), Some(id), Some(h)) if h.kind == "TABLE DATA" => Some((l, id, h)),
                         _ => None,
                     };
-                    if record.is_some() {
-                        session.execute(&what(&entry), "BEGIN").await?;
-                    }
-                    let (n, bytes) = session.copy(&what(&entry), &s, stream, rows).await?;
+                    // A table's rows over `jobs` sessions at once when they are recorded: the
+                    // table is emptied first (rows an interrupted attempt committed without
+                    // their record go), then its record is written once every session
+                    // committed its share.
+                    let parallel = record.is_some() && self.jobs > 1;
+                    let (n, bytes) = if parallel {
+                        let target =
+                            copy_target(&s).ok_or(ScriptError::Unterminated { line: 0 })?;
+                        session
+                            .execute(&what(&entry), &format!("TRUNCATE ONLY {target}"))
+                            .await?;
+                        while extra.len() + 1 < self.jobs {
+                            extra.push(Session::open(self).await?);
+                        }
+                        for e in extra.iter_mut() {
+                            e.prepare(&preamble).await?;
+                        }
+                        let mut all: Vec<&Session> = vec![&*session];
+                        all.extend(extra.iter());
+                        session::copy_spread(&all, &what(&entry), &s, stream, rows).await?
+                    } else {
+                        if record.is_some() {
+                            session.execute(&what(&entry), "BEGIN").await?;
+                        }
+                        session.copy(&what(&entry), &s, stream, rows).await?
+                    };
                     if let Some((l, id, h)) = record {
                         let name = qualified(h);
                         let sql = l.recorder.insert_sql(id as i32, &h.kind, &name, n, bytes);
                         session.execute(&what(&entry), &sql).await?;
-                        session.execute(&what(&entry), "COMMIT").await?;
+                        if !parallel {
+                            session.execute(&what(&entry), "COMMIT").await?;
+                        }
                         pending = None;
                         l.table_loaded(id, h, n, bytes);
                         if let Some(early) = &l.early {

@@ -92,7 +92,7 @@ impl Session {
         })
     }
 
-    fn error(&self, entry: &str, e: &tokio_postgres::Error) -> ApplyError {
+    pub(super) fn error(&self, entry: &str, e: &tokio_postgres::Error) -> ApplyError {
         let (transient, hint) = classify(e);
         ApplyError::Sql {
             target: self.target.clone(),
@@ -206,6 +206,69 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Runs a `COPY ... FROM stdin` on every session of `sessions` at once, the rows that follow in
+/// `stream` dealt out in chunks (whole lines) in turn, each session committing its share on its
+/// own (autocommit). Returns the rows and bytes sent.
+pub(super) async fn copy_spread(
+    sessions: &[&Session],
+    entry: &str,
+    stmt: &str,
+    stream: &mut ScriptStream,
+    mut rows: Option<Rows<'_>>,
+) -> Result<(u64, u64), ApplyError> {
+    let mut sinks = Vec::with_capacity(sessions.len());
+    for s in sessions {
+        let sink = s
+            .client
+            .copy_in::<_, Bytes>(stmt)
+            .await
+            .map_err(|e| s.error(entry, &e))?;
+        sinks.push(Box::pin(sink));
+    }
+    let mut bytes = 0u64;
+    let mut turn = 0usize;
+    loop {
+        match stream.next().await? {
+            Some(Item::Rows(chunk)) => {
+                let chunk = match rows.as_mut() {
+                    Some(t) => {
+                        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
+                        t.apply(&chunk, &mut out);
+                        Bytes::from(out)
+                    }
+                    None => chunk,
+                };
+                if chunk.is_empty() {
+                    continue;
+                }
+                bytes += chunk.len() as u64;
+                let i = turn % sinks.len();
+                turn += 1;
+                sinks[i]
+                    .send(chunk)
+                    .await
+                    .map_err(|e| sessions[i].error(entry, &e))?;
+            }
+            Some(Item::RowsEnd) => break,
+            Some(Item::Piece(_)) | None => {
+                return Err(ScriptError::Unterminated { line: 0 }.into());
+            }
+        }
+    }
+    let mut n = 0;
+    for (i, mut sink) in sinks.into_iter().enumerate() {
+        n += sink
+            .as_mut()
+            .finish()
+            .await
+            .map_err(|e| sessions[i].error(entry, &e))?;
+    }
+    if let Some(t) = rows {
+        t.finish();
+    }
+    Ok((n, bytes))
 }
 
 /// `schema.name` of an entry (its name alone outside schemas).

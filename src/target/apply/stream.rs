@@ -257,6 +257,14 @@ impl ScriptStream {
             return Ok(());
         }
         let stderr = (&mut self.stderr).await.unwrap_or_default();
+        // Reading a stream, pg_restore only reads the archive: its failure is the archive's
+        // (a dump cut short, a corrupt block), which a new download may not have.
+        if self.cut.is_some() {
+            return Err(ApplyError::Stream(FeedError::Cut {
+                what: self.dump.display().to_string(),
+                detail: format!("pg_restore could not read it ({status}): {stderr}"),
+            }));
+        }
         Err(ApplyError::PgRestore {
             dump: self.dump.clone(),
             status: status.to_string(),

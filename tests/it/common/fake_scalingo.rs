@@ -907,9 +907,11 @@ async fn produce(
         .min()
         .map_or(len - start, |k| k.min(len - start));
     let tick = Duration::from_millis(50);
+    // A throttle sends a twentieth of its rate per 50 ms tick: capping that chunk (as this did
+    // at 64 KiB) would cap every rate at 1.3 MB/s.
     let chunk_max = plan
         .bytes_per_second
-        .map_or(64 * 1024, |bps| (bps / 20).clamp(1, 64 * 1024));
+        .map_or(64 * 1024, |bps| (bps / 20).clamp(1, 16 << 20));
     let mut sent = 0u64;
     let mut buf = vec![0u8; chunk_max as usize];
     while sent < limit {
