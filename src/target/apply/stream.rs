@@ -194,7 +194,7 @@ impl ScriptStream {
                 .await
                 .map_err(|source| ApplyError::Read { source })?;
             if n == 0 {
-                self.parser.finish()?;
+                self.script_end()?;
                 return Ok(None);
             }
             let mut out = Vec::new();
@@ -215,7 +215,7 @@ impl ScriptStream {
                 .await
                 .map_err(|source| ApplyError::Read { source })?;
             if n == 0 {
-                self.parser.finish()?;
+                self.script_end()?;
                 return Ok(None);
             }
             if self.parser.copy_line(&chunk[start..]) {
@@ -230,6 +230,21 @@ impl ScriptStream {
             if chunk.len() >= COPY_CHUNK {
                 return Ok(Some(Item::Rows(Bytes::from(chunk))));
             }
+        }
+    }
+
+    /// The end of pg_restore's output: an error if it ends inside a statement or rows. When a
+    /// stream fed it and was cut, the cut is the cause (pg_restore only saw its input end).
+    fn script_end(&mut self) -> Result<(), ApplyError> {
+        match self.parser.finish() {
+            Ok(()) => Ok(()),
+            Err(e) => match self.cut.as_ref().and_then(CutReason::get) {
+                Some(why) => Err(ApplyError::Stream(FeedError::Cut {
+                    what: self.dump.display().to_string(),
+                    detail: why,
+                })),
+                None => Err(e.into()),
+            },
         }
     }
 
