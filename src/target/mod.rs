@@ -37,7 +37,7 @@ pub use restore::{
     LoadSetup, RESTORE_APPLICATION_NAME, TablesLoaded, restore_entries, restore_section,
     restore_section_with_list,
 };
-pub use sqlstate::{PostgresError, is_transient_sqlstate};
+pub use sqlstate::{PostgresError, Side, is_transient_sqlstate};
 pub use unlogged::{foreign_keys_in_dump, set_unlogged_with_dump};
 pub use url::{CONTROL_APPLICATION_NAME, Target};
 pub use wipe::{DropOutcome, count_tables, drop_owned, terminate_leftover_restores};
