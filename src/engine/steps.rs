@@ -696,6 +696,10 @@ impl Steps for RealSteps {
     }
 
     async fn finished(&self, run: &Run) {
+        // A stream kept for a later step ends with its run: a live source's pg_dump would
+        // otherwise keep its snapshot open, and its locks on every table of the source, until
+        // the daemon's next run replaced it (a download, its task).
+        drop(self.feed.lock().expect("feed lock").take());
         crate::notify::notify(&self.http, &self.restore.notify, run).await;
     }
 

@@ -525,3 +525,50 @@ fn a_live_run_cut_in_its_rows_starts_again_from_a_new_snapshot() {
     assert!(!logs.contains("already restored"), "{logs}");
     s.assert_target_is_source();
 }
+
+/// A live run that fails after its head was read (here: the target holds tables and no
+/// confirmation) ends its `pg_dump` with it: the daemon, waiting for its next tick, holds no
+/// snapshot and no lock on the source.
+#[test]
+fn a_failed_live_run_leaves_no_pg_dump_on_the_source_while_the_daemon_waits() {
+    let (s, src) = live_scenario("live_daemon", 50_000);
+    // Tables the replicator never put there, and no REPLICATOR_TARGET_CONFIRM: refused in
+    // Extracting, after pg_dump's head.
+    s.target_psql("CREATE TABLE not_ours (id int)");
+    let log = s.files.path().join("daemon.log");
+    let mut cmd = live_cmd(&s, &src.url, &["daemon"]);
+    cmd.env("SCHEDULE", "*/20 * * * * *")
+        .env("SCHEDULE_ALLOW_FREQUENT", "true")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null());
+    let mut daemon = cmd.spawn().unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(Duration::from_secs(60), "a failed run", || {
+        read().contains("the next tick tries again")
+    });
+    let logs = read();
+    assert!(
+        logs.contains("started: one snapshot") && logs.contains("REPLICATOR_TARGET_CONFIRM"),
+        "{logs}"
+    );
+    let sessions = s.source_cluster.superuser_psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'replicator pg_dump'",
+            s.source_db
+        ),
+    );
+    let children = pg_dumps(daemon.id());
+    kill_9(&mut daemon);
+    assert_eq!(
+        sessions.trim(),
+        "0",
+        "pg_dump still holds the source:\n{logs}"
+    );
+    assert!(
+        children.is_empty(),
+        "pg_dump still runs: {:?}",
+        children.len()
+    );
+    assert!(s.table_exists("not_ours"));
+}
