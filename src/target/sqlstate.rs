@@ -178,16 +178,18 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> (bool, &'static str) {
 
 /// [`classify`] for a session of `side`: the hints name its variable, and what its role needs.
 pub(crate) fn classify_on(e: &tokio_postgres::Error, side: Side) -> (bool, &'static str) {
-    let (auth, no_database, privilege) = match side {
+    let (auth, no_database, privilege, retry) = match side {
         Side::Target => (
             "; check the role and password in DATABASE_URL (and the server's pg_hba.conf)",
             "; the database does not exist: fix the database name in DATABASE_URL",
             "; the role lacks a privilege: DATABASE_URL must name the role that owns the target database",
+            "; will retry",
         ),
         Side::Source => (
             "; check the role and password in SOURCE_DATABASE_URL (and the source server's pg_hba.conf)",
             "; the database does not exist: fix the database name in SOURCE_DATABASE_URL",
             "; the role lacks a privilege: SOURCE_DATABASE_URL must name a role that may connect to the database and read all of it (its owner, or a member of pg_read_all_data)",
+            "; will retry (if it lasts: check the host and port in SOURCE_DATABASE_URL, and that the source accepts connections from this machine)",
         ),
     };
     if let Some(code) = e.code() {
@@ -200,7 +202,7 @@ pub(crate) fn classify_on(e: &tokio_postgres::Error, side: Side) -> (bool, &'sta
         } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
             (false, privilege)
         } else if is_transient_sqlstate(code) {
-            (true, "; will retry")
+            (true, retry)
         } else {
             (false, "")
         };
@@ -212,7 +214,7 @@ pub(crate) fn classify_on(e: &tokio_postgres::Error, side: Side) -> (bool, &'sta
     if text.contains("password missing") || text.contains("authentication") {
         (false, auth)
     } else {
-        (true, "; will retry")
+        (true, retry)
     }
 }
 

@@ -407,9 +407,9 @@ fn a_live_source_with_a_scalingo_app_or_as_a_flag_is_a_configuration_error() {
     assert!(!s.table_exists("replicator.runs"));
 }
 
-/// A wrong password fails at once (permanent, no retry) naming SOURCE_DATABASE_URL; a role
-/// that may not read a table fails with what pg_dump said, permanent too: both before the
-/// wipe.
+/// A wrong password fails at once (permanent, no retry) naming SOURCE_DATABASE_URL; a source
+/// nobody answers for is retried, then fails saying where to look; a role that may not read a
+/// table fails with what pg_dump said, permanent too: all before the wipe.
 #[test]
 fn a_refused_source_fails_before_the_wipe_saying_what_to_fix() {
     let (s, src) = live_scenario("live_refused", 10);
@@ -427,6 +427,29 @@ fn a_refused_source_fails_before_the_wipe_saying_what_to_fix() {
         !logs.contains("retrying"),
         "a refused password was retried: {logs}"
     );
+    assert!(s.table_exists("stale_leftover"));
+
+    // Nobody listening: retried, and said where to look.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let nobody = src.url.replace(
+        &format!(":{}/", s.source_cluster.port()),
+        &format!(":{port}/"),
+    );
+    let mut c = live_cmd(&s, &nobody, &["run"]);
+    c.env("MAX_RETRY_COUNT", "1");
+    let out = output(c);
+    let logs = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{logs}");
+    assert!(
+        logs.contains("retrying")
+            && logs.contains("check the host and port in SOURCE_DATABASE_URL")
+            && logs.contains("gave up after 2 attempts"),
+        "{logs}"
+    );
+    assert!(!logs.contains(&src.password), "{logs}");
     assert!(s.table_exists("stale_leftover"));
 
     // A reader without the right to read the rows: pg_dump's own words.
