@@ -178,7 +178,8 @@ pub fn pg_dump_feed(conn: &PgDumpConnection, dir: &Path) -> Result<Feed, LiveErr
 fn spawn_on_own_thread(mut cmd: std::process::Command) -> io::Result<(Child, JoinHandle<String>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = std::thread::Builder::new()
-        .name("pg_dump".into())
+        // Not "pg_dump": the child is named after this thread until it execs.
+        .name("pg_dump-stderr".into())
         .spawn(move || {
             let mut child = match cmd.spawn() {
                 Ok(c) => c,

@@ -136,6 +136,11 @@ fn pg_dumps(parent: u32) -> Vec<(u32, String, Vec<u8>)> {
             continue;
         }
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        // Between its fork and its exec, a child still runs the replicator's image.
+        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if !program.ends_with(b"pg_dump") {
+            continue;
+        }
         let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
         out.push((
             pid,
