@@ -177,7 +177,12 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
             None
         }
     };
-    let live = source.is_some() || engine.source.source_database_url.is_some();
+    // Set (not empty), even if invalid: its problem is said, and Scalingo is not asked for.
+    let live = engine
+        .source
+        .source_database_url
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
     let scalingo = if live {
         None
     } else {
