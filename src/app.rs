@@ -16,7 +16,7 @@ use crate::config::{ConfigError, RestoreConfig, RetryConfig};
 use crate::engine::test_hooks::PauseAt;
 use crate::engine::workdir::WorkDir;
 use crate::engine::{Driver, LockSlot, RealSteps};
-use crate::machine::Run;
+use crate::machine::{Origin, Run};
 use crate::secret::Secret;
 use crate::source::http::http_client;
 use crate::source::scalingo::ScalingoClient;
@@ -73,12 +73,32 @@ pub const DEFAULT_DOWNLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a command that restores needs, validated.
 pub struct EngineConfig {
     pub target: Target,
+    /// `SOURCE_DATABASE_URL`: runs copy this live database instead of a Scalingo backup.
+    pub source: Option<Target>,
     pub restore: RestoreConfig,
     pub retry: RetryConfig,
     /// `None` for a restore from a file.
     pub scalingo: Option<ScalingoClient>,
     pub max_backup_age: Option<Duration>,
     pub download_idle_timeout: Duration,
+}
+
+impl EngineConfig {
+    /// Where a new run's dump comes from ([`origin_of`]).
+    pub fn origin(&self) -> Origin {
+        origin_of(self.source.as_ref())
+    }
+}
+
+/// Where a new run's dump comes from: the live source when one is set (named without its
+/// password), else Scalingo.
+pub fn origin_of(source: Option<&Target>) -> Origin {
+    match source {
+        Some(source) => Origin::Live {
+            source: source.describe(),
+        },
+        None => Origin::Scalingo,
+    }
 }
 
 /// The driver of `config`'s runs. `force`: restore the newest backup even when the last `Done`
@@ -96,6 +116,7 @@ pub fn driver(
             scalingo: config.scalingo.map(std::sync::Arc::new),
             http: http_client(config.download_idle_timeout),
             target: config.target.clone(),
+            source: config.source,
             restore: config.restore,
             pause_at: PauseAt::from_env(),
             masking: std::sync::Mutex::new(None),
@@ -117,6 +138,18 @@ pub fn parse_target(url: &Secret) -> Result<Target, CliError> {
     Target::parse(url).map_err(|e| {
         CliError::Config(ConfigError::Invalid {
             var: "DATABASE_URL",
+            value: "(hidden)".into(),
+            expected: e.to_string(),
+        })
+    })
+}
+
+/// The live source of `SOURCE_DATABASE_URL`, by the rules of `DATABASE_URL`; a URL it cannot
+/// use is a configuration error (never repeated: it may hold a password).
+pub fn parse_source(url: &Secret) -> Result<Target, CliError> {
+    Target::parse_source(url).map_err(|e| {
+        CliError::Config(ConfigError::Invalid {
+            var: "SOURCE_DATABASE_URL",
             value: "(hidden)".into(),
             expected: e.to_string(),
         })

@@ -26,6 +26,12 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
+    #[error("{var} and {other} are both set: {hint}")]
+    Conflict {
+        var: &'static str,
+        other: &'static str,
+        hint: &'static str,
+    },
 }
 
 /// Where the replicator keeps its state (the sled store, the lock, the working files).
@@ -87,6 +93,53 @@ pub struct TargetArgs {
     /// and no record of an earlier run of the replicator
     #[arg(long = "target-confirm", env = "REPLICATOR_TARGET_CONFIRM")]
     pub target_confirm: Option<String>,
+}
+
+/// A live database as the source, instead of Scalingo's backups.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// URL of a live database to copy instead of a Scalingo app's backups
+    /// (postgres://user:password@host:port/db): each run streams a `pg_dump` of it (one
+    /// snapshot, nothing on disk) into the target; never printed; environment only (the flag
+    /// is refused)
+    #[arg(
+        long = "source-database-url",
+        env = "SOURCE_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub source_database_url: Option<String>,
+}
+
+impl SourceArgs {
+    /// `SOURCE_DATABASE_URL` (`None`: unset or empty, runs copy Scalingo's backups). Set with
+    /// `SCALINGO_APP` (`scalingo_app`) too, it is refused: which one a run would copy must not
+    /// be a guess.
+    pub fn validate(&self, scalingo_app: Option<&str>) -> Result<Option<Secret>, ConfigError> {
+        let Some(url) = self
+            .source_database_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        if scalingo_app.is_some_and(|a| !a.trim().is_empty()) {
+            return Err(ConfigError::Conflict {
+                var: "SOURCE_DATABASE_URL",
+                other: "SCALINGO_APP",
+                hint: "a run copies either a live database (SOURCE_DATABASE_URL) or a Scalingo app's backups (SCALINGO_APP), not both; unset the one you do not mean",
+            });
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid {
+                var: "SOURCE_DATABASE_URL",
+                // The URL may hold a password: show its scheme only.
+                value: url.split(':').next().unwrap_or("").to_string() + ":...",
+                expected: "a URL starting with postgres:// or postgresql://".into(),
+            });
+        }
+        Ok(Some(Secret::new(url)))
+    }
 }
 
 /// How the restore is done.
@@ -538,5 +591,36 @@ mod tests {
             err.contains("DATABASE_URL") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_live_source_with_a_scalingo_app_is_refused_and_its_url_never_shown() {
+        let source = |url: &str| SourceArgs {
+            source_database_url: Some(url.into()),
+        };
+        let err = source("postgres://u:hunter2@h/db")
+            .validate(Some("my-app"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SOURCE_DATABASE_URL and SCALINGO_APP are both set")
+                && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = source("mysql://u:hunter2@h/db")
+            .validate(None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SOURCE_DATABASE_URL") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(
+            source("postgres://u:p@h/db")
+                .validate(None)
+                .unwrap()
+                .is_some()
+        );
+        assert!(source(" ").validate(Some("my-app")).unwrap().is_none());
     }
 }

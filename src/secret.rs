@@ -126,9 +126,16 @@ pub fn secure_or_loopback(url: &reqwest::Url) -> bool {
 /// A child process started from an empty environment plus `PATH`, the locale (`LANG`,
 /// `LC_*`) and `TZ`: no secret of the replicator's (`SCALINGO_API_TOKEN`, `DATABASE_URL`,
 /// `NOTIFY_TOKEN`, `NOTIFY_URLS`, ...) and no `PG*` variable reaches it. Every `pg_restore`
-/// the replicator runs starts here.
+/// and `pg_dump` the replicator runs starts here (the `PG*` variables a `pg_dump` needs are
+/// set by its caller, one by one).
 pub fn child_command(program: &str) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(program);
+    tokio::process::Command::from(child_std_command(program))
+}
+
+/// [`child_command`] as a `std` command, for a child spawned off the runtime (a thread of its
+/// own).
+pub fn child_std_command(program: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
     cmd.env_clear();
     for (k, v) in std::env::vars_os() {
         if k.to_str().is_some_and(allowed_in_children) {

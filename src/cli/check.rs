@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::check_dump::{dump_checks, rules_check};
+use super::check_dump::{dump_checks, live_dump_checks, rules_check};
 use super::{CliError, EngineArgs, exit};
 use crate::engine::workdir::{free_bytes, nearest_existing};
 use crate::machine::{Backup, Phase, Run};
@@ -162,11 +162,36 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
 
     // Configuration: every variable, all problems at once.
     let mut problems = Vec::new();
-    let scalingo = engine
-        .scalingo
-        .validate()
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
+    // A live source replaces Scalingo: its variables are not needed then.
+    let source = match engine.source.validate(engine.scalingo.app.as_deref()) {
+        Ok(Some(url)) => match Target::parse_source(&url) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    // Set (not empty), even if invalid: its problem is said, and Scalingo is not asked for.
+    let live = engine
+        .source
+        .source_database_url
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty());
+    let scalingo = if live {
+        None
+    } else {
+        engine
+            .scalingo
+            .validate()
+            .map_err(|e| problems.push(e.to_string()))
+            .ok()
+    };
     let target = match engine.target.validate() {
         Ok(url) => match Target::parse(&url) {
             Ok(t) => Some(t.confirmed(engine.target.target_confirm.clone())),
@@ -198,18 +223,20 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
         }
     };
     if problems.is_empty() {
-        let (s, t, r, y) = (
-            scalingo.as_ref().expect("validated"),
+        let (t, r, y) = (
             target.as_ref().expect("validated"),
             restore.as_ref().expect("validated"),
             retry.as_ref().expect("validated"),
         );
+        let from = match (&source, &scalingo) {
+            (Some(src), _) => format!("live source {} (SOURCE_DATABASE_URL)", src.describe()),
+            (None, Some(s)) => format!("app {} ({})", s.app, s.region),
+            (None, None) => unreachable!("validated: a live source or Scalingo"),
+        };
         checks.push(Check::ok(
             "configuration",
             format!(
-                "app {} ({}), target {}, PG_RESTORE_JOBS={}, USE_UNLOGGED_TABLES={}, MAX_RETRY_COUNT={}{}",
-                s.app,
-                s.region,
+                "{from}, target {}, PG_RESTORE_JOBS={}, USE_UNLOGGED_TABLES={}, MAX_RETRY_COUNT={}{}",
                 t.describe(),
                 r.jobs,
                 r.use_unlogged_tables,
@@ -225,9 +252,21 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
 
     checks.push(state_dir_check(state_dir));
 
-    // Scalingo: the token, the addon, the backup a run would take now.
+    // Scalingo: the token, the addon, the backup a run would take now. Or the live source:
+    // it answers, it is not the target.
     let mut backup = None;
     match &scalingo {
+        None if live => match (&source, &target) {
+            (Some(src), Some(t)) => checks.extend(live_source_checks(src, t).await),
+            _ => {
+                for name in ["source", "target is not the source"] {
+                    checks.push(Check::skip(
+                        name,
+                        "needs a valid SOURCE_DATABASE_URL and DATABASE_URL",
+                    ));
+                }
+            }
+        },
         None => {
             for name in ["scalingo token", "addon", "backup"] {
                 checks.push(Check::skip(
@@ -288,6 +327,10 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
     }
     checks.push(match backup.as_ref() {
         Some(b) => disk_check(state_dir, b, restore.as_ref().and_then(|r| r.max_work_disk)),
+        None if live => Check::ok(
+            "disk",
+            "live source: nothing of the dump is written to disk but its head (header and table of contents)",
+        ),
         None => Check::skip("disk", "the backup's size is unknown"),
     });
 
@@ -362,6 +405,24 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
             checks.extend(found);
             backup_rules_checked = rules_checked;
         }
+        _ if live
+            && checks
+                .iter()
+                .any(|c| c.name == "source" && c.verdict != Verdict::Ok) =>
+        {
+            checks.push(Check::skip("dump", "the source's check failed"));
+            checks.push(Check::skip(
+                "restore plan",
+                "needs the dump's table of contents",
+            ));
+        }
+        (_, _, Some(t), Some(r)) if live && source.is_some() => {
+            let src = source.as_ref().expect("matched");
+            let (found, rules_checked) =
+                live_dump_checks(src, t, r, client_version.as_ref().ok()).await;
+            checks.extend(found);
+            backup_rules_checked = rules_checked;
+        }
         _ => {
             checks.push(Check::skip(
                 "dump",
@@ -413,6 +474,75 @@ async fn source_check(client: &ScalingoClient, target: &Target) -> Check {
             ),
         ),
     }
+}
+
+/// A live source: it answers (its version, against pg_dump's), and it is not the target
+/// (the rule a run applies before its pg_dump starts).
+async fn live_source_checks(source: &Target, target: &Target) -> Vec<Check> {
+    let refused = "target is not the source";
+    let identity = match crate::target::refuse_same_database(source, target).await {
+        Ok(identity) => identity,
+        Err(e @ crate::target::IdentityError::SameDatabase { .. }) => {
+            return vec![
+                Check::ok(
+                    "source",
+                    format!("{} answers (SOURCE_DATABASE_URL)", source.describe()),
+                ),
+                Check::fail(refused, e.to_string()),
+            ];
+        }
+        Err(crate::target::IdentityError::Postgres(e)) => {
+            // Which of the two did not answer: the source's line says it, the target's
+            // own lines below say it for the target.
+            let line = match e.side() {
+                Some(crate::target::Side::Target) => Check::skip(
+                    "source",
+                    "the target did not answer (see the target's line)",
+                ),
+                _ => Check::fail("source", e.to_string()),
+            };
+            return vec![line, Check::skip(refused, "needs both databases to answer")];
+        }
+    };
+    let pg_dump = crate::target::pg_dump_version().await;
+    let source_line = match &pg_dump {
+        Err(e) => Check::fail("source", e.to_string()),
+        Ok(v) => {
+            let major = |v: &str| {
+                v.split(|c: char| !c.is_ascii_digit())
+                    .find(|p| !p.is_empty())
+                    .and_then(|m| m.parse::<u32>().ok())
+            };
+            let server = identity.version.split_whitespace().next().unwrap_or("");
+            let detail = format!(
+                "{} answers (SOURCE_DATABASE_URL): PostgreSQL {server}; {v}",
+                source.describe()
+            );
+            match (
+                major(v.trim_start_matches(|c: char| !c.is_ascii_digit())),
+                major(server),
+            ) {
+                (Some(d), Some(s)) if d < s => Check::fail(
+                    "source",
+                    format!(
+                        "{detail}: pg_dump refuses a server newer than itself; install the PostgreSQL client {s} (or newer) and put it first on PATH"
+                    ),
+                ),
+                _ => Check::ok("source", detail),
+            }
+        }
+    };
+    vec![
+        source_line,
+        Check::ok(
+            refused,
+            format!(
+                "the source {} and the target {} are different databases (each server was asked who it is)",
+                source.describe(),
+                target.describe()
+            ),
+        ),
+    ]
 }
 
 /// The state directory exists and is writable (or can be created), and holds no run that

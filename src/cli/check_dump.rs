@@ -1,6 +1,7 @@
 //! The lines of `replicator check` that read the backup's dump: its first MiBs only (they hold
 //! the header and the table of contents), judged as a run judges them before the wipe, and
-//! `REPLICA_RULES` against it.
+//! `REPLICA_RULES` against it. For a live source (`SOURCE_DATABASE_URL`), the head of a
+//! `pg_dump` of it, started and stopped as soon as its head is read.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,27 @@ pub(super) async fn dump_checks(
     client_version: Option<&String>,
 ) -> (Vec<Check>, bool) {
     let checks = dump_checks_inner(client, backup, t, restore, client_version).await;
+    with_rules(checks, restore).await
+}
+
+/// [`dump_checks`] of a live source: `pg_dump` of it is started as a run starts it (after
+/// the refusal of a source that is the target), its head read into a private temporary
+/// directory, and `pg_dump` stopped.
+pub(super) async fn live_dump_checks(
+    source: &Target,
+    t: &Target,
+    restore: &crate::config::RestoreConfig,
+    client_version: Option<&String>,
+) -> (Vec<Check>, bool) {
+    let checks = live_dump_checks_inner(source, t, restore, client_version).await;
+    with_rules(checks, restore).await
+}
+
+type Found = Result<(Vec<Check>, Option<PathBuf>, tempfile::TempDir), Vec<Check>>;
+
+/// The dump's checks, then `REPLICA_RULES` against its head; the flag says whether the rules
+/// were checked.
+async fn with_rules(checks: Found, restore: &crate::config::RestoreConfig) -> (Vec<Check>, bool) {
     match checks {
         Ok((mut checks, Some(path), _dir)) => {
             let rules = rules_check(restore, Some(&path)).await;
@@ -44,7 +66,7 @@ async fn dump_checks_inner(
     t: &Target,
     restore: &crate::config::RestoreConfig,
     client_version: Option<&String>,
-) -> Result<(Vec<Check>, Option<PathBuf>, tempfile::TempDir), Vec<Check>> {
+) -> Found {
     let skip_plan = |why: &str| Check::skip("restore plan", why);
     let url = match client.download_url(&backup.id).await {
         Ok(u) => u,
@@ -124,6 +146,67 @@ async fn dump_checks_inner(
             skip_plan("no dump"),
         ]);
     };
+    judge_head(
+        &backup.name,
+        toc,
+        info,
+        path,
+        dir,
+        t,
+        restore,
+        client_version,
+    )
+    .await
+}
+
+/// [`live_dump_checks`] up to the restore plan.
+async fn live_dump_checks_inner(
+    source: &Target,
+    t: &Target,
+    restore: &crate::config::RestoreConfig,
+    client_version: Option<&String>,
+) -> Found {
+    let fail = |e: String| {
+        vec![
+            Check::fail("dump", e),
+            Check::skip("restore plan", "no dump"),
+        ]
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("replicator-check-")
+        .tempdir()
+        .map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
+    let path = dir.path().join("dump-head.pgsql");
+    let (mut feed, _) = crate::engine::live_feed(source, t, dir.path())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let what = feed.what.clone();
+    let p = path.clone();
+    // The head only: pg_dump is stopped (killed with the feed) as soon as it is read.
+    let read = tokio::task::spawn_blocking(move || feed.read_head(&p))
+        .await
+        .map_err(|e| fail(format!("reading pg_dump's output: {e}")))?;
+    read.map_err(|e| fail(e.to_string()))?;
+    let (toc, info) = target::check_dump_toc(&path, None)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    judge_head(&what, toc, info, path, dir, t, restore, client_version).await
+}
+
+/// The dump `name` from its head at `path` (in `dir`, kept while the rules are checked):
+/// its versions against pg_restore's and the target's, then the run's pre-wipe checks.
+#[allow(clippy::too_many_arguments)]
+async fn judge_head(
+    name: &str,
+    toc: crate::dump::toc::Toc,
+    info: target::DumpInfo,
+    path: PathBuf,
+    dir: tempfile::TempDir,
+    t: &Target,
+    restore: &crate::config::RestoreConfig,
+    client_version: Option<&String>,
+) -> Found {
+    let skip_plan = |why: &str| Check::skip("restore plan", why);
     let server = match t.connect().await {
         Ok(c) => c,
         Err(e) => {
@@ -164,8 +247,7 @@ async fn dump_checks_inner(
     let mut checks = vec![Check::ok(
         "dump",
         format!(
-            "{}: dumped from PostgreSQL {from} by pg_dump {by}; {}; target PostgreSQL {target_version}{newer_than_target}",
-            backup.name,
+            "{name}: dumped from PostgreSQL {from} by pg_dump {by}; {}; target PostgreSQL {target_version}{newer_than_target}",
             client_version.map_or("pg_restore unknown".to_string(), |v| v.clone()),
         ),
     )];

@@ -18,7 +18,7 @@ use super::{CliError, DaemonArgs, exit};
 use crate::app::{self, resumable};
 use crate::config::ConfigError;
 use crate::engine::{Driver, Outcome, new_run_id};
-use crate::machine::{Origin, Phase, Run};
+use crate::machine::{Phase, Run};
 use crate::schedule::Schedule;
 
 /// Longest single sleep while waiting for a tick. The schedule is wall-clock time, tokio's
@@ -74,10 +74,17 @@ pub async fn run(
     let schedule = parse_schedule(&args)?;
     let config = args.engine.validate(true)?;
     let target = config.target.clone();
+    let from = match &config.source {
+        Some(source) => format!(
+            "the live database {} (SOURCE_DATABASE_URL)",
+            source.describe()
+        ),
+        None => "the Scalingo app's newest backup".to_string(),
+    };
     let driver = app::driver(state_dir, config, false, shutdown.clone());
     info!(
         schedule = %schedule.describe(),
-        "daemon started: replicating into {} on schedule {}",
+        "daemon started: replicating {from} into {} on schedule {}",
         target.describe(),
         schedule.describe()
     );
@@ -307,7 +314,7 @@ async fn try_attempt(driver: &Driver, trigger: Trigger) -> Result<After, CliErro
         }
         None => Run::new(
             new_run_id(Utc::now()),
-            Origin::Scalingo,
+            app::origin_of(driver.steps.source.as_ref()),
             driver.retry.max_retry_count,
             Utc::now(),
         ),

@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use crate::app::{CliError, exit};
-use crate::app::{EngineConfig, parse_target};
+use crate::app::{EngineConfig, parse_source, parse_target};
 use crate::config::{
-    ConfigError, RestoreArgs, RetryArgs, ScalingoArgs, StateArgs, TargetArgs, parse_number,
+    ConfigError, RestoreArgs, RetryArgs, ScalingoArgs, SourceArgs, StateArgs, TargetArgs,
+    parse_number,
 };
 use crate::source::scalingo::ScalingoClient;
 
@@ -78,6 +79,8 @@ pub enum Command {
 pub struct EngineArgs {
     #[command(flatten)]
     pub scalingo: ScalingoArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
@@ -186,12 +189,19 @@ impl EngineArgs {
             .map(|h| Duration::from_secs(h * 3600)))
     }
 
-    /// The engine's configuration; Scalingo's only when `needs_scalingo`.
+    /// The engine's configuration. A live source (`SOURCE_DATABASE_URL`) is read whenever it
+    /// is set; Scalingo's settings only when `needs_scalingo` and no live source is set (a
+    /// live source needs no Scalingo).
     pub fn validate(&self, needs_scalingo: bool) -> Result<EngineConfig, CliError> {
         let database_url = self.target.validate()?;
+        let source = self
+            .source
+            .validate(self.scalingo.app.as_deref())?
+            .map(|url| parse_source(&url))
+            .transpose()?;
         let restore = self.restore.validate()?;
         let retry = self.retry.validate()?;
-        let scalingo = if needs_scalingo {
+        let scalingo = if needs_scalingo && source.is_none() {
             let s = self.scalingo.validate()?;
             Some(ScalingoClient::new(s.endpoints, s.app, s.api_token))
         } else {
@@ -207,6 +217,7 @@ impl EngineArgs {
         )?);
         Ok(EngineConfig {
             target,
+            source,
             restore,
             retry,
             scalingo,
@@ -264,9 +275,10 @@ pub fn entry() -> ExitCode {
 }
 
 /// The flags that would carry a secret, and the variable to set instead.
-const SECRET_FLAGS: [(&str, &str); 4] = [
+const SECRET_FLAGS: [(&str, &str); 5] = [
     ("--api-token", "SCALINGO_API_TOKEN"),
     ("--database-url", "DATABASE_URL"),
+    ("--source-database-url", "SOURCE_DATABASE_URL"),
     ("--notify-token", "NOTIFY_TOKEN"),
     ("--web-token", "WEB_TOKEN"),
 ];

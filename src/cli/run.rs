@@ -1,5 +1,5 @@
-//! `replicator run`, `restore` and `resume`: one run, from Scalingo, from a file, or from where
-//! an interrupted one stopped.
+//! `replicator run`, `restore` and `resume`: one run, from Scalingo (or a live database,
+//! `SOURCE_DATABASE_URL`), from a file, or from where an interrupted one stopped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,10 +21,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
     let config = args.engine.validate(true)?;
+    // A live source has no "already restored": each run takes a new snapshot.
+    let origin = config.origin();
     start(
         state_dir,
         config,
-        Origin::Scalingo,
+        origin,
         args.force,
         args.restart,
         shutdown,
@@ -64,6 +66,7 @@ pub async fn restore(
     let retry = args.retry.validate()?;
     let config = EngineConfig {
         target: parse_target(&database_url)?.confirmed(args.target.target_confirm.clone()),
+        source: None,
         restore,
         retry,
         scalingo: None,
@@ -129,6 +132,12 @@ pub async fn resume(
     };
     let needs_scalingo = matches!(run.origin, Origin::Scalingo);
     let config = args.validate(needs_scalingo)?;
+    if needs_scalingo && config.source.is_some() {
+        return Err(CliError::Refused(format!(
+            "run {} restores a Scalingo backup, but SOURCE_DATABASE_URL is set (and SCALINGO_APP is not): set SCALINGO_APP and SCALINGO_API_TOKEN and unset SOURCE_DATABASE_URL to continue it, or `replicator run --restart` to abandon it and copy the live database",
+            run.run_id
+        )));
+    }
     let target = config.target.clone();
     let driver = app::driver(state_dir, config, false, shutdown);
     let _locks = app::lock(&driver).await?;

@@ -25,7 +25,7 @@ pub mod test_hooks;
 pub(crate) mod workdir;
 
 use progress::{ProgressLogger, log_phase, log_summary};
-pub use steps::{LockSlot, RealSteps, target_is_source_message};
+pub use steps::{LockSlot, RealSteps, live_feed, pg_dump_connection, target_is_source_message};
 use workdir::WorkDir;
 
 /// How often progress is persisted while a step runs.

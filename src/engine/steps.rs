@@ -29,6 +29,8 @@ pub struct RealSteps {
     pub scalingo: Option<Arc<ScalingoClient>>,
     pub http: reqwest::Client,
     pub target: Target,
+    /// The live source (`SOURCE_DATABASE_URL`), when runs copy one instead of a backup.
+    pub source: Option<Target>,
     pub restore: RestoreConfig,
     /// The reliability suite's pause (read once, when the steps are built).
     pub pause_at: Option<PauseAt>,
@@ -118,7 +120,7 @@ impl RealSteps {
                     len.map(crate::machine::dump_budget),
                 )?)
             }
-            Origin::Live { .. } => self.live_feed().await,
+            Origin::Live { source } => self.live_feed(run, source).await,
             Origin::Dump { path } => Err(StepError::permanent(format!(
                 "internal error: the dump {} is a file, it is not streamed",
                 path.display()
@@ -126,11 +128,29 @@ impl RealSteps {
         }
     }
 
-    /// `pg_dump` of `SOURCE_DATABASE_URL`, streamed.
-    async fn live_feed(&self) -> Result<Feed, StepError> {
-        Err(StepError::permanent(
-            "SOURCE_DATABASE_URL is not supported by this build",
-        ))
+    /// `pg_dump` of `SOURCE_DATABASE_URL`, streamed; `named` is the source the run was
+    /// started with (a resumed run must still name it).
+    async fn live_feed(&self, run: &Run, named: &str) -> Result<Feed, StepError> {
+        let source = self.source.as_ref().ok_or_else(|| {
+            StepError::permanent(format!(
+                "this run copies the live database {named}, but SOURCE_DATABASE_URL is not set now: set it again to continue the run, or `replicator run --restart` to abandon it"
+            ))
+        })?;
+        if source.describe() != named {
+            return Err(StepError::permanent(format!(
+                "this run copies the live database {named}, but SOURCE_DATABASE_URL now names {}: set it back to continue the run, or `replicator run --restart` to abandon it and copy the new one",
+                source.describe()
+            )));
+        }
+        let work = WorkDir::of(&self.state_dir, &run.run_id);
+        let (feed, identity) = live_feed(source, &self.target, work.path()).await?;
+        info!(
+            source = %source.describe(),
+            "pg_dump of {} (PostgreSQL {}) started: one snapshot, streamed into the target; nothing of it is written to disk but its head",
+            source.describe(),
+            identity.version
+        );
+        Ok(feed)
     }
 
     /// A new stream of `run`'s archive with its head read into the work dir.
@@ -253,6 +273,35 @@ impl RealSteps {
             )
         })
     }
+}
+
+/// How `pg_dump` reaches the live source `source` (its password kept apart).
+pub fn pg_dump_connection(source: &Target) -> crate::source::live::PgDumpConnection {
+    crate::source::live::PgDumpConnection {
+        describe: source.describe(),
+        conninfo: source.libpq_conninfo("replicator pg_dump"),
+        env: source.libpq_env(),
+        password: source.password().cloned(),
+    }
+}
+
+/// `pg_dump` of the live source `source` as a feed, its password file in `dir`; first, the
+/// refusal of a source that is `target` (so before pg_dump starts, and before any wipe).
+/// Returns what the source's server said of itself too. `run` and `check` start here.
+pub async fn live_feed(
+    source: &Target,
+    target: &Target,
+    dir: &Path,
+) -> Result<(Feed, crate::target::ServerIdentity), StepError> {
+    let identity = crate::target::refuse_same_database(source, target).await?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StepError::permanent(format!(
+            "cannot create the working directory {}: {e}; check REPLICATOR_STATE_DIR",
+            dir.display()
+        ))
+    })?;
+    let feed = crate::source::live::pg_dump_feed(&pg_dump_connection(source), dir)?;
+    Ok((feed, identity))
 }
 
 fn create_dir_for(path: &Path) -> Result<(), StepError> {
@@ -644,6 +693,10 @@ impl Steps for RealSteps {
     }
 
     async fn finished(&self, run: &Run) {
+        // A stream kept for a later step ends with its run: a live source's pg_dump would
+        // otherwise keep its snapshot open, and its locks on every table of the source, until
+        // the daemon's next run replaced it (a download, its task).
+        drop(self.feed.lock().expect("feed lock").take());
         crate::notify::notify(&self.http, &self.restore.notify, run).await;
     }
 

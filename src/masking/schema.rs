@@ -225,12 +225,12 @@ fn identifiers(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = s;
     while let Some(ch) = rest.chars().next() {
-        if ch == '"' || ch.is_alphabetic() || ch == '_' {
-            if let Some((w, r)) = ident(rest) {
-                out.push(w);
-                rest = r;
-                continue;
-            }
+        if (ch == '"' || ch.is_alphabetic() || ch == '_')
+            && let Some((w, r)) = ident(rest)
+        {
+            out.push(w);
+            rest = r;
+            continue;
         }
         if ch == '\'' {
             // A string literal: skip it.

@@ -45,6 +45,16 @@ pub enum FeedError {
         "{what} is not a pg_dump custom-format archive this replicator can stream ({detail}); check the backup (pg_restore --list) or give the dump with --dump"
     )]
     NotCustom { what: String, detail: String },
+    /// The `pg_dump` of a live source stopped before its end: a new attempt takes a new
+    /// snapshot (one cannot be resumed), and restores it whole.
+    #[error(
+        "{what} stopped before its end: {detail}; the next attempt takes a new pg_dump (a snapshot cannot be resumed) and restores it whole"
+    )]
+    SnapshotCut { what: String, detail: String },
+    /// The stream's producer failed in a way no new attempt can fix (`pg_dump` refused by the
+    /// source: a privilege, a version); `detail` says what to do.
+    #[error("{what} failed: {detail}")]
+    Failed { what: String, detail: String },
     #[error(
         "writing the head of the dump to {path}: {source}; check the disk of REPLICATOR_STATE_DIR"
     )]
@@ -55,28 +65,66 @@ pub enum FeedError {
     },
 }
 
-impl From<FeedError> for StepError {
-    fn from(e: FeedError) -> StepError {
-        match e {
-            FeedError::NotCustom { .. } => StepError::permanent(e.to_string()),
-            _ => StepError::StreamCut(crate::error::Transient {
-                message: e.to_string(),
-                retry_after: None,
-            }),
-        }
+impl FeedError {
+    /// No new attempt can fix it: not a cut.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, FeedError::NotCustom { .. } | FeedError::Failed { .. })
     }
 }
 
-/// Shared between a feed's producers and its consumer: why the stream stopped early.
+impl From<FeedError> for StepError {
+    fn from(e: FeedError) -> StepError {
+        if e.is_permanent() {
+            return StepError::permanent(e.to_string());
+        }
+        StepError::StreamCut(crate::error::Transient {
+            message: e.to_string(),
+            retry_after: None,
+        })
+    }
+}
+
+/// What a new attempt can do about a stream that stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutKind {
+    /// Read the same stream again from its start (a download).
+    Again,
+    /// Take a new snapshot (`pg_dump` of a live source).
+    NewSnapshot,
+    /// Nothing: the producer was refused for good.
+    Permanent,
+}
+
+/// Shared between a feed's producers and its consumer: why the stream stopped early, and
+/// what a new attempt can do about it.
 #[derive(Clone, Default)]
-pub struct CutReason(Arc<Mutex<Option<String>>>);
+pub struct CutReason(Arc<Mutex<Option<(String, CutKind)>>>);
 
 impl CutReason {
+    /// The stream stopped early; a new attempt may read it whole.
     pub fn set(&self, why: String) {
-        self.0.lock().expect("cut lock").get_or_insert(why);
+        self.set_as(why, CutKind::Again);
+    }
+    /// The first reason wins: it is the cause, what follows is its consequence.
+    pub fn set_as(&self, why: String, kind: CutKind) {
+        self.0.lock().expect("cut lock").get_or_insert((why, kind));
     }
     pub fn get(&self) -> Option<String> {
-        self.0.lock().expect("cut lock").clone()
+        self.0
+            .lock()
+            .expect("cut lock")
+            .as_ref()
+            .map(|(w, _)| w.clone())
+    }
+    /// The error of the stream of `what`, if it stopped early.
+    pub fn error(&self, what: &str) -> Option<FeedError> {
+        let (detail, kind) = self.0.lock().expect("cut lock").clone()?;
+        let what = what.to_string();
+        Some(match kind {
+            CutKind::Again => FeedError::Cut { what, detail },
+            CutKind::NewSnapshot => FeedError::SnapshotCut { what, detail },
+            CutKind::Permanent => FeedError::Failed { what, detail },
+        })
     }
 }
 
@@ -243,10 +291,10 @@ impl Feed {
     }
 
     fn cut_error(&self, detail: String) -> FeedError {
-        FeedError::Cut {
+        self.cut.error(&self.what).unwrap_or(FeedError::Cut {
             what: self.what.clone(),
-            detail: self.cut.get().unwrap_or(detail),
-        }
+            detail,
+        })
     }
 
     /// Writes the whole dump into `sink` (pg_restore's stdin), blocking: the head from its

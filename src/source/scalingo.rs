@@ -415,10 +415,10 @@ impl ScalingoClient {
 
     /// The cached bearer if young enough, else a new one; `true` when it was just exchanged.
     async fn bearer(&self) -> Result<(Secret, bool), ScalingoError> {
-        if let Some(cached) = self.bearer.lock().unwrap().as_ref() {
-            if cached.obtained.elapsed() < BEARER_MAX_AGE {
-                return Ok((cached.token.clone(), false));
-            }
+        if let Some(cached) = self.bearer.lock().unwrap().as_ref()
+            && cached.obtained.elapsed() < BEARER_MAX_AGE
+        {
+            return Ok((cached.token.clone(), false));
         }
         let token = self.exchange().await?;
         *self.bearer.lock().unwrap() = Some(CachedBearer {

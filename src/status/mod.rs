@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::machine::{Phase, Progress, Run};
+use crate::machine::{Origin, Phase, Progress, Run};
 use crate::state::liveness::Holder;
 
 mod json;
@@ -328,6 +328,14 @@ pub fn status_text(view: &StatusView, now: DateTime<Utc>) -> String {
             b.id,
         ));
     }
+    // A live source is not a backup: say which database, and that each run takes its own
+    // snapshot (the name of the "backup" is the same every night).
+    if let Origin::Live { source } = &run.origin {
+        out.push_str(&field(
+            "Source",
+            &format!("{source} (SOURCE_DATABASE_URL): a pg_dump of it, one snapshot per run"),
+        ));
+    }
     if let Some(e) = &run.error {
         let label = if run.is_terminal() {
             "Error"
@@ -451,7 +459,7 @@ fn history_table(runs: &[Run]) -> String {
 mod tests {
     use super::json::status_json_at;
     use super::*;
-    use crate::machine::{Backup, Event, Origin, PhaseName, Section, StepDuration, transition};
+    use crate::machine::{Backup, Event, PhaseName, Section, StepDuration, transition};
     use chrono::TimeZone;
     use serde_json::Value;
 
@@ -488,6 +496,31 @@ mod tests {
             });
         }
         r
+    }
+
+    #[test]
+    fn a_live_run_names_its_source_without_its_password() {
+        let mut run = Run::new(
+            "live".into(),
+            Origin::Live {
+                source: "reader@prod.example:5432/app".into(),
+            },
+            10,
+            t(0),
+        );
+        run = transition(&run, Event::Start, t(0)).unwrap();
+        let view = StatusView {
+            current: Some(&run),
+            live: true,
+            source: "state directory /app/.local/state/replicator".into(),
+            ..Default::default()
+        };
+        let text = status_text(&view, t(5));
+        assert!(
+            text.contains("Source    reader@prod.example:5432/app (SOURCE_DATABASE_URL)"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= WIDTH), "{text}");
     }
 
     #[test]

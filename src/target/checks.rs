@@ -170,18 +170,28 @@ impl std::fmt::Display for DumpInfo {
 
 /// `pg_restore --version`, e.g. `pg_restore (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
 pub async fn pg_restore_version() -> Result<String, StepError> {
-    let out = crate::secret::child_command("pg_restore")
+    tool_version("pg_restore").await
+}
+
+/// `pg_dump --version` (`pg_dump (PostgreSQL) 17.2`), for a live source: pg_dump refuses a
+/// server of a newer major version than its own.
+pub async fn pg_dump_version() -> Result<String, StepError> {
+    tool_version("pg_dump").await
+}
+
+async fn tool_version(program: &str) -> Result<String, StepError> {
+    let out = crate::secret::child_command(program)
         .arg("--version")
         .kill_on_drop(true)
         .output()
         .await
         .map_err(|source| PostgresError::Spawn {
-            program: "pg_restore".into(),
+            program: program.into(),
             source,
         })?;
     if !out.status.success() {
         return Err(StepError::permanent(format!(
-            "pg_restore --version failed ({}): {}",
+            "{program} --version failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         )));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::sqlstate::{PostgresError, classify, error_text};
+use super::sqlstate::{PostgresError, Side, classify, error_text};
 use super::url::Target;
 use crate::error::StepError;
 
@@ -45,6 +45,7 @@ impl TargetLock {
         self.client.simple_query("SELECT 1").await.map_err(|e| {
             let (_, hint) = classify(&e);
             PostgresError::Query {
+                side: Side::Target,
                 target: self.target.clone(),
                 what: "checking the advisory lock's session",
                 detail: error_text(&e),

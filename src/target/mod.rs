@@ -1,6 +1,7 @@
 //! Everything the replicator does to the target database: the session and its TLS, the
 //! advisory lock, the checks, the wipe, unlogged tables, the restore in sections, foreign keys
-//! and post-restore SQL.
+//! and post-restore SQL; and the sessions to a live source (`SOURCE_DATABASE_URL`: the same
+//! URL rules and TLS), with the check that it is not the target (`identity.rs`).
 //!
 //! The steps here know neither the store nor the machine: they take a [`Target`] (and a dump
 //! path) and return a result whose error is already sorted into transient or permanent
@@ -15,6 +16,7 @@
 pub mod apply;
 mod checks;
 pub mod fk;
+pub mod identity;
 mod lock;
 pub mod masking;
 pub(crate) mod post_restore;
@@ -28,8 +30,10 @@ mod url;
 mod wipe;
 
 pub use checks::{
-    DumpInfo, TargetInfo, check_dump, check_dump_toc, check_target, pg_restore_version,
+    DumpInfo, TargetInfo, check_dump, check_dump_toc, check_target, pg_dump_version,
+    pg_restore_version,
 };
+pub use identity::{IdentityError, ServerIdentity, identify, refuse_same_database};
 pub use lock::{
     LOCK_APPLICATION_NAME, LOCK_KEY, LockHandle, LockOutcome, LockWatch, TargetLock, lock_target,
 };
@@ -37,7 +41,7 @@ pub use restore::{
     LoadSetup, RESTORE_APPLICATION_NAME, TablesLoaded, restore_entries, restore_section,
     restore_section_with_list,
 };
-pub use sqlstate::{PostgresError, is_transient_sqlstate};
+pub use sqlstate::{PostgresError, Side, is_transient_sqlstate};
 pub use unlogged::{foreign_keys_in_dump, set_unlogged_with_dump};
 pub use url::{CONTROL_APPLICATION_NAME, Target};
 pub use wipe::{DropOutcome, count_tables, drop_owned, terminate_leftover_restores};

@@ -8,34 +8,66 @@ use tokio_postgres::error::SqlState;
 
 use crate::error::StepError;
 
-/// What went wrong on the target. Every message names the target as `role@host:port/db`
-/// (never the password) and says what to do.
+/// Which database a URL names: the target (`DATABASE_URL`, wiped and restored) or a live
+/// source (`SOURCE_DATABASE_URL`, only read by `pg_dump` and by the replicator's checks). Their
+/// sessions are the same code; their messages name the right variable and say the right fix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Side {
+    #[default]
+    Target,
+    Source,
+}
+
+impl Side {
+    /// The variable that holds the URL.
+    pub fn var(self) -> &'static str {
+        match self {
+            Side::Target => "DATABASE_URL",
+            Side::Source => "SOURCE_DATABASE_URL",
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Target => "target",
+            Side::Source => "source",
+        })
+    }
+}
+
+/// What went wrong on the target (or a live source). Every message names the database as
+/// `role@host:port/db` (never the password) and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
     #[error(
-        "DATABASE_URL is not a usable PostgreSQL URL: {reason}; fix DATABASE_URL (expected postgres://user:password@host:port/dbname?sslmode=prefer)"
+        "{var} is not a usable PostgreSQL URL: {reason}; fix {var} (expected postgres://user:password@host:port/dbname?sslmode=prefer)"
     )]
-    InvalidUrl { reason: String },
+    InvalidUrl { var: &'static str, reason: String },
 
     #[error(
-        "cannot read the root certificate(s) {path} for {target}: {detail}; fix sslrootcert in DATABASE_URL (a PEM file of the CA that signed the server's certificate, readable by the replicator)"
+        "cannot read the root certificate(s) {path} for {target}: {detail}; fix sslrootcert in {var} (a PEM file of the CA that signed the server's certificate, readable by the replicator)"
     )]
     TlsRootCert {
+        var: &'static str,
         target: String,
         path: PathBuf,
         detail: String,
     },
 
-    #[error("cannot connect to the target {target}: {detail}{hint}")]
+    #[error("cannot connect to the {side} {target}: {detail}{hint}")]
     Connect {
+        side: Side,
         target: String,
         detail: String,
-        hint: &'static str,
+        hint: String,
         transient: bool,
     },
 
-    #[error("{what} on the target {target} failed: {detail}{hint}")]
+    #[error("{what} on the {side} {target} failed: {detail}{hint}")]
     Query {
+        side: Side,
         target: String,
         what: &'static str,
         detail: String,
@@ -49,7 +81,7 @@ pub enum PostgresError {
     SuperuserTarget { target: String },
 
     #[error(
-        "cannot run {program}: {source}; install the PostgreSQL client tools (pg_restore) and make sure they are on PATH"
+        "cannot run {program}: {source}; install the PostgreSQL client tools ({program}) and make sure they are on PATH"
     )]
     Spawn {
         program: String,
@@ -89,6 +121,14 @@ pub enum PostgresError {
 }
 
 impl PostgresError {
+    /// Which database a session error is about (`None`: not a session's).
+    pub fn side(&self) -> Option<Side> {
+        match self {
+            PostgresError::Connect { side, .. } | PostgresError::Query { side, .. } => Some(*side),
+            _ => None,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             PostgresError::Connect { transient, .. }
@@ -131,28 +171,38 @@ pub fn is_transient_sqlstate(code: &SqlState) -> bool {
         || *code == SqlState::QUERY_CANCELED
 }
 
-/// Transient or permanent, and a hint, for an error from `tokio-postgres`.
+/// Transient or permanent, and a hint, for an error from `tokio-postgres` on the target.
 pub(crate) fn classify(e: &tokio_postgres::Error) -> (bool, &'static str) {
+    classify_on(e, Side::Target)
+}
+
+/// [`classify`] for a session of `side`: the hints name its variable, and what its role needs.
+pub(crate) fn classify_on(e: &tokio_postgres::Error, side: Side) -> (bool, &'static str) {
+    let (auth, no_database, privilege, retry) = match side {
+        Side::Target => (
+            "; check the role and password in DATABASE_URL (and the server's pg_hba.conf)",
+            "; the database does not exist: fix the database name in DATABASE_URL",
+            "; the role lacks a privilege: DATABASE_URL must name the role that owns the target database",
+            "; will retry",
+        ),
+        Side::Source => (
+            "; check the role and password in SOURCE_DATABASE_URL (and the source server's pg_hba.conf)",
+            "; the database does not exist: fix the database name in SOURCE_DATABASE_URL",
+            "; the role lacks a privilege: SOURCE_DATABASE_URL must name a role that may connect to the database and read all of it (its owner, or a member of pg_read_all_data)",
+            "; will retry (if it lasts: check the host and port in SOURCE_DATABASE_URL, and that the source accepts connections from this machine)",
+        ),
+    };
     if let Some(code) = e.code() {
         return if *code == SqlState::INVALID_PASSWORD
             || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
         {
-            (
-                false,
-                "; check the role and password in DATABASE_URL (and the server's pg_hba.conf)",
-            )
+            (false, auth)
         } else if *code == SqlState::INVALID_CATALOG_NAME {
-            (
-                false,
-                "; the database does not exist: fix the database name in DATABASE_URL",
-            )
+            (false, no_database)
         } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
-            (
-                false,
-                "; the role lacks a privilege: DATABASE_URL must name the role that owns the target database",
-            )
+            (false, privilege)
         } else if is_transient_sqlstate(code) {
-            (true, "; will retry")
+            (true, retry)
         } else {
             (false, "")
         };
@@ -162,9 +212,9 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> (bool, &'static str) {
     // retry count bounds a host name that will never resolve.
     let text = error_text(e);
     if text.contains("password missing") || text.contains("authentication") {
-        (false, "; check the role and password in DATABASE_URL")
+        (false, auth)
     } else {
-        (true, "; will retry")
+        (true, retry)
     }
 }
 

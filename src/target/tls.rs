@@ -155,10 +155,10 @@ impl Verifier {
         if dns.is_empty() {
             for rdn in tbs.subject.0.iter() {
                 for atv in rdn.0.iter() {
-                    if atv.oid == x509_cert::der::oid::db::rfc4519::CN {
-                        if let Ok(cn) = std::str::from_utf8(atv.value.value()) {
-                            dns.push(cn.to_string());
-                        }
+                    if atv.oid == x509_cert::der::oid::db::rfc4519::CN
+                        && let Ok(cn) = std::str::from_utf8(atv.value.value())
+                    {
+                        dns.push(cn.to_string());
                     }
                 }
             }
@@ -286,6 +286,7 @@ impl Target {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         let err = |detail: String| PostgresError::TlsRootCert {
+            var: self.side.var(),
             target: self.describe(),
             path: path.clone(),
             detail,
@@ -322,6 +323,7 @@ impl Target {
                 )
                 .build()
                 .map_err(|e| PostgresError::TlsRootCert {
+                    var: self.side.var(),
                     target: self.describe(),
                     path: PathBuf::from(self.sslrootcert.as_deref().unwrap_or("system")),
                     detail: e.to_string(),
@@ -339,34 +341,30 @@ impl Target {
         Ok(MakeRustlsConnect::new(config))
     }
 
-    pub(super) fn tls_refused_hint(&self) -> &'static str {
-        match self.sslmode.as_deref() {
-            Some("verify-full") => {
-                "; the server does not accept TLS but DATABASE_URL says sslmode=verify-full: enable ssl on the server, or set sslmode=prefer in DATABASE_URL if plain text is acceptable on this network"
-            }
-            Some("verify-ca") => {
-                "; the server does not accept TLS but DATABASE_URL says sslmode=verify-ca: enable ssl on the server, or set sslmode=prefer in DATABASE_URL if plain text is acceptable on this network"
-            }
-            _ => {
-                "; the server does not accept TLS but DATABASE_URL says sslmode=require: enable ssl on the server, or set sslmode=prefer in DATABASE_URL if plain text is acceptable on this network"
-            }
-        }
+    pub(super) fn tls_refused_hint(&self) -> String {
+        let var = self.side.var();
+        // Only a mode that insists on TLS gets refused: require, verify-ca or verify-full.
+        let mode = self.sslmode.as_deref().unwrap_or("require");
+        format!(
+            "; the server does not accept TLS but {var} says sslmode={mode}: enable ssl on the server, or set sslmode=prefer in {var} if plain text is acceptable on this network"
+        )
     }
 
-    pub(super) fn certificate_hint(&self) -> &'static str {
+    pub(super) fn certificate_hint(&self) -> String {
+        let var = self.side.var();
         match (self.verification(), self.sslrootcert.is_some()) {
-            (Verification::ChainAndHost, false) => {
-                "; the server's certificate is not signed by a public CA (or does not name the host): set sslrootcert=<PEM file of the server's CA> in DATABASE_URL, or sslmode=require for encryption without verification"
-            }
-            (Verification::ChainAndHost, true) => {
-                "; the server's certificate is not signed by the CA in sslrootcert, or does not name the host of DATABASE_URL: fix sslrootcert or the host in DATABASE_URL (or use sslmode=verify-ca to skip the host name check)"
-            }
-            (_, false) => {
-                "; the server's certificate is not signed by a public CA: set sslrootcert=<PEM file of the server's CA> in DATABASE_URL, or sslmode=require for encryption without verification"
-            }
-            (_, true) => {
-                "; the server's certificate is not signed by the CA in sslrootcert: fix sslrootcert in DATABASE_URL"
-            }
+            (Verification::ChainAndHost, false) => format!(
+                "; the server's certificate is not signed by a public CA (or does not name the host): set sslrootcert=<PEM file of the server's CA> in {var}, or sslmode=require for encryption without verification"
+            ),
+            (Verification::ChainAndHost, true) => format!(
+                "; the server's certificate is not signed by the CA in sslrootcert, or does not name the host of {var}: fix sslrootcert or the host in {var} (or use sslmode=verify-ca to skip the host name check)"
+            ),
+            (_, false) => format!(
+                "; the server's certificate is not signed by a public CA: set sslrootcert=<PEM file of the server's CA> in {var}, or sslmode=require for encryption without verification"
+            ),
+            (_, true) => format!(
+                "; the server's certificate is not signed by the CA in sslrootcert: fix sslrootcert in {var}"
+            ),
         }
     }
 }

@@ -1,12 +1,13 @@
-//! The target of `DATABASE_URL`: parsing (the password kept in a [`Secret`]), the child
-//! environment of `pg_restore`, and sessions.
+//! The target of `DATABASE_URL` (or a live source, `SOURCE_DATABASE_URL`): parsing (the
+//! password kept in a [`Secret`]), the connection parameters of a `pg_dump` child, and
+//! sessions.
 
 use std::fmt;
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::sqlstate::{PostgresError, classify, error_text};
+use super::sqlstate::{PostgresError, Side, classify_on, error_text};
 use super::tls::{TlsFailure, tls_failure};
 use crate::error::StepError;
 use crate::secret::Secret;
@@ -17,9 +18,12 @@ pub const CONTROL_APPLICATION_NAME: &str = "replicator";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The target database, parsed from `DATABASE_URL`.
+/// The target database, parsed from `DATABASE_URL`; or a live source, parsed from
+/// `SOURCE_DATABASE_URL` by the same rules ([`Target::parse_source`]).
 #[derive(Clone)]
 pub struct Target {
+    /// Which variable this came from: the messages name it.
+    pub(super) side: Side,
     pub(super) host: String,
     pub(super) port: u16,
     pub(super) user: String,
@@ -43,7 +47,7 @@ impl fmt::Debug for Target {
     }
 }
 
-fn percent_decode(s: &str, what: &str) -> Result<String, PostgresError> {
+fn percent_decode(s: &str, what: &str, side: Side) -> Result<String, PostgresError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -54,6 +58,7 @@ fn percent_decode(s: &str, what: &str) -> Result<String, PostgresError> {
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| PostgresError::InvalidUrl {
+                    var: side.var(),
                     reason: format!("bad percent-encoding in the {what}"),
                 })?;
             out.push(hex);
@@ -64,6 +69,7 @@ fn percent_decode(s: &str, what: &str) -> Result<String, PostgresError> {
         }
     }
     String::from_utf8(out).map_err(|_| PostgresError::InvalidUrl {
+        var: side.var(),
         reason: format!("the {what} is not UTF-8 once decoded"),
     })
 }
@@ -75,10 +81,22 @@ impl Target {
         Ok(Self::parse_inner(database_url.expose())?)
     }
 
+    /// `SOURCE_DATABASE_URL`, by the same rules as `DATABASE_URL` (TLS included); its
+    /// messages name `SOURCE_DATABASE_URL`.
+    pub fn parse_source(source_url: &Secret) -> Result<Target, PostgresError> {
+        Self::parse_as(source_url.expose(), Side::Source)
+    }
+
     pub(super) fn parse_inner(url: &str) -> Result<Target, PostgresError> {
+        Self::parse_as(url, Side::Target)
+    }
+
+    fn parse_as(url: &str, side: Side) -> Result<Target, PostgresError> {
         let invalid = |reason: &str| PostgresError::InvalidUrl {
+            var: side.var(),
             reason: reason.to_string(),
         };
+        let percent_decode = |s: &str, what: &str| percent_decode(s, what, side);
         let rest = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
@@ -209,6 +227,7 @@ impl Target {
             ));
         }
         Ok(Target {
+            side,
             host,
             port,
             user,
@@ -225,6 +244,61 @@ impl Target {
     /// `user@host:port/db`: how every log line and error names the target.
     pub fn describe(&self) -> String {
         format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+
+    /// Whether this is the target (`DATABASE_URL`) or a live source (`SOURCE_DATABASE_URL`).
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The password, for the one place that hands it to a `pg_dump` child (through a file or
+    /// its environment, never its command line).
+    pub(crate) fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    /// The connection of a `pg_dump` child to this database, without the password: a libpq
+    /// connection string (host, port, user, database, keepalives; none of them secret, and a
+    /// database or host named like a connection string is quoted as a value, so libpq never
+    /// reads it as one) and the `PG*` variables of the rest (TLS, options, timeout), with the
+    /// same meaning as this replicator's own sessions give them.
+    pub fn libpq_conninfo(&self, application_name: &str) -> String {
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        format!(
+            "host={} port={} user={} dbname={} application_name={} keepalives=1 keepalives_idle=60 keepalives_interval=15 keepalives_count=4",
+            quote(&self.host),
+            self.port,
+            quote(&self.user),
+            quote(&self.dbname),
+            quote(application_name)
+        )
+    }
+
+    /// See [`Target::libpq_conninfo`]: the `PG*` variables of a `pg_dump` child.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![(
+            "PGCONNECT_TIMEOUT",
+            self.connect_timeout
+                .unwrap_or(CONNECT_TIMEOUT)
+                .as_secs()
+                .to_string(),
+        )];
+        if let Some(mode) = &self.sslmode {
+            env.push(("PGSSLMODE", mode.clone()));
+        }
+        match (&self.sslrootcert, self.sslmode.as_deref()) {
+            (Some(root), _) => env.push(("PGSSLROOTCERT", root.clone())),
+            // The replicator's own sessions check a verify-* server against the public web
+            // roots when no sslrootcert is given; libpq would look for ~/.postgresql/root.crt.
+            (None, Some("verify-ca" | "verify-full")) => {
+                env.push(("PGSSLROOTCERT", "system".to_string()))
+            }
+            _ => {}
+        }
+        if let Some(o) = &self.options {
+            env.push(("PGOPTIONS", o.clone()));
+        }
+        env
     }
 
     pub fn host(&self) -> &str {
@@ -298,9 +372,13 @@ impl Target {
             let (transient, hint) = match tls_failure(&e) {
                 Some(TlsFailure::Refused) => (false, self.tls_refused_hint()),
                 Some(TlsFailure::Certificate) => (false, self.certificate_hint()),
-                None => classify(&e),
+                None => {
+                    let (transient, hint) = classify_on(&e, self.side);
+                    (transient, hint.to_string())
+                }
             };
             PostgresError::Connect {
+                side: self.side,
                 target: self.describe(),
                 detail: error_text(&e),
                 hint,
@@ -321,8 +399,9 @@ impl Target {
         what: &'static str,
         e: tokio_postgres::Error,
     ) -> PostgresError {
-        let (transient, hint) = classify(&e);
+        let (transient, hint) = classify_on(&e, self.side);
         PostgresError::Query {
+            side: self.side,
             target: self.describe(),
             what,
             detail: error_text(&e),
@@ -397,6 +476,37 @@ mod tests {
         assert_eq!(t.sslmode(), Some("verify-full"));
         assert!(parse("postgres://u:p@h/d?sslmode=verify-ca&sslrootcert=/ca.pem").is_ok());
         assert!(parse("postgres://u:p@h/d?sslmode=verify-full").is_ok());
+    }
+
+    #[test]
+    fn a_pg_dump_child_gets_the_connection_but_not_the_password() {
+        let t = Target::parse_source(&Secret::new(
+            "postgres://o%27brien:s3cr3t@db.example:6543/my%20db?sslmode=verify-full&options=-c%20x%3D1",
+        ))
+        .unwrap();
+        assert_eq!(t.side(), Side::Source);
+        let conninfo = t.libpq_conninfo("replicator pg_dump");
+        assert!(
+            conninfo.starts_with(
+                "host='db.example' port=6543 user='o\\'brien' dbname='my db' application_name='replicator pg_dump' "
+            ),
+            "{conninfo}"
+        );
+        let env = t.libpq_env();
+        for want in [
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", "system"),
+            ("PGOPTIONS", "-c x=1"),
+            ("PGCONNECT_TIMEOUT", "30"),
+        ] {
+            assert!(env.contains(&(want.0, want.1.to_string())), "{env:?}");
+        }
+        assert!(!conninfo.contains("s3cr3t") && !format!("{env:?}").contains("s3cr3t"));
+        // Its messages name its own variable.
+        let e = Target::parse_source(&Secret::new("postgres://u:p@h/d?sslmode=sometimes"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("SOURCE_DATABASE_URL is not a usable"), "{e}");
     }
 
     #[test]

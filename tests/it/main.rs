@@ -8,6 +8,7 @@ mod fidelity;
 mod fixtures;
 mod fk_mode;
 mod hardening;
+mod live_source;
 mod masking;
 mod model;
 mod operator;

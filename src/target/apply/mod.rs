@@ -105,7 +105,7 @@ impl ApplyError {
                 *transient
             }
             ApplyError::Connect(e) => e.is_transient(),
-            ApplyError::Stream(e) => !matches!(e, crate::source::feed::FeedError::NotCustom { .. }),
+            ApplyError::Stream(e) => !e.is_permanent(),
             ApplyError::Spawn { .. } | ApplyError::Script { .. } | ApplyError::Masking(_) => false,
         }
     }

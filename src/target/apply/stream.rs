@@ -175,6 +175,37 @@ fn pg_restore_inner(dump: &Path, input: Input) -> Result<ScriptStream, ApplyErro
 }
 
 impl ScriptStream {
+    /// The end of pg_restore's output: an error if the script stopped inside a statement or
+    /// a `COPY`. When the archive came as a stream that stopped early, the cut is the cause
+    /// (pg_restore stopped on a short read), and a new attempt may do better: the script's
+    /// own unterminated end would say "permanent" where the truth is "cut".
+    async fn end_of_output(&mut self) -> Result<(), ApplyError> {
+        match self.parser.finish() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.stream_error(false).await.unwrap_or(e.into())),
+        }
+    }
+
+    /// Why a streamed archive stopped early, if it did: the feeding thread's own error (waited
+    /// for only if `wait`, else taken if it already ended), or the producer's reason.
+    async fn stream_error(&mut self, wait: bool) -> Option<ApplyError> {
+        let ended = self
+            .feeding
+            .as_ref()
+            .is_some_and(|f| wait || f.is_finished());
+        if ended
+            && let Some(feeding) = self.feeding.take()
+            && let Ok(Err(e)) = feeding.await
+        {
+            return Some(ApplyError::Stream(e));
+        }
+        let what = self.dump.display().to_string();
+        self.cut
+            .as_ref()
+            .and_then(|c| c.error(&what))
+            .map(ApplyError::Stream)
+    }
+
     /// The next piece of the script, or `None` at its end.
     pub(super) async fn next(&mut self) -> Result<Option<Item>, ApplyError> {
         if std::mem::take(&mut self.rows_end) {
@@ -194,7 +225,7 @@ impl ScriptStream {
                 .await
                 .map_err(|source| ApplyError::Read { source })?;
             if n == 0 {
-                self.script_end()?;
+                self.end_of_output().await?;
                 return Ok(None);
             }
             let mut out = Vec::new();
@@ -215,7 +246,7 @@ impl ScriptStream {
                 .await
                 .map_err(|source| ApplyError::Read { source })?;
             if n == 0 {
-                self.script_end()?;
+                self.end_of_output().await?;
                 return Ok(None);
             }
             if self.parser.copy_line(&chunk[start..]) {
@@ -233,21 +264,6 @@ impl ScriptStream {
         }
     }
 
-    /// The end of pg_restore's output: an error if it ends inside a statement or rows. When a
-    /// stream fed it and was cut, the cut is the cause (pg_restore only saw its input end).
-    fn script_end(&mut self) -> Result<(), ApplyError> {
-        match self.parser.finish() {
-            Ok(()) => Ok(()),
-            Err(e) => match self.cut.as_ref().and_then(CutReason::get) {
-                Some(why) => Err(ApplyError::Stream(FeedError::Cut {
-                    what: self.dump.display().to_string(),
-                    detail: why,
-                })),
-                None => Err(e.into()),
-            },
-        }
-    }
-
     /// Waits for pg_restore's exit: an error if it failed.
     pub(super) async fn finish(mut self) -> Result<(), ApplyError> {
         let status = self
@@ -257,16 +273,8 @@ impl ScriptStream {
             .map_err(|source| ApplyError::Read { source })?;
         self.pgid = None;
         // A stream cut short makes pg_restore fail on a short read: the cut is the cause.
-        if let Some(feeding) = self.feeding.take()
-            && let Ok(Err(e)) = feeding.await
-        {
-            return Err(ApplyError::Stream(e));
-        }
-        if let Some(why) = self.cut.as_ref().and_then(CutReason::get) {
-            return Err(ApplyError::Stream(FeedError::Cut {
-                what: self.dump.display().to_string(),
-                detail: why,
-            }));
+        if let Some(e) = self.stream_error(true).await {
+            return Err(e);
         }
         if status.success() {
             return Ok(());
