@@ -180,10 +180,29 @@ impl ScriptStream {
     /// (pg_restore stopped on a short read), and a new attempt may do better: the script's
     /// own unterminated end would say "permanent" where the truth is "cut".
     async fn end_of_output(&mut self) -> Result<(), ApplyError> {
-        match self.parser.finish() {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.stream_error(false).await.unwrap_or(e.into())),
+        let Err(e) = self.parser.finish() else {
+            return Ok(());
+        };
+        if let Some(cut) = self.stream_error(false).await {
+            return Err(cut);
         }
+        if self.cut.is_some() {
+            // The stream came whole but pg_restore stopped inside it: the dump in the archive
+            // is cut short or corrupt. A new download may be whole (the trade-off).
+            let status = self
+                .child
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            self.pgid = None;
+            let stderr = (&mut self.stderr).await.unwrap_or_default();
+            return Err(ApplyError::Stream(FeedError::Cut {
+                what: self.dump.display().to_string(),
+                detail: format!("pg_restore stopped inside it ({status}): {stderr}"),
+            }));
+        }
+        Err(e.into())
     }
 
     /// Why a streamed archive stopped early, if it did: the feeding thread's own error (waited
