@@ -1,10 +1,12 @@
 //! What a run has loaded into the target, recorded in the target itself (table
-//! `replicator.loaded`), each record committed in the same transaction as what it records.
+//! `replicator.loaded`), each record committed with, or right after, what it records.
 //!
-//! A table's rows and its record commit together: after a crash, a table is either loaded and
-//! recorded, or neither (its `COPY` rolled back). So a run resumed from any container, even one
-//! with an empty state directory, skips exactly the entries the target holds, loads no row
-//! twice, and ends as a run that never stopped. The wipe (`DROP OWNED`) removes the records
+//! An index's record commits in its transaction; a table's once every session loading a share
+//! of its rows committed (`apply::session::copy_spread`), and a table without a record is
+//! emptied before it is loaded. So after a crash a table is either loaded and recorded, or
+//! loaded again from empty: a run resumed from any container, even one with an empty state
+//! directory, skips exactly the entries the target holds, loads no row twice, and ends as a run
+//! that never stopped. The wipe (`DROP OWNED`) removes the records
 //! with the rest: they never outlive the schema they describe.
 
 use std::collections::HashSet;

@@ -14,11 +14,12 @@
 //! - **Typed errors.** A failure is the server's SQLSTATE, sorted into transient or
 //!   permanent, with the dump entry it happened in; not a guess from stderr text.
 //!
-//! Parallelism, as `pg_restore --jobs` did: each table's rows come from a `pg_restore` of
-//! their own entry (the archive's offsets let it seek straight there), over `jobs` sessions;
-//! in the post-data section, indexes and primary/unique/check constraints run over `jobs`
-//! sessions while the rest (foreign keys, triggers, index attachments, materialized view
-//! refreshes) runs in the archive's order once they are done.
+//! Parallelism: the rows' section reads one `pg_restore` of the rows' entries, in the archive's
+//! order, from the dump file or from a stream (`pg_restore_stream`), and deals each table's rows
+//! out to `jobs` sessions; each table's indexes and primary/unique/check constraints start as
+//! soon as its rows are in ([`early`]); what is left of them runs over `jobs` sessions in the
+//! post-data section, while the rest (foreign keys, triggers, index attachments, materialized
+//! view refreshes) runs in the archive's order once they are done.
 
 pub mod early;
 pub mod script;
