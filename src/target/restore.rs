@@ -111,12 +111,13 @@ pub async fn restore_entries(
                     .collect(),
                 None => post,
             };
+            let streamed = stream.as_ref().is_some_and(|(feed, _)| feed.is_some());
             tracing::info!(
                 data_entries = data,
                 post_data_entries = total - data,
-                streamed = stream.is_some(),
+                streamed,
                 "restoring the rows ({data} entries{}), then indexes, constraints and the rest ({} entries{})",
-                if stream.is_some() {
+                if streamed {
                     ", streamed as the archive arrives"
                 } else {
                     ""
