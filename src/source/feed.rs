@@ -476,8 +476,12 @@ async fn download_into(
                         )));
                     }
                     if let Err(e) = spool.write(bytes).await {
-                        // The restore stopped reading: nothing more to do.
-                        break Some(Err(format!("the spool: {e}")));
+                        // The restore stopped reading (it has all it needs, or it failed and
+                        // says why): nothing more to do here.
+                        if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            break Some(Ok(()));
+                        }
+                        break Some(Err(format!("writing the spool: {e}")));
                     }
                     offset += bytes.len() as u64;
                     cuts = 0;
@@ -504,5 +508,9 @@ async fn download_into(
             }
         }
     };
+    if let Err(why) = &result {
+        // The restore reports the cut as the attempt's error; this says where it began.
+        tracing::warn!(offset, "the download into the spool stopped: {why}");
+    }
     spool.end(result);
 }
