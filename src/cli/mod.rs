@@ -21,6 +21,7 @@ use crate::source::scalingo::ScalingoClient;
 
 mod check;
 mod check_dump;
+mod check_live;
 mod daemon;
 mod rules;
 mod run;

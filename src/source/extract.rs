@@ -363,6 +363,16 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Whether a member of a Scalingo archive is its dump (`*.pgsql`): what [`extract_head`] and a
+/// streamed archive ([`super::feed`]) look for.
+pub(crate) fn is_dump_member<R: io::Read>(entry: &tar::Entry<'_, R>) -> bool {
+    entry
+        .path()
+        .ok()
+        .and_then(|p| p.extension().map(|x| x == "pgsql"))
+        .unwrap_or(false)
+}
+
 /// The beginning of the `*.pgsql` member of an archive of which only `head` (its first bytes)
 /// is at hand, written to `dump`: what `check` reads the dump's header and table of contents
 /// from without downloading the whole backup. Returns the bytes written (0: no member yet).
@@ -382,12 +392,7 @@ pub fn extract_head(head: &[u8], dump: &Path) -> Result<u64, StepError> {
     for entry in entries {
         // The head ends somewhere: a header cut short ends the walk.
         let Ok(mut entry) = entry else { return Ok(0) };
-        let is_dump = entry
-            .path()
-            .ok()
-            .and_then(|p| p.extension().map(|x| x == "pgsql"))
-            .unwrap_or(false);
-        if !is_dump {
+        if !is_dump_member(&entry) {
             continue;
         }
         let disk = |source| ExtractError::Disk {

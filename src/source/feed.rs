@@ -348,12 +348,7 @@ fn untar_thread(
                 .map_err(|e| format!("reading the archive: {e}"))?;
             for entry in entries {
                 let mut entry = entry.map_err(|e| format!("reading the archive: {e}"))?;
-                let is_dump = entry
-                    .path()
-                    .ok()
-                    .and_then(|p| p.extension().map(|x| x == "pgsql"))
-                    .unwrap_or(false);
-                if !is_dump {
+                if !super::extract::is_dump_member(&entry) {
                     continue;
                 }
                 let limit = dump_limit.unwrap_or(u64::MAX);

@@ -153,14 +153,7 @@ impl Session {
         loop {
             match stream.next().await? {
                 Some(Item::Rows(chunk)) => {
-                    let chunk = match rows.as_mut() {
-                        Some(t) => {
-                            let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
-                            t.apply(&chunk, &mut out);
-                            Bytes::from(out)
-                        }
-                        None => chunk,
-                    };
+                    let chunk = through(&mut rows, chunk);
                     if !chunk.is_empty() {
                         bytes += chunk.len() as u64;
                         sink.send(chunk).await.map_err(|e| self.error(entry, &e))?;
@@ -208,6 +201,18 @@ impl Session {
     }
 }
 
+/// `chunk` as it goes to the target: through `rows` (`REPLICA_RULES`) when given.
+fn through(rows: &mut Option<Rows<'_>>, chunk: Bytes) -> Bytes {
+    match rows.as_mut() {
+        Some(t) => {
+            let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
+            t.apply(&chunk, &mut out);
+            Bytes::from(out)
+        }
+        None => chunk,
+    }
+}
+
 /// Runs a `COPY ... FROM stdin` on every session of `sessions` at once, the rows that follow in
 /// `stream` dealt out in chunks (whole lines) in turn, each session committing its share on its
 /// own (autocommit). Returns the rows and bytes sent.
@@ -232,14 +237,7 @@ pub(super) async fn copy_spread(
     loop {
         match stream.next().await? {
             Some(Item::Rows(chunk)) => {
-                let chunk = match rows.as_mut() {
-                    Some(t) => {
-                        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 4);
-                        t.apply(&chunk, &mut out);
-                        Bytes::from(out)
-                    }
-                    None => chunk,
-                };
+                let chunk = through(&mut rows, chunk);
                 if chunk.is_empty() {
                     continue;
                 }
