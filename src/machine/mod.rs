@@ -43,9 +43,9 @@ mod rules;
 
 pub use load::{LoadCounts, TableLoad, WorkMode};
 pub use rules::{
-    DiskBudget, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon, adopt,
-    already_restored, disk_budget, disk_needed, dump_budget, first_wipe, interrupted, recover,
-    target_is_source, too_old, work_mode,
+    TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon, adopt, already_restored,
+    disk_needed, dump_budget, first_wipe, interrupted, recover, target_is_source, too_old,
+    work_mode,
 };
 
 /// The backup a run restores, as Scalingo describes it (or as a local file is described).

@@ -53,38 +53,6 @@ pub fn dump_budget(size: u64) -> u64 {
     size + size / 10 + 64 * 1024 * 1024
 }
 
-/// The disk budget of a backup of `size` bytes with `free` bytes free.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DiskBudget {
-    /// Scalingo gave no size: nothing to check.
-    SizeUnknown,
-    /// The free space could not be read: nothing to check.
-    FreeUnknown {
-        needed: u64,
-    },
-    Fits {
-        needed: u64,
-        free: u64,
-    },
-    /// A run would fail before downloading (permanent).
-    TooSmall {
-        needed: u64,
-        free: u64,
-    },
-}
-
-pub fn disk_budget(size: Option<u64>, free: Option<u64>) -> DiskBudget {
-    let Some(size) = size else {
-        return DiskBudget::SizeUnknown;
-    };
-    let needed = disk_needed(size);
-    match free {
-        None => DiskBudget::FreeUnknown { needed },
-        Some(free) if free < needed => DiskBudget::TooSmall { needed, free },
-        Some(free) => DiskBudget::Fits { needed, free },
-    }
-}
-
 /// Whole or streamed: a backup whose archive and dump fit `budget` (`MAX_WORK_DISK`, or what
 /// the state directory's free space allows) is downloaded and checked whole before the wipe,
 /// as the safe default; one that does not fit streams. `size` is the archive's (Scalingo's
@@ -205,23 +173,6 @@ mod tests {
         );
         assert!(too_old(&b, Some(Duration::from_secs(31 * 3600)), now).is_none());
         assert!(too_old(&b, None, now).is_none());
-
-        assert_eq!(disk_budget(None, Some(0)), DiskBudget::SizeUnknown);
-        let needed = disk_needed(1 << 30);
-        assert_eq!(
-            disk_budget(Some(1 << 30), Some(needed - 1)),
-            DiskBudget::TooSmall {
-                needed,
-                free: needed - 1
-            }
-        );
-        assert_eq!(
-            disk_budget(Some(1 << 30), Some(needed)),
-            DiskBudget::Fits {
-                needed,
-                free: needed
-            }
-        );
 
         let run = Run::new("r1".into(), Origin::Scalingo, 2, now);
         let run = transition(&run, Event::Start, now).unwrap();

@@ -190,23 +190,24 @@ fn a_run_killed_while_streaming_is_taken_over_by_a_new_container_without_loading
     );
 }
 
+/// `check`'s `disk` line.
+fn disk_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.contains("disk"))
+        .unwrap_or_default()
+}
+
 #[test]
 fn check_and_status_say_which_mode_a_run_uses_and_why() {
     let mut s = Scenario::rich("stream_check");
     let out = s.run(&["check"]);
     let text = stdout(&out);
-    let disk = text
-        .lines()
-        .find(|l| l.contains("disk"))
-        .unwrap_or_default();
+    let disk = disk_line(&text);
     assert!(disk.contains("whole"), "{text}");
     s.set_env("MAX_WORK_DISK", "16MiB");
     let out = s.run(&["check"]);
     let text = stdout(&out);
-    let disk = text
-        .lines()
-        .find(|l| l.contains("disk"))
-        .unwrap_or_default();
+    let disk = disk_line(&text);
     assert!(
         disk.starts_with("ok") && disk.contains("streaming") && disk.contains("16 MiB"),
         "{text}"

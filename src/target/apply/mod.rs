@@ -281,19 +281,29 @@ impl Applier {
         list_file: &Path,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let progress = Progress {
-            done: AtomicU64::new(0),
-            report,
-        };
-        let mut session = Session::open(self).await?;
-        let mut stream = match feed {
+        let stream = match feed {
             Some(feed) => {
                 std::fs::write(list_file, list).map_err(|source| ApplyError::Read { source })?;
                 pg_restore_stream(feed, list_file)?
             }
             None => pg_restore_script(&self.dump, list)?,
         };
-        self.drive(&mut session, &mut stream, false, &progress)
+        self.run_on_one_session(stream, false, report).await
+    }
+
+    /// Runs `stream` in order on one new session, then waits for its pg_restore.
+    async fn run_on_one_session(
+        &self,
+        mut stream: ScriptStream,
+        batch: bool,
+        report: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), ApplyError> {
+        let progress = Progress {
+            done: AtomicU64::new(0),
+            report,
+        };
+        let mut session = Session::open(self).await?;
+        self.drive(&mut session, &mut stream, batch, &progress)
             .await?;
         stream.finish().await
     }
@@ -339,15 +349,8 @@ impl Applier {
         batch: bool,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let progress = Progress {
-            done: AtomicU64::new(0),
-            report,
-        };
-        let mut session = Session::open(self).await?;
-        let mut stream = pg_restore_script(&self.dump, list)?;
-        self.drive(&mut session, &mut stream, batch, &progress)
-            .await?;
-        stream.finish().await
+        let stream = pg_restore_script(&self.dump, list)?;
+        self.run_on_one_session(stream, batch, report).await
     }
 
     /// Runs each list of `lists` (a table's rows, typically) from its own pg_restore, over
