@@ -169,15 +169,10 @@ pub async fn add_not_valid(
 async fn foreign_key_sql(dump: &Path, list: &Path) -> Result<String, FkError> {
     let mut use_list = OsString::from("--use-list=");
     use_list.push(list);
-    let mut args: Vec<OsString> = [
-        "--section=post-data",
-        "--no-owner",
-        "--no-privileges",
-        "--no-tablespaces",
-        "--file=-",
-    ]
-    .map(OsString::from)
-    .to_vec();
+    let mut args: Vec<OsString> = std::iter::once("--section=post-data")
+        .chain(crate::target::apply::stream::TRANSLATE)
+        .map(OsString::from)
+        .collect();
     args.push(use_list);
     Ok(pg_restore_stdout(
         dump,

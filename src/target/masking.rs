@@ -16,15 +16,10 @@ use crate::masking::{Plan, RulesFile};
 
 /// The dump's tables, their columns and which are `NOT NULL` or unique.
 pub async fn read_schema(dump: &Path) -> Result<Schema, StepError> {
-    let args: Vec<OsString> = [
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--no-tablespaces",
-        "--file=-",
-    ]
-    .map(OsString::from)
-    .to_vec();
+    let args: Vec<OsString> = std::iter::once("--schema-only")
+        .chain(crate::target::apply::stream::TRANSLATE)
+        .map(OsString::from)
+        .collect();
     let sql = pg_restore_stdout(dump, &args, "--schema-only --file=-").await?;
     let mut parser = ScriptParser::new();
     let mut schema = Schema::default();

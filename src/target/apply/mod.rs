@@ -24,7 +24,7 @@
 pub mod early;
 pub mod script;
 mod session;
-mod stream;
+pub(crate) mod stream;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};

@@ -83,14 +83,18 @@ enum Input {
     Stream(Feed, PathBuf),
 }
 
+/// What every translation of the archive into SQL asks of `pg_restore`: the script on stdout,
+/// without the source's owners, grants and tablespaces (the target's role owns everything).
+pub(crate) const TRANSLATE: [&str; 4] = [
+    "--file=-",
+    "--no-owner",
+    "--no-privileges",
+    "--no-tablespaces",
+];
+
 fn pg_restore_inner(dump: &Path, input: Input) -> Result<ScriptStream, ApplyError> {
     let mut cmd = crate::secret::child_command("pg_restore");
-    cmd.args([
-        "--file=-",
-        "--no-owner",
-        "--no-privileges",
-        "--no-tablespaces",
-    ]);
+    cmd.args(TRANSLATE);
     match &input {
         Input::File(_) => {
             cmd.arg("--use-list=/dev/stdin").arg(dump);
