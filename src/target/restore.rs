@@ -3,17 +3,20 @@
 //!
 //! - **pre-data** (schemas, extensions, types, tables, functions, views): one session, in the
 //!   archive's order, committed in batches.
-//! - **data**: each table's rows from a `pg_restore` of their own entry, over `jobs` sessions;
-//!   the other data entries (sequence values, large objects) together.
-//! - **post-data**: indexes and primary/unique/check constraints over `jobs` sessions, then the
-//!   rest in order (see [`super::apply::Applier::run_post_data`]).
+//! - **data** (a run, with its records): one `pg_restore` of the rows' entries in the archive's
+//!   order, from the dump file or the stream, each table's rows dealt out to `jobs` sessions;
+//!   each table's indexes and keys start as soon as its rows are in ([`plan_early`]), a key as
+//!   a unique index first ([`super::apply::key_as_index`]). Without records (a section
+//!   restored on its own): each table's rows from a `pg_restore` of their own entry.
+//! - **post-data**: what is left of the indexes and primary/unique/check constraints over
+//!   `jobs` sessions, then the rest in order (see [`super::apply::Applier::run_post_data`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::apply::{Applier, LoadLog};
+use super::apply::{Applier, LoadLog, key_as_index};
 use super::url::Target;
 use crate::dump::toc::{Toc, TocEntry, TocSection};
 use crate::error::StepError;
@@ -197,7 +200,7 @@ async fn plan_early(
     let (preamble, translated) = applier.translate(text, &log).await?;
     let mut plan: HashMap<u32, Vec<crate::target::apply::EarlyEntry>> = HashMap::new();
     let mut ids = HashSet::new();
-    for entry in translated {
+    for mut entry in translated {
         if entry.id == 0 {
             // Not matched to the list: left to the post-data section, as before.
             continue;
@@ -208,6 +211,22 @@ async fn plan_early(
             .flatten()
             .find_map(|d| data_of_table.get(d).copied())
             .unwrap_or(0);
+        // A key of a table loaded here (so not a partitioned one) builds as an index first,
+        // beside the table's other indexes.
+        if waits_for != 0 && entry.header.kind == "CONSTRAINT" {
+            let mut stmts = Vec::with_capacity(entry.stmts.len() + 1);
+            for stmt in entry.stmts.drain(..) {
+                match key_as_index(&stmt) {
+                    Some(k) => {
+                        stmts.push(k.create_index);
+                        stmts.push(k.add_constraint);
+                        entry.serial = Some(waits_for);
+                    }
+                    None => stmts.push(stmt),
+                }
+            }
+            entry.stmts = stmts;
+        }
         ids.insert(entry.id);
         plan.entry(waits_for).or_default().push(entry);
     }

@@ -172,6 +172,56 @@ fn pagila_restores_exactly_twice_in_a_row() {
     assert_eq!(s.status_json()["phase"], "Done");
 }
 
+/// Primary keys and unique constraints of every form pg_dump writes come out as the source has
+/// them: the plain ones are built as a unique index first, beside the table's other indexes,
+/// then made the constraint; deferrable keys and the keys of a partitioned table are built as
+/// written. Two keys of one table (built one after the other: side by side they would
+/// deadlock), quoted names, `INCLUDE`, `WITH`, `NULLS NOT DISTINCT` and a replica identity.
+#[test]
+fn keys_of_every_form_restore_with_the_source_s_names_options_and_flags() {
+    let _t = Timer::start("keys_of_every_form_restore_with_the_source_s_names_options_and_flags");
+    let mut s = on_17(
+        "keys",
+        load(
+            "CREATE TABLE plain (id text PRIMARY KEY, code text NOT NULL, note text);
+             INSERT INTO plain SELECT md5(g::text), md5((-g)::text), 'n' || g
+               FROM generate_series(1, 200000) g;
+             ALTER TABLE plain ADD CONSTRAINT plain_code_key UNIQUE (code);
+             CREATE INDEX plain_note_idx ON plain (lower(note));
+             ALTER TABLE plain REPLICA IDENTITY USING INDEX plain_pkey;
+             CREATE TABLE \"Mixed Case\" (\"Id\" int NOT NULL, \"Part\" text NOT NULL, extra int, payload text);
+             INSERT INTO \"Mixed Case\" SELECT g, 'p' || (g % 7), CASE WHEN g > 1 THEN g END, 'x'
+               FROM generate_series(1, 50000) g;
+             ALTER TABLE \"Mixed Case\" ADD CONSTRAINT \"Mixed PK\" PRIMARY KEY (\"Id\", \"Part\")
+               INCLUDE (extra) WITH (fillfactor = 70);
+             ALTER TABLE \"Mixed Case\" ADD CONSTRAINT nnd UNIQUE NULLS NOT DISTINCT (extra);
+             CREATE TABLE deferred (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED,
+                                    slot int UNIQUE DEFERRABLE);
+             INSERT INTO deferred SELECT g, g FROM generate_series(1, 1000) g;
+             CREATE TABLE parted (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+             CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu');
+             CREATE TABLE parted_us PARTITION OF parted FOR VALUES IN ('us');
+             INSERT INTO parted SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END
+               FROM generate_series(1, 10000) g;",
+        ),
+    );
+    // Wide enough for plain's index and both its keys at once.
+    s.set_env("PG_RESTORE_JOBS", "4");
+    s.run_ok(&["run"]);
+    assert_exact(&s);
+    // What a user would check by hand: the keys are there, and they refuse a duplicate.
+    let dup = s.target_psql_result("INSERT INTO plain VALUES (md5('1'), 'new', 'n')");
+    assert!(
+        dup.is_err_and(|e| e.contains("plain_pkey")),
+        "the restored primary key does not refuse a duplicate id"
+    );
+    let dup = s.target_psql_result("INSERT INTO \"Mixed Case\" VALUES (99999, 'q', NULL, 'y')");
+    assert!(
+        dup.is_err_and(|e| e.contains("nnd")),
+        "NULLS NOT DISTINCT was lost: a second NULL was accepted"
+    );
+}
+
 /// (ii) An application's real schema with five trusted extensions, trigram and btree_gin
 /// indexes and partitions in another schema; the target role created the extensions itself
 /// (so `DROP OWNED BY CURRENT_USER` takes them at each wipe): two nights in a row.

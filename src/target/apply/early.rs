@@ -6,7 +6,8 @@
 //!   loaded, for the run's `TableLoaded` events.
 //! - [`Early`]: a table's indexes and its primary key, unique and check constraints, built as
 //!   soon as its rows are committed, on sessions of their own, while the next tables load (as
-//!   pgcopydb does). The rest of the post-data section (foreign keys, triggers, index
+//!   pgcopydb does); a key as a unique index first, beside the table's other indexes
+//!   ([`super::keys`]). The rest of the post-data section (foreign keys, triggers, index
 //!   attachments, refreshes) waits for every row.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -96,6 +97,10 @@ pub struct EarlyEntry {
     pub id: u32,
     pub header: EntryHeader,
     pub stmts: Vec<String>,
+    /// A key built as an index first ([`super::keys`]): its last step takes the table's
+    /// exclusive lock while its index holds a shared one, so two of them on one table would
+    /// deadlock. Entries with the same value here run one after the other.
+    pub serial: Option<u32>,
 }
 
 /// The post-data entries that start as soon as their table's rows are in.
@@ -106,6 +111,8 @@ pub struct Early {
     sessions: Arc<Semaphore>,
     idle: Arc<Mutex<Vec<Session>>>,
     tasks: Mutex<JoinSet<Result<u32, ApplyError>>>,
+    /// One lock per [`EarlyEntry::serial`] value.
+    serial: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     spec: SessionSpec,
     recorder: Recorder,
     /// Entries done, for the progress.
@@ -127,6 +134,7 @@ impl Early {
             sessions: Arc::new(Semaphore::new(width.max(1))),
             idle: Arc::new(Mutex::new(Vec::new())),
             tasks: Mutex::new(JoinSet::new()),
+            serial: Mutex::new(HashMap::new()),
             spec,
             recorder,
             done: Arc::new(AtomicU64::new(0)),
@@ -145,7 +153,20 @@ impl Early {
             let recorder = self.recorder.clone();
             let done = self.done.clone();
             let done_ids = self.done_ids.clone();
+            let serial = entry.serial.map(|key| {
+                self.serial
+                    .lock()
+                    .expect("serial lock")
+                    .entry(key)
+                    .or_default()
+                    .clone()
+            });
             self.tasks.lock().expect("tasks lock").spawn(async move {
+                // Waiting for the table's other key holds no session.
+                let _serial = match &serial {
+                    Some(m) => Some(m.lock().await),
+                    None => None,
+                };
                 let _permit = sessions.acquire_owned().await.expect("never closed");
                 let reused = idle.lock().expect("idle lock").pop();
                 let mut session = match reused {

@@ -22,6 +22,7 @@
 //! view refreshes) runs in the archive's order once they are done.
 
 pub mod early;
+mod keys;
 pub mod script;
 mod session;
 pub(crate) mod stream;
@@ -38,6 +39,7 @@ use crate::masking::Masker;
 use crate::target::sqlstate::classify;
 use crate::target::{PostgresError, RESTORE_APPLICATION_NAME, Target};
 pub use early::{Early, EarlyEntry, LoadLog};
+pub use keys::key_as_index;
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
 pub use session::SessionSpec;
 use session::{Session, qualified, server_error_text};
@@ -247,6 +249,7 @@ impl Applier {
                         id,
                         header: h,
                         stmts: Vec::new(),
+                        serial: None,
                     });
                 }
                 Item::Piece(Piece::Statement(s)) => match out.last_mut() {

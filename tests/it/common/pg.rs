@@ -632,8 +632,15 @@ pub fn fingerprint(cluster: &PgCluster, db: &str) -> Fingerprint {
     .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2] == "t"))
     .collect();
     sequences.sort();
+    // With what the definition does not say: which constraint owns the index, and the flags a
+    // key sets on it (primary, checked at once or deferred, replica identity, valid).
     let indexes = q("SELECT $NAME, pg_get_indexdef(c.oid)
+                || ' owner=' || coalesce((SELECT conname || '/' || contype::text FROM pg_constraint
+                                           WHERE conindid = c.oid AND contype IN ('p', 'u', 'x')), '-')
+                || ' primary=' || i.indisprimary || ' immediate=' || i.indimmediate
+                || ' replident=' || i.indisreplident || ' valid=' || i.indisvalid
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_index i ON i.indexrelid = c.oid
           WHERE $APP_SCHEMAS AND c.relkind IN ('i', 'I') ORDER BY 1, 2")
     .into_iter()
     .map(|r| (r[0].clone(), r[1].clone()))

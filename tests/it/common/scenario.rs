@@ -278,6 +278,12 @@ impl Scenario {
 
     /// SQL as the target's own role (over TCP, with its password).
     pub fn target_psql(&self, sql: &str) -> String {
+        self.target_psql_result(sql)
+            .unwrap_or_else(|e| panic!("psql as the target role failed: {e}"))
+    }
+
+    /// [`Scenario::target_psql`] that may fail: the server's error text.
+    pub fn target_psql_result(&self, sql: &str) -> Result<String, String> {
         let out = Command::new("psql")
             .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .env("PGHOST", "127.0.0.1")
@@ -287,12 +293,11 @@ impl Scenario {
             .env("PGDATABASE", &self.target.dbname)
             .output()
             .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql as the target role failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// Tables of schema public and their persistence (`p` logged, `u` unlogged).
