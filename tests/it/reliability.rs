@@ -509,8 +509,20 @@ fn the_target_going_away_in_the_middle_of_the_restore_is_retried_and_ends_exact(
     s.wait_status(Duration::from_secs(90), |st| {
         st["phase"] == "Restoring" && st["section"] == "data+post-data"
     });
-    crate::common::scenario::eventually(Duration::from_secs(30), "pg_restore busy", || {
-        s.restore_sessions() > 0
+    // In the middle of the work: the slow index building (sessions that merely exist may be
+    // idle ones the restore no longer needs, and the next entry would open a new one).
+    crate::common::scenario::eventually(Duration::from_secs(30), "the slow index building", || {
+        s.cluster
+            .superuser_psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+                     AND state = 'active' AND query LIKE 'CREATE INDEX slow_rows_slow_id%'",
+                    s.target.dbname
+                ),
+            )
+            .trim()
+            == "1"
     });
     // As a failover or an operator would: every session of the target's role ends.
     s.cluster.superuser_psql(
