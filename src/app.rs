@@ -135,25 +135,24 @@ pub fn driver(
 /// The target of `DATABASE_URL`; a URL it cannot use is a configuration error (the URL may
 /// hold a password: it is never repeated).
 pub fn parse_target(url: &Secret) -> Result<Target, CliError> {
-    Target::parse(url).map_err(|e| {
-        CliError::Config(ConfigError::Invalid {
-            var: "DATABASE_URL",
-            value: "(hidden)".into(),
-            expected: e.to_string(),
-        })
-    })
+    Target::parse(url).map_err(invalid_url("DATABASE_URL"))
 }
 
 /// The live source of `SOURCE_DATABASE_URL`, by the rules of `DATABASE_URL`; a URL it cannot
 /// use is a configuration error (never repeated: it may hold a password).
 pub fn parse_source(url: &Secret) -> Result<Target, CliError> {
-    Target::parse_source(url).map_err(|e| {
+    Target::parse_source(url).map_err(invalid_url("SOURCE_DATABASE_URL"))
+}
+
+/// The configuration error of a database URL in `var` that cannot be used, without the URL.
+fn invalid_url<E: std::fmt::Display>(var: &'static str) -> impl FnOnce(E) -> CliError {
+    move |e| {
         CliError::Config(ConfigError::Invalid {
-            var: "SOURCE_DATABASE_URL",
+            var,
             value: "(hidden)".into(),
             expected: e.to_string(),
         })
-    })
+    }
 }
 
 /// Both locks of a run: this state directory (liveness) and the target (advisory lock on a

@@ -92,24 +92,24 @@ pub fn abandon(run: &Run, why: &str, now: DateTime<Utc>) -> Result<Run, Transiti
 /// A run loaded after its process died (or stopped): marked interrupted, then moved to its
 /// resume point. The one way a crashed state becomes a definite one.
 pub fn recover(run: Run, now: DateTime<Utc>) -> Result<Run, TransitionError> {
-    let run = if run.interrupted {
-        run
-    } else {
-        transition(&run, Event::Crashed, now)?
-    };
-    transition(&run, Event::Resume, now)
+    interrupted_then(run, Event::Resume, now)
 }
 
 /// A run found unfinished in the target's records, that no process holds, taken over by a
 /// process whose state directory does not know it (a new container): marked interrupted,
 /// then moved to where the target's records let it go on ([`Event::ResumedFromTarget`]).
 pub fn adopt(run: Run, now: DateTime<Utc>) -> Result<Run, TransitionError> {
+    interrupted_then(run, Event::ResumedFromTarget, now)
+}
+
+/// `run` marked interrupted (unless it already is), then moved on by `resume`.
+fn interrupted_then(run: Run, resume: Event, now: DateTime<Utc>) -> Result<Run, TransitionError> {
     let run = if run.interrupted {
         run
     } else {
         transition(&run, Event::Crashed, now)?
     };
-    transition(&run, Event::ResumedFromTarget, now)
+    transition(&run, resume, now)
 }
 
 #[cfg(test)]

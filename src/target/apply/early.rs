@@ -190,11 +190,7 @@ impl Early {
     pub(super) fn check(&self) -> Result<(), ApplyError> {
         let mut tasks = self.tasks.lock().expect("tasks lock");
         while let Some(r) = tasks.try_join_next() {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
+            settled(r)?;
         }
         Ok(())
     }
@@ -214,12 +210,16 @@ impl Early {
         }
         let mut tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
+            settled(r)?;
         }
         Ok(self.done_ids.lock().expect("done lock").clone())
+    }
+}
+
+/// The outcome of one finished entry: its error, or its panic carried on.
+fn settled(r: Result<Result<u32, ApplyError>, tokio::task::JoinError>) -> Result<(), ApplyError> {
+    match r {
+        Ok(result) => result.map(|_| ()),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
