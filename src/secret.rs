@@ -145,6 +145,40 @@ pub fn child_std_command(program: &str) -> std::process::Command {
     cmd
 }
 
+/// Sets up `cmd`'s child, before it runs, to live and die with the replicator:
+///
+/// - its own process group: a Ctrl-C on a terminal reaches the replicator, which stops
+///   cleanly, and not the child, whose death would look like a failure of its own;
+/// - `SIGKILL` when the replicator dies, even by kill -9 (`PR_SET_PDEATHSIG`), and at once if
+///   the replicator died before the child was set up.
+pub fn bind_to_this_process(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, raise) between fork and
+    // exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The variables a child inherits ([`child_command`]).
 pub fn allowed_in_children(name: &str) -> bool {
     matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ") || name.starts_with("LC_")

@@ -9,7 +9,6 @@
 //! ([`crate::secret::child_std_command`]).
 
 use std::io::{self, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Stdio};
 use std::thread::JoinHandle;
@@ -127,33 +126,7 @@ pub fn pg_dump_feed(conn: &PgDumpConnection, dir: &Path) -> Result<Feed, LiveErr
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, raise) between fork and
-    // exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Its own process group: a Ctrl-C on a terminal reaches the replicator, which stops
-            // cleanly, and not pg_dump, whose death would look like a failure of the source.
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Dies with the replicator, even on kill -9.
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
+    crate::secret::bind_to_this_process(&mut cmd);
     let (mut child, stderr) =
         spawn_on_own_thread(cmd).map_err(|source| LiveError::Spawn { source })?;
     let stdout = child.stdout.take().expect("stdout is piped");

@@ -120,31 +120,7 @@ fn pg_restore_inner(dump: &Path, input: Input) -> Result<ScriptStream, ApplyErro
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, raise) between fork and
-    // exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Dies with the replicator, even on kill -9.
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
+    crate::secret::bind_to_this_process(cmd.as_std_mut());
     let mut child = cmd.spawn().map_err(|source| ApplyError::Spawn { source })?;
     let pgid = child.id().map(|p| p as libc::pid_t);
     let mut stdin = child.stdin.take().expect("stdin is piped");
