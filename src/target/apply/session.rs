@@ -141,35 +141,9 @@ impl Session {
         entry: &str,
         stmt: &str,
         stream: &mut ScriptStream,
-        mut rows: Option<Rows<'_>>,
+        rows: Option<Rows<'_>>,
     ) -> Result<(u64, u64), ApplyError> {
-        let mut bytes = 0u64;
-        let sink = self
-            .client
-            .copy_in::<_, Bytes>(stmt)
-            .await
-            .map_err(|e| self.error(entry, &e))?;
-        futures_util::pin_mut!(sink);
-        loop {
-            match stream.next().await? {
-                Some(Item::Rows(chunk)) => {
-                    let chunk = through(&mut rows, chunk);
-                    if !chunk.is_empty() {
-                        bytes += chunk.len() as u64;
-                        sink.send(chunk).await.map_err(|e| self.error(entry, &e))?;
-                    }
-                }
-                Some(Item::RowsEnd) => break,
-                Some(Item::Piece(_)) | None => {
-                    return Err(ScriptError::Unterminated { line: 0 }.into());
-                }
-            }
-        }
-        let n = sink.finish().await.map_err(|e| self.error(entry, &e))?;
-        if let Some(t) = rows {
-            t.finish();
-        }
-        Ok((n, bytes))
+        copy_spread(&[self], entry, stmt, stream, rows).await
     }
 
     /// The statements of one entry, in order; with `record`, in one transaction with the
@@ -213,8 +187,8 @@ fn through(rows: &mut Option<Rows<'_>>, chunk: Bytes) -> Bytes {
     }
 }
 
-/// Runs a `COPY ... FROM stdin` on every session of `sessions` at once, the rows that follow in
-/// `stream` dealt out in chunks (whole lines) in turn, each session committing its share on its
+/// Runs a `COPY ... FROM stdin` on every session of `sessions` at once (one: [`Session::copy`]),
+/// the rows that follow in `stream` dealt out in chunks (whole lines) in turn, each session committing its share on its
 /// own (autocommit). Returns the rows and bytes sent.
 pub(super) async fn copy_spread(
     sessions: &[&Session],
