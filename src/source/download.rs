@@ -361,7 +361,7 @@ fn classify(resp: &reqwest::Response, on_disk: u64, expected: Option<u64>) -> Ou
 }
 
 /// `bytes 100-199/200` → 100.
-fn content_range_start(v: &str) -> Option<u64> {
+pub(crate) fn content_range_start(v: &str) -> Option<u64> {
     let rest = v.trim().strip_prefix("bytes")?.trim_start();
     rest.split('-').next()?.trim().parse().ok()
 }

@@ -430,9 +430,7 @@ async fn download_into(
                     .headers()
                     .get(header::CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<u64>().ok());
+                    .and_then(super::download::content_range_start);
                 if start != Some(offset) {
                     break Err(format!(
                         "{location} answered a resume at byte {offset} with another range"
