@@ -177,9 +177,10 @@ async fn live_dump_checks_inner(
         .tempdir()
         .map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
     let path = dir.path().join("dump-head.pgsql");
-    let (mut feed, _) = crate::engine::live_feed(source, t, dir.path())
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let (mut feed, _) =
+        crate::engine::live_feed(source, t, dir.path(), &restore.exclude_table_data)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
     let what = feed.what.clone();
     let p = path.clone();
     // The head only: pg_dump is stopped (killed with the feed) as soon as it is read.

@@ -331,6 +331,12 @@ impl Toc {
     }
 
     /// The `TABLE DATA` entry of `schema.table`, if the dump has one.
+    /// Whether the dump creates the table `schema.table` (with or without its rows).
+    pub fn has_table(&self, schema: &str, table: &str) -> bool {
+        self.entries()
+            .any(|e| e.desc == "TABLE" && e.schema == schema && e.tag == table)
+    }
+
     pub fn table_data(&self, schema: &str, table: &str) -> Option<&TocEntry> {
         self.entries()
             .find(|e| e.desc == "TABLE DATA" && e.schema == schema && e.tag == table)
@@ -594,7 +600,9 @@ fn parse_name_part(s: &str) -> Option<(String, &str)> {
 pub struct Exclusion {
     /// Dump ids to comment out of the list.
     pub skip: HashSet<u32>,
-    /// Names that matched a `TABLE DATA` entry of schema public.
+    /// Names that matched a `TABLE DATA` entry of schema public, or a table of schema public
+    /// whose rows the dump does not hold (`pg_dump --exclude-table-data`, as a live source's
+    /// dump is taken).
     pub excluded: Vec<String>,
     /// Names that matched nothing (a typo, or a table dropped in production).
     pub unmatched: Vec<String>,
@@ -620,6 +628,7 @@ pub fn plan_exclusion(
                 plan.skip.insert(e.id);
                 plan.excluded.push(name.clone());
             }
+            None if toc.has_table("public", name) => plan.excluded.push(name.clone()),
             None => plan.unmatched.push(name.clone()),
         }
     }

@@ -143,7 +143,13 @@ impl RealSteps {
             )));
         }
         let work = WorkDir::of(&self.state_dir, &run.run_id);
-        let (feed, identity) = live_feed(source, &self.target, work.path()).await?;
+        let (feed, identity) = live_feed(
+            source,
+            &self.target,
+            work.path(),
+            &self.restore.exclude_table_data,
+        )
+        .await?;
         info!(
             source = %source.describe(),
             "pg_dump of {} (PostgreSQL {}) started: one snapshot, streamed into the target; nothing of it is written to disk but its head",
@@ -276,22 +282,28 @@ impl RealSteps {
 }
 
 /// How `pg_dump` reaches the live source `source` (its password kept apart).
-pub fn pg_dump_connection(source: &Target) -> crate::source::live::PgDumpConnection {
+pub fn pg_dump_connection(
+    source: &Target,
+    exclude_table_data: &[String],
+) -> crate::source::live::PgDumpConnection {
     crate::source::live::PgDumpConnection {
         describe: source.describe(),
         conninfo: source.libpq_conninfo("replicator pg_dump"),
         env: source.libpq_env(),
         password: source.password().cloned(),
+        exclude_table_data: exclude_table_data.to_vec(),
     }
 }
 
-/// `pg_dump` of the live source `source` as a feed, its password file in `dir`; first, the
-/// refusal of a source that is `target` (so before pg_dump starts, and before any wipe).
-/// Returns what the source's server said of itself too. `run` and `check` start here.
+/// `pg_dump` of the live source `source` without the rows of `exclude_table_data` as a feed,
+/// its password file in `dir`; first, the refusal of a source that is `target` (so before
+/// pg_dump starts, and before any wipe). Returns what the source's server said of itself too.
+/// `run` and `check` start here.
 pub async fn live_feed(
     source: &Target,
     target: &Target,
     dir: &Path,
+    exclude_table_data: &[String],
 ) -> Result<(Feed, crate::target::ServerIdentity), StepError> {
     let identity = crate::target::refuse_same_database(source, target).await?;
     std::fs::create_dir_all(dir).map_err(|e| {
@@ -300,7 +312,8 @@ pub async fn live_feed(
             dir.display()
         ))
     })?;
-    let feed = crate::source::live::pg_dump_feed(&pg_dump_connection(source), dir)?;
+    let feed =
+        crate::source::live::pg_dump_feed(&pg_dump_connection(source, exclude_table_data), dir)?;
     Ok((feed, identity))
 }
 

@@ -327,6 +327,78 @@ fn a_live_source_restores_exactly_with_nothing_on_disk_and_its_password_nowhere(
     );
 }
 
+/// `EXCLUDE_TABLE_DATA` with a live source: `pg_dump` leaves the table's rows where they are
+/// (the source's statistics count no scan of it, so production is spared reading it), `check`
+/// and `run` agree, and the target has the table, empty, and every other table exact.
+#[test]
+fn a_live_source_s_excluded_table_is_never_read_at_the_source_and_restores_empty() {
+    let (s, src) = live_scenario("live_excl", 1_000);
+    let scans = |table: &str| -> i64 {
+        s.source_cluster
+            .superuser_psql(
+                &s.source_db,
+                &format!(
+                    "SELECT seq_scan FROM pg_stat_user_tables WHERE relid = '{table}'::regclass"
+                ),
+            )
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (documents_before, accounts_before) = (scans("public.documents"), scans("public.accounts"));
+    let with_exclusion = |args: &[&str]| {
+        let mut c = live_cmd(&s, &src.url, args);
+        c.env("EXCLUDE_TABLE_DATA", "documents");
+        output(c)
+    };
+
+    let out = with_exclusion(&["check"]);
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}\n{}", stderr(&out));
+    assert!(report.contains("ok    restore plan"), "{report}");
+
+    let out = with_exclusion(&["run"]);
+    let logs = all_output(&out);
+    assert!(out.status.success(), "{logs}");
+    assert!(
+        logs.contains("rows left out (EXCLUDE_TABLE_DATA): documents"),
+        "{logs}"
+    );
+    assert!(!logs.contains("nothing is excluded"), "{logs}");
+
+    // Before anything here reads the source. pg_dump's session reports its scans when it ends: once those of the tables it read
+    // are in, the excluded one must show none.
+    eventually(
+        Duration::from_secs(10),
+        "the source's statistics of pg_dump's scans",
+        || scans("public.accounts") > accounts_before,
+    );
+    assert_eq!(
+        scans("public.documents"),
+        documents_before,
+        "the source's documents were read although their rows are excluded"
+    );
+
+    assert_eq!(
+        s.target_psql("SELECT count(*) FROM public.documents")
+            .trim(),
+        "0"
+    );
+    let source_documents = s
+        .source_cluster
+        .superuser_psql(&s.source_db, "SELECT count(*) FROM public.documents");
+    assert_ne!(source_documents.trim(), "0", "the fixture has documents");
+    let others = |f: crate::common::pg::Fingerprint| -> Vec<(String, i64, String)> {
+        f.tables
+            .into_iter()
+            .filter(|t| t.0 != "documents")
+            .collect()
+    };
+    let (expected, got) = (s.expected_fingerprint(), s.target_fingerprint());
+    assert_eq!(got.indexes, expected.indexes);
+    assert_eq!(others(got), others(expected));
+}
+
 /// A source that is the target (the same URL, or another spelling of its host, or told by
 /// the server's start time where the role may not read its system identifier) is refused
 /// by `run` (exit 1, the target untouched) and by `check` (a FAIL line), before pg_dump.

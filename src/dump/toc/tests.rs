@@ -117,6 +117,22 @@ fn foreign_keys_to_an_excluded_table_are_left_out() {
 }
 
 #[test]
+fn a_table_the_dump_holds_without_rows_is_excluded_and_its_foreign_keys_with_it() {
+    // `pg_dump --exclude-table-data=public."answers"` (a live source): the table, no rows.
+    let list: String = LIST
+        .lines()
+        .filter(|l| !l.starts_with("3377;"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let toc = Toc::parse(&list);
+    let fks = HashMap::from([(3233, ("public".to_string(), "answers".to_string()))]);
+    let plan = plan_exclusion(&toc, &["answers".into(), "nope".into()], &fks);
+    assert_eq!(plan.excluded, vec!["answers".to_string()]);
+    assert_eq!(plan.unmatched, vec!["nope".to_string()]);
+    assert_eq!(plan.skip, HashSet::from([3233]));
+}
+
+#[test]
 fn the_list_comments_out_what_is_skipped_only() {
     let toc = Toc::parse(LIST);
     let dir = tempfile::tempdir().unwrap();
