@@ -24,6 +24,10 @@
 //!    replicator created `NOT VALID` (`FK_MODE=trust`).
 //! 5. Reports per-phase times, the end-to-end ratio A / B, the replicator's peak RSS
 //!    (`VmHWM` of its process) and the disk high-water mark of its state directory.
+//! 6. With `--floor`, each round ends with F: the server alone doing the restore's work, one
+//!    statement at a time (rows `COPY`ed from the server's own files, then the post-data
+//!    section). Its sum over the cores is the floor of any restore's rows section on this
+//!    host, the replicator's, the seed's or another tool's.
 //!
 //! It never talks to anything but 127.0.0.1 and stops by itself.
 
@@ -73,6 +77,12 @@ cargo bench --bench replicate -- [options]
                      `redact`, answers filtered on result (4 of 5 values kept), MASKING_KEY set;
                      B is the same replicator without rules (unless --b-replicator/--b-env);
                      A's content check is skipped (its target is masked on purpose)
+  --floor            each round ends with F, the server's own work: the schema, then each
+                     table's rows COPYed by the server from its own files (written from the
+                     target after the round's first run), then the post-data section one
+                     statement at a time without parallel workers, foreign keys NOT VALID; its
+                     statements' sum over the cores is the shortest any restore's rows section
+                     can take on this host (needs a first run that leaves the source in place)
 ";
 
 /// `--rules`: three masked columns on the two largest tables and a row filter on the largest.
@@ -101,6 +111,7 @@ struct Args {
     b_env: Vec<(String, String)>,
     rules: bool,
     throttle_mb: Option<u64>,
+    floor: bool,
 }
 
 fn parse_args() -> Args {
@@ -120,6 +131,7 @@ fn parse_args() -> Args {
         b_env: Vec::new(),
         rules: false,
         throttle_mb: None,
+        floor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -150,6 +162,7 @@ fn parse_args() -> Args {
             "--seed-jobs" => a.seed_jobs = number(&value("--seed-jobs")) as u32,
             "--no-verify" => a.verify = false,
             "--rules" => a.rules = true,
+            "--floor" => a.floor = true,
             "--throttle-mb" => a.throttle_mb = Some(number(&value("--throttle-mb"))),
             "--shared-buffers" => a.shared_buffers = value("--shared-buffers"),
             "--replicator" => a.bin = PathBuf::from(value("--replicator")),
@@ -711,6 +724,176 @@ fn run_seed(
 }
 
 // ---------------------------------------------------------------------------------------
+// F: the server's own work, the floor under any restore of this dump into this server
+// ---------------------------------------------------------------------------------------
+
+/// Where the server keeps table `t`'s rows for F: in its data directory, which it can write.
+fn floor_file(cluster: &PgCluster, table: &str) -> String {
+    cluster
+        .dir()
+        .join("data")
+        .join(format!("floor_{table}.copy"))
+        .display()
+        .to_string()
+        .replace('\'', "''")
+}
+
+/// The bench's tables, written by the server to files of its own from a target that was just
+/// checked to hold the source.
+fn export_floor_files(cluster: &PgCluster, target: &TargetDb) -> Vec<String> {
+    let tables: Vec<String> = cluster
+        .superuser_psql(
+            &target.dbname,
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+        )
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    for t in &tables {
+        cluster.superuser_psql(
+            &target.dbname,
+            &format!("COPY public.\"{t}\" TO '{}'", floor_file(cluster, t)),
+        );
+    }
+    tables
+}
+
+/// Busy jiffies (user, nice, system, irq, softirq, steal) of the whole host, from /proc/stat.
+fn host_busy_jiffies() -> u64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| cpu.get(i).copied().unwrap_or(0))
+        .sum()
+}
+
+/// Sum of psql's `\timing` lines ("Time: 2362.658 ms (00:02.363)"), in seconds.
+fn timed_seconds(psql_output: &str) -> f64 {
+    psql_output
+        .lines()
+        .filter_map(|l| l.strip_prefix("Time: "))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1000.0
+}
+
+/// What no client can save: the same schema, then every table's rows read by the server from
+/// its own files (no download, no decompression, no client process, no network) and the
+/// post-data section one statement at a time with no parallel workers, foreign keys `NOT
+/// VALID` as the replicator's `FK_MODE=trust` adds them. Run alone on a quiet host, the
+/// statements' time is the server's CPU time for the restore; divided by the cores it is the
+/// shortest the rows' section of any restore can take on this host.
+fn run_floor(cluster: &PgCluster, target: &TargetDb, dump: &Path, tables: &[String]) -> RunResult {
+    let psql = |sql: &str| {
+        let mut c = Command::new("psql");
+        c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        pg_env(&mut c, cluster, target);
+        must(&mut c, "psql")
+    };
+    let mut phases = Vec::new();
+    let t0 = Instant::now();
+    let t = Instant::now();
+    psql("DROP OWNED BY CURRENT_USER CASCADE");
+    phases.push(("dropping".to_string(), t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    let mut c = Command::new("pg_restore");
+    c.args([
+        "--no-owner",
+        "--no-comments",
+        "--schema",
+        "public",
+        "--section=pre-data",
+    ])
+    .arg("--dbname")
+    .arg(&target.dbname)
+    .arg(dump);
+    pg_env(&mut c, cluster, target);
+    must(&mut c, "pg_restore --section=pre-data");
+    phases.push(("restoring_pre_data".to_string(), t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    for table in tables {
+        psql(&format!("ALTER TABLE public.\"{table}\" SET UNLOGGED"));
+    }
+    phases.push(("unlogging".to_string(), t.elapsed().as_secs_f64()));
+    // The drop's and the schema's dirty pages are not the floor's to write.
+    cluster.superuser_psql(&target.dbname, "CHECKPOINT");
+
+    let post_data = must(
+        Command::new("pg_restore")
+            .args(["--no-owner", "--no-comments", "--schema", "public"])
+            .args(["--section=post-data", "--file", "-"])
+            .arg(dump),
+        "pg_restore --section=post-data --file -",
+    );
+    // pg_dump writes each key as "ALTER TABLE ONLY t\n    ADD CONSTRAINT k FOREIGN KEY ...;".
+    let post_data: String = post_data
+        .lines()
+        .map(|l| {
+            if l.starts_with("    ADD CONSTRAINT ") && l.contains(" FOREIGN KEY ") {
+                format!("{} NOT VALID;\n", l.trim_end_matches(';'))
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    // The data section's other entries: the sequences' values.
+    let list = must(
+        Command::new("pg_restore").arg("--list").arg(dump),
+        "pg_restore --list",
+    );
+    let list_file = cluster.dir().join("floor-sequences.list");
+    fs::write(
+        &list_file,
+        list.lines()
+            .filter(|l| l.contains(" SEQUENCE SET "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let sequences = must(
+        Command::new("pg_restore")
+            .arg("--use-list")
+            .arg(&list_file)
+            .args(["--file", "-"])
+            .arg(dump),
+        "pg_restore --use-list (sequences) --file -",
+    );
+    let copies: String = tables
+        .iter()
+        .map(|t| format!("COPY public.\"{t}\" FROM '{}';\n", floor_file(cluster, t)))
+        .collect();
+    let serial = "\\timing on\nSET max_parallel_maintenance_workers = 0;\n";
+    let busy0 = host_busy_jiffies();
+    let copy_out = cluster.superuser_psql(&target.dbname, &format!("{serial}{copies}{sequences}"));
+    let post_out = cluster.superuser_psql(&target.dbname, &format!("{serial}{post_data}"));
+    let busy = (host_busy_jiffies() - busy0) as f64 / 100.0;
+    phases.push((
+        "copy_from_server_files".to_string(),
+        timed_seconds(&copy_out),
+    ));
+    phases.push(("post_data_serial".to_string(), timed_seconds(&post_out)));
+    log(&format!(
+        "floor: host CPU busy {busy:.1} s during the server's work (the statements' sum should be close: the server's own CPU)"
+    ));
+    RunResult {
+        label: "F server floor",
+        phases,
+        total: t0.elapsed().as_secs_f64(),
+        peak_rss_kib: None,
+        disk_high_water: 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------------------
 
@@ -781,16 +964,23 @@ fn main() {
     );
 
     let mut results: Vec<RunResult> = Vec::new();
+    let mut floor_tables: Vec<String> = Vec::new();
     for round in 1..=args.rounds {
-        for side in ['a', 'b'] {
-            if args.only.is_some_and(|o| o != side) {
+        for side in ['a', 'b', 'f'] {
+            if side == 'f' && !args.floor {
                 continue;
             }
-            log(&format!(
-                "round {round}: {}",
-                if side == 'a' { "A" } else { "B" }
-            ));
-            let r = if side == 'a' {
+            if side != 'f' && args.only.is_some_and(|o| o != side) {
+                continue;
+            }
+            log(&format!("round {round}: {}", side.to_ascii_uppercase()));
+            let r = if side == 'f' {
+                if floor_tables.is_empty() {
+                    // The run before this one left the source in the target (checked).
+                    floor_tables = export_floor_files(&cluster, &target);
+                }
+                run_floor(&cluster, &target, &source.dump, &floor_tables)
+            } else if side == 'a' {
                 let a = Side {
                     label: "A replicator",
                     bin: &args.bin,
@@ -945,6 +1135,38 @@ fn report(args: &Args, source: &Cached, archive_len: u64, dump_len: u64, results
             "\nend to end, median: A {ma:.1}s, B {mb:.1}s, ratio A / B = {:.2} (targets against the seed: <= 0.60 on loopback with the defaults, <= 0.55 streamed with --throttle-mb 25 --env MAX_WORK_DISK=64MiB; <= 1.10 with --rules)\n",
             ma / mb
         ));
+    }
+    let f: Vec<f64> = results
+        .iter()
+        .filter(|r| r.label.starts_with('F'))
+        .map(|r| {
+            r.phases
+                .iter()
+                .filter(|(p, _)| p == "copy_from_server_files" || p == "post_data_serial")
+                .map(|(_, s)| s)
+                .sum()
+        })
+        .collect();
+    if !f.is_empty() {
+        let work = median(f);
+        let a_rows = median(
+            results
+                .iter()
+                .filter(|r| r.label.starts_with('A'))
+                .filter_map(|r| r.phases.iter().find(|(p, _)| p == "restoring_data"))
+                .map(|(_, s)| *s)
+                .collect(),
+        );
+        out.push_str(&format!(
+            "\nF, the server's own work, one statement at a time (median): {work:.1}s; over {cores} cores: {:.1}s, the floor of any restore's rows section on this host (A's restoring_data, median: {a_rows:.1}s)\n",
+            work / cores as f64
+        ));
+        if !b.is_empty() {
+            out.push_str(&format!(
+                "0.60 x B's median = {:.1}s end to end\n",
+                0.6 * median(b.clone())
+            ));
+        }
     }
     let rss = results.iter().filter_map(|r| r.peak_rss_kib).max();
     let disk = results
