@@ -262,18 +262,30 @@ async fn judge_head(
         target_version_num: target_num as u32,
     };
     checks.push(
-        match target::preflight::check_restorable(t, &toc, deps.as_ref(), &opts).await {
-            Ok(sel) => {
+        match target::preflight::check_restorable(t, &toc, deps.as_ref(), &opts, restore.jobs)
+            .await
+        {
+            Ok((sel, jobs)) => {
                 let restored = toc.entries().count() - sel.skip.len();
                 let left: Vec<String> = sel
                     .left_out
                     .iter()
                     .map(|l| format!("{} {} ({})", l.count, l.kind, l.names.join(", ")))
                     .collect();
+                let over = if jobs < restore.jobs {
+                    format!(
+                        "; over {jobs} job(s) ({} sessions at once), not PG_RESTORE_JOBS={} ({}): the target has fewer sessions free for this role (see the run's warning)",
+                        target::sessions::peak_sessions(jobs),
+                        restore.jobs,
+                        target::sessions::peak_sessions(restore.jobs)
+                    )
+                } else {
+                    String::new()
+                };
                 Check::ok(
                     "restore plan",
                     format!(
-                        "{restored} of the dump's {} entries restored{}",
+                        "{restored} of the dump's {} entries restored{}{over}",
                         toc.entries().count(),
                         if left.is_empty() {
                             String::new()

@@ -488,9 +488,15 @@ impl Steps for RealSteps {
             crate::dump::verify::check_dump_complete(&dump).await?
         };
         let opts = self.select_options(info.server_version_num as u32);
-        let selection =
-            crate::target::preflight::check_restorable(&self.target, &toc, deps.as_ref(), &opts)
-                .await?;
+        // The jobs that fit are measured again when the rows start (the room may change).
+        let (selection, _jobs) = crate::target::preflight::check_restorable(
+            &self.target,
+            &toc,
+            deps.as_ref(),
+            &opts,
+            self.restore.jobs,
+        )
+        .await?;
         for l in &selection.left_out {
             warn!(
                 kind = %l.kind,
@@ -543,8 +549,13 @@ impl Steps for RealSteps {
             None => self.dump_path(run),
         };
         let toc = self.toc(run, &dump).await?;
-        let mut applier =
-            crate::target::apply::Applier::new(&self.target, &dump, self.restore.jobs).await?;
+        let jobs = match section {
+            Section::DataAndPostData => {
+                crate::target::sessions::jobs_for_restore(&self.target, self.restore.jobs).await?
+            }
+            Section::PreData => self.restore.jobs,
+        };
+        let mut applier = crate::target::apply::Applier::new(&self.target, &dump, jobs).await?;
         let selection = crate::dump::selection::select(
             &toc,
             &self.select_options(applier.server_version_num()),

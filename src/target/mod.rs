@@ -23,6 +23,7 @@ pub(crate) mod post_restore;
 pub(crate) mod preflight;
 pub mod records;
 mod restore;
+pub mod sessions;
 pub(crate) mod sqlstate;
 mod tls;
 mod unlogged;

@@ -9,6 +9,8 @@
 //! - Nothing the dump creates collides with an object of the same name that another role owns
 //!   (`DROP OWNED BY CURRENT_USER` leaves those), and the role may create in every schema
 //!   it restores into.
+//! - The target lets the role open the sessions of a restore over one job at least
+//!   ([`super::sessions`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -132,7 +134,8 @@ pub fn broken_by_restriction(
     pairs
 }
 
-/// Decides what is restored and checks that the target can take it; returns the selection.
+/// Decides what is restored and checks that the target can take it; returns the selection
+/// and the `PG_RESTORE_JOBS` (at most `jobs`) whose sessions the target has room for.
 /// `deps` are the archive's recorded dependencies (`None` when the archive could not be read
 /// natively: the restriction is then not checked, and a warning says so).
 pub async fn check_restorable(
@@ -140,7 +143,8 @@ pub async fn check_restorable(
     toc: &Toc,
     deps: Option<&HashMap<u32, Vec<u32>>>,
     opts: &SelectOptions,
-) -> Result<Selection, StepError> {
+    jobs: u32,
+) -> Result<(Selection, u32), StepError> {
     let selection = select(toc, opts);
     if let Some(schemas) = &opts.schemas {
         match deps {
@@ -173,6 +177,9 @@ pub async fn check_restorable(
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| e.to_string()),
     };
+    // Sessions: a restore refused one in the middle of its rows would fail after the wipe.
+    let room = super::sessions::room(&client).await.map_err(query)?;
+    let jobs = super::sessions::fit(target, &room, jobs)?;
     check_extensions(&client, target, &selection.extensions)
         .await
         .map_err(|e| e.or_query(&query))?;
@@ -292,7 +299,7 @@ pub async fn check_restorable(
             .into());
         }
     }
-    Ok(selection)
+    Ok((selection, jobs))
 }
 
 enum ExtError {

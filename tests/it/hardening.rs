@@ -728,3 +728,62 @@ fn row_data_in_an_error_stays_out_of_the_logs_store_and_status() {
         );
     }
 }
+
+/// A small target's session limits. A restore holds 2 + 2 x `PG_RESTORE_JOBS` sessions at its
+/// peak (the lock's, the records', one loading rows and one building indexes per job): a role
+/// limited to 6 sessions gets a restore over 2 jobs, said by `check` and warned by `run`, and
+/// exact; a role limited to 3 (not even one job) is refused before the wipe by `check` and by
+/// `run`, which touches nothing.
+#[test]
+fn a_target_with_few_sessions_gets_fewer_jobs_or_a_refusal_before_the_wipe() {
+    let mut s = Scenario::rich("sessions");
+    s.set_env("PG_RESTORE_JOBS", "4");
+    let limit = |n: i32| {
+        s.cluster.superuser_psql(
+            "postgres",
+            &format!("ALTER ROLE \"{}\" CONNECTION LIMIT {n}", s.target.role),
+        );
+    };
+
+    limit(6);
+    let out = s.run(&["check"]);
+    let report = stdout(&out);
+    assert!(
+        report.contains("over 2 job(s) (6 sessions at once), not PG_RESTORE_JOBS=4 (10)"),
+        "{report}\n{}",
+        stderr(&out)
+    );
+    let out = s.run_ok(&["run"]);
+    let logs = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        logs.contains("PG_RESTORE_JOBS=4 needs 10 sessions at once")
+            && logs.contains("the role's CONNECTION LIMIT 6")
+            && logs.contains("restoring over 2 job(s)"),
+        "{logs}"
+    );
+    assert!(!logs.contains("too many connections"), "{logs}");
+    s.assert_target_is_source();
+
+    // Not even one job: refused while the target is whole.
+    s.target_psql("CREATE TABLE added_after (id int)");
+    limit(3);
+    let out = s.run(&["check"]);
+    let report = stdout(&out);
+    assert_ne!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("FAIL")
+            && report.contains("at most 3 session(s) (the role's CONNECTION LIMIT 3)")
+            && report.contains("raise the limit"),
+        "{report}"
+    );
+    let out = s.run(&["run", "--force"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the role's CONNECTION LIMIT 3") && err.contains("nothing was touched"),
+        "{err}"
+    );
+    assert!(s.table_exists("added_after"), "the target was touched");
+    assert_eq!(s.status_json()["phase"], "Failed");
+    limit(-1);
+}
