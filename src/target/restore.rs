@@ -163,7 +163,9 @@ pub async fn restore_entries(
             }
             let base = data + early_count();
             let report = |done: u64| progress((base + done).min(total), total);
-            applier.run_post_data(list(&post), &report).await?;
+            applier
+                .run_post_data(list(&post), early.as_ref().map(|(e, _)| &**e), &report)
+                .await?;
             progress(total, total);
         }
     }

@@ -197,6 +197,13 @@ impl Early {
 
     /// Starts what is left (entries whose table loaded nothing in this run), waits for every
     /// entry, and returns the dump ids done.
+    /// The sessions the entries ran on, now idle: the post-data section's to reuse, so that
+    /// a restore never holds more than its rows' and these at once
+    /// ([`crate::target::sessions::peak_sessions`]).
+    pub(super) fn take_sessions(&self) -> Vec<Session> {
+        std::mem::take(&mut *self.idle.lock().expect("idle lock"))
+    }
+
     pub async fn finish(&self) -> Result<HashSet<u32>, ApplyError> {
         let left: Vec<u32> = self
             .plan

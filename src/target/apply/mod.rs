@@ -387,10 +387,12 @@ impl Applier {
 
     /// The post-data section: indexes and primary/unique/check constraints over `jobs`
     /// sessions as they come; any other entry (foreign keys, triggers, index attachments,
-    /// refreshes) waits for those running, then runs alone, in the archive's order.
+    /// refreshes) waits for those running, then runs alone, in the archive's order. The
+    /// sessions of `early` (finished) are reused, not opened again beside it.
     pub async fn run_post_data(
         &self,
         list: String,
+        early: Option<&Early>,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
         let progress = Progress {
@@ -400,9 +402,11 @@ impl Applier {
         let mut stream = pg_restore_script(&self.dump, list)?;
         let mut preamble: Vec<String> = Vec::new();
         let mut current: Option<(EntryHeader, Vec<String>)> = None;
+        let mut idle = early.map(Early::take_sessions).unwrap_or_default();
+        idle.truncate(self.jobs);
         let mut pool = Pool {
-            idle: Vec::new(),
-            opened: 0,
+            opened: idle.len(),
+            idle,
             running: FuturesUnordered::new(),
         };
         let mut primary: Option<Session> = None;
@@ -438,7 +442,13 @@ impl Applier {
                 } else {
                     pool.drain(&progress).await?;
                     if primary.is_none() {
-                        primary = Some(Session::open(self).await?);
+                        primary = Some(match pool.idle.pop() {
+                            Some(s) => {
+                                pool.opened -= 1;
+                                s
+                            }
+                            None => Session::open(self).await?,
+                        });
                     }
                     let session = primary.as_mut().expect("opened");
                     session.prepare(&preamble).await?;
