@@ -22,6 +22,7 @@
 //! 4. After each run, checks that the target holds the source (rows of every table, sequences,
 //!    indexes and constraints); the only difference allowed is a foreign key that the
 //!    replicator created `NOT VALID` (`FK_MODE=trust`).
+//!    Before each run the server settles: its autovacuum workers done, a checkpoint.
 //! 5. Reports per-phase times, the end-to-end ratio A / B, the replicator's peak RSS
 //!    (`VmHWM` of its process) and the disk high-water mark of its state directory.
 //! 6. With `--floor`, each round ends with F: the server alone doing the restore's work, one
@@ -897,6 +898,32 @@ fn run_floor(cluster: &PgCluster, target: &TargetDb, dump: &Path, tables: &[Stri
 // main
 // ---------------------------------------------------------------------------------------
 
+/// Waits until the server is done with the last run: its autovacuum workers (a restore's new
+/// tables get a `VACUUM` and an `ANALYZE` after it) and a checkpoint of its dirty buffers.
+/// Without it the run after a restore pays for that restore's leftovers, and not evenly: the
+/// seed's throttled download leaves the server idle long enough to absorb them, the
+/// replicator's streamed download does not.
+fn settle(cluster: &PgCluster) {
+    let t = Instant::now();
+    loop {
+        let busy = cluster.superuser_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'",
+        );
+        if busy.trim() == "0" || t.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.superuser_psql("postgres", "CHECKPOINT");
+    if t.elapsed() > Duration::from_secs(1) {
+        log(&format!(
+            "settled: waited {:.1}s for the server's autovacuum and checkpoint",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+}
+
 fn tune(cluster: &PgCluster, shared_buffers: &str) {
     // A production-like server, not the test harness's (fsync off, 16 MB of buffers).
     cluster.superuser_psql(
@@ -973,6 +1000,7 @@ fn main() {
             if side != 'f' && args.only.is_some_and(|o| o != side) {
                 continue;
             }
+            settle(&cluster);
             log(&format!("round {round}: {}", side.to_ascii_uppercase()));
             let r = if side == 'f' {
                 if floor_tables.is_empty() {
