@@ -374,6 +374,71 @@ fn untar_thread(
     Box::new(reader)
 }
 
+/// What a streamed download says while it goes: the restore's lines count tables and indexes,
+/// which for a long download of few large tables move rarely; these say how far the download
+/// is, at each tenth of the backup (every minute when its size is unknown).
+struct DownloadProgress {
+    expected: Option<u64>,
+    started: std::time::Instant,
+    said_tenth: u64,
+    said_at: std::time::Instant,
+}
+
+impl DownloadProgress {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn new(expected: Option<u64>) -> DownloadProgress {
+        let now = std::time::Instant::now();
+        DownloadProgress {
+            expected: expected.filter(|e| *e > 0),
+            started: now,
+            said_tenth: 0,
+            said_at: now,
+        }
+    }
+
+    fn note(&mut self, done: u64, spool_high_water: u64) {
+        let now = std::time::Instant::now();
+        let due = match self.expected {
+            Some(total) => done * 10 / total > self.said_tenth,
+            None => now.duration_since(self.said_at) >= Self::EVERY,
+        };
+        if !due {
+            return;
+        }
+        self.said_at = now;
+        let secs = now.duration_since(self.started).as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        match self.expected {
+            Some(total) => {
+                self.said_tenth = done * 10 / total;
+                tracing::info!(
+                    bytes_done = done,
+                    bytes_total = total,
+                    rate_bytes_per_second = rate as u64,
+                    spool_high_water = spool_high_water,
+                    "streamed download: {:.0} of {:.0} MiB ({}%) at {:.1} MB/s; the spool has held at most {:.0} MiB",
+                    mib(done),
+                    mib(total),
+                    done * 100 / total,
+                    rate / 1e6,
+                    mib(spool_high_water)
+                );
+            }
+            None => tracing::info!(
+                bytes_done = done,
+                rate_bytes_per_second = rate as u64,
+                spool_high_water = spool_high_water,
+                "streamed download: {:.0} MiB at {:.1} MB/s; the spool has held at most {:.0} MiB",
+                mib(done),
+                rate / 1e6,
+                mib(spool_high_water)
+            ),
+        }
+    }
+}
+
 /// Downloads into the spool, resuming with `Range` after a cut and asking for a fresh URL
 /// after a refusal; ends the spool with the reason when it gives up.
 async fn download_into(
@@ -387,6 +452,7 @@ async fn download_into(
     let mut offset: u64 = 0;
     let mut cuts: u32 = 0;
     let mut url: Option<DownloadUrl> = None;
+    let mut said = DownloadProgress::new(expected);
     let result: Result<(), String> = loop {
         if cuts > MAX_CUTS {
             break Err(format!(
@@ -480,6 +546,7 @@ async fn download_into(
                     cuts = 0;
                     downloaded.store(offset, Ordering::Relaxed);
                     high_water.store(spool.high_water(), Ordering::Relaxed);
+                    said.note(offset, spool.high_water());
                 }
                 Ok(None) => {
                     if expected.is_some_and(|e| offset < e) {

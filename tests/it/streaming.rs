@@ -103,6 +103,30 @@ fn a_backup_over_max_work_disk_streams_within_it_and_ends_exact() {
     s.assert_target_is_source();
     let log = format!("{}{}", stdout(&out), stderr(&out));
     assert!(log.contains("this run is streaming"), "{log}");
+    // The download says how far it is, at each tenth of the backup: once each, the last at
+    // 100%, the spool within the budget.
+    let archive = std::fs::metadata(&s.archive).unwrap().len();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("streamed download: "))
+        .collect();
+    eprintln!("[stream] {}", said.last().unwrap_or(&""));
+    assert_eq!(said.len(), 10, "{said:#?}");
+    assert!(
+        said.last().unwrap().contains(&format!(
+            "of {:.0} MiB (100%)",
+            archive as f64 / (1 << 20) as f64
+        )),
+        "{said:#?}"
+    );
+    let spool: u64 = said
+        .last()
+        .unwrap()
+        .split("spool_high_water=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("the line says the spool's high-water mark");
+    assert!(spool > 0 && spool <= 16 << 20, "{said:#?}");
     // The working files never exceeded MAX_WORK_DISK, for an archive several times larger.
     assert!(
         high <= 16 << 20,
