@@ -330,13 +330,13 @@ impl Toc {
             .collect()
     }
 
-    /// The `TABLE DATA` entry of `schema.table`, if the dump has one.
     /// Whether the dump creates the table `schema.table` (with or without its rows).
     pub fn has_table(&self, schema: &str, table: &str) -> bool {
         self.entries()
             .any(|e| e.desc == "TABLE" && e.schema == schema && e.tag == table)
     }
 
+    /// The `TABLE DATA` entry of `schema.table`, if the dump has one.
     pub fn table_data(&self, schema: &str, table: &str) -> Option<&TocEntry> {
         self.entries()
             .find(|e| e.desc == "TABLE DATA" && e.schema == schema && e.tag == table)

@@ -116,27 +116,22 @@ pub async fn room(client: &Client) -> Result<Room, tokio_postgres::Error> {
             &[],
         )
         .await?;
-    let server: i32 = row.get(0);
-    let mut rooms = vec![Room {
-        limit: format!("the server's max_connections less its reserved sessions, {server}"),
-        allowed: server.max(0) as u32,
-        others: row.get::<_, i32>(1).max(0) as u32,
-    }];
-    let role: i32 = row.get(2);
-    if role >= 0 {
-        rooms.push(Room {
-            limit: format!("the role's CONNECTION LIMIT {role}"),
-            allowed: role as u32,
-            others: row.get::<_, i32>(3).max(0) as u32,
-        });
+    // Each limit is a column, and the sessions others hold under it the next one.
+    let room = |name: &str, column: usize| Room {
+        limit: format!("{name} {}", row.get::<_, i32>(column)),
+        allowed: row.get::<_, i32>(column).max(0) as u32,
+        others: row.get::<_, i32>(column + 1).max(0) as u32,
+    };
+    let mut rooms = vec![room(
+        "the server's max_connections less its reserved sessions,",
+        0,
+    )];
+    // A role's or a database's CONNECTION LIMIT of -1 is none.
+    if row.get::<_, i32>(2) >= 0 {
+        rooms.push(room("the role's CONNECTION LIMIT", 2));
     }
-    let db: i32 = row.get(4);
-    if db >= 0 {
-        rooms.push(Room {
-            limit: format!("the database's CONNECTION LIMIT {db}"),
-            allowed: db as u32,
-            others: row.get::<_, i32>(5).max(0) as u32,
-        });
+    if row.get::<_, i32>(4) >= 0 {
+        rooms.push(room("the database's CONNECTION LIMIT", 4));
     }
     Ok(rooms
         .into_iter()

@@ -195,8 +195,6 @@ impl Early {
         Ok(())
     }
 
-    /// Starts what is left (entries whose table loaded nothing in this run), waits for every
-    /// entry, and returns the dump ids done.
     /// The sessions the entries ran on, now idle: the post-data section's to reuse, so that
     /// a restore never holds more than its rows' and these at once
     /// ([`crate::target::sessions::peak_sessions`]).
@@ -204,6 +202,8 @@ impl Early {
         std::mem::take(&mut *self.idle.lock().expect("idle lock"))
     }
 
+    /// Starts what is left (entries whose table loaded nothing in this run), waits for every
+    /// entry, and returns the dump ids done.
     pub async fn finish(&self) -> Result<HashSet<u32>, ApplyError> {
         let left: Vec<u32> = self
             .plan

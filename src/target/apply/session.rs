@@ -187,9 +187,10 @@ fn through(rows: &mut Option<Rows<'_>>, chunk: Bytes) -> Bytes {
     }
 }
 
-/// Runs a `COPY ... FROM stdin` on every session of `sessions` at once (one: [`Session::copy`]),
-/// the rows that follow in `stream` dealt out in chunks (whole lines) in turn, each session committing its share on its
-/// own (autocommit). Returns the rows and bytes sent.
+/// Runs a `COPY ... FROM stdin` on every session of `sessions` at once (one:
+/// [`Session::copy`]), the rows that follow in `stream` dealt out in chunks (whole lines) in
+/// turn, each session committing its share on its own (autocommit). Returns the rows and bytes
+/// sent.
 pub(super) async fn copy_spread(
     sessions: &[&Session],
     entry: &str,
