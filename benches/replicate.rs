@@ -624,6 +624,41 @@ fn must(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `f`, and adds how long it took to `phases` as `name`.
+fn timed(phases: &mut Vec<(String, f64)>, name: &str, f: impl FnOnce()) {
+    let t = Instant::now();
+    f();
+    phases.push((name.to_string(), t.elapsed().as_secs_f64()));
+}
+
+/// `psql -c sql` as the target's role (what the seed's script does); its output.
+fn target_psql(cluster: &PgCluster, target: &TargetDb, sql: &str) -> String {
+    let mut c = Command::new("psql");
+    c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+    pg_env(&mut c, cluster, target);
+    must(&mut c, "psql")
+}
+
+/// `pg_restore -j<jobs>` of `sections` of `dump`'s schema public into the target, as its role,
+/// as the seed's script does.
+fn pg_restore_into(
+    cluster: &PgCluster,
+    target: &TargetDb,
+    dump: &Path,
+    jobs: u32,
+    sections: &[&str],
+) {
+    let mut c = Command::new("pg_restore");
+    c.arg(format!("-j{jobs}"))
+        .args(["--no-owner", "--no-comments", "--schema", "public"]);
+    for s in sections {
+        c.arg(format!("--section={s}"));
+    }
+    c.arg("--dbname").arg(&target.dbname).arg(dump);
+    pg_env(&mut c, cluster, target);
+    must(&mut c, "pg_restore");
+}
+
 fn run_seed(
     cluster: &PgCluster,
     fake: &FakeScalingo,
@@ -650,14 +685,9 @@ fn run_seed(
     };
     let mut phases = Vec::new();
     let t0 = Instant::now();
-    let mut step = |name: &str, f: &mut dyn FnMut()| {
-        let t = Instant::now();
-        f();
-        phases.push((name.to_string(), t.elapsed().as_secs_f64()));
-    };
     let archive = dir.join("archive.tar.gz");
     let url = fake.issue_download_url(DONE_BACKUP_ID);
-    step("downloading", &mut || {
+    timed(&mut phases, "downloading", || {
         must(
             Command::new("curl")
                 .args(["--silent", "--show-error", "--fail", "--output"])
@@ -666,7 +696,7 @@ fn run_seed(
             "curl",
         );
     });
-    step("extracting", &mut || {
+    timed(&mut phases, "extracting", || {
         must(
             Command::new("tar")
                 .arg("xzf")
@@ -677,40 +707,23 @@ fn run_seed(
         );
     });
     let dump = dir.join(format!("{BACKUP_NAME}.pgsql"));
-    let psql = |sql: &str| {
-        let mut c = Command::new("psql");
-        c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]);
-        pg_env(&mut c, cluster, target);
-        must(&mut c, "psql")
-    };
-    step("dropping", &mut || {
+    let psql = |sql: &str| target_psql(cluster, target, sql);
+    timed(&mut phases, "dropping", || {
         psql("DROP OWNED BY CURRENT_USER CASCADE");
     });
-    let jobs = format!("-j{}", args.seed_jobs);
     let restore = |sections: &[&str]| {
-        let mut c = Command::new("pg_restore");
-        c.args([
-            jobs.as_str(),
-            "--no-owner",
-            "--no-comments",
-            "--schema",
-            "public",
-        ]);
-        for s in sections {
-            c.arg(format!("--section={s}"));
-        }
-        c.arg("--dbname").arg(&target.dbname).arg(&dump);
-        pg_env(&mut c, cluster, target);
-        must(&mut c, "pg_restore");
+        pg_restore_into(cluster, target, &dump, args.seed_jobs, sections);
     };
-    step("restoring_pre_data", &mut || restore(&["pre-data"]));
-    step("unlogging", &mut || {
+    timed(&mut phases, "restoring_pre_data", || restore(&["pre-data"]));
+    timed(&mut phases, "unlogging", || {
         let tables = psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'");
         for t in tables.lines().filter(|l| !l.is_empty()) {
             psql(&format!("ALTER TABLE \"{t}\" SET UNLOGGED"));
         }
     });
-    step("restoring_data", &mut || restore(&["data", "post-data"]));
+    timed(&mut phases, "restoring_data", || {
+        restore(&["data", "post-data"])
+    });
     let total = t0.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let disk = poller.join().unwrap();
@@ -794,37 +807,20 @@ fn timed_seconds(psql_output: &str) -> f64 {
 /// statements' time is the server's CPU time for the restore; divided by the cores it is the
 /// shortest the rows' section of any restore can take on this host.
 fn run_floor(cluster: &PgCluster, target: &TargetDb, dump: &Path, tables: &[String]) -> RunResult {
-    let psql = |sql: &str| {
-        let mut c = Command::new("psql");
-        c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]);
-        pg_env(&mut c, cluster, target);
-        must(&mut c, "psql")
-    };
+    let psql = |sql: &str| target_psql(cluster, target, sql);
     let mut phases = Vec::new();
     let t0 = Instant::now();
-    let t = Instant::now();
-    psql("DROP OWNED BY CURRENT_USER CASCADE");
-    phases.push(("dropping".to_string(), t.elapsed().as_secs_f64()));
-    let t = Instant::now();
-    let mut c = Command::new("pg_restore");
-    c.args([
-        "--no-owner",
-        "--no-comments",
-        "--schema",
-        "public",
-        "--section=pre-data",
-    ])
-    .arg("--dbname")
-    .arg(&target.dbname)
-    .arg(dump);
-    pg_env(&mut c, cluster, target);
-    must(&mut c, "pg_restore --section=pre-data");
-    phases.push(("restoring_pre_data".to_string(), t.elapsed().as_secs_f64()));
-    let t = Instant::now();
-    for table in tables {
-        psql(&format!("ALTER TABLE public.\"{table}\" SET UNLOGGED"));
-    }
-    phases.push(("unlogging".to_string(), t.elapsed().as_secs_f64()));
+    timed(&mut phases, "dropping", || {
+        psql("DROP OWNED BY CURRENT_USER CASCADE");
+    });
+    timed(&mut phases, "restoring_pre_data", || {
+        pg_restore_into(cluster, target, dump, 1, &["pre-data"])
+    });
+    timed(&mut phases, "unlogging", || {
+        for table in tables {
+            psql(&format!("ALTER TABLE public.\"{table}\" SET UNLOGGED"));
+        }
+    });
     // The drop's and the schema's dirty pages are not the floor's to write.
     cluster.superuser_psql(&target.dbname, "CHECKPOINT");
 
