@@ -17,13 +17,13 @@ use crate::engine::test_hooks::PauseAt;
 use crate::engine::workdir::WorkDir;
 use crate::engine::{Driver, LockSlot, RealSteps};
 use crate::machine::{Origin, Run};
+use crate::replica::{self, LockOutcome, Target};
 use crate::secret::Secret;
 use crate::source::http::http_client;
 use crate::source::scalingo::ScalingoClient;
 use crate::state::liveness;
 use crate::state::remote::RemoteWriter;
 use crate::state::store::Store;
-use crate::target::{self, LockOutcome, Target};
 
 /// Exit codes (also in `docs/operations.md`).
 pub mod exit {
@@ -156,11 +156,11 @@ fn invalid_url<E: std::fmt::Display>(var: &'static str) -> impl FnOnce(E) -> Cli
 }
 
 /// Both locks of a run: this state directory (liveness) and the target (advisory lock on a
-/// dedicated connection, watched for the whole run: [`target::LockWatch`]). Dropping it
+/// dedicated connection, watched for the whole run: [`replica::LockWatch`]). Dropping it
 /// releases both.
 pub struct Locks {
     pub _live: liveness::LiveLock,
-    pub _target_lock: target::LockWatch,
+    pub _target_lock: replica::LockWatch,
 }
 
 /// Takes the two locks of `driver`'s runs and gives the driver the target lock's watch.
@@ -186,7 +186,7 @@ async fn lock_target(state_dir: &Path, target: &Target) -> Result<Locks, CliErro
             )));
         }
     };
-    let target_lock = match target::lock_target(target).await {
+    let target_lock = match replica::lock_target(target).await {
         Ok(LockOutcome::Acquired(l)) => l,
         Ok(LockOutcome::Held { since, holder }) => {
             return Err(CliError::Refused(format!(
@@ -205,7 +205,7 @@ async fn lock_target(state_dir: &Path, target: &Target) -> Result<Locks, CliErro
     };
     Ok(Locks {
         _live: live,
-        _target_lock: target::LockWatch::start(target, target_lock),
+        _target_lock: replica::LockWatch::start(target, target_lock),
     })
 }
 

@@ -229,7 +229,7 @@ pub struct RestoreConfig {
     pub use_unlogged_tables: bool,
     pub jobs: u32,
     /// `FK_MODE`.
-    pub fk_mode: crate::target::fk::FkMode,
+    pub fk_mode: crate::replica::fk::FkMode,
     /// Tables whose rows are left out (`EXCLUDE_TABLE_DATA`).
     pub exclude_table_data: Vec<String>,
     /// `RESTORE_SCHEMAS`: only these schemas (`None`: every schema of the dump).
@@ -356,7 +356,7 @@ impl RestoreArgs {
         };
         let post_restore_sql = match &self.post_restore_sql {
             Some(p) if !p.as_os_str().is_empty() => {
-                crate::target::post_restore::sql_files(p).map_err(|e| ConfigError::Invalid {
+                crate::replica::post_restore::sql_files(p).map_err(|e| ConfigError::Invalid {
                     var: "POST_RESTORE_SQL",
                     value: p.display().to_string(),
                     expected: format!("it {}", e.reason()),

@@ -31,12 +31,12 @@ pub(crate) mod logging;
 pub mod machine;
 pub mod masking;
 pub(crate) mod notify;
+pub mod replica;
 pub(crate) mod schedule;
 pub mod secret;
 pub mod source;
 pub mod state;
 pub(crate) mod status;
-pub mod target;
 pub(crate) mod web;
 
 /// The binary's `main` (`src/main.rs` is only this call).

@@ -19,10 +19,10 @@ use super::check_dump::{dump_checks, live_dump_checks, rules_check};
 use super::{CliError, EngineArgs, exit};
 use crate::engine::workdir::{free_bytes, nearest_existing};
 use crate::machine::{Backup, Phase, Run};
+use crate::replica::{self, Target};
 use crate::source::scalingo::ScalingoClient;
 use crate::state::store::Store;
 use crate::status::human_duration;
-use crate::target::{self, Target};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -343,7 +343,7 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
                 checks.push(Check::skip(name, "DATABASE_URL is needed"));
             }
         }
-        Some(t) => match target::check_target(t).await {
+        Some(t) => match replica::check_target(t).await {
             Err(e) => {
                 checks.push(Check::fail("target", e.to_string()));
                 checks.push(Check::skip("target role", "the target did not answer"));
@@ -384,7 +384,7 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
         },
     }
 
-    let client_version = target::pg_restore_version().await;
+    let client_version = replica::pg_restore_version().await;
     // What a run would restore, judged against the target as a run judges it before the wipe.
     let mut backup_rules_checked = false;
     // A target that is production gets nothing more: not even the backup's first bytes.

@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 
 use super::check::Check;
 use crate::machine::Backup;
+use crate::replica::{self, Target};
 use crate::source::scalingo::ScalingoClient;
-use crate::target::{self, Target};
 
 /// How much of the archive `check` reads, growing until the dump's table of contents is
 /// whole in it (a schema of thousands of objects has a table of contents of a few MiB).
 const HEAD_SIZES: [u64; 3] = [4 << 20, 64 << 20, 512 << 20];
 
 /// The dump of `backup`, from the archive's first bytes: its versions against pg_restore's
-/// and the target's, then the pre-wipe checks of a run ([`target::preflight::check_restorable`],
+/// and the target's, then the pre-wipe checks of a run ([`replica::preflight::check_restorable`],
 /// and `REPLICA_RULES` against the dump's tables). The flag says whether the rules were
 /// checked.
 pub(super) async fn dump_checks(
@@ -123,7 +123,7 @@ async fn dump_checks_inner(
             }
             _ => continue,
         }
-        match target::check_dump_toc(&path, None).await {
+        match replica::check_dump_toc(&path, None).await {
             Ok(found) => {
                 read = Some(found);
                 break;
@@ -188,7 +188,7 @@ async fn live_dump_checks_inner(
         .await
         .map_err(|e| fail(format!("reading pg_dump's output: {e}")))?;
     read.map_err(|e| fail(e.to_string()))?;
-    let (toc, info) = target::check_dump_toc(&path, None)
+    let (toc, info) = replica::check_dump_toc(&path, None)
         .await
         .map_err(|e| fail(e.to_string()))?;
     judge_head(&what, toc, info, path, dir, t, restore, client_version).await
@@ -200,7 +200,7 @@ async fn live_dump_checks_inner(
 async fn judge_head(
     name: &str,
     toc: crate::dump::toc::Toc,
-    info: target::DumpInfo,
+    info: replica::DumpInfo,
     path: PathBuf,
     dir: tempfile::TempDir,
     t: &Target,
@@ -262,7 +262,7 @@ async fn judge_head(
         target_version_num: target_num as u32,
     };
     checks.push(
-        match target::preflight::check_restorable(t, &toc, deps.as_ref(), &opts, restore.jobs)
+        match replica::preflight::check_restorable(t, &toc, deps.as_ref(), &opts, restore.jobs)
             .await
         {
             Ok((sel, jobs)) => {
@@ -275,9 +275,9 @@ async fn judge_head(
                 let over = if jobs < restore.jobs {
                     format!(
                         "; over {jobs} job(s) ({} sessions at once), not PG_RESTORE_JOBS={} ({}): the target has fewer sessions free for this role (see the run's warning)",
-                        target::sessions::peak_sessions(jobs),
+                        replica::sessions::peak_sessions(jobs),
                         restore.jobs,
-                        target::sessions::peak_sessions(restore.jobs)
+                        replica::sessions::peak_sessions(restore.jobs)
                     )
                 } else {
                     String::new()
@@ -333,9 +333,9 @@ pub(super) async fn rules_check(
         target_version_num: 0,
     };
     let skip = crate::dump::selection::select(&toc, &opts).skip;
-    let restored = target::masking::restored_tables(&toc, &skip, &restore.exclude_table_data);
+    let restored = replica::masking::restored_tables(&toc, &skip, &restore.exclude_table_data);
     Some(
-        match target::masking::check_rules(rules, dump, &restored).await {
+        match replica::masking::check_rules(rules, dump, &restored).await {
             Ok(plan) => Check::ok(
                 name,
                 format!(

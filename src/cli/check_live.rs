@@ -2,15 +2,15 @@
 //! `pg_dump` can read, and it is not the target.
 
 use super::check::Check;
-use crate::target::Target;
+use crate::replica::Target;
 
 /// A live source: it answers (its version, against pg_dump's), and it is not the target
 /// (the rule a run applies before its pg_dump starts).
 pub(super) async fn live_source_checks(source: &Target, target: &Target) -> Vec<Check> {
     let refused = "target is not the source";
-    let identity = match crate::target::refuse_same_database(source, target).await {
+    let identity = match crate::replica::refuse_same_database(source, target).await {
         Ok(identity) => identity,
-        Err(e @ crate::target::IdentityError::SameDatabase { .. }) => {
+        Err(e @ crate::replica::IdentityError::SameDatabase { .. }) => {
             return vec![
                 Check::ok(
                     "source",
@@ -19,11 +19,11 @@ pub(super) async fn live_source_checks(source: &Target, target: &Target) -> Vec<
                 Check::fail(refused, e.to_string()),
             ];
         }
-        Err(crate::target::IdentityError::Postgres(e)) => {
+        Err(crate::replica::IdentityError::Postgres(e)) => {
             // Which of the two did not answer: the source's line says it, the target's
             // own lines below say it for the target.
             let line = match e.side() {
-                Some(crate::target::Side::Target) => Check::skip(
+                Some(crate::replica::Side::Target) => Check::skip(
                     "source",
                     "the target did not answer (see the target's line)",
                 ),
@@ -32,7 +32,7 @@ pub(super) async fn live_source_checks(source: &Target, target: &Target) -> Vec<
             return vec![line, Check::skip(refused, "needs both databases to answer")];
         }
     };
-    let pg_dump = crate::target::pg_dump_version().await;
+    let pg_dump = crate::replica::pg_dump_version().await;
     let source_line = match &pg_dump {
         Err(e) => Check::fail("source", e.to_string()),
         Ok(v) => {

@@ -50,10 +50,10 @@ pub async fn run(args: RulesArgs) -> Result<u8, CliError> {
     let toc = crate::dump::toc::Toc::read(&dump)
         .await
         .map_err(crate::app::fatal)?;
-    let schema = crate::target::masking::read_schema(&dump)
+    let schema = crate::replica::masking::read_schema(&dump)
         .await
         .map_err(|e| crate::app::fatal(e.to_string()))?;
-    let tables = crate::target::masking::restored_tables(&toc, &Default::default(), &[]);
+    let tables = crate::replica::masking::restored_tables(&toc, &Default::default(), &[]);
     let text = crate::masking::init::starting_file(&schema, &tables, &dump.display().to_string());
     let review = text.matches("# REVIEW").count();
     match &args.output {

@@ -16,12 +16,12 @@ use crate::error::StepError;
 use crate::machine::{
     Backup, Event, LeftOut, LoadCounts, Origin, Phase, Progress, Run, Section, WorkMode,
 };
+use crate::replica::records::{FOREIGN_KEYS_ID, Recorder};
+use crate::replica::{self, LockHandle, Target};
+use crate::replica::{LoadSetup, TablesLoaded};
 use crate::source::feed::{Feed, UrlSource};
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
-use crate::target::records::{FOREIGN_KEYS_ID, Recorder};
-use crate::target::{self, LockHandle, Target};
-use crate::target::{LoadSetup, TablesLoaded};
 
 /// The real steps.
 pub struct RealSteps {
@@ -247,7 +247,7 @@ impl RealSteps {
         let mut skip = plan.skip;
         let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
         let mut out: HashSet<u32> = skip.union(selected_out).copied().collect();
-        out.extend(crate::target::fk::defer(
+        out.extend(crate::replica::fk::defer(
             toc,
             self.restore.fk_mode,
             &out,
@@ -304,8 +304,8 @@ pub async fn live_feed(
     target: &Target,
     dir: &Path,
     exclude_table_data: &[String],
-) -> Result<(Feed, crate::target::ServerIdentity), StepError> {
-    let identity = crate::target::refuse_same_database(source, target).await?;
+) -> Result<(Feed, crate::replica::ServerIdentity), StepError> {
+    let identity = crate::replica::refuse_same_database(source, target).await?;
     std::fs::create_dir_all(dir).map_err(|e| {
         StepError::permanent(format!(
             "cannot create the working directory {}: {e}; check REPLICATOR_STATE_DIR",
@@ -473,8 +473,8 @@ impl Steps for RealSteps {
         // steps that follow (and for a resume).
         let saved = WorkDir::of(&self.state_dir, &run.run_id).toc();
         let _ = std::fs::remove_file(&saved);
-        let (toc, _) = target::check_dump_toc(&dump, Some(&saved)).await?;
-        let info = target::check_target(&self.target).await?;
+        let (toc, _) = replica::check_dump_toc(&dump, Some(&saved)).await?;
+        let info = replica::check_target(&self.target).await?;
         crate::machine::first_wipe(&info.contents, self.target.confirm())
             .map_err(|e| StepError::permanent(e.to_string()))?;
         // Before Dropping: a dump cut in its data, a restriction that cuts objects from what
@@ -489,7 +489,7 @@ impl Steps for RealSteps {
         };
         let opts = self.select_options(info.server_version_num as u32);
         // The jobs that fit are measured again when the rows start (the room may change).
-        let (selection, _jobs) = crate::target::preflight::check_restorable(
+        let (selection, _jobs) = crate::replica::preflight::check_restorable(
             &self.target,
             &toc,
             deps.as_ref(),
@@ -510,13 +510,13 @@ impl Steps for RealSteps {
         }
         // REPLICA_RULES: every rule fits its column, strict mode names every column.
         if let Some(rules) = &self.restore.rules {
-            let restored = crate::target::masking::restored_tables(
+            let restored = crate::replica::masking::restored_tables(
                 &toc,
                 &selection.skip,
                 &self.restore.exclude_table_data,
             );
-            let plan = crate::target::masking::check_rules(rules, &dump, &restored).await?;
-            crate::target::masking::check_filters_fit_fk_mode(&plan, &dump, self.restore.fk_mode)
+            let plan = crate::replica::masking::check_rules(rules, &dump, &restored).await?;
+            crate::replica::masking::check_filters_fit_fk_mode(&plan, &dump, self.restore.fk_mode)
                 .await?;
             info!("REPLICA_RULES checked against the dump: every rule applies");
         }
@@ -524,11 +524,11 @@ impl Steps for RealSteps {
     }
 
     async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
-        let ended = target::terminate_leftover_restores(&self.target).await?;
+        let ended = replica::terminate_leftover_restores(&self.target).await?;
         if ended > 0 {
             info!("ended {ended} leftover pg_restore session(s) on the target");
         }
-        target::drop_owned(&self.target).await?;
+        replica::drop_owned(&self.target).await?;
         Ok(())
     }
 
@@ -551,11 +551,11 @@ impl Steps for RealSteps {
         let toc = self.toc(run, &dump).await?;
         let jobs = match section {
             Section::DataAndPostData => {
-                crate::target::sessions::jobs_for_restore(&self.target, self.restore.jobs).await?
+                crate::replica::sessions::jobs_for_restore(&self.target, self.restore.jobs).await?
             }
             Section::PreData => self.restore.jobs,
         };
-        let mut applier = crate::target::apply::Applier::new(&self.target, &dump, jobs).await?;
+        let mut applier = crate::replica::apply::Applier::new(&self.target, &dump, jobs).await?;
         let selection = crate::dump::selection::select(
             &toc,
             &self.select_options(applier.server_version_num()),
@@ -567,8 +567,8 @@ impl Steps for RealSteps {
         }
         let masker = match (&self.restore.rules, section) {
             (Some(rules), Section::DataAndPostData) => {
-                let restored = crate::target::masking::restored_tables(&toc, &skip, &[]);
-                let plan = crate::target::masking::check_rules(rules, &dump, &restored).await?;
+                let restored = crate::replica::masking::restored_tables(&toc, &skip, &[]);
+                let plan = crate::replica::masking::check_rules(rules, &dump, &restored).await?;
                 let key = match &self.restore.masking_key {
                     Some(k) => k.clone(),
                     None => {
@@ -628,7 +628,7 @@ impl Steps for RealSteps {
             }
         };
         let tables = load.as_ref().map(|l| l.tables.clone());
-        let restoring = target::restore_entries(applier, &toc, &skip, section, load, &report);
+        let restoring = replica::restore_entries(applier, &toc, &skip, section, load, &report);
         tokio::pin!(restoring);
         // Each table loaded becomes the run's event as it happens (the driver persists them
         // on its own clock).
@@ -650,7 +650,7 @@ impl Steps for RealSteps {
         result?;
         // FK_MODE=trust: the keys left out of the list, now that the rows are in.
         if section == Section::DataAndPostData
-            && self.restore.fk_mode == crate::target::fk::FkMode::Trust
+            && self.restore.fk_mode == crate::replica::fk::FkMode::Trust
             && !fks_done
         {
             let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
@@ -662,7 +662,7 @@ impl Steps for RealSteps {
                 0,
             );
             let (not_valid, validated) =
-                crate::target::fk::add_not_valid(&self.target, &dump, &fk_list, Some(&record))
+                crate::replica::fk::add_not_valid(&self.target, &dump, &fk_list, Some(&record))
                     .await?;
             info!(
                 not_valid,
@@ -678,7 +678,7 @@ impl Steps for RealSteps {
         if let Some(masker) = masker {
             let mut counts = masker.counts();
             counts.orphans =
-                crate::target::masking::count_orphans(&self.target, masker.plan()).await?;
+                crate::replica::masking::count_orphans(&self.target, masker.plan()).await?;
             for (key, n) in &counts.orphans {
                 warn!(
                     foreign_key = %key,
@@ -702,7 +702,7 @@ impl Steps for RealSteps {
 
     async fn unlog(&self, run: &Run) -> Result<(), StepError> {
         if self.restore.use_unlogged_tables {
-            let n = target::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
+            let n = replica::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
             info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
         }
         Ok(())
@@ -710,7 +710,7 @@ impl Steps for RealSteps {
 
     async fn post_restore(&self, _run: &Run) -> Result<(), StepError> {
         if let Some(path) = &self.restore.post_restore_sql {
-            let n = crate::target::post_restore::run(&self.target, path).await?;
+            let n = crate::replica::post_restore::run(&self.target, path).await?;
             info!(files = n, "post-restore SQL: {n} file(s) applied");
         }
         Ok(())
@@ -757,7 +757,7 @@ impl Steps for RealSteps {
         ) {
             let ended = tokio::time::timeout(
                 Duration::from_secs(10),
-                target::terminate_leftover_restores(&self.target),
+                replica::terminate_leftover_restores(&self.target),
             )
             .await;
             if let Ok(Err(e)) = ended {

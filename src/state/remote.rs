@@ -28,8 +28,8 @@ use tokio_postgres::Client;
 use tracing::{debug, warn};
 
 use crate::machine::{Phase, PhaseName, Run};
+use crate::replica::{LOCK_KEY, Target};
 use crate::state::store::HISTORY_LEN;
-use crate::target::{LOCK_KEY, Target};
 
 /// Progress is written to the target at most this often (transitions always are).
 pub const PROGRESS_WRITE_EVERY: Duration = Duration::from_secs(15);

@@ -56,7 +56,7 @@ fn check_fails_on_each_rule_that_stops_a_run_before_the_wipe() {
     // The disk no longer stops a run: a backup larger than the disk streams
     // (`streaming::check_and_status_say_which_mode_a_run_uses_and_why`).
 
-    // What the dump needs of the target (`target::preflight::check_restorable`, which `check`
+    // What the dump needs of the target (`replica::preflight::check_restorable`, which `check`
     // runs on the archive's first MiBs): here, a table of the dump's name that another role
     // owns, which the wipe would leave and the restore collide with.
     let s = scenario("parity_owner");

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use replicator::engine::test_hooks::PAUSE_AT_VAR;
-use replicator::target::{LOCK_APPLICATION_NAME, LOCK_KEY};
+use replicator::replica::{LOCK_APPLICATION_NAME, LOCK_KEY};
 
 use crate::common::scenario::{Scenario, eventually, stderr, stdout};
 

@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use replicator::machine::Section;
+use replicator::replica::{self, LockOutcome, Target};
 use replicator::secret::Secret;
-use replicator::target::{self, LockOutcome, Target};
 
 use crate::common::pg::{
     PgCluster, TargetDb, create_rich_source, fingerprint, shared_cluster, unique_name,
@@ -62,11 +62,11 @@ async fn drop_owned_wipes_a_non_superuser_target_and_public_exists_afterwards() 
         ),
     );
     let target = target_of(&db);
-    assert_eq!(target::count_tables(&target).await.unwrap(), 2);
+    assert_eq!(replica::count_tables(&target).await.unwrap(), 2);
 
-    let out = target::drop_owned(&target).await.unwrap();
+    let out = replica::drop_owned(&target).await.unwrap();
     assert_eq!(out.tables_before, 2);
-    assert_eq!(target::count_tables(&target).await.unwrap(), 0);
+    assert_eq!(replica::count_tables(&target).await.unwrap(), 0);
     let left = cluster.superuser_psql(
         &db.dbname,
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -86,7 +86,7 @@ async fn drop_owned_wipes_a_non_superuser_target_and_public_exists_afterwards() 
             db.role
         ),
     );
-    let out = target::drop_owned(&target).await.unwrap();
+    let out = replica::drop_owned(&target).await.unwrap();
     assert_eq!(out.tables_before, 1);
     assert!(out.public_recreated);
     let owner = cluster.superuser_psql(
@@ -100,7 +100,7 @@ async fn drop_owned_wipes_a_non_superuser_target_and_public_exists_afterwards() 
 async fn check_target_refuses_a_superuser_and_describes_an_owner() {
     let cluster = shared_cluster();
     let db = cluster.create_target(&unique_name("check_tgt"));
-    let info = target::check_target(&target_of(&db)).await.unwrap();
+    let info = replica::check_target(&target_of(&db)).await.unwrap();
     assert_eq!(info.current_user, db.role);
     assert_eq!(info.database, db.dbname);
     assert!(info.owns_database);
@@ -116,7 +116,7 @@ async fn check_target_refuses_a_superuser_and_describes_an_owner() {
         cluster.port(),
         db.dbname
     );
-    let err = target::check_target(&Target::parse(&Secret::new(url)).unwrap())
+    let err = replica::check_target(&Target::parse(&Secret::new(url)).unwrap())
         .await
         .unwrap_err();
     assert!(!err.is_transient());
@@ -130,7 +130,7 @@ async fn connection_errors_are_sorted_and_never_show_the_password() {
     let cluster = shared_cluster();
     let db = cluster.create_target(&unique_name("auth_tgt"));
     let bad_password = db.url.replace(&db.password, "wrong-password-123");
-    let err = target::check_target(&Target::parse(&Secret::new(bad_password)).unwrap())
+    let err = replica::check_target(&Target::parse(&Secret::new(bad_password)).unwrap())
         .await
         .unwrap_err();
     assert!(!err.is_transient(), "{err}");
@@ -143,7 +143,7 @@ async fn connection_errors_are_sorted_and_never_show_the_password() {
         db.password,
         cluster.port()
     );
-    let err = target::check_target(&Target::parse(&Secret::new(unknown_db)).unwrap())
+    let err = replica::check_target(&Target::parse(&Secret::new(unknown_db)).unwrap())
         .await
         .unwrap_err();
     assert!(!err.is_transient(), "{err}");
@@ -159,36 +159,36 @@ async fn restoring_the_rich_source_in_sections_with_unlogged_tables_gives_the_sa
     let db = cluster.create_target(&unique_name("rich_tgt"));
     let target = target_of(&db);
 
-    let info = target::check_dump(&dump).await.unwrap();
+    let info = replica::check_dump(&dump).await.unwrap();
     // UserAccounts, knowledge-elements, answers, Events and its two partitions.
     assert_eq!(info.tables, 6, "{info:?}");
     assert_eq!(info.table_data, 5, "{info:?}");
     assert_eq!(info.fk_constraints, 3, "{info:?}");
     assert!(info.dumped_by.as_deref().unwrap().starts_with("15."));
 
-    target::drop_owned(&target).await.unwrap();
+    replica::drop_owned(&target).await.unwrap();
     let seen = Mutex::new(Vec::new());
     let record = |done: u64, total: u64| seen.lock().unwrap().push((done, total));
-    target::restore_section(&target, &dump, Section::PreData, 2, &record)
+    replica::restore_section(&target, &dump, Section::PreData, 2, &record)
         .await
         .unwrap();
     let pre = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!(pre.last(), Some(&(info.pre_data, info.pre_data)), "{pre:?}");
 
     // "UserAccounts" stays logged: the partitioned (always permanent) "Events" references it.
-    let unlogged = target::set_unlogged_with_dump(&target, &dump)
+    let unlogged = replica::set_unlogged_with_dump(&target, &dump)
         .await
         .unwrap();
     assert_eq!(unlogged, 4);
     // A second pass finds nothing left to convert.
     assert_eq!(
-        target::set_unlogged_with_dump(&target, &dump)
+        replica::set_unlogged_with_dump(&target, &dump)
             .await
             .unwrap(),
         0
     );
 
-    target::restore_section(&target, &dump, Section::DataAndPostData, 2, &record)
+    replica::restore_section(&target, &dump, Section::DataAndPostData, 2, &record)
         .await
         .unwrap();
     let data = seen.into_inner().unwrap();
@@ -213,11 +213,11 @@ async fn restoring_the_rich_source_in_sections_with_unlogged_tables_gives_the_sa
     );
 
     // The next night: wipe and restore again on top of the previous copy.
-    target::drop_owned(&target).await.unwrap();
-    target::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
+    replica::drop_owned(&target).await.unwrap();
+    replica::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
         .await
         .unwrap();
-    target::restore_section(&target, &dump, Section::DataAndPostData, 1, &no_progress)
+    replica::restore_section(&target, &dump, Section::DataAndPostData, 1, &no_progress)
         .await
         .unwrap();
     assert_eq!(fingerprint(cluster, &src), fingerprint(cluster, &db.dbname));
@@ -245,7 +245,7 @@ async fn the_real_pix_dump_restores_like_a_restore_by_hand() {
 
     let db = cluster.create_target(&unique_name("pix_tgt"));
     let target = target_of(&db);
-    let info = target::check_dump(&fixture).await.unwrap();
+    let info = replica::check_dump(&fixture).await.unwrap();
     assert_eq!(info.dumped_from.as_deref(), Some("12.4"));
     assert_eq!(
         (info.tables, info.table_data, info.fk_constraints),
@@ -253,17 +253,17 @@ async fn the_real_pix_dump_restores_like_a_restore_by_hand() {
     );
 
     let t0 = Instant::now();
-    target::drop_owned(&target).await.unwrap();
-    target::restore_section(&target, &fixture, Section::PreData, 2, &no_progress)
+    replica::drop_owned(&target).await.unwrap();
+    replica::restore_section(&target, &fixture, Section::PreData, 2, &no_progress)
         .await
         .unwrap();
     assert_eq!(
-        target::set_unlogged_with_dump(&target, &fixture)
+        replica::set_unlogged_with_dump(&target, &fixture)
             .await
             .unwrap(),
         40
     );
-    target::restore_section(&target, &fixture, Section::DataAndPostData, 2, &no_progress)
+    replica::restore_section(&target, &fixture, Section::DataAndPostData, 2, &no_progress)
         .await
         .unwrap();
     eprintln!(
@@ -325,14 +325,14 @@ async fn check_dump_refuses_unreadable_files_permanently() {
         &empty,
         &tmp.path().join("missing.pgsql"),
     ] {
-        let err = target::check_dump(file).await.unwrap_err();
+        let err = replica::check_dump(file).await.unwrap_err();
         assert!(!err.is_transient(), "{}: {err}", file.display());
         assert!(
             err.to_string().contains(&file.display().to_string()),
             "{err}"
         );
     }
-    let err = target::check_dump(&plain).await.unwrap_err().to_string();
+    let err = replica::check_dump(&plain).await.unwrap_err().to_string();
     assert!(err.contains("text format"), "{err}");
 
     // A newer pg_dump's archive: the version in the header (bytes 5..8) says 1.99.
@@ -340,7 +340,7 @@ async fn check_dump_refuses_unreadable_files_permanently() {
     newer[6] = 99;
     let newer_path = tmp.path().join("newer.pgsql");
     std::fs::write(&newer_path, newer).unwrap();
-    let err = target::check_dump(&newer_path).await.unwrap_err();
+    let err = replica::check_dump(&newer_path).await.unwrap_err();
     assert!(!err.is_transient());
     let msg = err.to_string();
     assert!(
@@ -360,11 +360,11 @@ async fn a_dump_cut_in_its_data_fails_the_restore_permanently() {
     let db = cluster.create_target(&unique_name("cut_tgt"));
     let target = target_of(&db);
     // The table of contents is intact: --list cannot see the cut.
-    target::check_dump(&cut).await.unwrap();
-    target::restore_section(&target, &cut, Section::PreData, 1, &no_progress)
+    replica::check_dump(&cut).await.unwrap();
+    replica::restore_section(&target, &cut, Section::PreData, 1, &no_progress)
         .await
         .unwrap();
-    let err = target::restore_section(&target, &cut, Section::DataAndPostData, 1, &no_progress)
+    let err = replica::restore_section(&target, &cut, Section::DataAndPostData, 1, &no_progress)
         .await
         .unwrap_err();
     assert!(!err.is_transient(), "{err}");
@@ -434,13 +434,13 @@ async fn a_second_lock_on_the_same_target_is_held() {
     let cluster = shared_cluster();
     let db = cluster.create_target(&unique_name("lock_tgt"));
     let target = target_of(&db);
-    let first = match target::lock_target(&target).await.unwrap() {
+    let first = match replica::lock_target(&target).await.unwrap() {
         LockOutcome::Acquired(l) => l,
         other => panic!("{other:?}"),
     };
     assert!(first.is_alive());
     first.check().await.unwrap();
-    match target::lock_target(&target).await.unwrap() {
+    match replica::lock_target(&target).await.unwrap() {
         LockOutcome::Held { since, holder } => {
             let holder = holder.unwrap();
             assert!(holder.contains("replicator lock"), "{holder}");
@@ -452,18 +452,18 @@ async fn a_second_lock_on_the_same_target_is_held() {
     // Another database of the same cluster is another target: not excluded.
     let other = cluster.create_target(&unique_name("lock_other"));
     assert!(matches!(
-        target::lock_target(&target_of(&other)).await.unwrap(),
+        replica::lock_target(&target_of(&other)).await.unwrap(),
         LockOutcome::Acquired(_)
     ));
 
     first.release().await;
-    let again = target::lock_target(&target).await.unwrap();
+    let again = replica::lock_target(&target).await.unwrap();
     assert!(matches!(again, LockOutcome::Acquired(_)), "{again:?}");
     drop(again);
     // A plain drop (or a dead process) closes the session, which frees the lock.
     let mut freed = false;
     for _ in 0..50 {
-        if let LockOutcome::Acquired(_) = target::lock_target(&target).await.unwrap() {
+        if let LockOutcome::Acquired(_) = replica::lock_target(&target).await.unwrap() {
             freed = true;
             break;
         }
@@ -488,14 +488,14 @@ async fn terminate_leftover_restores_ends_only_restore_sessions() {
             client
         }
     };
-    let leftover = open(target::RESTORE_APPLICATION_NAME).await;
+    let leftover = open(replica::RESTORE_APPLICATION_NAME).await;
     let metabase = open("Metabase").await;
     let sleeping = tokio::spawn(async move { leftover.simple_query("SELECT pg_sleep(60)").await });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     let t0 = Instant::now();
     assert_eq!(
-        target::terminate_leftover_restores(&target).await.unwrap(),
+        replica::terminate_leftover_restores(&target).await.unwrap(),
         1
     );
     let res = sleeping.await.unwrap();
@@ -503,7 +503,7 @@ async fn terminate_leftover_restores_ends_only_restore_sessions() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
     metabase.simple_query("SELECT 1").await.unwrap();
     assert_eq!(
-        target::terminate_leftover_restores(&target).await.unwrap(),
+        replica::terminate_leftover_restores(&target).await.unwrap(),
         0
     );
 }
@@ -522,7 +522,7 @@ async fn a_stopped_server_is_a_transient_failure_and_a_restart_recovers() {
     cluster.pg_dump(src, &dump);
     let db = cluster.create_target("app");
     let target = target_of(&db);
-    let lock = match target::lock_target(&target).await.unwrap() {
+    let lock = match replica::lock_target(&target).await.unwrap() {
         LockOutcome::Acquired(l) => l,
         other => panic!("{other:?}"),
     };
@@ -536,20 +536,20 @@ async fn a_stopped_server_is_a_transient_failure_and_a_restart_recovers() {
     }
     assert!(!lock.is_alive(), "the lock's session outlived the server");
     assert!(lock.check().await.unwrap_err().is_transient());
-    let err = target::check_target(&target).await.unwrap_err();
+    let err = replica::check_target(&target).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
-    let err = target::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
+    let err = replica::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert!(!err.to_string().contains(&db.password));
 
     cluster.start_again();
-    target::drop_owned(&target).await.unwrap();
-    target::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
+    replica::drop_owned(&target).await.unwrap();
+    replica::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
         .await
         .unwrap();
-    target::restore_section(&target, &dump, Section::DataAndPostData, 2, &no_progress)
+    replica::restore_section(&target, &dump, Section::DataAndPostData, 2, &no_progress)
         .await
         .unwrap();
     assert_eq!(

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use replicator::replica::Target;
 use replicator::secret::Secret;
-use replicator::target::Target;
 
 use crate::common::pg::{PgCluster, TargetDb, fingerprint, shared_cluster, unique_name};
 use crate::common::scenario::Scenario;

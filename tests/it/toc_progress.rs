@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use replicator::dump::toc::{self, Toc};
 use replicator::machine::Section;
+use replicator::replica::fk::{self, FkMode};
+use replicator::replica::{self, Target};
 use replicator::secret::Secret;
-use replicator::target::fk::{self, FkMode};
-use replicator::target::{self, Target};
 
 use crate::common::pg::{create_rich_source, shared_cluster, unique_name};
 
@@ -27,7 +27,7 @@ async fn progress_reaches_its_total_when_the_list_leaves_rows_and_foreign_keys_o
     let target = Target::parse(&Secret::new(db.url.clone())).unwrap();
 
     // What the driver does for EXCLUDE_TABLE_DATA=answers under FK_MODE=trust.
-    let full = target::check_dump(&dump).await.unwrap();
+    let full = replica::check_dump(&dump).await.unwrap();
     let toc = Toc::read(&dump).await.unwrap();
     let plan = toc::plan_exclusion(&toc, &["answers".to_string()], &HashMap::new());
     assert_eq!(plan.excluded, vec!["answers".to_string()]);
@@ -39,13 +39,13 @@ async fn progress_reaches_its_total_when_the_list_leaves_rows_and_foreign_keys_o
     let list = tmp.path().join("restore.list");
     toc.write_list(&list, &skip).unwrap();
 
-    target::drop_owned(&target).await.unwrap();
-    target::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
+    replica::drop_owned(&target).await.unwrap();
+    replica::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
         .await
         .unwrap();
     let seen = Mutex::new(Vec::new());
     let record = |done: u64, total: u64| seen.lock().unwrap().push((done, total));
-    target::restore_section_with_list(
+    replica::restore_section_with_list(
         &target,
         &dump,
         Section::DataAndPostData,

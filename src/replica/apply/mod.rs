@@ -36,8 +36,8 @@ use futures_util::{StreamExt, stream::FuturesUnordered};
 
 use crate::error::StepError;
 use crate::masking::Masker;
-use crate::target::sqlstate::classify;
-use crate::target::{PostgresError, RESTORE_APPLICATION_NAME, Target};
+use crate::replica::sqlstate::classify;
+use crate::replica::{PostgresError, RESTORE_APPLICATION_NAME, Target};
 pub use early::{Early, EarlyEntry, LoadLog};
 pub use keys::key_as_index;
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
@@ -270,7 +270,7 @@ impl Applier {
         plan: std::collections::HashMap<u32, Vec<EarlyEntry>>,
         preamble: Vec<String>,
         width: usize,
-        recorder: crate::target::records::Recorder,
+        recorder: crate::replica::records::Recorder,
     ) -> Early {
         Early::new(plan, preamble, width, self.spec(), recorder)
     }

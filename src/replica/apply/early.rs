@@ -2,7 +2,7 @@
 //!
 //! - [`LoadLog`]: which dump entry a piece of pg_restore's script belongs to (the script names
 //!   entries by kind, schema and tag, not by dump id), the record of each entry written in the
-//!   target in the same transaction as its work ([`crate::target::records`]), and the tables
+//!   target in the same transaction as its work ([`crate::replica::records`]), and the tables
 //!   loaded, for the run's `TableLoaded` events.
 //! - [`Early`]: a table's indexes and its primary key, unique and check constraints, built as
 //!   soon as its rows are committed, on sessions of their own, while the next tables load (as
@@ -21,7 +21,7 @@ use super::script::EntryHeader;
 use super::{ApplyError, Session, SessionSpec};
 use crate::dump::toc::TocEntry;
 use crate::machine::TableLoad;
-use crate::target::records::Recorder;
+use crate::replica::records::Recorder;
 
 type Key = (String, String, String);
 
@@ -197,7 +197,7 @@ impl Early {
 
     /// The sessions the entries ran on, now idle: the post-data section's to reuse, so that
     /// a restore never holds more than its rows' and these at once
-    /// ([`crate::target::sessions::peak_sessions`]).
+    /// ([`crate::replica::sessions::peak_sessions`]).
     pub(super) fn take_sessions(&self) -> Vec<Session> {
         std::mem::take(&mut *self.idle.lock().expect("idle lock"))
     }

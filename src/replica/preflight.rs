@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use crate::dump::selection::{SelectOptions, Selection, select};
 use crate::dump::toc::{Toc, TocEntry};
 use crate::error::StepError;
-use crate::target::Target;
+use crate::replica::Target;
 
 /// Extensions for watching or maintaining a server, which application objects do not use:
 /// a target that cannot have them gets a warning, not a refusal.

@@ -29,7 +29,7 @@ pub const RESTORE_APPLICATION_NAME: &str = "replicator-restore";
 /// What a load of the rows records and where it reads them from (the rows' section only).
 pub struct LoadSetup {
     /// Writes each entry's record in the target with its work.
-    pub recorder: crate::target::records::Recorder,
+    pub recorder: crate::replica::records::Recorder,
     /// Where the rows come from: the archive as a stream (`Some`), or the dump file (`None`),
     /// and where to write the `--use-list` pg_restore reads a stream with.
     pub stream: Option<(Option<crate::source::feed::Feed>, std::path::PathBuf)>,
@@ -182,7 +182,7 @@ async fn plan_early(
     data: &[(&TocEntry, &str)],
     post: &[(&TocEntry, &str)],
     deps: &crate::dump::verify::Dependencies,
-    recorder: &crate::target::records::Recorder,
+    recorder: &crate::replica::records::Recorder,
 ) -> Result<(LoadLog, HashSet<u32>), StepError> {
     // The table each TABLE DATA entry fills (its one dependency).
     let data_of_table: HashMap<u32, u32> = data
@@ -200,7 +200,7 @@ async fn plan_early(
     }
     let text: String = candidates.iter().map(|(_, l)| format!("{l}\n")).collect();
     let (preamble, translated) = applier.translate(text, &log).await?;
-    let mut plan: HashMap<u32, Vec<crate::target::apply::EarlyEntry>> = HashMap::new();
+    let mut plan: HashMap<u32, Vec<crate::replica::apply::EarlyEntry>> = HashMap::new();
     let mut ids = HashSet::new();
     for mut entry in translated {
         if entry.id == 0 {

@@ -13,8 +13,8 @@ use super::ApplyError;
 use super::script::{EntryHeader, ScriptError};
 use super::stream::{Item, ScriptStream};
 use crate::masking::transform::Rows;
-use crate::target::sqlstate::classify;
-use crate::target::{RESTORE_APPLICATION_NAME, Target};
+use crate::replica::sqlstate::classify;
+use crate::replica::{RESTORE_APPLICATION_NAME, Target};
 
 /// What a session of the restore needs to open, owned (sessions open in spawned tasks too).
 #[derive(Clone)]
@@ -152,7 +152,7 @@ impl Session {
         &self,
         header: &EntryHeader,
         stmts: &[String],
-        record: Option<(&crate::target::records::Recorder, u32)>,
+        record: Option<(&crate::replica::records::Recorder, u32)>,
     ) -> Result<(), ApplyError> {
         let what = header.describe();
         let record = record.filter(|(_, id)| *id > 0);

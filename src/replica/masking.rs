@@ -17,7 +17,7 @@ use crate::masking::{Plan, RulesFile};
 /// The dump's tables, their columns and which are `NOT NULL` or unique.
 pub async fn read_schema(dump: &Path) -> Result<Schema, StepError> {
     let args: Vec<OsString> = std::iter::once("--schema-only")
-        .chain(crate::target::apply::stream::TRANSLATE)
+        .chain(crate::replica::apply::stream::TRANSLATE)
         .map(OsString::from)
         .collect();
     let sql = pg_restore_stdout(dump, &args, "--schema-only --file=-").await?;

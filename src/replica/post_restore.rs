@@ -20,7 +20,7 @@ use tokio_postgres::error::ErrorPosition;
 use tracing::info;
 
 use crate::error::StepError;
-use crate::target::{self, Target};
+use crate::replica::{self, Target};
 
 /// A statement that waits this long on a lock (a reader of the fresh copy holding one) fails
 /// as transient rather than hanging.
@@ -118,12 +118,12 @@ pub async fn run(target: &Target, path: &Path) -> Result<usize, StepError> {
     // A killed run's session may still be running a file (a long CREATE INDEX goes on
     // server-side) and hold locks this run's files need. Our own session carries the same
     // name, so that shutdown and the next Dropping end it too.
-    let ended = target::terminate_leftover_restores(target).await?;
+    let ended = replica::terminate_leftover_restores(target).await?;
     if ended > 0 {
         info!("ended {ended} leftover session(s) of a previous run on the target");
     }
     let mut client = target
-        .connect_as(target::RESTORE_APPLICATION_NAME)
+        .connect_as(replica::RESTORE_APPLICATION_NAME)
         .await
         .map_err(StepError::from)?;
     for file in &files {
@@ -183,7 +183,7 @@ fn sql_error(
                 m.push_str(&format!(" (hint: {h})"));
             }
             let c = db.code();
-            let transient = crate::target::is_transient_sqlstate(c);
+            let transient = crate::replica::is_transient_sqlstate(c);
             (m, transient)
         }
         // No SQLSTATE: the connection broke.

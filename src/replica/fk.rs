@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use crate::dump::toc::{Toc, TocError, pg_restore_stdout};
 use crate::error::StepError;
-use crate::target::Target;
+use crate::replica::Target;
 
 /// `FK_MODE`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,7 +147,7 @@ pub async fn add_not_valid(
     }
     // The statements pg_restore prints, header included (search_path = '', so every name is
     // qualified as in the dump), in one transaction: all keys or none.
-    let applier = crate::target::apply::Applier::new(target, dump, 1).await?;
+    let applier = crate::replica::apply::Applier::new(target, dump, 1).await?;
     applier
         .run_sql("the foreign keys to add NOT VALID", &sql)
         .await
@@ -170,7 +170,7 @@ async fn foreign_key_sql(dump: &Path, list: &Path) -> Result<String, FkError> {
     let mut use_list = OsString::from("--use-list=");
     use_list.push(list);
     let mut args: Vec<OsString> = std::iter::once("--section=post-data")
-        .chain(crate::target::apply::stream::TRANSLATE)
+        .chain(crate::replica::apply::stream::TRANSLATE)
         .map(OsString::from)
         .collect();
     args.push(use_list);

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use crate::target::{CONTROL_APPLICATION_NAME, PostgresError, Target};
+use crate::replica::{CONTROL_APPLICATION_NAME, PostgresError, Target};
 
 /// Creates the records' table (after the wipe, before the rows). Quiet when it exists.
 pub const CREATE_SQL: &str = "SET client_min_messages = warning;
