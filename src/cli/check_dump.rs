@@ -257,47 +257,70 @@ async fn judge_head(
         .await
         .ok()
         .flatten();
-    let opts = crate::dump::selection::SelectOptions {
-        schemas: restore.restore_schemas.clone(),
-        target_version_num: target_num as u32,
+    // The run's own decision, by the same function: what `run` would restore, and why not.
+    let decided = crate::engine::planning::decide(
+        t,
+        &toc,
+        &path,
+        deps.as_ref(),
+        restore,
+        target_num as u32,
+        &dir.path().join("fk.list"),
+    )
+    .await;
+    let decided = match decided {
+        Ok(mut d) => {
+            // The run's rehearsal, on what of the dump this check read: its rows where the
+            // part read holds them.
+            let rehearsal = crate::engine::planning::rehearse(
+                t,
+                &path,
+                &toc,
+                &mut d.plan,
+                d.masking.as_ref(),
+                restore.masking_key.as_ref(),
+                true,
+                chrono::Utc::now(),
+            )
+            .await;
+            checks.push(match rehearsal {
+                Ok(()) => Check::ok(
+                    "rehearsal",
+                    d.plan
+                        .rehearsed
+                        .as_ref()
+                        .map(describe_rehearsal)
+                        .unwrap_or_default(),
+                ),
+                Err(e) => Check::fail("rehearsal", e.to_string()),
+            });
+            Ok(d)
+        }
+        Err(e) => {
+            checks.push(Check::skip("rehearsal", "no restore plan"));
+            Err(e)
+        }
     };
-    checks.push(
-        match replica::preflight::check_restorable(t, &toc, deps.as_ref(), &opts, restore.jobs)
-            .await
-        {
-            Ok((sel, jobs)) => {
-                let restored = toc.entries().count() - sel.skip.len();
-                let left: Vec<String> = sel
-                    .left_out
-                    .iter()
-                    .map(|l| format!("{} {} ({})", l.count, l.kind, l.names.join(", ")))
-                    .collect();
-                let over = if jobs < restore.jobs {
-                    format!(
-                        "; over {jobs} job(s) ({} sessions at once), not PG_RESTORE_JOBS={} ({}): the target has fewer sessions free for this role (see the run's warning)",
-                        replica::sessions::peak_sessions(jobs),
-                        restore.jobs,
-                        replica::sessions::peak_sessions(restore.jobs)
-                    )
-                } else {
-                    String::new()
-                };
-                Check::ok(
-                    "restore plan",
-                    format!(
-                        "{restored} of the dump's {} entries restored{}{over}",
-                        toc.entries().count(),
-                        if left.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; left out: {}", left.join("; "))
-                        }
-                    ),
+    let plan_line = match decided {
+        Ok(d) => {
+            let jobs = d.plan.jobs;
+            let over = if jobs < restore.jobs {
+                format!(
+                    "; over {jobs} job(s) ({} sessions at once), not PG_RESTORE_JOBS={} ({}): the target has fewer sessions free for this role (see the run's warning)",
+                    replica::sessions::peak_sessions(jobs),
+                    restore.jobs,
+                    replica::sessions::peak_sessions(restore.jobs)
                 )
-            }
-            Err(e) => Check::fail("restore plan", e.to_string()),
-        },
-    );
+            } else {
+                String::new()
+            };
+            Check::ok("restore plan", format!("{}{over}", d.plan.summary()))
+        }
+        Err(e) => Check::fail("restore plan", e.to_string()),
+    };
+    // The plan's line before the rehearsal's, as a run decides then rehearses.
+    let at = checks.len() - 1;
+    checks.insert(at, plan_line);
     Ok((checks, Some(path), dir))
 }
 
@@ -348,4 +371,25 @@ pub(super) async fn rules_check(
             Err(e) => Check::fail(name, e.to_string().replace('\n', "; ")),
         },
     )
+}
+
+/// What a rehearsal tried, in one line of `check`.
+fn describe_rehearsal(r: &crate::dump::plan::Rehearsed) -> String {
+    let mut text = if r.pre_data + r.post_data + r.rows == 0 && !r.not_rehearsed.is_empty() {
+        "not tried".to_string()
+    } else {
+        format!(
+            "the restore tried on the target in a transaction rolled back ({} ms): {}{} schema statements, {} rows into {} table(s), {} index and constraint statements",
+            r.millis,
+            if r.wipe { "the wipe, " } else { "" },
+            r.pre_data,
+            r.rows,
+            r.tables,
+            r.post_data
+        )
+    };
+    if !r.not_rehearsed.is_empty() {
+        text.push_str(&format!("; not rehearsed: {}", r.not_rehearsed.join("; ")));
+    }
+    text
 }

@@ -45,6 +45,15 @@ const NOT_FOR_A_REPLICA: &[(&str, &str)] = &[
 /// overwrite the records of this replica.
 const OWN_SCHEMA: &str = "replicator";
 
+/// Why an extension's comment is not restored: `CREATE EXTENSION` sets it, and it belongs to
+/// the extension's owner.
+pub const EXTENSION_COMMENT: &str =
+    "an extension's comment is set by CREATE EXTENSION itself and belongs to its owner";
+
+/// Why schema `public` and its comment are not restored: every database has it.
+pub const PUBLIC_SCHEMA: &str =
+    "schema public exists in every database (its owner keeps it and its comment)";
+
 /// How many names a [`LeftOut`] keeps (the count is always exact).
 pub const MAX_NAMES: usize = 20;
 
@@ -61,6 +70,8 @@ pub struct SelectOptions {
 pub struct Selection {
     /// Dump ids of the entries not restored.
     pub skip: HashSet<u32>,
+    /// Why each entry of `skip` is left out (what the restore plan says of it).
+    pub why: BTreeMap<u32, String>,
     pub left_out: Vec<LeftOut>,
     /// The extensions the dump creates (and the restore will create if the target lacks them).
     pub extensions: Vec<String>,
@@ -77,6 +88,7 @@ fn qualified(e: &TocEntry) -> String {
 /// Decides, entry by entry, what the restore leaves out.
 pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
     let mut skip = HashSet::new();
+    let mut why_out = BTreeMap::new();
     // (kind, why) -> names, in a stable order for the report.
     let mut said: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut extensions = Vec::new();
@@ -88,6 +100,7 @@ pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
         let desc = e.desc.as_str();
         let mut leave = |why: &str, report: bool| {
             skip.insert(e.id);
+            why_out.insert(e.id, why.to_string());
             if report {
                 said.entry((e.desc.clone(), why.to_string()))
                     .or_default()
@@ -104,12 +117,14 @@ pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
         }
         // The comment of an extension belongs to the extension's owner; the public schema
         // exists in every database and belongs to the database owner or a superuser.
-        if desc == "COMMENT" && (e.tag.starts_with("EXTENSION ") || e.tag == "SCHEMA public") {
-            leave("", false);
+        if desc == "COMMENT" && e.tag.starts_with("EXTENSION ") {
+            leave(EXTENSION_COMMENT, false);
             continue;
         }
-        if desc == "SCHEMA" && e.tag == "public" {
-            leave("", false);
+        if (desc == "COMMENT" && e.tag == "SCHEMA public")
+            || (desc == "SCHEMA" && e.tag == "public")
+        {
+            leave(PUBLIC_SCHEMA, false);
             continue;
         }
         if desc == "STATISTICS DATA"
@@ -156,6 +171,7 @@ pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
         .collect();
     Selection {
         skip,
+        why: why_out,
         left_out,
         extensions,
     }

@@ -18,6 +18,7 @@ use crate::machine::{Backup, Event, LeftOut, Phase, Progress, Run, Section, Work
 use crate::state::remote::{RemoteWriter, Write};
 use crate::state::store::{Store, StoreError};
 
+pub mod planning;
 mod progress;
 mod retry;
 mod steps;

@@ -1,6 +1,5 @@
 //! The real steps: Scalingo, the disk and PostgreSQL, each phase's IO behind [`Steps`].
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +10,7 @@ use super::Steps;
 use super::test_hooks::PauseAt;
 use super::workdir::WorkDir;
 use crate::config::RestoreConfig;
+use crate::dump::plan::RestorePlan;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
 use crate::machine::{
@@ -211,58 +211,37 @@ impl RealSteps {
         Ok(Some(self.feed_with_head(run).await?))
     }
 
-    /// The entries that leave out the rows of `EXCLUDE_TABLE_DATA` (and the foreign keys that
-    /// point at them), warning about names that match no table; and the foreign keys
-    /// `FK_MODE` defers (under `trust`, written to `fk.list` to be added after the rows).
-    async fn exclusions(
+    /// The restore plan `Extracting` decided for this run (decided again, and kept, only when
+    /// a resumed run's work dir lacks it: a new container).
+    async fn restore_plan(
         &self,
         run: &Run,
         toc: &Toc,
         dump: &Path,
-        selected_out: &HashSet<u32>,
-    ) -> Result<HashSet<u32>, StepError> {
-        let fks = crate::dump::toc::foreign_key_targets(dump).await?;
-        let plan = crate::dump::toc::plan_exclusion(toc, &self.restore.exclude_table_data, &fks);
-        for name in &plan.unmatched {
-            warn!(
-                table = %name,
-                "EXCLUDE_TABLE_DATA names {name:?}, but the dump has no table of that exact name in schema public: nothing is excluded for it; check the spelling (names are exact, case and hyphens included)"
-            );
+    ) -> Result<RestorePlan, StepError> {
+        let work = WorkDir::of(&self.state_dir, &run.run_id);
+        if let Some(plan) = RestorePlan::load(&work.plan()).filter(|p| p.fits(toc)) {
+            return Ok(plan);
         }
-        for (table, fk, referenced) in &plan.dropped_foreign_keys {
-            warn!(
-                table = %table,
-                constraint = %fk,
-                references = %referenced,
-                "foreign key {fk:?} of {table:?} is not restored: it references {referenced:?}, whose rows EXCLUDE_TABLE_DATA leaves out"
-            );
-        }
-        if !plan.excluded.is_empty() {
-            info!(
-                tables = %plan.excluded.join(","),
-                "rows left out (EXCLUDE_TABLE_DATA): {}",
-                plan.excluded.join(", ")
-            );
-        }
-        let mut skip = plan.skip;
-        let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
-        let mut out: HashSet<u32> = skip.union(selected_out).copied().collect();
-        out.extend(crate::replica::fk::defer(
+        info!(
+            "the run's restore plan is not on this disk (a new container): deciding it again from the dump and the target"
+        );
+        let version = replica::check_target(&self.target)
+            .await?
+            .server_version_num as u32;
+        let deps = crate::dump::verify::dependencies(dump);
+        let decided = super::planning::decide(
+            &self.target,
             toc,
-            self.restore.fk_mode,
-            &out,
-            &fk_list,
-        )?);
-        skip.extend(out);
-        Ok(skip)
-    }
-
-    /// What the operator restricts, for the target's server version.
-    fn select_options(&self, target_version_num: u32) -> crate::dump::selection::SelectOptions {
-        crate::dump::selection::SelectOptions {
-            schemas: self.restore.restore_schemas.clone(),
-            target_version_num,
-        }
+            dump,
+            deps.as_ref(),
+            &self.restore,
+            version,
+            &work.fk_list(),
+        )
+        .await?;
+        let _ = decided.plan.save(&work.plan());
+        Ok(decided.plan)
     }
 
     /// The table of contents `Extracting` read for this run (read again, and kept, only when a
@@ -487,40 +466,39 @@ impl Steps for RealSteps {
         } else {
             crate::dump::verify::check_dump_complete(&dump).await?
         };
-        let opts = self.select_options(info.server_version_num as u32);
-        // The jobs that fit are measured again when the rows start (the room may change).
-        let (selection, _jobs) = crate::replica::preflight::check_restorable(
+        let work = WorkDir::of(&self.state_dir, &run.run_id);
+        let decided = super::planning::decide(
             &self.target,
             &toc,
+            &dump,
             deps.as_ref(),
-            &opts,
-            self.restore.jobs,
+            &self.restore,
+            info.server_version_num as u32,
+            &work.fk_list(),
         )
         .await?;
-        for l in &selection.left_out {
-            warn!(
-                kind = %l.kind,
-                count = l.count,
-                "the restore leaves out {} {} ({}): {}",
-                l.count,
-                l.kind,
-                l.names.join(", "),
-                l.why
-            );
-        }
-        // REPLICA_RULES: every rule fits its column, strict mode names every column.
-        if let Some(rules) = &self.restore.rules {
-            let restored = crate::replica::masking::restored_tables(
-                &toc,
-                &selection.skip,
-                &self.restore.exclude_table_data,
-            );
-            let plan = crate::replica::masking::check_rules(rules, &dump, &restored).await?;
-            crate::replica::masking::check_filters_fit_fk_mode(&plan, &dump, self.restore.fk_mode)
-                .await?;
-            info!("REPLICA_RULES checked against the dump: every rule applies");
-        }
-        Ok(selection.left_out)
+        info!("restore plan: {}", decided.plan.summary());
+        let mut plan = decided.plan;
+        // The plan tried on the target, rolled back: what the checks cannot know from the
+        // dump (an extension, a collation, a masked value a CHECK refuses) fails here.
+        super::planning::rehearse(
+            &self.target,
+            &dump,
+            &toc,
+            &mut plan,
+            decided.masking.as_ref(),
+            self.restore.masking_key.as_ref(),
+            !streams,
+            run.started_at,
+        )
+        .await?;
+        plan.save(&work.plan()).map_err(|e| {
+            StepError::permanent(format!(
+                "cannot write the restore plan {}: {e}; check REPLICATOR_STATE_DIR",
+                work.plan().display()
+            ))
+        })?;
+        Ok(decided.left_out)
     }
 
     async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
@@ -556,30 +534,21 @@ impl Steps for RealSteps {
             Section::PreData => self.restore.jobs,
         };
         let mut applier = crate::replica::apply::Applier::new(&self.target, &dump, jobs).await?;
-        let selection = crate::dump::selection::select(
-            &toc,
-            &self.select_options(applier.server_version_num()),
-        );
-        let mut skip = selection.skip;
-        // Rows are left out of the data section only: the tables' schema is pre-data.
-        if section == Section::DataAndPostData {
-            skip.extend(self.exclusions(run, &toc, &dump, &skip).await?);
-        }
+        // The plan decided before the wipe says what is sent; nothing is selected again here.
+        let plan = self.restore_plan(run, &toc, &dump).await?;
+        let skip = plan.skip();
+        // What an earlier attempt of this run did, as the target records it.
+        let mut done = std::collections::HashSet::new();
         let masker = match (&self.restore.rules, section) {
             (Some(rules), Section::DataAndPostData) => {
                 let restored = crate::replica::masking::restored_tables(&toc, &skip, &[]);
-                let plan = crate::replica::masking::check_rules(rules, &dump, &restored).await?;
-                let key = match &self.restore.masking_key {
-                    Some(k) => k.clone(),
-                    None => {
-                        warn!(
-                            "MASKING_KEY is not set: this run's pseudonyms come from a random key, so they change at each run (joins within the replica still hold); set MASKING_KEY for pseudonyms that stay the same from one night to the next"
-                        );
-                        crate::masking::MaskingKey::random()
-                    }
-                };
-                let masker =
-                    std::sync::Arc::new(crate::masking::Masker::new(plan, &key, run.started_at));
+                let rules_plan =
+                    crate::replica::masking::check_rules(rules, &dump, &restored).await?;
+                let masker = super::planning::masker(
+                    rules_plan,
+                    self.restore.masking_key.as_ref(),
+                    run.started_at,
+                );
                 applier = applier.with_masker(masker.clone());
                 Some(masker)
             }
@@ -615,7 +584,7 @@ impl Steps for RealSteps {
                     bytes: loaded.bytes,
                     resumed: loaded.tables,
                 }));
-                skip.extend(loaded.entries());
+                done.extend(loaded.entries());
                 // The rows come in the archive's order from one pg_restore, from the stream or
                 // the dump on disk, each table's spread over PG_RESTORE_JOBS sessions.
                 let stream = Some((feed, WorkDir::of(&self.state_dir, &run.run_id).data_list()));
@@ -628,7 +597,8 @@ impl Steps for RealSteps {
             }
         };
         let tables = load.as_ref().map(|l| l.tables.clone());
-        let restoring = replica::restore_entries(applier, &toc, &skip, section, load, &report);
+        let restoring =
+            replica::restore_entries(applier, &toc, &plan, &done, section, load, &report);
         tokio::pin!(restoring);
         // Each table loaded becomes the run's event as it happens (the driver persists them
         // on its own clock).

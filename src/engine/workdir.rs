@@ -44,6 +44,10 @@ impl WorkDir {
     pub fn fk_list(&self) -> PathBuf {
         self.0.join("fk.list")
     }
+    /// The run's restore plan (`dump::plan`), decided before the wipe.
+    pub fn plan(&self) -> PathBuf {
+        self.0.join("plan.json")
+    }
 }
 
 /// Bytes free for an unprivileged user on the file system of `path` (`None`: unknown).

@@ -18,6 +18,7 @@ mod checks;
 pub mod fk;
 pub mod identity;
 mod lock;
+pub mod locks;
 pub mod masking;
 pub(crate) mod post_restore;
 pub(crate) mod preflight;

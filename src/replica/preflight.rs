@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::dump::plan::{ExtensionAction, PlannedExtension};
 use crate::dump::selection::{SelectOptions, Selection, select};
 use crate::dump::toc::{Toc, TocEntry};
 use crate::error::StepError;
@@ -135,7 +136,8 @@ pub fn broken_by_restriction(
 }
 
 /// Decides what is restored and checks that the target can take it; returns the selection
-/// and the `PG_RESTORE_JOBS` (at most `jobs`) whose sessions the target has room for.
+/// (with the extensions left out), the `PG_RESTORE_JOBS` (at most `jobs`) whose sessions the
+/// target has room for, and each extension's action.
 /// `deps` are the archive's recorded dependencies (`None` when the archive could not be read
 /// natively: the restriction is then not checked, and a warning says so).
 pub async fn check_restorable(
@@ -144,7 +146,7 @@ pub async fn check_restorable(
     deps: Option<&HashMap<u32, Vec<u32>>>,
     opts: &SelectOptions,
     jobs: u32,
-) -> Result<(Selection, u32), StepError> {
+) -> Result<(Selection, u32, Vec<PlannedExtension>), StepError> {
     let selection = select(toc, opts);
     if let Some(schemas) = &opts.schemas {
         match deps {
@@ -180,9 +182,42 @@ pub async fn check_restorable(
     // Sessions: a restore refused one in the middle of its rows would fail after the wipe.
     let room = super::sessions::room(&client).await.map_err(query)?;
     let jobs = super::sessions::fit(target, &room, jobs)?;
-    check_extensions(&client, target, &selection.extensions)
+    // Which extensions a restored entry depends on (pg_dump points a dependency on an
+    // extension's member at the extension's entry).
+    let ext_ids: HashMap<&str, u32> = toc
+        .entries()
+        .filter(|e| e.desc == "EXTENSION")
+        .map(|e| (e.tag.as_str(), e.id))
+        .collect();
+    let used: Option<HashSet<String>> = deps.map(|deps| {
+        ext_ids
+            .iter()
+            .filter(|(_, id)| {
+                toc.entries().any(|e| {
+                    !selection.skip.contains(&e.id)
+                        && e.id != **id
+                        && deps.get(&e.id).is_some_and(|d| d.contains(id))
+                })
+            })
+            .map(|(name, _)| name.to_string())
+            .collect()
+    });
+    let extensions = decide_extensions(&client, target, &selection.extensions, used.as_ref())
         .await
         .map_err(|e| e.or_query(&query))?;
+    let mut selection = selection;
+    for x in &extensions {
+        if let ExtensionAction::LeftOut { why } = &x.action {
+            tracing::warn!(extension = %x.name, "the dump has the extension {}, which the restore leaves out: {why}", x.name);
+            for e in toc.entries().filter(|e| {
+                (e.desc == "EXTENSION" && e.tag == x.name)
+                    || (e.desc == "COMMENT" && e.tag == format!("EXTENSION {}", x.name))
+            }) {
+                selection.skip.insert(e.id);
+                selection.why.insert(e.id, why.clone());
+            }
+        }
+    }
 
     let restored: Vec<&TocEntry> = toc
         .entries()
@@ -299,7 +334,7 @@ pub async fn check_restorable(
             .into());
         }
     }
-    Ok((selection, jobs))
+    Ok((selection, jobs, extensions))
 }
 
 enum ExtError {
@@ -316,15 +351,19 @@ impl ExtError {
     }
 }
 
-/// Each extension of the dump: present, creatable by the role (created by the restore), or
-/// refused, unless it is a server tool nothing restored uses (a warning).
-async fn check_extensions(
+/// Decides each extension of the dump: present (another role's, which the wipe leaves), created
+/// by the restore (the role may), or left out (the target cannot have it, it is a server tool,
+/// and no restored entry depends on it: its `CREATE EXTENSION` is then never sent); any other
+/// is refused. `used` names the extensions a restored entry depends on (`None`: the archive's
+/// dependencies are unknown, and every extension counts as used).
+async fn decide_extensions(
     client: &tokio_postgres::Client,
     target: &Target,
     extensions: &[String],
-) -> Result<(), ExtError> {
+    used: Option<&HashSet<String>>,
+) -> Result<Vec<PlannedExtension>, ExtError> {
     if extensions.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let rows = client
         .query(
@@ -333,18 +372,28 @@ async fn check_extensions(
                     EXISTS (SELECT 1 FROM pg_available_extensions a WHERE a.name = w.name),
                     EXISTS (SELECT 1 FROM pg_available_extension_versions v
                              WHERE v.name = w.name AND (v.trusted OR NOT v.superuser)),
-                    has_database_privilege(current_database(), 'CREATE')
+                    has_database_privilege(current_database(), 'CREATE'),
+                    EXISTS (SELECT 1 FROM pg_extension e
+                             WHERE e.extname = w.name AND e.extowner =
+                                   (SELECT oid FROM pg_roles WHERE rolname = current_user))
                FROM unnest($1::text[]) AS w(name)",
             &[&extensions],
         )
         .await
         .map_err(ExtError::Query)?;
     let mut refused: Vec<(String, &'static str)> = Vec::new();
+    let mut planned = Vec::new();
     for r in &rows {
         let name: String = r.get(0);
-        let (installed, available, trusted, can_create): (bool, bool, bool, bool) =
-            (r.get(1), r.get(2), r.get(3), r.get(4));
-        let why = if installed {
+        let (installed, available, trusted, can_create, ours): (bool, bool, bool, bool, bool) =
+            (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        // The wipe drops what the role owns: its own extensions are created again.
+        let action = |a| PlannedExtension {
+            name: name.clone(),
+            action: a,
+        };
+        let why = if installed && !ours {
+            planned.push(action(ExtensionAction::Present));
             continue;
         } else if !available {
             "not available on the server"
@@ -353,20 +402,26 @@ async fn check_extensions(
         } else if !can_create {
             "the role may not create in the database"
         } else {
-            tracing::info!(extension = %name, "the target lacks the extension {name}: the restore creates it (the role may)");
+            if !installed {
+                tracing::info!(extension = %name, "the target lacks the extension {name}: the restore creates it (the role may)");
+            }
+            planned.push(action(ExtensionAction::Created));
             continue;
         };
-        if SERVER_TOOLS.contains(&name.as_str()) {
-            tracing::warn!(
-                extension = %name,
-                "the dump has the extension {name}, which the target cannot have ({why}); it is a server tool that application objects do not use: restoring without it"
-            );
+        // A server tool nothing restored depends on is left out: its CREATE EXTENSION is
+        // never sent (sending it failed the restore after the wipe).
+        if SERVER_TOOLS.contains(&name.as_str()) && used.is_some_and(|u| !u.contains(&name)) {
+            planned.push(action(ExtensionAction::LeftOut {
+                why: format!(
+                    "the target cannot have it ({why}); it is a server tool that no restored object uses"
+                ),
+            }));
             continue;
         }
         refused.push((name, why));
     }
     if refused.is_empty() {
-        return Ok(());
+        return Ok(planned);
     }
     let names: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
     let why: Vec<String> = refused.iter().map(|(n, w)| format!("{n}: {w}")).collect();

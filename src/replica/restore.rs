@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering;
 
 use super::apply::{Applier, LoadLog, key_as_index};
 use super::url::Target;
-use crate::dump::toc::{Toc, TocEntry, TocSection};
+use crate::dump::plan::{RestorePlan, Section as PlanSection};
+use crate::dump::toc::{Toc, TocEntry};
 use crate::error::StepError;
 use crate::machine::Section;
 
@@ -43,23 +44,23 @@ pub struct LoadSetup {
 /// The tables loaded, as they are: drained by the step into the run's events.
 pub type TablesLoaded = Arc<std::sync::Mutex<Vec<crate::machine::TableLoad>>>;
 
-/// Restores the entries of `toc` in `section` that `skip` does not name. `progress(done,
-/// total)` counts entries.
+/// Restores the entries of `toc` that `plan` sends in `section`, but those `done` names (an
+/// earlier attempt's, recorded in the target). `progress(done, total)` counts entries.
 pub async fn restore_entries(
     applier: Applier,
     toc: &Toc,
-    skip: &HashSet<u32>,
+    plan: &RestorePlan,
+    done: &HashSet<u32>,
     section: Section,
     load: Option<LoadSetup>,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<(), StepError> {
-    let sectioned = toc.sectioned();
-    // The entries of a section that are restored, with their list lines, in the dump's order.
-    let entries = |want: TocSection| -> Vec<(&TocEntry, &str)> {
-        sectioned
-            .iter()
-            .filter(|(e, s, _)| *s == want && !skip.contains(&e.id))
-            .map(|(e, _, line)| (*e, *line))
+    // The entries of a section that are sent, with their list lines, in the dump's order:
+    // the plan's, less what an earlier attempt did.
+    let entries = |want: PlanSection| -> Vec<(&TocEntry, &str)> {
+        plan.sent_in(toc, want)
+            .into_iter()
+            .filter(|(e, _)| !done.contains(&e.id))
             .collect()
     };
     let list = |items: &[(&TocEntry, &str)]| -> String {
@@ -67,7 +68,7 @@ pub async fn restore_entries(
     };
     match section {
         Section::PreData => {
-            let pre = entries(TocSection::PreData);
+            let pre = entries(PlanSection::PreData);
             let total = pre.len() as u64;
             tracing::info!(
                 entries = total,
@@ -79,8 +80,8 @@ pub async fn restore_entries(
             progress(total, total);
         }
         Section::DataAndPostData => {
-            let data_entries = entries(TocSection::Data);
-            let post = entries(TocSection::PostData);
+            let data_entries = entries(PlanSection::Data);
+            let post = entries(PlanSection::PostData);
             let data = data_entries.len() as u64;
             let total = data + post.len() as u64;
             let (applier, early, stream) = match load {
@@ -265,5 +266,15 @@ pub async fn restore_section_with_list(
         None => Toc::read(dump).await?,
     };
     let applier = Applier::new(target, dump, jobs).await?;
-    restore_entries(applier, &toc, &HashSet::new(), section, None, progress).await
+    let plan = RestorePlan::everything(&toc);
+    restore_entries(
+        applier,
+        &toc,
+        &plan,
+        &HashSet::new(),
+        section,
+        None,
+        progress,
+    )
+    .await
 }

@@ -13,6 +13,7 @@ mod masking;
 mod model;
 mod operator;
 mod overlap;
+mod plan;
 mod postgres_ops;
 mod quiet;
 mod reliability;

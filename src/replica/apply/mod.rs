@@ -23,6 +23,7 @@
 
 pub mod early;
 mod keys;
+pub mod rehearsal;
 pub mod script;
 mod session;
 pub(crate) mod stream;

@@ -133,6 +133,43 @@ impl Session {
             .map_err(|e| self.error(entry, &e))
     }
 
+    /// Sends one statement; an error of SQLSTATE `tolerated` is returned as `Ok(false)` (the
+    /// rehearsal's foreign keys on sample rows), any other as the error.
+    pub(super) async fn execute_tolerating(
+        &self,
+        entry: &str,
+        stmt: &str,
+        tolerated: &str,
+    ) -> Result<bool, ApplyError> {
+        match self.client.batch_execute(stmt).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.code().is_some_and(|c| c.code() == tolerated) => Ok(false),
+            Err(e) => Err(self.error(entry, &e)),
+        }
+    }
+
+    /// Runs a `COPY ... FROM stdin` with the rows of `chunk` (whole lines). Returns the rows.
+    pub(super) async fn copy_rows(
+        &self,
+        entry: &str,
+        stmt: &str,
+        chunk: Bytes,
+    ) -> Result<u64, ApplyError> {
+        let sink = self
+            .client
+            .copy_in::<_, Bytes>(stmt)
+            .await
+            .map_err(|e| self.error(entry, &e))?;
+        let mut sink = Box::pin(sink);
+        if !chunk.is_empty() {
+            sink.send(chunk).await.map_err(|e| self.error(entry, &e))?;
+        }
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| self.error(entry, &e))
+    }
+
     /// Runs a `COPY ... FROM stdin` with the rows that follow it in `stream`, through
     /// `rows` (masking, filters) if given: the rows' real values never reach the target.
     /// Returns the rows and bytes sent.

@@ -85,6 +85,15 @@ impl Scenario {
         }
     }
 
+    /// Archives [`Scenario::dump`] again (after a test edited it) and serves the new archive.
+    pub fn rearchive(&self) {
+        let len = write_archive(&self.dump, &format!("{BACKUP_NAME}.pgsql"), &self.archive)
+            .expect("archive");
+        self.fake.set_archive(self.archive.clone());
+        self.fake
+            .set_backups(super::fake_scalingo::default_backups(len));
+    }
+
     /// The rich schema: quoted mixed-case and hyphenated names, partitions, generated and
     /// identity columns, enums, domains, triggers, views and materialized views.
     pub fn rich(prefix: &str) -> Scenario {

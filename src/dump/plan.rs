@@ -1,0 +1,305 @@
+//! The restore plan: one value, decided before the target is touched, that says what becomes of
+//! every entry of the dump and every extension it names. The checks before the wipe build it,
+//! the rehearsal tries it on the target, `check` prints it, and the restore executes it and
+//! nothing else: no step selects entries again.
+//!
+//! It is pure data (`serde`), kept in the run's work directory (`plan.json`), so that a
+//! resumed run restores exactly what the checks approved. Its format is frozen by a test
+//! ([`FORMAT`]): a plan written by this version must load in the next.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dump::toc::{Toc, TocEntry, TocSection};
+
+/// The plan's format version; a plan of another version is decided again.
+pub const FORMAT: u32 = 1;
+
+/// What becomes of one entry of the dump.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "fate", rename_all = "snake_case")]
+pub enum Fate {
+    /// Sent to the target in this section.
+    Restored { section: Section },
+    /// Never sent; `why` is said in `check`, the logs and the run's summary.
+    LeftOut { why: String },
+    /// Not sent by the restore: added after the rows by the replicator itself
+    /// (`FK_MODE=trust`: foreign keys added `NOT VALID`).
+    Deferred { why: String },
+}
+
+/// The section an entry is restored in (comments and privileges follow their object).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Section {
+    PreData,
+    Data,
+    PostData,
+}
+
+impl From<TocSection> for Section {
+    fn from(s: TocSection) -> Section {
+        match s {
+            TocSection::Data => Section::Data,
+            TocSection::PostData => Section::PostData,
+            TocSection::PreData | TocSection::None => Section::PreData,
+        }
+    }
+}
+
+/// One entry of the dump with its fate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedEntry {
+    pub id: u32,
+    pub kind: String,
+    /// Schema-qualified where it has a schema.
+    pub name: String,
+    #[serde(flatten)]
+    pub fate: Fate,
+}
+
+/// What the restore does about one extension the dump names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ExtensionAction {
+    /// The target has it and keeps it (another role owns it, or the run does not drop it).
+    Present,
+    /// The restore creates it (the role may).
+    Created,
+    /// The target cannot have it and nothing restored uses it: never sent.
+    LeftOut { why: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedExtension {
+    pub name: String,
+    #[serde(flatten)]
+    pub action: ExtensionAction,
+}
+
+/// What the rehearsal on the target tried (see `replica::rehearsal`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rehearsed {
+    /// The wipe (`DROP OWNED BY CURRENT_USER CASCADE`) was part of it.
+    pub wipe: bool,
+    /// Pre-data statements sent.
+    pub pre_data: u64,
+    /// Tables that got sample rows, and how many rows in all.
+    pub tables: u64,
+    pub rows: u64,
+    /// Post-data statements sent.
+    pub post_data: u64,
+    /// What was not rehearsed, and why (empty: everything above was).
+    pub not_rehearsed: Vec<String>,
+    pub millis: u64,
+}
+
+/// The whole plan of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePlan {
+    pub format: u32,
+    /// Every entry of the dump's table of contents, in its order.
+    pub entries: Vec<PlannedEntry>,
+    pub extensions: Vec<PlannedExtension>,
+    /// The `PG_RESTORE_JOBS` the target's limits leave (at most the configured one).
+    pub jobs: u32,
+    /// What the rehearsal tried; `None` until it ran.
+    #[serde(default)]
+    pub rehearsed: Option<Rehearsed>,
+}
+
+impl RestorePlan {
+    /// A plan that restores every entry of `toc` but those `left_out` names (with the reason)
+    /// and those `deferred` names.
+    pub fn decide(
+        toc: &Toc,
+        left_out: &BTreeMap<u32, String>,
+        deferred: &BTreeMap<u32, String>,
+        extensions: Vec<PlannedExtension>,
+        jobs: u32,
+    ) -> RestorePlan {
+        let entries = toc
+            .sectioned()
+            .into_iter()
+            .map(|(e, section, _)| PlannedEntry {
+                id: e.id,
+                kind: e.desc.clone(),
+                name: qualified(&e.schema, &e.tag),
+                fate: if let Some(why) = left_out.get(&e.id) {
+                    Fate::LeftOut { why: why.clone() }
+                } else if let Some(why) = deferred.get(&e.id) {
+                    Fate::Deferred { why: why.clone() }
+                } else {
+                    Fate::Restored {
+                        section: section.into(),
+                    }
+                },
+            })
+            .collect();
+        RestorePlan {
+            format: FORMAT,
+            entries,
+            extensions,
+            jobs,
+            rehearsed: None,
+        }
+    }
+
+    /// The dump ids the restore never sends: every entry not restored.
+    pub fn skip(&self) -> HashSet<u32> {
+        self.entries
+            .iter()
+            .filter(|e| !matches!(e.fate, Fate::Restored { .. }))
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// The dump ids restored in `section`.
+    pub fn restored_in(&self, section: Section) -> HashSet<u32> {
+        self.entries
+            .iter()
+            .filter(|e| e.fate == Fate::Restored { section })
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// The entries of `toc` the restore sends in `section`, with their list lines, in the
+    /// dump's order: the one selection of what is sent (the restore and the rehearsal read it).
+    pub fn sent_in<'t>(&self, toc: &'t Toc, section: Section) -> Vec<(&'t TocEntry, &'t str)> {
+        let restored = self.restored_in(section);
+        toc.sectioned()
+            .into_iter()
+            .filter(|(e, s, _)| Section::from(*s) == section && restored.contains(&e.id))
+            .map(|(e, _, line)| (e, line))
+            .collect()
+    }
+
+    /// A plan that restores every entry of `toc` (a section restored on its own, by tests and
+    /// tools).
+    pub fn everything(toc: &Toc) -> RestorePlan {
+        RestorePlan::decide(toc, &BTreeMap::new(), &BTreeMap::new(), Vec::new(), 1)
+    }
+
+    /// Whether the plan holds `toc`'s entries, one for one (a plan made for another dump is
+    /// never obeyed).
+    pub fn fits(&self, toc: &Toc) -> bool {
+        self.format == FORMAT
+            && self.entries.len() == toc.entries().count()
+            && self
+                .entries
+                .iter()
+                .zip(toc.entries())
+                .all(|(p, e)| p.id == e.id && p.kind == e.desc)
+    }
+
+    /// The entries left out, grouped by (kind, why), with their names.
+    pub fn left_out(&self) -> BTreeMap<(String, String), Vec<String>> {
+        let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for e in &self.entries {
+            if let Fate::LeftOut { why } = &e.fate {
+                out.entry((e.kind.clone(), why.clone()))
+                    .or_default()
+                    .push(e.name.clone());
+            }
+        }
+        out
+    }
+
+    /// One line for `check` and the logs: how many entries each section restores, the
+    /// extensions' actions, what is left out (every kind named, comments included).
+    pub fn summary(&self) -> String {
+        let count = |s: Section| self.restored_in(s).len();
+        let deferred = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.fate, Fate::Deferred { .. }))
+            .count();
+        let mut text = format!(
+            "{} of the dump's {} entries restored (schema {}, rows {}, indexes and constraints {}{})",
+            count(Section::PreData) + count(Section::Data) + count(Section::PostData),
+            self.entries.len(),
+            count(Section::PreData),
+            count(Section::Data),
+            count(Section::PostData),
+            if deferred > 0 {
+                format!(", {deferred} foreign key(s) added NOT VALID after the rows")
+            } else {
+                String::new()
+            }
+        );
+        if !self.extensions.is_empty() {
+            let ext: Vec<String> = self
+                .extensions
+                .iter()
+                .map(|x| match &x.action {
+                    ExtensionAction::Present => format!("{} present", x.name),
+                    ExtensionAction::Created => format!("{} created", x.name),
+                    ExtensionAction::LeftOut { .. } => format!("{} left out", x.name),
+                })
+                .collect();
+            text.push_str(&format!("; extensions: {}", ext.join(", ")));
+        }
+        let left = self.left_out();
+        if !left.is_empty() {
+            let parts: Vec<String> = left
+                .iter()
+                .map(|((kind, why), names)| {
+                    let shown: Vec<&str> = names
+                        .iter()
+                        .take(crate::dump::selection::MAX_NAMES)
+                        .map(String::as_str)
+                        .collect();
+                    let more = names.len().saturating_sub(shown.len());
+                    format!(
+                        "{} {kind} ({}{}){}",
+                        names.len(),
+                        shown.join(", "),
+                        if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        },
+                        if why.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {why}")
+                        }
+                    )
+                })
+                .collect();
+            text.push_str(&format!("; left out: {}", parts.join("; ")));
+        }
+        text
+    }
+
+    /// Reads a plan written by [`RestorePlan::save`]; `None` when there is none, or it is of
+    /// another format.
+    pub fn load(path: &std::path::Path) -> Option<RestorePlan> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice::<RestorePlan>(&text)
+            .ok()
+            .filter(|p| p.format == FORMAT)
+    }
+
+    /// Writes the plan to `path` (atomically: a half-written plan is never read).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.partial");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+fn qualified(schema: &str, tag: &str) -> String {
+    if schema == "-" || schema.is_empty() {
+        tag.to_string()
+    } else {
+        format!("{schema}.{tag}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

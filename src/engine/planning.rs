@@ -1,0 +1,265 @@
+//! The run's restore plan, decided before the target is touched: what `run` (in
+//! `Extracting`) and `check` both call, so that they cannot disagree.
+//!
+//! [`decide`] joins every decision about the dump into one [`RestorePlan`]: the selection
+//! (`dump/selection.rs`), what the target can take (`replica/preflight.rs`: extensions,
+//! `RESTORE_SCHEMAS`, objects of other roles, sessions), `EXCLUDE_TABLE_DATA`, `FK_MODE` and
+//! `REPLICA_RULES`. [`rehearse`] then tries it on the target, in a transaction that is rolled
+//! back (`replica/rehearsal.rs`). The restore obeys the plan and selects nothing itself.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::config::RestoreConfig;
+use crate::dump::plan::{ExtensionAction, RestorePlan};
+use crate::dump::selection::{MAX_NAMES, SelectOptions};
+use crate::dump::toc::Toc;
+use crate::dump::verify::Dependencies;
+use crate::error::StepError;
+use crate::machine::LeftOut;
+use crate::masking::{Masker, MaskingKey};
+use crate::replica::Target;
+
+/// Why the rows of an `EXCLUDE_TABLE_DATA` table are not restored.
+const EXCLUDED_ROWS: &str = "rows left out (EXCLUDE_TABLE_DATA)";
+/// Why a foreign key that references an excluded table is not restored.
+const EXCLUDED_KEY: &str =
+    "it references a table whose rows EXCLUDE_TABLE_DATA leaves out (its rows would not match)";
+
+/// A decided plan, with what the run reports of it.
+pub struct Decided {
+    pub plan: RestorePlan,
+    /// What is left out, by kind, for the run's summary and `status`.
+    pub left_out: Vec<LeftOut>,
+    /// The rules' plan for the rows (`REPLICA_RULES`), checked against the dump.
+    pub masking: Option<crate::masking::Plan>,
+}
+
+/// Decides the restore plan of `dump` (its table of contents `toc`, its dependencies `deps`)
+/// for `target`, whose server is `target_version_num`. `fk_list` is where `FK_MODE=trust`
+/// writes the keys it adds after the rows.
+pub async fn decide(
+    target: &Target,
+    toc: &Toc,
+    dump: &Path,
+    deps: Option<&Dependencies>,
+    restore: &RestoreConfig,
+    target_version_num: u32,
+    fk_list: &Path,
+) -> Result<Decided, StepError> {
+    let opts = SelectOptions {
+        schemas: restore.restore_schemas.clone(),
+        target_version_num,
+    };
+    let (selection, jobs, extensions) =
+        crate::replica::preflight::check_restorable(target, toc, deps, &opts, restore.jobs).await?;
+    let mut left_out: BTreeMap<u32, String> = selection.why.clone();
+    let mut reported = selection.left_out.clone();
+    for x in &extensions {
+        if let ExtensionAction::LeftOut { why } = &x.action {
+            reported.push(LeftOut {
+                kind: "EXTENSION".into(),
+                count: 1,
+                names: vec![x.name.clone()],
+                why: why.clone(),
+            });
+        }
+    }
+
+    // EXCLUDE_TABLE_DATA: the rows of those tables, and the foreign keys that point at them.
+    let fks = crate::dump::toc::foreign_key_targets(dump).await?;
+    let exclusion = crate::dump::toc::plan_exclusion(toc, &restore.exclude_table_data, &fks);
+    for name in &exclusion.unmatched {
+        warn!(
+            table = %name,
+            "EXCLUDE_TABLE_DATA names {name:?}, but the dump has no table of that exact name in schema public: nothing is excluded for it; check the spelling (names are exact, case and hyphens included)"
+        );
+    }
+    for (table, fk, referenced) in &exclusion.dropped_foreign_keys {
+        warn!(
+            table = %table,
+            constraint = %fk,
+            references = %referenced,
+            "foreign key {fk:?} of {table:?} is not restored: it references {referenced:?}, whose rows EXCLUDE_TABLE_DATA leaves out"
+        );
+    }
+    if !exclusion.excluded.is_empty() {
+        info!(
+            tables = %exclusion.excluded.join(","),
+            "rows left out (EXCLUDE_TABLE_DATA): {}",
+            exclusion.excluded.join(", ")
+        );
+    }
+    for e in toc.entries().filter(|e| exclusion.skip.contains(&e.id)) {
+        let why = if e.desc == "TABLE DATA" {
+            EXCLUDED_ROWS
+        } else {
+            EXCLUDED_KEY
+        };
+        left_out.entry(e.id).or_insert_with(|| why.to_string());
+    }
+
+    // FK_MODE: the keys the restore does not send (trust: added NOT VALID after the rows).
+    let out: HashSet<u32> = left_out.keys().copied().collect();
+    let deferred_ids =
+        crate::replica::fk::defer(toc, restore.fk_mode, &out, fk_list).map_err(StepError::from)?;
+    let why_deferred = match restore.fk_mode {
+        crate::replica::fk::FkMode::Trust => "FK_MODE=trust: added NOT VALID after the rows",
+        _ => "FK_MODE=skip: foreign keys are not restored",
+    };
+    let mut deferred = BTreeMap::new();
+    for id in deferred_ids {
+        if restore.fk_mode == crate::replica::fk::FkMode::Skip {
+            left_out.insert(id, why_deferred.to_string());
+        } else {
+            deferred.insert(id, why_deferred.to_string());
+        }
+    }
+
+    // REPLICA_RULES: every rule fits its column, strict mode names every column.
+    let masking = match &restore.rules {
+        Some(rules) => {
+            let skip: HashSet<u32> = left_out.keys().copied().collect();
+            let restored = crate::replica::masking::restored_tables(toc, &skip, &[]);
+            let plan = crate::replica::masking::check_rules(rules, dump, &restored).await?;
+            crate::replica::masking::check_filters_fit_fk_mode(&plan, dump, restore.fk_mode)
+                .await?;
+            info!("REPLICA_RULES checked against the dump: every rule applies");
+            Some(plan)
+        }
+        None => None,
+    };
+
+    let plan = RestorePlan::decide(toc, &left_out, &deferred, extensions, jobs);
+    for l in &reported {
+        warn!(
+            kind = %l.kind,
+            count = l.count,
+            "the restore leaves out {} {} ({}): {}",
+            l.count,
+            l.kind,
+            l.names.iter().take(MAX_NAMES).cloned().collect::<Vec<_>>().join(", "),
+            l.why
+        );
+    }
+    Ok(Decided {
+        plan,
+        left_out: reported,
+        masking,
+    })
+}
+
+/// The masker of a run's rows, from the rules' plan: the key is `MASKING_KEY`, or a random
+/// one (said) when it is not set.
+pub fn masker(
+    masking: crate::masking::Plan,
+    key: Option<&MaskingKey>,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> Arc<Masker> {
+    let key = match key {
+        Some(k) => k.clone(),
+        None => {
+            warn!(
+                "MASKING_KEY is not set: this run's pseudonyms come from a random key, so they change at each run (joins within the replica still hold); set MASKING_KEY for pseudonyms that stay the same from one night to the next"
+            );
+            MaskingKey::random()
+        }
+    };
+    Arc::new(Masker::new(masking, &key, started_at))
+}
+
+/// Rehearses `plan` on `target` (see `replica::apply::rehearsal`) and records what was
+/// tried in it. `rows`: whether the dump on disk holds rows to try (not a streamed run's head).
+/// A failure is the run's refusal, before anything is touched.
+#[allow(clippy::too_many_arguments)]
+pub async fn rehearse(
+    target: &Target,
+    dump: &Path,
+    toc: &Toc,
+    plan: &mut RestorePlan,
+    masking: Option<&crate::masking::Plan>,
+    key: Option<&MaskingKey>,
+    rows: bool,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StepError> {
+    let skip = plan.skip();
+    let restored: Vec<&crate::dump::toc::TocEntry> =
+        toc.entries().filter(|e| !skip.contains(&e.id)).collect();
+    // One transaction holds a lock per relation it creates or drops: past the server's lock
+    // table it would fail for that alone, so it is not tried then (and the plan says so).
+    let budget = crate::replica::locks::budget(target).await?;
+    let creates = restored
+        .iter()
+        .map(|e| crate::replica::locks::relations_of(&e.desc))
+        .sum::<u64>();
+    let needed = budget.owned + creates;
+    if needed > budget.capacity / 2 {
+        let why = format!(
+            "the whole restore: trying it in one transaction needs about {needed} locks (the target's {} relations of the role, and the {creates} the restore creates), more than half of the server's lock table ({} = max_locks_per_transaction x (max_connections + max_prepared_transactions)); the checks before it ran",
+            budget.owned, budget.capacity
+        );
+        warn!("not rehearsed: {why}");
+        plan.rehearsed = Some(crate::dump::plan::Rehearsed {
+            wipe: false,
+            not_rehearsed: vec![why],
+            ..Default::default()
+        });
+        return Ok(());
+    }
+    let tables = restored.iter().filter(|e| e.desc == "TABLE DATA").count();
+    let masker = masking.map(|m| {
+        let key = key.cloned().unwrap_or_else(MaskingKey::random);
+        Arc::new(Masker::new(m.clone(), &key, started_at))
+    });
+    let spec = crate::replica::apply::rehearsal::RehearsalSpec {
+        wipe: true,
+        rows_per_table: if rows {
+            crate::replica::apply::rehearsal::rows_per_table(tables)
+        } else {
+            0
+        },
+        masker,
+    };
+    let applier = crate::replica::apply::Applier::new(target, dump, 1).await?;
+    let done = applier
+        .rehearse(toc, plan, &spec)
+        .await
+        .map_err(|e| rehearsal_failed(target, e))?;
+    info!(
+        pre_data = done.pre_data,
+        tables = done.tables,
+        rows = done.rows,
+        post_data = done.post_data,
+        millis = done.millis,
+        "rehearsed the restore on the target in a transaction rolled back ({} ms): the wipe, {} schema statements, {} rows into {} table(s), {} index and constraint statements{}",
+        done.millis,
+        done.pre_data,
+        done.rows,
+        done.tables,
+        done.post_data,
+        if done.not_rehearsed.is_empty() {
+            String::new()
+        } else {
+            format!("; not rehearsed: {}", done.not_rehearsed.join("; "))
+        }
+    );
+    plan.rehearsed = Some(done);
+    Ok(())
+}
+
+/// A failed rehearsal as the run's error: permanent unless the server said it was passing
+/// (a lock timeout, a lost connection).
+fn rehearsal_failed(target: &Target, e: crate::replica::apply::ApplyError) -> StepError {
+    let text = format!(
+        "the restore would fail on {}: rehearsed in a transaction that was rolled back (nothing was touched), {e}",
+        target.describe()
+    );
+    if e.is_transient() {
+        StepError::transient(text)
+    } else {
+        StepError::permanent(text)
+    }
+}
