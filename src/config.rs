@@ -155,6 +155,12 @@ pub struct RestoreArgs {
     /// `validate` (as the source has them: a full scan each) or `skip` (none)
     #[arg(long, env = "FK_MODE", default_value = "trust")]
     pub fk_mode: String,
+    /// How tonight's copy replaces yesterday's: `swap` (built beside it under other schema
+    /// names, switched in one transaction: readers never see an empty or partial replica) or
+    /// `wipe` (dropped first: needs room for one copy only). Unset: swap where the target
+    /// allows it, else wipe (said)
+    #[arg(long, env = "REFRESH_MODE")]
+    pub refresh_mode: Option<String>,
     /// Tables whose rows are not restored (comma-separated exact names, `knowledge-elements`
     /// or `"Quoted, name"`): they exist, empty, with their indexes and constraints
     #[arg(long, env = "EXCLUDE_TABLE_DATA")]
@@ -243,6 +249,8 @@ pub struct RestoreConfig {
     pub masking_key: Option<crate::masking::MaskingKey>,
     /// `MAX_WORK_DISK` in bytes; `None`: derived from the free space.
     pub max_work_disk: Option<u64>,
+    /// `REFRESH_MODE`; `None`: swap where the target allows it, else wipe.
+    pub refresh_mode: Option<crate::dump::plan::RefreshMode>,
 }
 
 /// Retry settings, validated.
@@ -412,7 +420,20 @@ impl RestoreArgs {
             })?),
             _ => None,
         };
+        let refresh_mode = match self.refresh_mode.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some("swap") => Some(crate::dump::plan::RefreshMode::Swap),
+            Some("wipe") => Some(crate::dump::plan::RefreshMode::Wipe),
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "REFRESH_MODE",
+                    value: other.to_string(),
+                    expected: "swap or wipe".into(),
+                });
+            }
+        };
         Ok(RestoreConfig {
+            refresh_mode,
             max_work_disk,
             rules,
             masking_key,

@@ -95,6 +95,110 @@ pub struct Rehearsed {
     pub millis: u64,
 }
 
+/// How tonight's copy replaces yesterday's (`REFRESH_MODE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshMode {
+    /// `DROP OWNED BY CURRENT_USER CASCADE`, then the restore: readers see an empty, then a
+    /// partial database while it runs.
+    #[default]
+    Wipe,
+    /// Built beside yesterday's under shadow schema names, switched in one transaction.
+    Swap,
+}
+
+impl RefreshMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshMode::Wipe => "wipe",
+            RefreshMode::Swap => "swap",
+        }
+    }
+}
+
+/// One schema a swap switches: its live name, the shadow tonight's copy is built in, and the
+/// name yesterday's copy takes at the switch (dropped after it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchedSchema {
+    pub live: String,
+    pub shadow: String,
+    pub old: String,
+}
+
+/// The refresh a run does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refresh {
+    pub mode: RefreshMode,
+    /// The schemas switched (swap mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<SwitchedSchema>,
+    /// Why a swap was not possible, when `REFRESH_MODE` was not set and the run wipes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_not_swap: Option<String>,
+}
+
+/// A privilege the target's role granted to another role (or a default privilege of the role,
+/// with `name` empty and `kind` the object type: `TABLES`, `SEQUENCES`...).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// `TABLE`, `SEQUENCE`, `SCHEMA`; for a default privilege, `TABLES`, `SEQUENCES`, ...
+    pub kind: String,
+    pub schema: Option<String>,
+    pub name: String,
+    pub grantee: String,
+    /// `SELECT`, `INSERT, SELECT`...
+    pub privileges: String,
+    pub grantable: bool,
+}
+
+/// What readers were granted before the run: given again on tonight's objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readers {
+    pub grants: Vec<Grant>,
+    pub defaults: Vec<Grant>,
+}
+
+impl Readers {
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty() && self.defaults.is_empty()
+    }
+
+    /// `metabase (SELECT on 42 tables, USAGE on 1 schema, default privileges)`, per role.
+    pub fn describe(&self) -> String {
+        let mut roles: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+        for g in &self.grants {
+            let what = format!("{} on {}", g.privileges, g.kind.to_lowercase());
+            *roles
+                .entry(&g.grantee)
+                .or_default()
+                .entry(what)
+                .or_default() += 1;
+        }
+        let mut defaults: HashSet<&str> = HashSet::new();
+        for d in &self.defaults {
+            roles.entry(&d.grantee).or_default();
+            defaults.insert(&d.grantee);
+        }
+        roles
+            .iter()
+            .map(|(role, what)| {
+                let mut parts: Vec<String> = what
+                    .iter()
+                    .map(|(w, n)| {
+                        let (privs, kind) = w.split_once(" on ").unwrap_or((w, ""));
+                        format!("{privs} on {n} {kind}{}", if *n > 1 { "s" } else { "" })
+                    })
+                    .collect();
+                if defaults.contains(role) {
+                    parts.push("default privileges".into());
+                }
+                format!("{role} ({})", parts.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// The whole plan of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestorePlan {
@@ -107,6 +211,12 @@ pub struct RestorePlan {
     /// What the rehearsal tried; `None` until it ran.
     #[serde(default)]
     pub rehearsed: Option<Rehearsed>,
+    /// How tonight's copy replaces yesterday's.
+    #[serde(default)]
+    pub refresh: Refresh,
+    /// What readers were granted, given again after the restore.
+    #[serde(default)]
+    pub readers: Readers,
 }
 
 impl RestorePlan {
@@ -143,6 +253,8 @@ impl RestorePlan {
             extensions,
             jobs,
             rehearsed: None,
+            refresh: Refresh::default(),
+            readers: Readers::default(),
         }
     }
 
@@ -228,6 +340,13 @@ impl RestorePlan {
                 String::new()
             }
         );
+        text.push_str(&format!("; refresh: {}", self.refresh.mode.as_str()));
+        if let Some(why) = &self.refresh.why_not_swap {
+            text.push_str(&format!(" (not swap: {why})"));
+        }
+        if !self.readers.is_empty() {
+            text.push_str(&format!("; reader roles kept: {}", self.readers.describe()));
+        }
         if !self.extensions.is_empty() {
             let ext: Vec<String> = self
                 .extensions

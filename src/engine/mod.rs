@@ -20,6 +20,7 @@ use crate::state::store::{Store, StoreError};
 
 pub mod planning;
 mod progress;
+mod refresh;
 mod retry;
 mod steps;
 pub mod test_hooks;
@@ -85,6 +86,11 @@ pub trait Steps: Send + Sync {
         events: &(dyn Fn(Event) + Send + Sync),
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     fn unlog(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Swap mode: tonight's schemas take the live names in one transaction, then yesterday's
+    /// are dropped. Nothing to do in wipe mode (the default here).
+    fn switch(&self, _run: &Run) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
     fn post_restore(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     /// `run` just became `Done` or `Failed` (notifications). Must not fail, nor take long.
     fn finished(&self, _run: &Run) -> impl Future<Output = ()> + Send {
@@ -444,6 +450,7 @@ impl<S: Steps> Driver<S> {
                 self.steps.restore(run, *section, &report, &events).await?;
             }
             Phase::Unlogging { .. } => self.steps.unlog(run).await?,
+            Phase::Switching { .. } => self.steps.switch(run).await?,
             Phase::PostRestoreSql { .. } => {
                 self.steps.post_restore(run).await?;
                 // `Done` says the target is this run's: the lock must still be ours.

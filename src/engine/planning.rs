@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::RestoreConfig;
-use crate::dump::plan::{ExtensionAction, RestorePlan};
+use crate::dump::plan::{ExtensionAction, Refresh, RefreshMode, RestorePlan};
 use crate::dump::selection::{MAX_NAMES, SelectOptions};
 use crate::dump::toc::Toc;
 use crate::dump::verify::Dependencies;
@@ -133,7 +133,11 @@ pub async fn decide(
         None => None,
     };
 
-    let plan = RestorePlan::decide(toc, &left_out, &deferred, extensions, jobs);
+    let mut plan = RestorePlan::decide(toc, &left_out, &deferred, extensions, jobs);
+    plan.refresh = decide_refresh(target, dump, toc, &plan, restore.refresh_mode).await?;
+    // Readers' privileges, read before anything is touched, given again after the restore.
+    let live: Vec<String> = restored_schemas(&plan);
+    plan.readers = crate::replica::readers::read(target, &live).await?;
     for l in &reported {
         warn!(
             kind = %l.kind,
@@ -150,6 +154,123 @@ pub async fn decide(
         left_out: reported,
         masking,
     })
+}
+
+/// The schemas the plan restores into (those of its restored entries, and those it creates),
+/// but the replicator's own.
+pub fn restored_schemas(plan: &RestorePlan) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .entries
+        .iter()
+        .filter(|e| matches!(e.fate, crate::dump::plan::Fate::Restored { .. }))
+        .filter_map(|e| {
+            if e.kind == "SCHEMA" {
+                Some(e.name.clone())
+            } else {
+                e.name.split_once('.').map(|(s, _)| s.to_string())
+            }
+        })
+        .filter(|s| s != "replicator" && !s.is_empty())
+        .collect();
+    // Schema public holds what the dump puts there even though its entry is not restored.
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Swap or wipe: `REFRESH_MODE`, or swap where the target allows it (else wipe, and why).
+async fn decide_refresh(
+    target: &Target,
+    dump: &Path,
+    toc: &Toc,
+    plan: &RestorePlan,
+    asked: Option<RefreshMode>,
+) -> Result<Refresh, StepError> {
+    if asked == Some(RefreshMode::Wipe) {
+        return Ok(Refresh::default());
+    }
+    let schemas = crate::replica::swap::switched(&restored_schemas(plan));
+    let blob = plan.entries.iter().any(|e| {
+        matches!(e.fate, crate::dump::plan::Fate::Restored { .. })
+            && matches!(
+                e.kind.as_str(),
+                "BLOB" | "BLOBS" | "BLOB METADATA" | "LARGE OBJECT"
+            )
+    });
+    let why = if blob {
+        Some("the dump holds large objects, which belong to the whole database and are not switched yet".to_string())
+    } else if let Some(why) = created_in_switched(target, dump, toc, plan, &schemas).await? {
+        Some(why)
+    } else {
+        crate::replica::swap::assess(target, &schemas).await?.err()
+    };
+    match (why, asked) {
+        (None, _) => Ok(Refresh {
+            mode: RefreshMode::Swap,
+            schemas,
+            why_not_swap: None,
+        }),
+        (Some(why), Some(RefreshMode::Swap)) => Err(StepError::permanent(format!(
+            "REFRESH_MODE=swap cannot be done on {}: {why}; set REFRESH_MODE=wipe to drop yesterday's copy first (readers then see an empty replica during the restore); nothing was touched",
+            target.describe()
+        ))),
+        (Some(why), _) => {
+            warn!(
+                "this run wipes the target first (REFRESH_MODE is not set, and a swap is not possible: {why}); readers see an empty, then partial replica during the restore"
+            );
+            Ok(Refresh {
+                mode: RefreshMode::Wipe,
+                schemas: Vec::new(),
+                why_not_swap: Some(why),
+            })
+        }
+    }
+}
+
+/// Why an extension the restore creates would stop a swap: created by a role that is not a
+/// superuser in a switched schema, its members belong to the superuser and cannot move with
+/// the schema at the switch.
+async fn created_in_switched(
+    target: &Target,
+    dump: &Path,
+    toc: &Toc,
+    plan: &RestorePlan,
+    schemas: &[crate::dump::plan::SwitchedSchema],
+) -> Result<Option<String>, StepError> {
+    let created: Vec<&str> = plan
+        .extensions
+        .iter()
+        .filter(|x| x.action == ExtensionAction::Created)
+        .map(|x| x.name.as_str())
+        .collect();
+    if created.is_empty() {
+        return Ok(None);
+    }
+    let list: String = toc
+        .entries()
+        .zip(toc.sectioned())
+        .filter(|(e, _)| e.desc == "EXTENSION" && created.contains(&e.tag.as_str()))
+        .map(|(_, (_, _, line))| format!("{line}\n"))
+        .collect();
+    let applier = crate::replica::apply::Applier::new(target, dump, 1).await?;
+    let live: HashSet<&str> = schemas.iter().map(|s| s.live.as_str()).collect();
+    let mut blocked = Vec::new();
+    for stmt in applier.statements(list).await? {
+        if let Some(schema) = crate::replica::swap::extension_schema(&stmt)
+            && live.contains(schema.as_str())
+        {
+            blocked.push(format!(
+                "{} (in {schema})",
+                stmt.split_whitespace().nth(5).unwrap_or("?")
+            ));
+        }
+    }
+    Ok((!blocked.is_empty()).then(|| {
+        format!(
+            "the restore creates the extension(s) {} in a replica's schema, and an extension created by a role that is not a superuser cannot move with its schema at the switch; a superuser can create them once in a schema of their own (`CREATE SCHEMA extensions; CREATE EXTENSION ... SCHEMA extensions`)",
+            blocked.join(", ")
+        )
+    }))
 }
 
 /// The masker of a run's rows, from the rules' plan: the key is `MASKING_KEY`, or a random
@@ -195,7 +316,13 @@ pub async fn rehearse(
         .iter()
         .map(|e| crate::replica::locks::relations_of(&e.desc))
         .sum::<u64>();
-    let needed = budget.owned + creates;
+    // The wipe locks what the role owns; a swap only what it creates.
+    let swap = plan.refresh.mode == RefreshMode::Swap;
+    let needed = if swap {
+        creates
+    } else {
+        budget.owned + creates
+    };
     if needed > budget.capacity / 2 {
         let why = format!(
             "the whole restore: trying it in one transaction needs about {needed} locks (the target's {} relations of the role, and the {creates} the restore creates), more than half of the server's lock table ({} = max_locks_per_transaction x (max_connections + max_prepared_transactions)); the checks before it ran",
@@ -215,7 +342,18 @@ pub async fn rehearse(
         Arc::new(Masker::new(m.clone(), &key, started_at))
     });
     let spec = crate::replica::apply::rehearsal::RehearsalSpec {
-        wipe: true,
+        wipe: !swap,
+        swap: swap.then(|| {
+            let created = plan
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.kind == "SCHEMA" && matches!(e.fate, crate::dump::plan::Fate::Restored { .. })
+                })
+                .map(|e| e.name.clone())
+                .collect();
+            (plan.refresh.schemas.clone(), created)
+        }),
         rows_per_table: if rows {
             crate::replica::apply::rehearsal::rows_per_table(tables)
         } else {

@@ -213,7 +213,7 @@ impl RealSteps {
 
     /// The restore plan `Extracting` decided for this run (decided again, and kept, only when
     /// a resumed run's work dir lacks it: a new container).
-    async fn restore_plan(
+    pub(super) async fn restore_plan(
         &self,
         run: &Run,
         toc: &Toc,
@@ -246,7 +246,7 @@ impl RealSteps {
 
     /// The table of contents `Extracting` read for this run (read again, and kept, only when a
     /// resumed run's work dir lacks it).
-    async fn toc(&self, run: &Run, dump: &Path) -> Result<Toc, StepError> {
+    pub(super) async fn toc(&self, run: &Run, dump: &Path) -> Result<Toc, StepError> {
         let saved = WorkDir::of(&self.state_dir, &run.run_id).toc();
         Ok(Toc::load_or_read(dump, &saved).await?)
     }
@@ -501,13 +501,12 @@ impl Steps for RealSteps {
         Ok(decided.left_out)
     }
 
-    async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
-        let ended = replica::terminate_leftover_restores(&self.target).await?;
-        if ended > 0 {
-            info!("ended {ended} leftover pg_restore session(s) on the target");
-        }
-        replica::drop_owned(&self.target).await?;
-        Ok(())
+    async fn drop_target(&self, run: &Run) -> Result<(), StepError> {
+        self.drop_or_prepare(run).await
+    }
+
+    async fn switch(&self, run: &Run) -> Result<(), StepError> {
+        self.switch_step(run).await
     }
 
     async fn restore(
@@ -536,6 +535,8 @@ impl Steps for RealSteps {
         let mut applier = crate::replica::apply::Applier::new(&self.target, &dump, jobs).await?;
         // The plan decided before the wipe says what is sent; nothing is selected again here.
         let plan = self.restore_plan(run, &toc, &dump).await?;
+        let rewriter = super::refresh::rewriter(&self.target, &plan).await?;
+        applier = applier.with_rewriter(rewriter.clone());
         let skip = plan.skip();
         // What an earlier attempt of this run did, as the target records it.
         let mut done = std::collections::HashSet::new();
@@ -631,9 +632,14 @@ impl Steps for RealSteps {
                 0,
                 0,
             );
-            let (not_valid, validated) =
-                crate::replica::fk::add_not_valid(&self.target, &dump, &fk_list, Some(&record))
-                    .await?;
+            let (not_valid, validated) = crate::replica::fk::add_not_valid(
+                &self.target,
+                &dump,
+                &fk_list,
+                Some(&record),
+                rewriter.clone(),
+            )
+            .await?;
             info!(
                 not_valid,
                 validated,
@@ -647,8 +653,12 @@ impl Steps for RealSteps {
         }
         if let Some(masker) = masker {
             let mut counts = masker.counts();
-            counts.orphans =
-                crate::replica::masking::count_orphans(&self.target, masker.plan()).await?;
+            counts.orphans = crate::replica::masking::count_orphans(
+                &self.target,
+                masker.plan(),
+                rewriter.as_deref(),
+            )
+            .await?;
             for (key, n) in &counts.orphans {
                 warn!(
                     foreign_key = %key,
@@ -672,7 +682,14 @@ impl Steps for RealSteps {
 
     async fn unlog(&self, run: &Run) -> Result<(), StepError> {
         if self.restore.use_unlogged_tables {
-            let n = replica::set_unlogged_with_dump(&self.target, &self.dump_path(run)).await?;
+            let plan = self.plan_of(run).await?;
+            let rewriter = super::refresh::rewriter(&self.target, &plan).await?;
+            let n = replica::set_unlogged_with_dump(
+                &self.target,
+                &self.dump_path(run),
+                rewriter.as_deref(),
+            )
+            .await?;
             info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
         }
         Ok(())
@@ -723,6 +740,7 @@ impl Steps for RealSteps {
             Phase::Dropping { .. }
                 | Phase::Restoring { .. }
                 | Phase::Unlogging { .. }
+                | Phase::Switching { .. }
                 | Phase::PostRestoreSql { .. }
         ) {
             let ended = tokio::time::timeout(

@@ -119,6 +119,11 @@ pub enum Phase {
     Unlogging {
         backup: Backup,
     },
+    /// Swap mode (`REFRESH_MODE=swap`): tonight's schemas, built under shadow names, take the
+    /// live names in one transaction; yesterday's are dropped after it. A no-op in wipe mode.
+    Switching {
+        backup: Backup,
+    },
     PostRestoreSql {
         backup: Backup,
     },
@@ -142,6 +147,7 @@ pub enum PhaseName {
     Dropping,
     Restoring,
     Unlogging,
+    Switching,
     PostRestoreSql,
     Done,
     Failed,
@@ -157,6 +163,7 @@ impl PhaseName {
             PhaseName::Dropping => "Dropping",
             PhaseName::Restoring => "Restoring",
             PhaseName::Unlogging => "Unlogging",
+            PhaseName::Switching => "Switching",
             PhaseName::PostRestoreSql => "PostRestoreSql",
             PhaseName::Done => "Done",
             PhaseName::Failed => "Failed",
@@ -167,108 +174,6 @@ impl PhaseName {
 impl std::fmt::Display for PhaseName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl Phase {
-    pub fn name(&self) -> PhaseName {
-        match self {
-            Phase::Idle => PhaseName::Idle,
-            Phase::FetchingUrl => PhaseName::FetchingUrl,
-            Phase::Downloading { .. } => PhaseName::Downloading,
-            Phase::Extracting { .. } => PhaseName::Extracting,
-            Phase::Dropping { .. } => PhaseName::Dropping,
-            Phase::Restoring { .. } => PhaseName::Restoring,
-            Phase::Unlogging { .. } => PhaseName::Unlogging,
-            Phase::PostRestoreSql { .. } => PhaseName::PostRestoreSql,
-            Phase::Done { .. } => PhaseName::Done,
-            Phase::Failed { .. } => PhaseName::Failed,
-        }
-    }
-
-    /// The phases whose step changes the target (from the wipe on): each needs the target's
-    /// lock to be this run's.
-    pub fn touches_target(&self) -> bool {
-        matches!(
-            self,
-            Phase::Dropping { .. }
-                | Phase::Restoring { .. }
-                | Phase::Unlogging { .. }
-                | Phase::PostRestoreSql { .. }
-        )
-    }
-
-    /// The key under which the time spent in this phase is added up: the two restore
-    /// sections are told apart because they are the two halves of the night.
-    pub fn step_label(&self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::FetchingUrl => "fetching_url",
-            Phase::Downloading { .. } => "downloading",
-            Phase::Extracting { .. } => "extracting",
-            Phase::Dropping { .. } => "dropping",
-            Phase::Restoring {
-                section: Section::PreData,
-                ..
-            } => "restoring_pre_data",
-            Phase::Restoring {
-                section: Section::DataAndPostData,
-                ..
-            } => "restoring_data",
-            Phase::Unlogging { .. } => "unlogging",
-            Phase::PostRestoreSql { .. } => "post_restore_sql",
-            Phase::Done { .. } => "done",
-            Phase::Failed { .. } => "failed",
-        }
-    }
-
-    pub fn backup(&self) -> Option<&Backup> {
-        match self {
-            Phase::Idle | Phase::FetchingUrl => None,
-            Phase::Downloading { backup, .. }
-            | Phase::Extracting { backup }
-            | Phase::Dropping { backup }
-            | Phase::Restoring { backup, .. }
-            | Phase::Unlogging { backup }
-            | Phase::PostRestoreSql { backup }
-            | Phase::Done { backup } => Some(backup),
-            Phase::Failed { backup, .. } => backup.as_ref(),
-        }
-    }
-
-    pub fn is_terminal(&self) -> bool {
-        matches!(self, Phase::Done { .. } | Phase::Failed { .. })
-    }
-
-    /// Where a run that stopped in this phase (crash, transient failure, shutdown) starts
-    /// again, in this process: the earliest phase whose effects can still be trusted. See
-    /// [`Run::resume_point`], which knows the run's origin.
-    fn resume_point(&self, origin: &Origin) -> Phase {
-        match self {
-            // A live source cannot give the same snapshot twice: after the wipe, anything
-            // interrupted starts again from a new `pg_dump` (its head read in `Downloading`).
-            Phase::Dropping { backup }
-            | Phase::Restoring { backup, .. }
-            | Phase::Unlogging { backup }
-                if matches!(origin, Origin::Live { .. }) =>
-            {
-                Phase::Downloading {
-                    backup: backup.clone(),
-                    bytes_done: 0,
-                }
-            }
-            // The schema is in once `Unlogging` succeeded, and each table's rows are committed
-            // with their record in the target: the rows resume where they stopped.
-            Phase::Restoring {
-                section: Section::DataAndPostData,
-                ..
-            } => self.clone(),
-            Phase::Restoring { backup, .. } | Phase::Unlogging { backup } => Phase::Dropping {
-                backup: backup.clone(),
-            },
-            // Each SQL file runs in its own transaction, so running them again is safe.
-            other => other.clone(),
-        }
     }
 }
 
@@ -508,6 +413,7 @@ impl Run {
                     section: Section::DataAndPostData,
                     ..
                 }
+                | Phase::Switching { .. }
                 | Phase::PostRestoreSql { .. }
                 | Phase::Idle
                 | Phase::FetchingUrl,
@@ -666,7 +572,8 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
                 Phase::Restoring {
                     section: Section::DataAndPostData,
                     ..
-                } | Phase::PostRestoreSql { .. }
+                } | Phase::Switching { .. }
+                    | Phase::PostRestoreSql { .. }
             ) {
                 // A new container plans again: its disk is not the one that chose.
                 next.mode = None;
@@ -700,7 +607,10 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
                 Phase::Restoring {
                     backup,
                     section: Section::DataAndPostData,
-                } => Phase::PostRestoreSql {
+                } => Phase::Switching {
+                    backup: backup.clone(),
+                },
+                Phase::Switching { backup } => Phase::PostRestoreSql {
                     backup: backup.clone(),
                 },
                 Phase::PostRestoreSql { backup } => Phase::Done {
@@ -793,6 +703,8 @@ fn local_backup(path: &std::path::Path) -> Backup {
         size: None,
     }
 }
+
+mod phase;
 
 #[cfg(test)]
 mod tests;

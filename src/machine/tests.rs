@@ -30,6 +30,7 @@ fn a_clean_run_passes_every_phase_in_order() {
         Event::Succeeded,
         Event::Succeeded,
         Event::Succeeded,
+        Event::Succeeded,
     ];
     for (i, e) in events.into_iter().enumerate() {
         run = transition(&run, e, t0() + chrono::Duration::seconds(i as i64 + 1)).unwrap();
@@ -47,13 +48,14 @@ fn a_clean_run_passes_every_phase_in_order() {
             Restoring,
             Unlogging,
             Restoring,
+            Switching,
             PostRestoreSql,
             Done
         ]
     );
-    assert_eq!(run.finished_at, Some(t0() + chrono::Duration::seconds(9)));
+    assert_eq!(run.finished_at, Some(t0() + chrono::Duration::seconds(10)));
     assert_eq!(run.duration_of("downloading"), Some(1.0));
-    assert_eq!(run.durations.len(), 8);
+    assert_eq!(run.durations.len(), 9);
 }
 
 #[test]
@@ -284,7 +286,8 @@ proptest! {
                             match (&before.phase, &before.origin) {
                                 (p, Origin::Scalingo | Origin::Archive{..} | Origin::Dump{..})
                                     if is_data(p) => prop_assert_eq!(&after.phase, p),
-                                (Phase::PostRestoreSql{..} | Phase::Idle | Phase::FetchingUrl, _) => {
+                                (Phase::Switching{..} | Phase::PostRestoreSql{..} | Phase::Idle
+                                    | Phase::FetchingUrl, _) => {
                                     prop_assert_eq!(&after.phase, &before.phase)
                                 }
                                 _ => prop_assert!(matches!(

@@ -131,6 +131,7 @@ pub async fn add_not_valid(
     dump: &Path,
     fk_list: &Path,
     record: Option<&str>,
+    rewriter: Option<std::sync::Arc<crate::dump::rewrite::Rewriter>>,
 ) -> Result<(usize, usize), StepError> {
     if !fk_list.exists() {
         return Ok((0, 0));
@@ -147,7 +148,9 @@ pub async fn add_not_valid(
     }
     // The statements pg_restore prints, header included (search_path = '', so every name is
     // qualified as in the dump), in one transaction: all keys or none.
-    let applier = crate::replica::apply::Applier::new(target, dump, 1).await?;
+    let applier = crate::replica::apply::Applier::new(target, dump, 1)
+        .await?
+        .with_rewriter(rewriter);
     applier
         .run_sql("the foreign keys to add NOT VALID", &sql)
         .await

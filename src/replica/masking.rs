@@ -104,10 +104,15 @@ pub async fn check_filters_fit_fk_mode(
 pub async fn count_orphans(
     target: &Target,
     plan: &Plan,
+    rewriter: Option<&crate::dump::rewrite::Rewriter>,
 ) -> Result<BTreeMap<String, u64>, StepError> {
+    // In swap mode the rows are in the shadow schemas until the switch.
     let filtered: Vec<String> = plan
         .filtered()
-        .map(|(s, t)| format!("{}.{}", quote(s), quote(t)))
+        .map(|(s, t)| {
+            let s = rewriter.and_then(|r| r.shadow_of(s)).unwrap_or(s);
+            format!("{}.{}", quote(s), quote(t))
+        })
         .collect();
     let mut out = BTreeMap::new();
     if filtered.is_empty() {

@@ -18,7 +18,22 @@ use crate::error::StepError;
 /// chain of such tables, must stay logged or the post-data section fails. Those foreign keys
 /// do not exist yet, so they are read from the dump (`dump`), whose post-data SQL costs no data
 /// read. Partitions themselves are ordinary tables and are converted.
-pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usize, StepError> {
+///
+/// In swap mode (`rewriter`), only the tables of the shadow schemas: yesterday's, which
+/// readers read, are left as they are.
+pub async fn set_unlogged_with_dump(
+    target: &Target,
+    dump: &Path,
+    rewriter: Option<&crate::dump::rewrite::Rewriter>,
+) -> Result<usize, StepError> {
+    let shadows: Option<Vec<String>> = rewriter.map(|r| r.shadows());
+    // The catalog's names as the dump's (a shadow schema is its live one there).
+    let as_dumped = |schema: String| -> String {
+        rewriter
+            .and_then(|r| r.live_of(&schema))
+            .map(str::to_string)
+            .unwrap_or(schema)
+    };
     let fks = foreign_keys_in_dump(dump).await?;
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let partitioned: Vec<(String, String)> = client
@@ -26,13 +41,14 @@ pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usiz
             "SELECT n.nspname::text, c.relname::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'p'
-                AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
-            &[],
+                AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                AND ($1::text[] IS NULL OR n.nspname = ANY($1))",
+            &[&shadows],
         )
         .await
         .map_err(|e| target.query_error("listing partitioned tables", e))?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (as_dumped(r.get(0)), r.get(1)))
         .collect();
     let keep_logged = must_stay_logged(&partitioned, &fks);
     if !keep_logged.is_empty() {
@@ -55,8 +71,9 @@ pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usiz
               WHERE c.relkind = 'r' AND c.relpersistence = 'p'
                 AND n.nspname <> 'replicator'
                 AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                AND ($1::text[] IS NULL OR n.nspname = ANY($1))
               ORDER BY 1, 2",
-            &[],
+            &[&shadows],
         )
         .await
         .map_err(|e| target.query_error("listing logged tables", e))?;
@@ -66,7 +83,7 @@ pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usiz
         .map_err(|e| target.query_error("setting lock_timeout", e))?;
     let mut n = 0;
     for row in &rows {
-        let key: (String, String) = (row.get(0), row.get(1));
+        let key: (String, String) = (as_dumped(row.get(0)), row.get(1));
         if keep_logged.contains(&key) {
             continue;
         }

@@ -229,12 +229,18 @@ async fn read_inner(target: &Target) -> Result<RemoteRuns, RemoteStateError> {
 fn past_the_wipe(phase: &Phase) -> bool {
     matches!(
         phase,
-        Phase::Restoring { .. } | Phase::Unlogging { .. } | Phase::PostRestoreSql { .. }
+        Phase::Restoring { .. }
+            | Phase::Unlogging { .. }
+            | Phase::Switching { .. }
+            | Phase::PostRestoreSql { .. }
     ) || matches!(phase, Phase::Done { .. })
         || matches!(
             phase,
             Phase::Failed {
-                failed_in: PhaseName::Restoring | PhaseName::Unlogging | PhaseName::PostRestoreSql,
+                failed_in: PhaseName::Restoring
+                    | PhaseName::Unlogging
+                    | PhaseName::Switching
+                    | PhaseName::PostRestoreSql,
                 ..
             }
         )

@@ -176,13 +176,13 @@ async fn restoring_the_rich_source_in_sections_with_unlogged_tables_gives_the_sa
     assert_eq!(pre.last(), Some(&(info.pre_data, info.pre_data)), "{pre:?}");
 
     // "UserAccounts" stays logged: the partitioned (always permanent) "Events" references it.
-    let unlogged = replica::set_unlogged_with_dump(&target, &dump)
+    let unlogged = replica::set_unlogged_with_dump(&target, &dump, None)
         .await
         .unwrap();
     assert_eq!(unlogged, 4);
     // A second pass finds nothing left to convert.
     assert_eq!(
-        replica::set_unlogged_with_dump(&target, &dump)
+        replica::set_unlogged_with_dump(&target, &dump, None)
             .await
             .unwrap(),
         0
@@ -258,7 +258,7 @@ async fn the_real_pix_dump_restores_like_a_restore_by_hand() {
         .await
         .unwrap();
     assert_eq!(
-        replica::set_unlogged_with_dump(&target, &fixture)
+        replica::set_unlogged_with_dump(&target, &fixture, None)
             .await
             .unwrap(),
         40

@@ -87,7 +87,7 @@ async fn progress_reaches_its_total_when_the_list_leaves_rows_and_foreign_keys_o
             .to_string()
     };
     assert_eq!(fks(), "0");
-    let (not_valid, validated) = fk::add_not_valid(&target, &dump, &fk_list, None)
+    let (not_valid, validated) = fk::add_not_valid(&target, &dump, &fk_list, None, None)
         .await
         .unwrap();
     assert_eq!((not_valid + validated) as u64, full.fk_constraints);

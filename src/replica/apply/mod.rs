@@ -149,6 +149,8 @@ pub struct Applier {
     /// The records of the load (the rows' section): each entry recorded in the target with
     /// its work, each table's follow-up started with its rows.
     log: Option<Arc<LoadLog>>,
+    /// Swap mode: statements pointed at the shadow schemas.
+    rewriter: Option<Arc<crate::dump::rewrite::Rewriter>>,
 }
 
 /// The table of `COPY <table> (<columns>) FROM stdin;` as written (quoted as pg_dump quotes).
@@ -210,6 +212,7 @@ impl Applier {
             server_version_num,
             masker: None,
             log: None,
+            rewriter: None,
         })
     }
 
@@ -224,7 +227,17 @@ impl Applier {
             target: self.target.clone(),
             known: self.known.clone(),
             said: self.left_out.clone(),
+            rewriter: self.rewriter.clone(),
         }
+    }
+
+    /// Swap mode: every statement is pointed at the shadow schemas of `rewriter`.
+    pub fn with_rewriter(
+        mut self,
+        rewriter: Option<Arc<crate::dump::rewrite::Rewriter>>,
+    ) -> Applier {
+        self.rewriter = rewriter.filter(|r| !r.is_empty());
+        self
     }
 
     /// The `jobs` of `PG_RESTORE_JOBS`.
@@ -310,6 +323,23 @@ impl Applier {
         self.drive(&mut session, &mut stream, batch, &progress)
             .await?;
         stream.finish().await
+    }
+
+    /// The statements of the entries of `list` as pg_restore writes them (no rows), without
+    /// the script's settings.
+    pub async fn statements(&self, list: String) -> Result<Vec<String>, ApplyError> {
+        let mut stream = pg_restore_script(&self.dump, list)?;
+        let mut out = Vec::new();
+        let mut in_entry = false;
+        while let Some(item) = stream.next().await? {
+            match item {
+                Item::Piece(Piece::Entry(_)) => in_entry = true,
+                Item::Piece(Piece::Statement(s)) if in_entry => out.push(s),
+                _ => {}
+            }
+        }
+        stream.finish().await?;
+        Ok(out)
     }
 
     /// Rows go through `masker` (`REPLICA_RULES`) on their way to the target.

@@ -20,7 +20,9 @@ use super::script::{EntryHeader, Piece};
 use super::session::Session;
 use super::stream::{Item, pg_restore_script};
 use super::{Applier, ApplyError, is_transaction_control};
-use crate::dump::plan::{Rehearsed, RestorePlan, Section};
+use std::collections::HashSet;
+
+use crate::dump::plan::{Rehearsed, RestorePlan, Section, SwitchedSchema};
 use crate::dump::toc::Toc;
 use crate::masking::Masker;
 
@@ -28,6 +30,9 @@ use crate::masking::Masker;
 pub struct RehearsalSpec {
     /// Whether the wipe is part of it (wipe mode).
     pub wipe: bool,
+    /// Swap mode: the swap's schemas (created, with the plan's extensions first), and the
+    /// live schemas the dump creates itself.
+    pub swap: Option<(Vec<SwitchedSchema>, HashSet<String>)>,
     /// The most rows of each table it loads (`0`: none).
     pub rows_per_table: u64,
     /// The rows' rules, if any (a masker of its own: its counts are not the run's).
@@ -92,7 +97,41 @@ impl Applier {
                 .map(|(_, line)| format!("{line}\n"))
                 .collect()
         };
-        done.pre_data = self
+        if let Some((schemas, created)) = &spec.swap {
+            // As `Dropping` does it in swap mode: an earlier run's leftovers go, the schemas
+            // are made, the extensions created; then the statements point at the shadows.
+            for s in schemas {
+                for name in [&s.shadow, &s.old] {
+                    session
+                        .execute(
+                            "the swap's schemas (rehearsed)",
+                            &format!(
+                                "DROP SCHEMA IF EXISTS {} CASCADE",
+                                crate::dump::rewrite::quote_ident(name)
+                            ),
+                        )
+                        .await?;
+                }
+            }
+            for stmt in crate::replica::swap::create_schemas_sql(schemas, created) {
+                session
+                    .execute("the swap's schemas (rehearsed)", &stmt)
+                    .await?;
+            }
+            done.pre_data += self
+                .rehearse_script(session, lines(Section::PreData, Some(&["EXTENSION"])))
+                .await?;
+            let live: Vec<String> = schemas.iter().map(|s| s.live.clone()).collect();
+            let keep = session.extension_members(&live).await?;
+            let map = schemas
+                .iter()
+                .map(|s| (s.live.clone(), s.shadow.clone()))
+                .collect();
+            session.set_rewriter(Some(Arc::new(crate::dump::rewrite::Rewriter::new(
+                map, keep,
+            ))));
+        }
+        done.pre_data += self
             .rehearse_script(session, lines(Section::PreData, None))
             .await?;
         if spec.rows_per_table > 0 {

@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 use super::ApplyError;
 use super::script::{EntryHeader, ScriptError};
 use super::stream::{Item, ScriptStream};
+use crate::dump::rewrite::Rewriter;
 use crate::masking::transform::Rows;
 use crate::replica::sqlstate::classify;
 use crate::replica::{RESTORE_APPLICATION_NAME, Target};
@@ -22,6 +23,8 @@ pub struct SessionSpec {
     pub(super) target: Target,
     pub(super) known: Arc<HashSet<String>>,
     pub(super) said: Arc<Mutex<HashSet<String>>>,
+    /// Swap mode: every statement pointed at the shadow schemas.
+    pub(super) rewriter: Option<Arc<Rewriter>>,
 }
 
 /// The name of the setting `stmt` sets, if it is a plain `SET name = value` (or `TO`):
@@ -74,6 +77,7 @@ pub(super) struct Session {
     said: Arc<Mutex<HashSet<String>>>,
     /// The session settings (the script's preamble) this session last ran.
     preamble: Vec<String>,
+    rewriter: Option<Arc<Rewriter>>,
 }
 
 impl Session {
@@ -89,6 +93,7 @@ impl Session {
             known: spec.known.clone(),
             said: spec.said.clone(),
             preamble: Vec::new(),
+            rewriter: spec.rewriter.clone(),
         })
     }
 
@@ -115,6 +120,37 @@ impl Session {
         Ok(())
     }
 
+    /// Points this session's statements at shadow schemas from now on (the rehearsal, once
+    /// the extensions are in).
+    pub(super) fn set_rewriter(&mut self, rewriter: Option<Arc<Rewriter>>) {
+        self.rewriter = rewriter;
+    }
+
+    /// `(schema, name)` of the extensions' members in `schemas` (what a swap does not point at
+    /// the shadows).
+    pub(super) async fn extension_members(
+        &self,
+        schemas: &[String],
+    ) -> Result<HashSet<(String, String)>, ApplyError> {
+        let what = "the extensions' members";
+        Ok(self
+            .client
+            .query(crate::replica::swap::EXTENSION_MEMBERS_SQL, &[&schemas])
+            .await
+            .map_err(|e| self.error(what, &e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    /// `stmt` as it is sent: pointed at the shadow schemas in swap mode.
+    fn sent<'a>(&self, stmt: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.rewriter {
+            Some(r) => r.rewrite(stmt),
+            None => std::borrow::Cow::Borrowed(stmt),
+        }
+    }
+
     /// Sends one statement, unless it sets a setting the server does not know.
     pub(super) async fn execute(&self, entry: &str, stmt: &str) -> Result<(), ApplyError> {
         if let Some(name) = set_name(stmt).filter(|n| !n.contains('.') && !self.known.contains(n)) {
@@ -128,7 +164,7 @@ impl Session {
             return Ok(());
         }
         self.client
-            .batch_execute(stmt)
+            .batch_execute(&self.sent(stmt))
             .await
             .map_err(|e| self.error(entry, &e))
     }
@@ -141,7 +177,7 @@ impl Session {
         stmt: &str,
         tolerated: &str,
     ) -> Result<bool, ApplyError> {
-        match self.client.batch_execute(stmt).await {
+        match self.client.batch_execute(&self.sent(stmt)).await {
             Ok(()) => Ok(true),
             Err(e) if e.code().is_some_and(|c| c.code() == tolerated) => Ok(false),
             Err(e) => Err(self.error(entry, &e)),
@@ -157,7 +193,7 @@ impl Session {
     ) -> Result<u64, ApplyError> {
         let sink = self
             .client
-            .copy_in::<_, Bytes>(stmt)
+            .copy_in::<_, Bytes>(&*self.sent(stmt))
             .await
             .map_err(|e| self.error(entry, &e))?;
         let mut sink = Box::pin(sink);
@@ -239,7 +275,7 @@ pub(super) async fn copy_spread(
     for s in sessions {
         let sink = s
             .client
-            .copy_in::<_, Bytes>(stmt)
+            .copy_in::<_, Bytes>(&*s.sent(stmt))
             .await
             .map_err(|e| s.error(entry, &e))?;
         sinks.push(Box::pin(sink));

@@ -1,0 +1,182 @@
+//! How tonight's copy replaces yesterday's, as the plan says (`REFRESH_MODE`): the steps of
+//! `Dropping` and `Switching`, and the rewriting of the restore to the shadow schemas.
+//!
+//! - **wipe**: `Dropping` wipes (`DROP OWNED BY CURRENT_USER CASCADE`); `Switching` gives the
+//!   readers' privileges again (the wipe dropped them).
+//! - **swap**: `Dropping` drops an earlier run's leftovers, creates the shadow schemas and the
+//!   extensions the plan creates; the sections restore into the shadows ([`rewriter`]);
+//!   `Switching` grants the readers' privileges on tonight's objects, switches in one
+//!   transaction (`replica::swap::switch`), then drops yesterday's schemas.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::steps::RealSteps;
+use crate::dump::plan::{RefreshMode, RestorePlan, Section};
+use crate::dump::rewrite::Rewriter;
+use crate::error::StepError;
+use crate::machine::Run;
+use crate::replica;
+
+/// The live schemas whose `SCHEMA` entry the plan restores (the dump creates them; their
+/// shadow is created by the restore itself).
+fn created_by_dump(plan: &RestorePlan) -> HashSet<String> {
+    plan.entries
+        .iter()
+        .filter(|e| {
+            e.kind == "SCHEMA"
+                && e.fate
+                    == crate::dump::plan::Fate::Restored {
+                        section: Section::PreData,
+                    }
+        })
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// The `--use-list` lines of the plan's `EXTENSION` entries (run before the rest in swap mode:
+/// an extension lives in the live schema, and its members are not rewritten).
+pub fn extension_lines(plan: &RestorePlan, toc: &crate::dump::toc::Toc) -> String {
+    plan.sent_in(toc, Section::PreData)
+        .into_iter()
+        .filter(|(e, _)| e.desc == "EXTENSION")
+        .map(|(_, line)| format!("{line}\n"))
+        .collect()
+}
+
+/// The rewriting of a swap run's statements, with the extension members the target holds
+/// now in the live schemas; `None` in wipe mode.
+pub async fn rewriter(
+    target: &replica::Target,
+    plan: &RestorePlan,
+) -> Result<Option<Arc<Rewriter>>, StepError> {
+    if plan.refresh.mode != RefreshMode::Swap {
+        return Ok(None);
+    }
+    let live: Vec<String> = plan
+        .refresh
+        .schemas
+        .iter()
+        .map(|s| s.live.clone())
+        .collect();
+    let client = target.connect().await?;
+    let keep: HashSet<(String, String)> = client
+        .query(replica::swap::EXTENSION_MEMBERS_SQL, &[&live])
+        .await
+        .map_err(|e| target.query_error("listing the extensions' members", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let map: HashMap<String, String> = plan
+        .refresh
+        .schemas
+        .iter()
+        .map(|s| (s.live.clone(), s.shadow.clone()))
+        .collect();
+    Ok(Some(Arc::new(Rewriter::new(map, keep))))
+}
+
+impl RealSteps {
+    /// The plan this run obeys (`Extracting` wrote it).
+    pub(super) async fn plan_of(&self, run: &Run) -> Result<RestorePlan, StepError> {
+        let dump = self.dump_path(run);
+        let toc = self.toc(run, &dump).await?;
+        self.restore_plan(run, &toc, &dump).await
+    }
+
+    /// `Dropping`: the wipe, or a swap's preparation.
+    pub(super) async fn drop_or_prepare(&self, run: &Run) -> Result<(), StepError> {
+        let ended = replica::terminate_leftover_restores(&self.target).await?;
+        if ended > 0 {
+            info!("ended {ended} leftover pg_restore session(s) on the target");
+        }
+        let plan = self.plan_of(run).await?;
+        match plan.refresh.mode {
+            RefreshMode::Wipe => {
+                replica::drop_owned(&self.target).await?;
+            }
+            RefreshMode::Swap => {
+                replica::swap::prepare(
+                    &self.target,
+                    &plan.refresh.schemas,
+                    &created_by_dump(&plan),
+                )
+                .await?;
+                let dump = self.dump_path(run);
+                let toc = self.toc(run, &dump).await?;
+                let list = extension_lines(&plan, &toc);
+                if !list.is_empty() {
+                    let applier = replica::apply::Applier::new(&self.target, &dump, 1).await?;
+                    applier.run_serial(list, true, &|_| {}).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Switching`: readers' privileges given again; in swap mode, the switch.
+    pub(super) async fn switch_step(&self, run: &Run) -> Result<(), StepError> {
+        let plan = self.plan_of(run).await?;
+        match plan.refresh.mode {
+            RefreshMode::Wipe => {
+                let n = replica::readers::grant_again(
+                    &self.target,
+                    &plan.readers,
+                    &|s| s.to_string(),
+                    true,
+                )
+                .await?;
+                if n > 0 {
+                    info!(
+                        grants = n,
+                        "readers' privileges given again: {}",
+                        plan.readers.describe()
+                    );
+                }
+            }
+            RefreshMode::Swap => {
+                let shadow: HashMap<&str, &str> = plan
+                    .refresh
+                    .schemas
+                    .iter()
+                    .map(|s| (s.live.as_str(), s.shadow.as_str()))
+                    .collect();
+                let client = self.target.connect().await?;
+                let done =
+                    replica::swap::switched_already(&self.target, &client, &run.run_id).await?;
+                let mut carried: Vec<String> = Vec::new();
+                if !done {
+                    let n = replica::readers::grant_again(
+                        &self.target,
+                        &plan.readers,
+                        &|s| shadow.get(s).map_or(s.to_string(), |x| x.to_string()),
+                        false,
+                    )
+                    .await?;
+                    if n > 0 {
+                        info!(
+                            grants = n,
+                            "readers' privileges given on tonight's copy: {}",
+                            plan.readers.describe()
+                        );
+                    }
+                    carried.extend(
+                        plan.readers
+                            .defaults
+                            .iter()
+                            .map(replica::readers::default_sql),
+                    );
+                    carried.extend(
+                        replica::swap::carry_schemas(&self.target, &client, &plan.refresh.schemas)
+                            .await?,
+                    );
+                }
+                replica::swap::switch(&self.target, &run.run_id, &plan.refresh.schemas, &carried)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

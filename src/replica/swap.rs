@@ -1,0 +1,548 @@
+//! Swap mode (`REFRESH_MODE=swap`): tonight's copy is built beside yesterday's, under shadow
+//! schema names, and takes the live names in one transaction.
+//!
+//! - [`assess`] (before anything is touched): whether each schema the dump restores can be
+//!   switched: the role may rename it, no object of another role lives in it, no object outside
+//!   it depends on it, and every extension in it can move with it.
+//! - [`prepare`] (the `Dropping` phase): leftovers of an earlier run are dropped (its shadows,
+//!   yesterday's schemas a switch could not drop), the live schemas the dump needs are made to
+//!   exist (an extension lives in one), and the shadows the dump does not create are created.
+//! - [`switch`] (the `Switching` phase): each live schema renamed aside, each shadow renamed to
+//!   the live name, extensions moved, privileges and comments carried over, all in one
+//!   transaction that waits for readers (`lock_timeout`, retried) but never cancels them; then
+//!   yesterday's schemas dropped in batches the lock table holds.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::url::{CONTROL_APPLICATION_NAME, Target};
+use crate::dump::plan::SwitchedSchema;
+use crate::dump::rewrite::quote_ident;
+use crate::error::StepError;
+
+/// The prefixes of a swap's schema names (a leftover of either is the replicator's to drop).
+pub const SHADOW_PREFIX: &str = "replicator_next_";
+pub const OLD_PREFIX: &str = "replicator_old_";
+
+/// How long one try of the switch waits for a reader's lock before it lets go and tries
+/// again: the reader's query is never cancelled, and the run is not failed.
+const SWITCH_LOCK_TIMEOUT: &str = "2s";
+/// How long the switch keeps trying before it is a transient failure of the run.
+const SWITCH_PATIENCE: Duration = Duration::from_secs(30 * 60);
+
+/// The extension members in `$1` schemas: `(schema, name)` of functions, types, operators,
+/// operator classes and families, relations, collations and text search objects.
+pub const EXTENSION_MEMBERS_SQL: &str = "SELECT n.nspname::text, x.name::text
+   FROM pg_depend d
+   JOIN LATERAL (
+         SELECT proname AS name, pronamespace AS ns FROM pg_proc
+          WHERE d.classid = 'pg_proc'::regclass AND oid = d.objid
+         UNION ALL SELECT typname, typnamespace FROM pg_type
+          WHERE d.classid = 'pg_type'::regclass AND oid = d.objid
+         UNION ALL SELECT oprname, oprnamespace FROM pg_operator
+          WHERE d.classid = 'pg_operator'::regclass AND oid = d.objid
+         UNION ALL SELECT opcname, opcnamespace FROM pg_opclass
+          WHERE d.classid = 'pg_opclass'::regclass AND oid = d.objid
+         UNION ALL SELECT opfname, opfnamespace FROM pg_opfamily
+          WHERE d.classid = 'pg_opfamily'::regclass AND oid = d.objid
+         UNION ALL SELECT relname, relnamespace FROM pg_class
+          WHERE d.classid = 'pg_class'::regclass AND oid = d.objid
+         UNION ALL SELECT collname, collnamespace FROM pg_collation
+          WHERE d.classid = 'pg_collation'::regclass AND oid = d.objid
+         UNION ALL SELECT cfgname, cfgnamespace FROM pg_ts_config
+          WHERE d.classid = 'pg_ts_config'::regclass AND oid = d.objid
+         UNION ALL SELECT dictname, dictnamespace FROM pg_ts_dict
+          WHERE d.classid = 'pg_ts_dict'::regclass AND oid = d.objid
+        ) x ON true
+   JOIN pg_namespace n ON n.oid = x.ns
+  WHERE d.deptype = 'e' AND n.nspname = ANY($1::text[])";
+
+/// `prefix` + `live`, at most 63 bytes (PostgreSQL's limit): a long name is cut at a character
+/// boundary and given a hash of the whole, so two long names never meet.
+pub fn schema_name(prefix: &str, live: &str) -> String {
+    let whole = format!("{prefix}{live}");
+    if whole.len() <= 63 {
+        return whole;
+    }
+    let hash = live.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    let mut cut = 63 - prefix.len() - 9;
+    while !live.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}_{:08x}", &live[..cut], hash as u32)
+}
+
+/// The schemas a swap switches, with their shadow and old names.
+pub fn switched(schemas: &[String]) -> Vec<SwitchedSchema> {
+    schemas
+        .iter()
+        .map(|live| SwitchedSchema {
+            live: live.clone(),
+            shadow: schema_name(SHADOW_PREFIX, live),
+            old: schema_name(OLD_PREFIX, live),
+        })
+        .collect()
+}
+
+/// Whether `schemas` can be switched on `target`: `Ok(Err(why))` when not (said before
+/// anything is touched).
+pub async fn assess(
+    target: &Target,
+    schemas: &[SwitchedSchema],
+) -> Result<Result<(), String>, StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    let q = |e| target.query_error("checking whether the schemas can be switched", e);
+    let live: Vec<String> = schemas.iter().map(|s| s.live.clone()).collect();
+    let names: Vec<String> = schemas
+        .iter()
+        .flat_map(|s| [s.shadow.clone(), s.old.clone()])
+        .collect();
+    // Schemas the role can neither rename nor drop.
+    let rows = client
+        .query(
+            "SELECT nspname::text, pg_get_userbyid(nspowner)::text FROM pg_namespace
+              WHERE nspname = ANY($1::text[])
+                AND NOT pg_has_role(current_user, nspowner, 'MEMBER')",
+            &[&[live.clone(), names].concat()],
+        )
+        .await
+        .map_err(q)?;
+    if !rows.is_empty() {
+        let list: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} (owned by {})",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1)
+                )
+            })
+            .collect();
+        return Ok(Err(format!(
+            "the role cannot rename the schema(s) {}: a schema is switched by renaming it, which its owner (or a member of its owner's role) may do",
+            list.join(", ")
+        )));
+    }
+    // Objects of other roles in a live schema would go with yesterday's copy and be dropped.
+    let rows = client
+        .query(
+            "SELECT format('%s %I.%I (owned by %s)',
+                           CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+                                          WHEN 'S' THEN 'sequence' ELSE 'table' END,
+                           n.nspname, c.relname, pg_get_userbyid(c.relowner))
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r','p','v','m','S','f')
+                AND NOT pg_has_role(current_user, c.relowner, 'MEMBER')
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                 WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                   AND d.deptype = 'e')
+              ORDER BY 1 LIMIT 10",
+            &[&live],
+        )
+        .await
+        .map_err(q)?;
+    if !rows.is_empty() {
+        let list: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        return Ok(Err(format!(
+            "objects of other roles live in the replica's schemas ({}): yesterday's schema goes away with the switch, and they with it; move them to a schema of their own, or grant their owner's role to the replicator's role",
+            list.join(", ")
+        )));
+    }
+    // Views elsewhere over the replica's tables would follow yesterday's tables and go.
+    let rows = client
+        .query(
+            "SELECT DISTINCT format('view %I.%I (owned by %s) reads %I.%I',
+                                    vn.nspname, v.relname, pg_get_userbyid(v.relowner),
+                                    tn.nspname, t.relname)
+               FROM pg_depend d
+               JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+               JOIN pg_class v ON v.oid = r.ev_class
+               JOIN pg_namespace vn ON vn.oid = v.relnamespace
+               JOIN pg_class t ON d.refclassid = 'pg_class'::regclass AND t.oid = d.refobjid
+               JOIN pg_namespace tn ON tn.oid = t.relnamespace
+              WHERE tn.nspname = ANY($1::text[]) AND NOT vn.nspname = ANY($1::text[])
+                AND v.oid <> t.oid
+              ORDER BY 1 LIMIT 10",
+            &[&live],
+        )
+        .await
+        .map_err(q)?;
+    if !rows.is_empty() {
+        let list: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        return Ok(Err(format!(
+            "objects outside the replica's schemas depend on its tables ({}): they would follow yesterday's tables and be dropped with them",
+            list.join(", ")
+        )));
+    }
+    // Extensions in a switched schema move with it: the role must own them, and they must be
+    // relocatable.
+    let rows = client
+        .query(
+            "SELECT format('%s (in %s%s%s)', e.extname, n.nspname,
+                           CASE WHEN pg_has_role(current_user, e.extowner, 'MEMBER') THEN ''
+                                ELSE ', owned by ' || pg_get_userbyid(e.extowner) END,
+                           CASE WHEN e.extrelocatable THEN '' ELSE ', not relocatable' END)
+               FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+              WHERE n.nspname = ANY($1::text[])
+                AND (NOT e.extrelocatable
+                     OR NOT pg_has_role(current_user, e.extowner, 'MEMBER')
+                     -- A trusted extension a role created has members the superuser owns:
+                     -- moving it needs to own them.
+                     OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_proc p
+                                    ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                                 WHERE d.refclassid = 'pg_extension'::regclass
+                                   AND d.refobjid = e.oid AND d.deptype = 'e'
+                                   AND NOT pg_has_role(current_user, p.proowner, 'MEMBER')))
+              ORDER BY 1",
+            &[&live],
+        )
+        .await
+        .map_err(q)?;
+    if !rows.is_empty() {
+        let list: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        return Ok(Err(format!(
+            "the extension(s) {} live in a replica's schema and the role cannot move them with it at the switch (an extension created by a role that is not a superuser has members the superuser owns); a superuser can move them to a schema of their own once (`CREATE SCHEMA extensions; ALTER EXTENSION ... SET SCHEMA extensions`)",
+            list.join(", ")
+        )));
+    }
+    let can_create: bool = client
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+    if !can_create {
+        return Ok(Err(
+            "the role may not create schemas in the database (a swap builds tonight's copy in schemas of its own)".into(),
+        ));
+    }
+    Ok(Ok(()))
+}
+
+/// The schema a `CREATE EXTENSION ... WITH SCHEMA x` statement names, if any.
+pub fn extension_schema(stmt: &str) -> Option<String> {
+    let lower = stmt.to_ascii_lowercase();
+    let at = lower.find(" schema ")? + " schema ".len();
+    let rest = stmt[at..].trim_start();
+    let name = if let Some(q) = rest.strip_prefix('"') {
+        q.split('"').next()?.to_string()
+    } else {
+        rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()?
+            .to_ascii_lowercase()
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// The statements that drop the leftovers of an earlier run and make the swap's schemas
+/// exist: the live ones (an extension lives there), and the shadows `created` does not hold
+/// (the dump creates those itself). Each statement stands alone (a leftover's drop is done by
+/// [`drop_schema`] in batches).
+pub fn create_schemas_sql(schemas: &[SwitchedSchema], created: &HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in schemas {
+        out.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(&s.live)
+        ));
+        if !created.contains(&s.live) {
+            out.push(format!("CREATE SCHEMA {}", quote_ident(&s.shadow)));
+        }
+    }
+    out
+}
+
+/// Drops the leftovers of an earlier run of the swap (its shadows, yesterday's schemas a
+/// switch could not drop), then makes the swap's schemas exist.
+pub async fn prepare(
+    target: &Target,
+    schemas: &[SwitchedSchema],
+    created: &HashSet<String>,
+) -> Result<(), StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    drop_leftovers(target, &client).await?;
+    for stmt in create_schemas_sql(schemas, created) {
+        client
+            .batch_execute(&stmt)
+            .await
+            .map_err(|e| target.query_error("creating the swap's schemas", e))?;
+    }
+    tracing::info!(
+        schemas = %schemas.iter().map(|s| s.live.as_str()).collect::<Vec<_>>().join(","),
+        "tonight's copy is built beside yesterday's, in {}",
+        schemas
+            .iter()
+            .map(|s| s.shadow.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// Drops every schema of a swap's names the role owns (shadows of a run that did not switch,
+/// yesterday's schemas a switch could not drop). Returns how many.
+pub async fn drop_leftovers(target: &Target, client: &Client) -> Result<usize, StepError> {
+    let rows = client
+        .query(
+            "SELECT nspname::text FROM pg_namespace
+              WHERE (starts_with(nspname, $1) OR starts_with(nspname, $2))
+                AND pg_has_role(current_user, nspowner, 'MEMBER')
+              ORDER BY 1",
+            &[&SHADOW_PREFIX, &OLD_PREFIX],
+        )
+        .await
+        .map_err(|e| target.query_error("listing the leftovers of an earlier swap", e))?;
+    for r in &rows {
+        let name: String = r.get(0);
+        drop_schema(target, client, &name).await?;
+        tracing::info!(schema = %name, "dropped {name}, left by an earlier run");
+    }
+    Ok(rows.len())
+}
+
+/// Drops schema `name` and everything in it, in transactions that each lock at most what the
+/// server's lock table holds (a schema of thousands of tables cannot go in one): its tables a
+/// batch at a time, then the schema. Waits for readers' locks (`lock_timeout`, retried).
+pub async fn drop_schema(target: &Target, client: &Client, name: &str) -> Result<(), StepError> {
+    let budget = super::locks::budget(target).await?;
+    // Each table takes a few locks (its indexes, TOAST, sequences): a batch takes an eighth of
+    // the table's room, leaving the rest to everyone else.
+    let batch = (budget.capacity / 8 / 4).clamp(16, 2000) as usize;
+    let q = |e| target.query_error("dropping a schema of an earlier copy", e);
+    loop {
+        // (kind of DROP, name): tables, materialized views and foreign tables of the schema.
+        let found: Vec<(String, String)> = client
+            .query(
+                "SELECT CASE c.relkind WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                       WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+                        format('%I.%I', n.nspname, c.relname)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'm', 'f')
+                    AND NOT c.relispartition
+                  LIMIT $2",
+                &[&name, &(batch as i64)],
+            )
+            .await
+            .map_err(q)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if found.is_empty() {
+            break;
+        }
+        let mut sql = format!("BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}';");
+        for kind in ["TABLE", "MATERIALIZED VIEW", "FOREIGN TABLE"] {
+            let names: Vec<&str> = found
+                .iter()
+                .filter(|(k, _)| k == kind)
+                .map(|(_, n)| n.as_str())
+                .collect();
+            if !names.is_empty() {
+                sql.push_str(&format!(
+                    " DROP {kind} IF EXISTS {} CASCADE;",
+                    names.join(", ")
+                ));
+            }
+        }
+        sql.push_str(" COMMIT");
+        with_lock_retries(
+            target,
+            client,
+            &sql,
+            "dropping the tables of an earlier copy",
+        )
+        .await?;
+    }
+    with_lock_retries(
+        target,
+        client,
+        &format!(
+            "BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'; DROP SCHEMA IF EXISTS {} CASCADE; COMMIT",
+            quote_ident(name)
+        ),
+        "dropping a schema of an earlier copy",
+    )
+    .await
+}
+
+/// Runs `sql` (a whole transaction) again while it fails on a lock timeout: a reader's long
+/// query delays it, never fails it and is never cancelled. After [`SWITCH_PATIENCE`], a
+/// transient failure.
+async fn with_lock_retries(
+    target: &Target,
+    client: &Client,
+    sql: &str,
+    what: &'static str,
+) -> Result<(), StepError> {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match client.batch_execute(sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code().is_some_and(|c| c.code() == "55P03") => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                if started.elapsed() > SWITCH_PATIENCE {
+                    return Err(StepError::transient(format!(
+                        "{what} on {}: readers held their locks for {} minutes; will retry",
+                        target.describe(),
+                        SWITCH_PATIENCE.as_secs() / 60
+                    )));
+                }
+                if !said {
+                    tracing::info!(
+                        "{what}: waiting for readers' queries to end (they are not cancelled)"
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(target.query_error(what, e).into());
+            }
+        }
+    }
+}
+
+/// The table that says a run's switch committed: written in the switch's transaction, so a
+/// run resumed in `Switching` knows whether it happened.
+const SWITCHES_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS replicator;
+    CREATE TABLE IF NOT EXISTS replicator.switches (
+        run_id text PRIMARY KEY,
+        switched_at timestamptz NOT NULL DEFAULT now())";
+
+/// Whether `run_id`'s switch committed.
+pub async fn switched_already(
+    target: &Target,
+    client: &Client,
+    run_id: &str,
+) -> Result<bool, StepError> {
+    client
+        .batch_execute(SWITCHES_TABLE)
+        .await
+        .map_err(|e| target.query_error("creating replicator.switches", e))?;
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM replicator.switches WHERE run_id = $1",
+            &[&run_id],
+        )
+        .await
+        .map_err(|e| target.query_error("reading replicator.switches", e))?
+        .is_some())
+}
+
+/// The switch: one transaction that renames each live schema aside and each shadow to the
+/// live name, moves the extensions of the live schemas with them, carries the live schemas'
+/// owner, privileges and comment over (`carried`: statements run after the renames), and
+/// records the switch; then yesterday's schemas are dropped. A run resumed here after the
+/// commit only drops.
+pub async fn switch(
+    target: &Target,
+    run_id: &str,
+    schemas: &[SwitchedSchema],
+    carried: &[String],
+) -> Result<(), StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    if !switched_already(target, &client, run_id).await? {
+        let live: Vec<String> = schemas.iter().map(|s| s.live.clone()).collect();
+        let extensions: Vec<(String, String)> = client
+            .query(
+                "SELECT e.extname::text, n.nspname::text
+                   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                  WHERE n.nspname = ANY($1::text[])",
+                &[&live],
+            )
+            .await
+            .map_err(|e| target.query_error("listing the extensions to move", e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut sql = format!("BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}';\n");
+        for s in schemas {
+            sql.push_str(&format!(
+                "ALTER SCHEMA {} RENAME TO {};\nALTER SCHEMA {} RENAME TO {};\n",
+                quote_ident(&s.live),
+                quote_ident(&s.old),
+                quote_ident(&s.shadow),
+                quote_ident(&s.live)
+            ));
+        }
+        for (ext, schema) in &extensions {
+            sql.push_str(&format!(
+                "ALTER EXTENSION {} SET SCHEMA {};\n",
+                quote_ident(ext),
+                quote_ident(schema)
+            ));
+        }
+        for stmt in carried {
+            sql.push_str(stmt);
+            sql.push_str(";\n");
+        }
+        sql.push_str(&format!(
+            "INSERT INTO replicator.switches (run_id) VALUES ('{}');\nCOMMIT",
+            run_id.replace('\'', "''")
+        ));
+        with_lock_retries(target, &client, &sql, "switching to tonight's copy").await?;
+        tracing::info!(
+            schemas = %live.join(","),
+            "switched: readers see tonight's copy from now on ({})",
+            live.join(", ")
+        );
+    }
+    // Yesterday's schemas go; one that cannot is dropped by the next run.
+    for s in schemas {
+        if let Err(e) = drop_schema(target, &client, &s.old).await {
+            tracing::warn!(schema = %s.old, "could not drop yesterday's schema {}: {e}; the next run drops it", s.old);
+        }
+    }
+    Ok(())
+}
+
+/// What the live schemas carry over to tonight's (run in the switch after the renames, when
+/// the live names are tonight's): their owner, where it is not the role (schema `public` is
+/// `pg_database_owner`'s), and their comment where tonight's has none.
+pub async fn carry_schemas(
+    target: &Target,
+    client: &Client,
+    schemas: &[SwitchedSchema],
+) -> Result<Vec<String>, StepError> {
+    let mut out = Vec::new();
+    for s in schemas {
+        let row = client
+            .query_opt(
+                "SELECT pg_get_userbyid(l.nspowner)::text,
+                        l.nspowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user),
+                        obj_description(l.oid, 'pg_namespace'),
+                        obj_description(n.oid, 'pg_namespace')
+                   FROM pg_namespace l, pg_namespace n
+                  WHERE l.nspname = $1 AND n.nspname = $2",
+                &[&s.live, &s.shadow],
+            )
+            .await
+            .map_err(|e| target.query_error("reading the live schemas' owner and comment", e))?;
+        let Some(row) = row else { continue };
+        let (owner, other): (String, bool) = (row.get(0), row.get(1));
+        let (comment, tonight): (Option<String>, Option<String>) = (row.get(2), row.get(3));
+        if other {
+            out.push(format!(
+                "ALTER SCHEMA {} OWNER TO {}",
+                quote_ident(&s.live),
+                quote_ident(&owner)
+            ));
+        }
+        if let (Some(c), None) = (comment, tonight) {
+            out.push(format!(
+                "COMMENT ON SCHEMA {} IS '{}'",
+                quote_ident(&s.live),
+                c.replace('\'', "''")
+            ));
+        }
+    }
+    Ok(out)
+}
