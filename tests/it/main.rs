@@ -20,5 +20,6 @@ mod reliability;
 mod scalingo_api;
 mod shaping;
 mod streaming;
+mod swap;
 mod tls;
 mod toc_progress;

@@ -1,0 +1,239 @@
+//! Issue 21: the replica never goes dark. Tonight's copy is built beside yesterday's and
+//! switched in one transaction (`REFRESH_MODE=swap`, the default where the target allows it);
+//! a reader role queries the replica the whole time and keeps its access, in both modes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::common::pg::PgCluster;
+use crate::common::scenario::{Scenario, kill_9, stderr, stdout};
+
+/// The source: `actor` with `n` rows (and an index, a view and a sequence, so that a switch has
+/// more than one kind of object to carry).
+fn fill(n: u32) -> impl Fn(&PgCluster, &str) {
+    move |c, db| {
+        c.superuser_psql(
+            db,
+            &format!(
+                "DROP VIEW IF EXISTS actor_names; DROP TABLE IF EXISTS actor;
+                 CREATE TABLE actor (id serial PRIMARY KEY, name text NOT NULL);
+                 CREATE INDEX actor_name ON actor (name);
+                 CREATE VIEW actor_names AS SELECT name FROM actor;
+                 INSERT INTO actor (name) SELECT 'a' || g FROM generate_series(1, {n}) g;"
+            ),
+        );
+    }
+}
+
+/// Tonight's backup: the source refilled with `n` rows, dumped and served.
+fn new_backup(s: &Scenario, n: u32) {
+    fill(n)(s.source_cluster, &s.source_db);
+    s.source_cluster.pg_dump(&s.source_db, &s.dump);
+    s.rearchive();
+}
+
+/// A role that reads the replica, as a DBA sets one up: USAGE on the schema, SELECT on the
+/// tables, and default privileges for the tables to come.
+fn add_reader(s: &Scenario) -> (String, String) {
+    let reader = format!("{}_reader", s.target.role);
+    let password = "reader-pw".to_string();
+    s.cluster.superuser_psql(
+        "postgres",
+        &format!("CREATE ROLE \"{reader}\" LOGIN PASSWORD '{password}'"),
+    );
+    s.target_psql(&format!(
+        "GRANT USAGE ON SCHEMA public TO \"{reader}\";
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{reader}\";
+         ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO \"{reader}\";"
+    ));
+    (reader, password)
+}
+
+/// What the reader got: each answer's count, and every error.
+#[derive(Default)]
+struct Seen {
+    counts: Vec<i64>,
+    errors: Vec<String>,
+}
+
+/// Queries `SELECT count(*) FROM actor` as `reader` every 100 ms until `stop`.
+fn poll(
+    s: &Scenario,
+    reader: &str,
+    password: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Seen> {
+    let conn = format!(
+        "host=127.0.0.1 port={} user={reader} password={password} dbname={}",
+        s.cluster.port(),
+        s.target.dbname
+    );
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut seen = Seen::default();
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                .await
+                .expect("the reader connects");
+            tokio::spawn(connection);
+            while !stop.load(Ordering::Relaxed) {
+                match client.query_one("SELECT count(*) FROM actor", &[]).await {
+                    Ok(r) => seen.counts.push(r.get(0)),
+                    Err(e) => seen.errors.push(
+                        e.as_db_error()
+                            .map(|d| d.message().to_string())
+                            .unwrap_or_else(|| e.to_string()),
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        })
+    })
+}
+
+/// Nights in swap mode while a reader queries every 100 ms: it never gets an error, every
+/// count is exactly one night's, and it keeps its access (grants and default privileges) after
+/// each run. The old schema is gone after each night.
+#[test]
+fn readers_see_yesterday_then_tonight_never_an_empty_or_partial_table() {
+    let s = Scenario::new("swap_readers", fill(20_000));
+    s.run_ok(&["run"]);
+    let (reader, password) = add_reader(&s);
+    let stop = Arc::new(AtomicBool::new(false));
+    let polling = poll(&s, &reader, &password, stop.clone());
+    let nights = [30_000u32, 25_000, 40_000, 20_000];
+    for n in nights {
+        new_backup(&s, n);
+        let out = s.run_ok(&["run", "--force"]);
+        let logs = stdout(&out) + &stderr(&out);
+        assert!(
+            logs.contains("switched: readers see tonight's copy"),
+            "{logs}"
+        );
+        assert_eq!(s.target_psql("SELECT count(*) FROM actor"), n.to_string());
+        assert_eq!(
+            s.target_psql(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'replicator\\_%' AND nspname <> 'replicator'"
+            ),
+            "0",
+            "a shadow or yesterday's schema is left"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = polling.join().unwrap();
+    assert!(
+        seen.errors.is_empty(),
+        "the reader got errors: {:?}",
+        seen.errors
+    );
+    assert!(
+        seen.counts.len() > 20,
+        "the reader ran {} queries",
+        seen.counts.len()
+    );
+    let allowed: Vec<i64> = std::iter::once(20_000)
+        .chain(nights)
+        .map(i64::from)
+        .collect();
+    for c in &seen.counts {
+        assert!(
+            allowed.contains(c),
+            "the reader saw {c} rows: not a whole night's copy"
+        );
+    }
+    // It saw the nights change under it.
+    assert!(seen.counts.iter().any(|c| *c == 20_000) && seen.counts.iter().any(|c| *c == 40_000));
+}
+
+/// In wipe mode, the reader still reads after every run: its grants and the owner's default
+/// privileges are given again (DROP OWNED dropped them).
+#[test]
+fn in_wipe_mode_readers_keep_their_grants_and_default_privileges() {
+    let mut s = Scenario::new("wipe_readers", fill(1_000));
+    s.set_env("REFRESH_MODE", "wipe");
+    s.run_ok(&["run"]);
+    let (reader, password) = add_reader(&s);
+    let as_reader = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", s.cluster.port().to_string())
+            .env("PGUSER", &reader)
+            .env("PGPASSWORD", &password)
+            .env("PGDATABASE", &s.target.dbname)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    for night in 1..=2 {
+        let out = s.run_ok(&["run", "--force"]);
+        let logs = stdout(&out) + &stderr(&out);
+        assert!(
+            logs.contains("readers' privileges given again"),
+            "night {night}: {logs}"
+        );
+        assert_eq!(
+            as_reader("SELECT count(*) FROM actor"),
+            (true, "1000".to_string())
+        );
+        assert_eq!(
+            as_reader("SELECT count(*) FROM actor_names"),
+            (true, "1000".to_string())
+        );
+        assert_eq!(
+            s.target_psql("SELECT count(*) FROM pg_default_acl"),
+            "1",
+            "the default privileges are back"
+        );
+    }
+}
+
+/// A run killed after tonight's shadow is built (in the rows), then abandoned: yesterday's
+/// replica is exactly as it was and readable; the next run succeeds and switches.
+#[test]
+fn a_run_killed_before_the_switch_leaves_yesterday_whole_and_the_next_run_switches() {
+    let mut s = Scenario::new("swap_kill", fill(5_000));
+    s.run_ok(&["run"]);
+    let digest =
+        "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
+    let yesterday = s.target_psql(digest);
+    new_backup(&s, 7_000);
+    s.set_env(replicator::engine::test_hooks::PAUSE_AT_VAR, "switching:30");
+    let mut child = s.spawn(&["run", "--force"]);
+    s.wait_status(Duration::from_secs(90), |st| st["phase"] == "Switching");
+    kill_9(&mut child);
+    // Tonight's copy is complete in its shadow, and nobody sees it.
+    assert_eq!(s.target_psql(digest), yesterday);
+    assert_eq!(s.target_psql("SELECT count(*) FROM actor_names"), "5000");
+    assert_eq!(
+        s.target_psql("SELECT count(*) FROM replicator_next_public.actor"),
+        "7000"
+    );
+    // Resumed, it switches exactly once.
+    s.env
+        .retain(|(k, _)| k != replicator::engine::test_hooks::PAUSE_AT_VAR);
+    s.run_ok(&["resume"]);
+    assert_eq!(s.target_psql("SELECT count(*) FROM actor"), "7000");
+    assert_eq!(s.status_json()["phase"], "Done");
+    // Abandoned instead: the next night starts from its own shadow.
+    new_backup(&s, 9_000);
+    s.set_env(replicator::engine::test_hooks::PAUSE_AT_VAR, "switching:30");
+    let mut child = s.spawn(&["run", "--force"]);
+    s.wait_status(Duration::from_secs(90), |st| st["phase"] == "Switching");
+    kill_9(&mut child);
+    s.env
+        .retain(|(k, _)| k != replicator::engine::test_hooks::PAUSE_AT_VAR);
+    assert_eq!(s.target_psql("SELECT count(*) FROM actor"), "7000");
+    s.run_ok(&["run", "--force", "--restart"]);
+    assert_eq!(s.target_psql("SELECT count(*) FROM actor"), "9000");
+    assert_eq!(s.status_json()["phase"], "Done");
+}
