@@ -111,9 +111,13 @@ fn is_copy_from_stdin(stmt: &str) -> bool {
 /// and large objects) or `-- Statistics for Name: ...` (pg_dump 18's `STATISTICS DATA`: the
 /// planner statistics of one table, index or materialized view, an entry of their own).
 fn parse_header(line: &str) -> Option<EntryHeader> {
-    let rest = ["-- Name: ", "-- Data for Name: ", "-- Statistics for Name: "]
-        .iter()
-        .find_map(|p| line.strip_prefix(p))?;
+    let rest = [
+        "-- Name: ",
+        "-- Data for Name: ",
+        "-- Statistics for Name: ",
+    ]
+    .iter()
+    .find_map(|p| line.strip_prefix(p))?;
     let (name, rest) = rest.split_once("; Type: ")?;
     let (kind, rest) = rest.split_once("; Schema: ")?;
     let schema = rest.split_once("; ").map_or(rest, |(s, _)| s);
