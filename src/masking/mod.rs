@@ -11,6 +11,7 @@
 //!
 //! Pure: no IO but reading the rules file; the dump's SQL is read by the caller.
 
+pub mod filter;
 pub mod init;
 pub mod schema;
 pub mod transform;
