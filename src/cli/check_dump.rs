@@ -257,9 +257,12 @@ async fn judge_head(
         .await
         .ok()
         .flatten();
+    let dump_rules = restore.rules.as_deref().map(|r| r.dump.clone());
     let opts = crate::dump::selection::SelectOptions {
         schemas: restore.restore_schemas.clone(),
         target_version_num: target_num as u32,
+        drop_comments: dump_rules.as_ref().is_some_and(|d| d.drops_comments()),
+        drop_large_objects: dump_rules.as_ref().is_some_and(|d| d.drops_large_objects()),
     };
     checks.push(
         match replica::preflight::check_restorable(t, &toc, deps.as_ref(), &opts, restore.jobs)
@@ -331,6 +334,8 @@ pub(super) async fn rules_check(
     let opts = crate::dump::selection::SelectOptions {
         schemas: restore.restore_schemas.clone(),
         target_version_num: 0,
+        drop_comments: rules.dump.drops_comments(),
+        drop_large_objects: rules.dump.drops_large_objects(),
     };
     let skip = crate::dump::selection::select(&toc, &opts).skip;
     let restored = replica::masking::restored_tables(&toc, &skip, &restore.exclude_table_data);

@@ -259,9 +259,12 @@ impl RealSteps {
 
     /// What the operator restricts, for the target's server version.
     fn select_options(&self, target_version_num: u32) -> crate::dump::selection::SelectOptions {
+        let dump = self.restore.rules.as_deref().map(|r| r.dump.clone());
         crate::dump::selection::SelectOptions {
             schemas: self.restore.restore_schemas.clone(),
             target_version_num,
+            drop_comments: dump.as_ref().is_some_and(|d| d.drops_comments()),
+            drop_large_objects: dump.as_ref().is_some_and(|d| d.drops_large_objects()),
         }
     }
 
@@ -569,15 +572,13 @@ impl Steps for RealSteps {
             (Some(rules), Section::DataAndPostData) => {
                 let restored = crate::replica::masking::restored_tables(&toc, &skip, &[]);
                 let plan = crate::replica::masking::check_rules(rules, &dump, &restored).await?;
-                let key = match &self.restore.masking_key {
-                    Some(k) => k.clone(),
-                    None => {
-                        warn!(
-                            "MASKING_KEY is not set: this run's pseudonyms come from a random key, so they change at each run (joins within the replica still hold); set MASKING_KEY for pseudonyms that stay the same from one night to the next"
-                        );
-                        crate::masking::MaskingKey::random()
-                    }
-                };
+                // No key only when no rule is keyed (configuration refuses the others): this
+                // one is never used for a pseudonym.
+                let key = self
+                    .restore
+                    .masking_key
+                    .clone()
+                    .unwrap_or_else(crate::masking::MaskingKey::random);
                 let masker =
                     std::sync::Arc::new(crate::masking::Masker::new(plan, &key, run.started_at));
                 applier = applier.with_masker(masker.clone());

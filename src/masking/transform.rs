@@ -11,45 +11,15 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::filter::{Decision, KeepTest};
 use super::validate::{Plan, TablePlan, TypeClass};
 use super::{Keep, Rule};
-use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The key of every pseudonym. Its `Debug` prints nothing of it.
-#[derive(Clone)]
-pub struct MaskingKey([u8; 32]);
-
-impl std::fmt::Debug for MaskingKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MaskingKey([redacted])")
-    }
-}
-
-impl MaskingKey {
-    /// From `MASKING_KEY` (any length: it is hashed).
-    pub fn from_secret(secret: &Secret) -> MaskingKey {
-        MaskingKey(Sha256::digest(secret.expose().as_bytes()).into())
-    }
-
-    /// A key of this run only (no `MASKING_KEY`): the pseudonyms change at each run.
-    pub fn random() -> MaskingKey {
-        use std::io::Read;
-        let mut k = [0u8; 32];
-        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut k));
-        if read.is_err() {
-            // No /dev/urandom: the clock and the pid still make a key nobody knows in advance.
-            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
-            k = Sha256::digest(seed.as_bytes()).into();
-        }
-        MaskingKey(k)
-    }
-}
-
+pub use super::key::MaskingKey;
 pub use crate::machine::MaskingCounts;
 
 /// The plan and the key, for a run's restore; counts what it does.
@@ -65,7 +35,7 @@ impl Masker {
     pub fn new(plan: Plan, key: &MaskingKey, now: DateTime<Utc>) -> Masker {
         Masker {
             plan,
-            mac: <HmacSha256 as KeyInit>::new_from_slice(&key.0).expect("HMAC takes any key"),
+            mac: <HmacSha256 as KeyInit>::new_from_slice(key.bytes()).expect("HMAC takes any key"),
             now,
             counts: Mutex::new(MaskingCounts::default()),
         }
@@ -586,6 +556,7 @@ mod tests {
     use super::*;
     use crate::masking::schema::Schema;
     use crate::masking::{RulesFile, validate};
+    use crate::secret::Secret;
 
     fn masker(toml: &str, key: &str) -> Masker {
         let mut s = Schema::default();

@@ -396,6 +396,7 @@ mod tests {
         let opts = SelectOptions {
             schemas: Some(vec!["public".into()]),
             target_version_num: 170000,
+            ..Default::default()
         };
         let sel = select(&toc, &opts);
         let pairs = broken_by_restriction(&toc, &deps, &["public".into()], &sel.skip);
@@ -412,6 +413,7 @@ mod tests {
             &SelectOptions {
                 schemas: Some(both.to_vec()),
                 target_version_num: 170000,
+                ..Default::default()
             },
         );
         assert!(broken_by_restriction(&toc, &deps, &both, &sel.skip).is_empty());
