@@ -511,19 +511,21 @@ impl Steps for RealSteps {
                 l.why
             );
         }
-        // REPLICA_RULES: every rule fits its column, strict mode names every column.
-        if let Some(rules) = &self.restore.rules {
-            let restored = crate::replica::masking::restored_tables(
+        // REPLICA_RULES: every rule fits its column, strict mode names every column, comment
+        // and large object; statistics that would carry real values are left out.
+        let mut left_out = selection.left_out;
+        left_out.extend(
+            crate::replica::masking::check_before_wipe(
+                self.restore.rules.as_deref(),
+                &dump,
                 &toc,
                 &selection.skip,
                 &self.restore.exclude_table_data,
-            );
-            let plan = crate::replica::masking::check_rules(rules, &dump, &restored).await?;
-            crate::replica::masking::check_filters_fit_fk_mode(&plan, &dump, self.restore.fk_mode)
-                .await?;
-            info!("REPLICA_RULES checked against the dump: every rule applies");
-        }
-        Ok(selection.left_out)
+                self.restore.fk_mode,
+            )
+            .await?,
+        );
+        Ok(left_out)
     }
 
     async fn drop_target(&self, _run: &Run) -> Result<(), StepError> {
@@ -568,24 +570,28 @@ impl Steps for RealSteps {
         if section == Section::DataAndPostData {
             skip.extend(self.exclusions(run, &toc, &dump, &skip).await?);
         }
-        let masker = match (&self.restore.rules, section) {
-            (Some(rules), Section::DataAndPostData) => {
-                let restored = crate::replica::masking::restored_tables(&toc, &skip, &[]);
-                let plan = crate::replica::masking::check_rules(rules, &dump, &restored).await?;
-                // No key only when no rule is keyed (configuration refuses the others): this
-                // one is never used for a pseudonym.
-                let key = self
-                    .restore
-                    .masking_key
-                    .clone()
-                    .unwrap_or_else(crate::masking::MaskingKey::random);
-                let masker =
-                    std::sync::Arc::new(crate::masking::Masker::new(plan, &key, run.started_at));
-                applier = applier.with_masker(masker.clone());
-                Some(masker)
-            }
-            _ => None,
+        // REPLICA_RULES and the planner statistics that would carry real values.
+        let prepared = match section {
+            Section::DataAndPostData => Some(
+                crate::replica::masking::prepare(
+                    self.restore.rules.as_deref(),
+                    self.restore.masking_key.as_ref(),
+                    &dump,
+                    &toc,
+                    &skip,
+                    &self.restore.exclude_table_data,
+                    run.started_at,
+                )
+                .await?,
+            ),
+            Section::PreData => None,
         };
+        if let Some(p) = &prepared {
+            skip.extend(&p.statistics.skip);
+            if let Some(m) = &p.masker {
+                applier = applier.with_masker(m.clone());
+            }
+        }
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
         let mut fks_done = false;
         let load = match section {
@@ -676,22 +682,9 @@ impl Steps for RealSteps {
                 }
             );
         }
-        if let Some(masker) = masker {
-            let mut counts = masker.counts();
-            counts.orphans =
-                crate::replica::masking::count_orphans(&self.target, masker.plan()).await?;
-            for (key, n) in &counts.orphans {
-                warn!(
-                    foreign_key = %key,
-                    rows = n,
-                    "foreign key {key}: {n} row(s) reference rows a REPLICA_RULES row filter left out (the key is NOT VALID under FK_MODE=trust; joins on it miss them)"
-                );
-            }
-            info!(
-                masking = %serde_json::to_string(&counts).unwrap_or_default(),
-                "REPLICA_RULES: {}",
-                counts.describe()
-            );
+        if let Some(p) = prepared
+            && let Some(counts) = crate::replica::masking::after_rows(&self.target, p).await?
+        {
             *self.masking.lock().expect("masking lock") = Some(counts);
         }
         Ok(())

@@ -25,6 +25,7 @@ pub mod records;
 mod restore;
 pub mod sessions;
 pub(crate) mod sqlstate;
+pub mod statistics;
 mod tls;
 mod unlogged;
 mod url;
