@@ -281,6 +281,7 @@ fn a_rule_that_cannot_apply_is_refused_before_the_wipe() {
         "[tables.users.columns]\nemail = \"null\"\n[tables.orders.columns]\ntotal = \"email\"\n",
     );
     s.set_env("REPLICA_RULES", &rules);
+    s.set_env("MASKING_KEY", KEY);
     let out = s.run(&["run"]);
     let logs = stdout(&out) + &stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{logs}");
