@@ -66,8 +66,20 @@ pub async fn run(args: RulesArgs) -> Result<u8, CliError> {
     let schema = crate::replica::masking::read_schema(&dump)
         .await
         .map_err(|e| crate::app::fatal(e.to_string()))?;
-    let tables = crate::replica::masking::restored_tables(&toc, &Default::default(), &[]);
-    let text = crate::masking::init::starting_file(&schema, &tables, &dump.display().to_string());
+    let skip = crate::dump::selection::select(&toc, &Default::default()).skip;
+    let tables = crate::replica::masking::restored_tables(&toc, &skip, &[]);
+    let count = |kinds: &[&str]| {
+        toc.entries()
+            .filter(|e| kinds.contains(&e.desc.as_str()) && !skip.contains(&e.id))
+            .count()
+    };
+    let text = crate::masking::init::starting_file(
+        &schema,
+        &tables,
+        &dump.display().to_string(),
+        count(&["COMMENT"]),
+        count(&["BLOB", "BLOB METADATA", "LARGE OBJECT"]),
+    );
     let review = text.matches("# REVIEW").count();
     match &args.output {
         Some(out) => {

@@ -93,7 +93,17 @@ pub fn suggestion(table: &str, column: &str, ty: &str) -> Option<(&'static str, 
 /// table that holds no rows of its own), and its own section names only the columns its
 /// parents do not have, so that a rule decided on the parent is never undone by a `keep`
 /// written for the child.
-pub fn starting_file(schema: &Schema, tables: &[(String, String)], from: &str) -> String {
+///
+/// `comments` and `large_objects` count those of the dump: when it holds some, a `[dump]`
+/// section says `keep` for them, marked REVIEW (strict mode refuses a dump with comments or
+/// large objects the file does not mention).
+pub fn starting_file(
+    schema: &Schema,
+    tables: &[(String, String)],
+    from: &str,
+    comments: usize,
+    large_objects: usize,
+) -> String {
     let mut out = format!(
         "# REPLICA_RULES: what of each column and row reaches the replica (docs/masking.md).\n\
          # Written by `replicator rules init` from {from}.\n\
@@ -104,6 +114,19 @@ pub fn starting_file(schema: &Schema, tables: &[(String, String)], from: &str) -
          # section does not name.\n\
          strict = true\n"
     );
+    if comments + large_objects > 0 {
+        out.push_str("\n[dump]\n");
+    }
+    if comments > 0 {
+        out.push_str(&format!(
+            "comments = \"keep\"  # REVIEW: the dump holds {comments} comment(s), text people wrote, copied as written: \"drop\"?\n"
+        ));
+    }
+    if large_objects > 0 {
+        out.push_str(&format!(
+            "large_objects = \"keep\"  # REVIEW: the dump holds {large_objects} large object(s), their bytes copied as they are: \"drop\"?\n"
+        ));
+    }
     let mut listed: Vec<(String, String)> = Vec::new();
     for key in tables {
         let mut chain = schema.ancestors(key);
@@ -210,7 +233,7 @@ mod tests {
             ("public".to_string(), "users".to_string()),
             ("app".to_string(), "order lines".to_string()),
         ];
-        let text = starting_file(&s, &tables, "test.pgsql");
+        let text = starting_file(&s, &tables, "test.pgsql", 0, 0);
         let line = |start: &str| {
             text.lines()
                 .find(|l| l.starts_with(start))
@@ -257,7 +280,7 @@ mod tests {
         s.finish();
         let q = |n: &str| ("public".to_string(), n.to_string());
         let tables = vec![q("events_1"), q("contacts"), q("vip"), q("people")];
-        let text = starting_file(&s, &tables, "t.pgsql");
+        let text = starting_file(&s, &tables, "t.pgsql", 2, 1);
         assert!(text.contains("[tables.events.columns]"), "{text}");
         assert!(!text.contains("[tables.events_1.columns]"), "{text}");
         let vip = &text[text.find("[tables.vip.columns]").unwrap()..];
@@ -269,6 +292,11 @@ mod tests {
             "{text}"
         );
         let rules = RulesFile::parse(&text).unwrap();
+        assert_eq!(rules.dump.comments, Some(crate::masking::Disposition::Keep));
+        assert_eq!(
+            rules.dump.large_objects,
+            Some(crate::masking::Disposition::Keep)
+        );
         validate(&rules, &s, &tables).unwrap();
         // Decided on the parents: the children's rows are masked.
         let decided = text.replace("email = \"keep\"  # REVIEW", "email = \"hash\"  # REVIEW");

@@ -318,3 +318,86 @@ fn scan_pg15_target_from_pg_dump_18_with_statistics() {
 fn scan_pg18_target_from_pg_dump_15() {
     scan(scenario("scan_15_18", 15, 15, 18, 18), false);
 }
+
+/// `rules init` on a dump with partitions (attached), an inheritance child, a typed table,
+/// comments and a large object: `strict = true` accepts the file as written, and once the
+/// emails are decided on the tables that declare them, every table holding their rows is
+/// masked.
+#[test]
+fn rules_init_covers_partitions_children_and_typed_tables() {
+    let mut s = Scenario::new("scan_init", fill);
+    let dump = s.dump.to_str().unwrap().to_string();
+    let path = s.files.path().join("init.toml");
+    s.run_ok(&[
+        "rules",
+        "init",
+        "--dump",
+        &dump,
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    for section in [
+        "users",
+        "events",
+        "contacts",
+        "vip_contacts",
+        "people",
+        "audit_log",
+    ] {
+        assert!(
+            text.contains(&format!("[tables.{section}.columns]")),
+            "{text}"
+        );
+    }
+    for child in ["events_old", "events_new"] {
+        assert!(
+            !text.contains(&format!("[tables.{child}.columns]")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("comments = \"keep\"") && text.contains("large_objects = \"keep\""),
+        "{text}"
+    );
+    s.set_env("REPLICA_RULES", path.to_str().unwrap());
+    let out = s.run(&["check", "--dump", &dump]);
+    assert!(
+        stdout(&out).contains("ok    replica rules"),
+        "{}",
+        stdout(&out)
+    );
+    // Decided: every email hashed, where the file names it.
+    let decided: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("email = \"keep\"") {
+                "email = \"hash\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&path, decided).unwrap();
+    s.set_env("MASKING_KEY", KEY);
+    s.run_ok(&["run"]);
+    for table in [
+        "users",
+        "events",
+        "events_old",
+        "events_new",
+        "contacts",
+        "vip_contacts",
+        "people",
+    ] {
+        assert_eq!(
+            s.target_psql(&format!(
+                "SELECT count(*) FROM ONLY {table} WHERE email NOT LIKE '%@example.invalid'"
+            )),
+            "0",
+            "{table}"
+        );
+    }
+    assert_eq!(s.target_psql("SELECT count(*) FROM vip_contacts"), "50");
+}
