@@ -84,12 +84,10 @@ impl Schema {
             .strip_prefix("CREATE POLICY ")
             .or_else(|| s.strip_prefix("CREATE TRIGGER "))
             .or_else(|| s.strip_prefix("CREATE CONSTRAINT TRIGGER "))
+            && let Some(pos) = rest.find(" ON ")
+            && let Some((q, _)) = qualified(&rest[pos + 4..])
         {
-            if let Some(pos) = rest.find(" ON ")
-                && let Some((q, _)) = qualified(&rest[pos + 4..])
-            {
-                self.add_literals(&q, s);
-            }
+            self.add_literals(&q, s);
         }
     }
 
