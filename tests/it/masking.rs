@@ -419,7 +419,7 @@ fn keyed_rules_need_a_strong_key_from_the_environment() {
     assert!(!stdout(&s.run_ok(&["status", "--json"])).contains(&keys[0]));
 }
 
-/// Issue 22, case 7: a run killed with `kill -9` after its first table, then resumed: the
+/// Issue 22, case 7: a streamed run killed with `kill -9` after its first table, then resumed: the
 /// tables of the two attempts join on the hashed email, as an uninterrupted run's do.
 #[test]
 fn joins_hold_across_a_kill_9_and_resume() {
@@ -447,6 +447,8 @@ fn joins_hold_across_a_kill_9_and_resume() {
     s.set_env("REPLICA_RULES", &rules);
     s.set_env("MASKING_KEY", KEY);
     s.set_env("PG_RESTORE_JOBS", "1");
+    // Streamed, as in the review: the rows flow from the download into the target.
+    s.set_env("MAX_WORK_DISK", "16MiB");
     let loaded = |s: &Scenario| {
         if s.target_psql("SELECT to_regclass('replicator.loaded') IS NULL") == "t" {
             return String::new();
