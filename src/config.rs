@@ -177,8 +177,9 @@ pub struct RestoreArgs {
     /// target (docs/masking.md); checked against the dump before the wipe
     #[arg(long, env = "REPLICA_RULES")]
     pub replica_rules: Option<PathBuf>,
-    /// The key of REPLICA_RULES' pseudonyms (same key, same pseudonyms); never printed.
-    /// Without it, a random key per run
+    /// The key of REPLICA_RULES' pseudonyms (same key, same pseudonyms), at least 128 bits
+    /// (`replicator rules key` prints one); needed by keyed rules; never printed; environment
+    /// only (the flag is refused)
     #[arg(long, env = "MASKING_KEY", hide_env_values = true)]
     pub masking_key: Option<String>,
     /// Most disk the run's working files may use, with units (`64MiB`, `20GB`). A backup that
@@ -186,7 +187,8 @@ pub struct RestoreArgs {
     /// (docs/operations.md). Default: 90% of the state directory's free space
     #[arg(long, env = "MAX_WORK_DISK")]
     pub max_work_disk: Option<String>,
-    /// Comma-separated https URLs (http only to loopback) that get a JSON POST when a run ends (Done or Failed)
+    /// Comma-separated https URLs (http only to loopback) that get a JSON POST when a run ends
+    /// (Done or Failed); environment only (the flag is refused: a webhook URL is a secret)
     #[arg(long, env = "NOTIFY_URLS", hide_env_values = true)]
     pub notify_urls: Option<String>,
     /// Sent to NOTIFY_URLS as `Authorization: Bearer ...`; never printed; environment only
@@ -245,7 +247,7 @@ pub struct RestoreConfig {
     pub notify: crate::notify::NotifyConfig,
     /// `REPLICA_RULES`, parsed.
     pub rules: Option<std::sync::Arc<crate::masking::RulesFile>>,
-    /// `MASKING_KEY`; `None`: a random key per run.
+    /// `MASKING_KEY`, at least 128 bits; `None` only when no rule is keyed.
     pub masking_key: Option<crate::masking::MaskingKey>,
     /// `MAX_WORK_DISK` in bytes; `None`: derived from the free space.
     pub max_work_disk: Option<u64>,
@@ -405,11 +407,18 @@ impl RestoreArgs {
             }
             _ => None,
         };
-        let masking_key = self
-            .masking_key
-            .as_deref()
-            .filter(|k| !k.is_empty())
-            .map(|k| crate::masking::MaskingKey::from_secret(&Secret::new(k)));
+        let masking_key =
+            crate::masking::key::run_key(rules.as_deref(), self.masking_key.as_deref()).map_err(
+                |expected| ConfigError::Invalid {
+                    var: "MASKING_KEY",
+                    value: if self.masking_key.as_deref().is_some_and(|k| !k.is_empty()) {
+                        "(hidden)".into()
+                    } else {
+                        "(not set)".into()
+                    },
+                    expected,
+                },
+            )?;
         let max_work_disk = match self.max_work_disk.as_deref().map(str::trim) {
             Some(v) if !v.is_empty() => Some(parse_bytes(v).filter(|n| *n >= MIN_WORK_DISK).ok_or_else(|| {
                 ConfigError::Invalid {

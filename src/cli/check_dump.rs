@@ -335,7 +335,7 @@ pub(super) async fn rules_check(
     let key = if restore.masking_key.is_some() {
         "MASKING_KEY set"
     } else {
-        "MASKING_KEY not set: pseudonyms change at each run"
+        "MASKING_KEY not set (no rule is keyed)"
     };
     let Some(dump) = dump else {
         return Some(Check::ok(
@@ -354,20 +354,36 @@ pub(super) async fn rules_check(
     let opts = crate::dump::selection::SelectOptions {
         schemas: restore.restore_schemas.clone(),
         target_version_num: 0,
+        drop_comments: rules.dump.drops_comments(),
+        drop_large_objects: rules.dump.drops_large_objects(),
     };
     let skip = crate::dump::selection::select(&toc, &opts).skip;
     let restored = replica::masking::restored_tables(&toc, &skip, &restore.exclude_table_data);
+    if let Err(e) = replica::masking::check_dump_parts(rules, &toc, &skip) {
+        return Some(Check::fail(name, e));
+    }
     Some(
-        match replica::masking::check_rules(rules, dump, &restored).await {
-            Ok(plan) => Check::ok(
-                name,
-                format!(
-                    "every rule applies to {} ({} table(s) masked or filtered, strict={}, {key})",
-                    dump.display(),
-                    plan.tables.len(),
-                    rules.strict
-                ),
-            ),
+        match replica::masking::check_rules_with_schema(rules, dump, &restored).await {
+            Ok((plan, schema)) => {
+                let literals = replica::masking::ddl_literals(&plan, &schema);
+                Check::ok(
+                    name,
+                    format!(
+                        "every rule applies to {} ({} table(s) masked or filtered, strict={}, {key}){}",
+                        dump.display(),
+                        plan.tables.len(),
+                        rules.strict,
+                        if literals.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; the DDL of masked tables holds these string literals, copied as written (schema, not masked: docs/masking.md): {}",
+                                literals.join("; ")
+                            )
+                        }
+                    ),
+                )
+            }
             Err(e) => Check::fail(name, e.to_string().replace('\n', "; ")),
         },
     )

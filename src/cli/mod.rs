@@ -275,13 +275,16 @@ pub fn entry() -> ExitCode {
     runtime.block_on(main(cli))
 }
 
-/// The flags that would carry a secret, and the variable to set instead.
-const SECRET_FLAGS: [(&str, &str); 5] = [
+/// The one list of secrets: each is read from its variable only, and its flag is refused
+/// (a test walks every flag of every command against it).
+const SECRET_FLAGS: [(&str, &str); 7] = [
     ("--api-token", "SCALINGO_API_TOKEN"),
     ("--database-url", "DATABASE_URL"),
     ("--source-database-url", "SOURCE_DATABASE_URL"),
+    ("--notify-urls", "NOTIFY_URLS"),
     ("--notify-token", "NOTIFY_TOKEN"),
     ("--web-token", "WEB_TOKEN"),
+    ("--masking-key", "MASKING_KEY"),
 ];
 
 /// A secret given as a flag is refused: the command line of a process is readable by every
@@ -358,4 +361,68 @@ fn shutdown_on_signals() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command, with the path of commands it belongs to.
+    fn every_arg(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Arg)>) {
+        for a in cmd.get_arguments() {
+            out.push((path.clone(), a.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            every_arg(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    /// Issue 22: every flag of every command against the one list of secrets. A flag whose
+    /// variable is a secret (its value hidden) is refused on the command line, naming the
+    /// variable and never the value; and every secret of the list is such a flag.
+    #[test]
+    fn secrets_are_environment_only_for_every_flag() {
+        let mut args = Vec::new();
+        every_arg(&Cli::command(), "replicator".into(), &mut args);
+        let mut seen = std::collections::HashSet::new();
+        for (path, a) in &args {
+            let Some(long) = a.get_long() else { continue };
+            let flag = format!("--{long}");
+            let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+            let listed = SECRET_FLAGS.iter().find(|(f, _)| *f == flag);
+            let secret = a.is_hide_env_values_set();
+            assert_eq!(
+                secret,
+                listed.is_some(),
+                "{path} {flag}: a flag whose value is hidden must be in SECRET_FLAGS, and only those"
+            );
+            let Some((_, var)) = listed else { continue };
+            assert_eq!(env.as_deref(), Some(*var), "{path} {flag}");
+            for given in [
+                vec![flag.clone(), "s3cr3t-value".to_string()],
+                vec![format!("{flag}=s3cr3t-value")],
+                vec!["run".to_string(), format!("{flag}=s3cr3t-value")],
+            ] {
+                let refusal = secret_flag(given.iter().map(std::ffi::OsString::from))
+                    .unwrap_or_else(|| panic!("{path}: {given:?} is accepted"));
+                assert!(
+                    refusal.contains(var) && !refusal.contains("s3cr3t"),
+                    "{refusal}"
+                );
+            }
+            seen.insert(flag);
+        }
+        for (flag, _) in SECRET_FLAGS {
+            assert!(
+                seen.contains(flag),
+                "{flag} is listed but no command has it"
+            );
+        }
+        // What is not a secret passes.
+        assert_eq!(
+            secret_flag(["run", "--force", "--", "--masking-key=x"].map(std::ffi::OsString::from)),
+            None
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `replicator rules init`: writes a starting `REPLICA_RULES` file from a dump's tables
 //! (docs/masking.md). Reads the dump only; touches neither the target nor the state.
+//! `replicator rules key`: prints a fresh strong `MASKING_KEY`.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,9 @@ pub enum RulesCommand {
     /// Write a starting rules file: every column of every table with `keep`, the columns that
     /// look personal marked `# REVIEW` with a suggested rule, `strict = true`
     Init(InitArgs),
+    /// Print a fresh strong MASKING_KEY (256 random bits, hex) on stdout: set it in the
+    /// environment of every replicator of this replica, and keep it from the replica's readers
+    Key,
 }
 
 #[derive(Args, Debug)]
@@ -32,7 +36,16 @@ pub struct InitArgs {
 }
 
 pub async fn run(args: RulesArgs) -> Result<u8, CliError> {
-    let RulesCommand::Init(args) = args.command;
+    let args = match args.command {
+        RulesCommand::Init(args) => args,
+        RulesCommand::Key => {
+            println!("{}", crate::masking::MaskingKey::generate());
+            eprintln!(
+                "a fresh key: set it as MASKING_KEY (e.g. `scalingo env-set MASKING_KEY=...`) where the replicator runs, keep it as you keep the database password, and do not change it (other pseudonyms every night)"
+            );
+            return Ok(exit::OK);
+        }
+    };
     let Some(dump) = args.dump else {
         return Err(CliError::Config(ConfigError::Missing {
             var: "--dump",
@@ -53,8 +66,20 @@ pub async fn run(args: RulesArgs) -> Result<u8, CliError> {
     let schema = crate::replica::masking::read_schema(&dump)
         .await
         .map_err(|e| crate::app::fatal(e.to_string()))?;
-    let tables = crate::replica::masking::restored_tables(&toc, &Default::default(), &[]);
-    let text = crate::masking::init::starting_file(&schema, &tables, &dump.display().to_string());
+    let skip = crate::dump::selection::select(&toc, &Default::default()).skip;
+    let tables = crate::replica::masking::restored_tables(&toc, &skip, &[]);
+    let count = |kinds: &[&str]| {
+        toc.entries()
+            .filter(|e| kinds.contains(&e.desc.as_str()) && !skip.contains(&e.id))
+            .count()
+    };
+    let text = crate::masking::init::starting_file(
+        &schema,
+        &tables,
+        &dump.display().to_string(),
+        count(&["COMMENT"]),
+        count(&["BLOB", "BLOB METADATA", "LARGE OBJECT"]),
+    );
     let review = text.matches("# REVIEW").count();
     match &args.output {
         Some(out) => {

@@ -64,6 +64,22 @@ pub struct SelectOptions {
     pub schemas: Option<Vec<String>>,
     /// The target's `server_version_num` (`0` when unknown).
     pub target_version_num: u32,
+    /// `[dump] comments = "drop"` of `REPLICA_RULES`: every `COMMENT` left out.
+    pub drop_comments: bool,
+    /// `[dump] large_objects = "drop"`: large objects, their contents, comments and
+    /// privileges left out.
+    pub drop_large_objects: bool,
+}
+
+/// Entry kinds of large objects (pg_dump 17 and later: `BLOB METADATA` and `BLOBS` per
+/// group; before: one `BLOB` each and one `BLOBS` for their contents).
+pub const LARGE_OBJECT_DESCS: &[&str] = &["BLOB", "BLOBS", "BLOB METADATA", "LARGE OBJECT"];
+
+/// Whether `e` is a large object, or a comment, privilege or label of one.
+pub fn is_large_object(e: &TocEntry) -> bool {
+    LARGE_OBJECT_DESCS.contains(&e.desc.as_str())
+        || (matches!(e.desc.as_str(), "COMMENT" | "ACL" | "SECURITY LABEL")
+            && e.tag.starts_with("LARGE OBJECT "))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -113,6 +129,14 @@ pub fn select(toc: &Toc, opts: &SelectOptions) -> Selection {
         }
         if let Some((_, why)) = NOT_FOR_A_REPLICA.iter().find(|(d, _)| *d == desc) {
             leave(why, true);
+            continue;
+        }
+        if opts.drop_large_objects && is_large_object(e) {
+            leave("[dump] large_objects = \"drop\" in REPLICA_RULES", true);
+            continue;
+        }
+        if opts.drop_comments && desc == "COMMENT" {
+            leave("[dump] comments = \"drop\" in REPLICA_RULES", true);
             continue;
         }
         // The comment of an extension belongs to the extension's owner; the public schema
@@ -211,6 +235,7 @@ mod tests {
             &SelectOptions {
                 schemas: None,
                 target_version_num: 180001,
+                ..Default::default()
             },
         );
         assert_eq!(ids(&s), vec![8, 9, 3429, 3500, 3501]);
@@ -232,6 +257,7 @@ mod tests {
             &SelectOptions {
                 schemas: Some(vec!["public".into()]),
                 target_version_num: 160004,
+                ..Default::default()
             },
         );
         for id in [7, 217, 3418, 3600] {
@@ -248,5 +274,39 @@ mod tests {
         assert!(kinds.contains(&("SCHEMA", 1)), "{kinds:?}");
         assert!(kinds.contains(&("TABLE DATA", 1)), "{kinds:?}");
         assert!(kinds.contains(&("STATISTICS DATA", 1)), "{kinds:?}");
+    }
+
+    /// `[dump] comments = "drop"` and `large_objects = "drop"` of REPLICA_RULES: left out
+    /// and said, large objects' own comments and privileges with them.
+    #[test]
+    fn comments_and_large_objects_can_be_left_out() {
+        let list = format!(
+            "{LIST}3422; 0 0 COMMENT - LARGE OBJECT 16441 postgres\n\
+             3423; 2613 16441 BLOB METADATA - 16441 postgres\n\
+             3424; 0 0 ACL - LARGE OBJECT 16441 postgres\n"
+        );
+        let toc = Toc::parse(&list);
+        let s = select(
+            &toc,
+            &SelectOptions {
+                drop_comments: true,
+                drop_large_objects: true,
+                ..Default::default()
+            },
+        );
+        for id in [3430, 3421, 3422, 3423, 3424] {
+            assert!(s.skip.contains(&id), "{id} should be left out");
+        }
+        assert!(!s.skip.contains(&216) && !s.skip.contains(&3417));
+        let said: Vec<(&str, u64)> = s
+            .left_out
+            .iter()
+            .filter(|l| l.why.contains("REPLICA_RULES"))
+            .map(|l| (l.kind.as_str(), l.count))
+            .collect();
+        assert!(said.contains(&("COMMENT", 1)), "{said:?}");
+        assert!(said.contains(&("BLOBS", 1)), "{said:?}");
+        let kept = select(&toc, &SelectOptions::default());
+        assert!(!kept.skip.contains(&3430) && !kept.skip.contains(&3421));
     }
 }

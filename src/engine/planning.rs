@@ -50,9 +50,12 @@ pub async fn decide(
     target_version_num: u32,
     fk_list: &Path,
 ) -> Result<Decided, StepError> {
+    let dump_rules = restore.rules.as_deref().map(|r| r.dump.clone());
     let opts = SelectOptions {
         schemas: restore.restore_schemas.clone(),
         target_version_num,
+        drop_comments: dump_rules.as_ref().is_some_and(|d| d.drops_comments()),
+        drop_large_objects: dump_rules.as_ref().is_some_and(|d| d.drops_large_objects()),
     };
     let (selection, jobs, extensions) =
         crate::replica::preflight::check_restorable(target, toc, deps, &opts, restore.jobs).await?;
@@ -119,19 +122,40 @@ pub async fn decide(
         }
     }
 
-    // REPLICA_RULES: every rule fits its column, strict mode names every column.
-    let masking = match &restore.rules {
-        Some(rules) => {
-            let skip: HashSet<u32> = left_out.keys().copied().collect();
-            let restored = crate::replica::masking::restored_tables(toc, &skip, &[]);
-            let plan = crate::replica::masking::check_rules(rules, dump, &restored).await?;
-            crate::replica::masking::check_filters_fit_fk_mode(&plan, dump, restore.fk_mode)
-                .await?;
-            info!("REPLICA_RULES checked against the dump: every rule applies");
-            Some(plan)
-        }
-        None => None,
-    };
+    // REPLICA_RULES: every rule fits its column, strict mode names every column, comment and
+    // large object; planner statistics that would carry real values are left out (their
+    // tables are analyzed after the rows).
+    let skip: HashSet<u32> = left_out.keys().copied().collect();
+    // (It says what it leaves out itself.)
+    let masking_left = crate::replica::masking::check_before_wipe(
+        restore.rules.as_deref(),
+        dump,
+        toc,
+        &skip,
+        &restore.exclude_table_data,
+        restore.fk_mode,
+    )
+    .await?;
+    let prepared = crate::replica::masking::prepare(
+        restore.rules.as_deref(),
+        restore.masking_key.as_ref(),
+        dump,
+        toc,
+        &skip,
+        &restore.exclude_table_data,
+        chrono::Utc::now(),
+    )
+    .await?;
+    let stats_why = prepared
+        .statistics
+        .left_out
+        .as_ref()
+        .map(|l| l.why.clone())
+        .unwrap_or_default();
+    for id in &prepared.statistics.skip {
+        left_out.entry(*id).or_insert_with(|| stats_why.clone());
+    }
+    let masking = prepared.masker.map(|m| m.plan().clone());
 
     let mut plan = RestorePlan::decide(toc, &left_out, &deferred, extensions, jobs);
     plan.refresh = decide_refresh(target, dump, toc, &plan, restore.refresh_mode).await?;
@@ -149,6 +173,7 @@ pub async fn decide(
             l.why
         );
     }
+    reported.extend(masking_left);
     Ok(Decided {
         plan,
         left_out: reported,
@@ -271,25 +296,6 @@ async fn created_in_switched(
             blocked.join(", ")
         )
     }))
-}
-
-/// The masker of a run's rows, from the rules' plan: the key is `MASKING_KEY`, or a random
-/// one (said) when it is not set.
-pub fn masker(
-    masking: crate::masking::Plan,
-    key: Option<&MaskingKey>,
-    started_at: chrono::DateTime<chrono::Utc>,
-) -> Arc<Masker> {
-    let key = match key {
-        Some(k) => k.clone(),
-        None => {
-            warn!(
-                "MASKING_KEY is not set: this run's pseudonyms come from a random key, so they change at each run (joins within the replica still hold); set MASKING_KEY for pseudonyms that stay the same from one night to the next"
-            );
-            MaskingKey::random()
-        }
-    };
-    Arc::new(Masker::new(masking, &key, started_at))
 }
 
 /// Rehearses `plan` on `target` (see `replica::apply::rehearsal`) and records what was

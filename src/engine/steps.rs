@@ -540,21 +540,26 @@ impl Steps for RealSteps {
         let skip = plan.skip();
         // What an earlier attempt of this run did, as the target records it.
         let mut done = std::collections::HashSet::new();
-        let masker = match (&self.restore.rules, section) {
-            (Some(rules), Section::DataAndPostData) => {
-                let restored = crate::replica::masking::restored_tables(&toc, &skip, &[]);
-                let rules_plan =
-                    crate::replica::masking::check_rules(rules, &dump, &restored).await?;
-                let masker = super::planning::masker(
-                    rules_plan,
+        // REPLICA_RULES and the tables whose planner statistics are rebuilt from the rows
+        // (the plan left theirs out).
+        let prepared = match section {
+            Section::DataAndPostData => Some(
+                crate::replica::masking::prepare(
+                    self.restore.rules.as_deref(),
                     self.restore.masking_key.as_ref(),
+                    &dump,
+                    &toc,
+                    &skip,
+                    &self.restore.exclude_table_data,
                     run.started_at,
-                );
-                applier = applier.with_masker(masker.clone());
-                Some(masker)
-            }
-            _ => None,
+                )
+                .await?,
+            ),
+            Section::PreData => None,
         };
+        if let Some(m) = prepared.as_ref().and_then(|p| p.masker.as_ref()) {
+            applier = applier.with_masker(m.clone());
+        }
         let report = |done: u64, total: u64| progress(Progress::Items { done, total });
         let mut fks_done = false;
         let load = match section {
@@ -651,26 +656,10 @@ impl Steps for RealSteps {
                 }
             );
         }
-        if let Some(masker) = masker {
-            let mut counts = masker.counts();
-            counts.orphans = crate::replica::masking::count_orphans(
-                &self.target,
-                masker.plan(),
-                rewriter.as_deref(),
-            )
-            .await?;
-            for (key, n) in &counts.orphans {
-                warn!(
-                    foreign_key = %key,
-                    rows = n,
-                    "foreign key {key}: {n} row(s) reference rows a REPLICA_RULES row filter left out (the key is NOT VALID under FK_MODE=trust; joins on it miss them)"
-                );
-            }
-            info!(
-                masking = %serde_json::to_string(&counts).unwrap_or_default(),
-                "REPLICA_RULES: {}",
-                counts.describe()
-            );
+        if let Some(p) = prepared
+            && let Some(counts) =
+                crate::replica::masking::after_rows(&self.target, p, rewriter.as_deref()).await?
+        {
             *self.masking.lock().expect("masking lock") = Some(counts);
         }
         Ok(())

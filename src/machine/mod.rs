@@ -39,9 +39,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 mod load;
+mod masking_counts;
 mod rules;
 
 pub use load::{LoadCounts, TableLoad, WorkMode};
+pub use masking_counts::MaskingCounts;
 pub use rules::{
     TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon, adopt, already_restored,
     disk_needed, dump_budget, first_wipe, interrupted, recover, target_is_source, too_old,
@@ -244,54 +246,6 @@ pub struct LeftOut {
     /// The names (schema-qualified where they have a schema), at most 20.
     pub names: Vec<String>,
     pub why: String,
-}
-
-/// What the rules of `REPLICA_RULES` did in a run: values rewritten per rule (`hash`,
-/// `first_name`, ...), rows dropped per filtered table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MaskingCounts {
-    #[serde(default)]
-    pub rewritten: std::collections::BTreeMap<String, u64>,
-    #[serde(default)]
-    pub dropped: std::collections::BTreeMap<String, u64>,
-    /// Foreign keys whose referenced rows a filter dropped: `table.constraint` -> rows
-    /// referencing a missing row.
-    #[serde(default)]
-    pub orphans: std::collections::BTreeMap<String, u64>,
-}
-
-impl MaskingCounts {
-    pub fn is_empty(&self) -> bool {
-        self.rewritten.is_empty() && self.dropped.is_empty() && self.orphans.is_empty()
-    }
-
-    /// `values rewritten: hash 120, first_name 40; rows dropped: events 12`.
-    pub fn describe(&self) -> String {
-        let list = |m: &std::collections::BTreeMap<String, u64>| {
-            m.iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut s = format!(
-            "values rewritten: {}",
-            if self.rewritten.is_empty() {
-                "none".to_string()
-            } else {
-                list(&self.rewritten)
-            }
-        );
-        if !self.dropped.is_empty() {
-            s.push_str(&format!("; rows dropped: {}", list(&self.dropped)));
-        }
-        if !self.orphans.is_empty() {
-            s.push_str(&format!(
-                "; rows whose foreign key references a filtered-out row: {}",
-                list(&self.orphans)
-            ));
-        }
-        s
-    }
 }
 
 /// What happened to the current step.

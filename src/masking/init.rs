@@ -88,39 +88,113 @@ pub fn suggestion(table: &str, column: &str, ty: &str) -> Option<(&'static str, 
 }
 
 /// The file's text: `tables` in the order given, each with its columns (generated ones left
-/// out: they are computed by the target).
-pub fn starting_file(schema: &Schema, tables: &[(String, String)], from: &str) -> String {
+/// out: they are computed by the target). A partition or an inheritance child gets its
+/// parents' rules (docs/masking.md): its parents are listed (before it, even a partitioned
+/// table that holds no rows of its own), and its own section names only the columns its
+/// parents do not have, so that a rule decided on the parent is never undone by a `keep`
+/// written for the child.
+///
+/// `comments` and `large_objects` count those of the dump: when it holds some, a `[dump]`
+/// section says `keep` for them, marked REVIEW (strict mode refuses a dump with comments or
+/// large objects the file does not mention).
+pub fn starting_file(
+    schema: &Schema,
+    tables: &[(String, String)],
+    from: &str,
+    comments: usize,
+    large_objects: usize,
+) -> String {
     let mut out = format!(
         "# REPLICA_RULES: what of each column and row reaches the replica (docs/masking.md).\n\
          # Written by `replicator rules init` from {from}.\n\
          # Every column is listed with \"keep\". Columns marked REVIEW look personal: decide,\n\
          # e.g. replace \"keep\" with the suggested rule. strict = true refuses a run whose dump\n\
          # has a column this file does not name (one added in production since).\n\
+         # A partition or an inheritance child gets its parent's rules for the columns its own\n\
+         # section does not name.\n\
          strict = true\n"
     );
-    for (schema_name, name) in tables {
-        let Some(table) = schema.table(schema_name, name) else {
-            continue;
-        };
-        let key = if schema_name == "public" {
-            name.clone()
-        } else {
-            format!("{schema_name}.{name}")
-        };
-        out.push_str(&format!("\n[tables.{}.columns]\n", toml_key(&key)));
-        for c in table.columns.iter().filter(|c| !c.generated) {
-            let mut line = format!("{} = \"keep\"", toml_key(&c.name));
-            if let Some((rule, why)) = suggestion(name, &c.name, &c.ty) {
-                line.push_str(&format!(
-                    "  # REVIEW: looks like {why} ({}): \"{rule}\"?",
-                    c.ty
-                ));
+    if comments + large_objects > 0 {
+        out.push_str("\n[dump]\n");
+    }
+    if comments > 0 {
+        out.push_str(&format!(
+            "comments = \"keep\"  # REVIEW: the dump holds {comments} comment(s), text people wrote, copied as written: \"drop\"?\n"
+        ));
+    }
+    if large_objects > 0 {
+        out.push_str(&format!(
+            "large_objects = \"keep\"  # REVIEW: the dump holds {large_objects} large object(s), their bytes copied as they are: \"drop\"?\n"
+        ));
+    }
+    let mut listed: Vec<(String, String)> = Vec::new();
+    for key in tables {
+        let mut chain = schema.ancestors(key);
+        chain.reverse();
+        chain.push(key.clone());
+        for k in chain {
+            if listed.contains(&k) {
+                continue;
             }
-            out.push_str(&line);
-            out.push('\n');
+            if let Some(table) = schema.tables.get(&k) {
+                section(&mut out, schema, &k, table);
+            }
+            listed.push(k);
         }
     }
     out
+}
+
+/// One table's section (or, for a child without columns of its own, one comment line).
+fn section(
+    out: &mut String,
+    schema: &Schema,
+    key: &(String, String),
+    table: &super::schema::Table,
+) {
+    let (_, name) = key;
+    let toml_name = toml_key(&super::validate::display_name(key));
+    let ancestors = schema.ancestors(key);
+    let inherited = |c: &str| {
+        ancestors
+            .iter()
+            .filter_map(|a| schema.tables.get(a))
+            .any(|t| t.column(c).is_some())
+    };
+    let own: Vec<_> = table
+        .columns
+        .iter()
+        .filter(|c| !c.generated && !inherited(&c.name))
+        .collect();
+    let parents = ancestors
+        .iter()
+        .take(table.parents.len().max(1))
+        .map(|a| format!("{:?}", super::validate::display_name(a)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !ancestors.is_empty() && own.is_empty() {
+        out.push_str(&format!(
+            "\n# {toml_name}: a partition or child of {parents}, whose rules apply to it\n"
+        ));
+        return;
+    }
+    out.push_str(&format!("\n[tables.{toml_name}.columns]\n"));
+    if !ancestors.is_empty() {
+        out.push_str(&format!(
+            "# a partition or child of {parents}, whose rules apply to its other columns\n"
+        ));
+    }
+    for c in own {
+        let mut line = format!("{} = \"keep\"", toml_key(&c.name));
+        if let Some((rule, why)) = suggestion(name, &c.name, &c.ty) {
+            line.push_str(&format!(
+                "  # REVIEW: looks like {why} ({}): \"{rule}\"?",
+                c.ty
+            ));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
 }
 
 fn toml_key(k: &str) -> String {
@@ -159,7 +233,7 @@ mod tests {
             ("public".to_string(), "users".to_string()),
             ("app".to_string(), "order lines".to_string()),
         ];
-        let text = starting_file(&s, &tables, "test.pgsql");
+        let text = starting_file(&s, &tables, "test.pgsql", 0, 0);
         let line = |start: &str| {
             text.lines()
                 .find(|l| l.starts_with(start))
@@ -184,5 +258,55 @@ mod tests {
         let rules = RulesFile::parse(&text).unwrap();
         assert!(rules.strict);
         validate(&rules, &s, &tables).unwrap();
+    }
+
+    /// Issue 22: partitions (attached), inheritance children and typed tables: the file
+    /// passes strict mode, names each column once, and a rule decided on the parent reaches
+    /// the children.
+    #[test]
+    fn partitions_children_and_typed_tables() {
+        let mut s = Schema::default();
+        for stmt in [
+            "CREATE TABLE public.events (\n    id integer,\n    email text\n)\nPARTITION BY RANGE (id);",
+            "CREATE TABLE public.events_1 (\n    id integer,\n    email text\n);",
+            "ALTER TABLE ONLY public.events ATTACH PARTITION public.events_1 FOR VALUES FROM (0) TO (10);",
+            "CREATE TABLE public.contacts (\n    id integer,\n    email text\n);",
+            "CREATE TABLE public.vip (\n    level text\n)\nINHERITS (public.contacts);",
+            "CREATE TYPE public.person AS (\n\tname text,\n\temail text\n);",
+            "CREATE TABLE public.people OF public.person;",
+        ] {
+            s.statement(stmt);
+        }
+        s.finish();
+        let q = |n: &str| ("public".to_string(), n.to_string());
+        let tables = vec![q("events_1"), q("contacts"), q("vip"), q("people")];
+        let text = starting_file(&s, &tables, "t.pgsql", 2, 1);
+        assert!(text.contains("[tables.events.columns]"), "{text}");
+        assert!(!text.contains("[tables.events_1.columns]"), "{text}");
+        let vip = &text[text.find("[tables.vip.columns]").unwrap()..];
+        let vip = &vip[..vip.find("\n\n").unwrap_or(vip.len())];
+        assert!(vip.contains("level = ") && !vip.contains("email"), "{vip}");
+        let people = &text[text.find("[tables.people.columns]").unwrap()..];
+        assert!(
+            people.contains("name = ") && people.contains("email = "),
+            "{text}"
+        );
+        let rules = RulesFile::parse(&text).unwrap();
+        assert_eq!(rules.dump.comments, Some(crate::masking::Disposition::Keep));
+        assert_eq!(
+            rules.dump.large_objects,
+            Some(crate::masking::Disposition::Keep)
+        );
+        validate(&rules, &s, &tables).unwrap();
+        // Decided on the parents: the children's rows are masked.
+        let decided = text.replace("email = \"keep\"  # REVIEW", "email = \"hash\"  # REVIEW");
+        let plan = validate(&RulesFile::parse(&decided).unwrap(), &s, &tables).unwrap();
+        for t in ["events_1", "vip", "people"] {
+            assert_eq!(
+                plan.table("public", t).unwrap().columns["email"].0,
+                crate::masking::Rule::Hash,
+                "{t}"
+            );
+        }
     }
 }

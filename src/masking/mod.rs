@@ -11,7 +11,9 @@
 //!
 //! Pure: no IO but reading the rules file; the dump's SQL is read by the caller.
 
+pub mod filter;
 pub mod init;
+pub mod key;
 pub mod schema;
 pub mod transform;
 pub mod validate;
@@ -86,11 +88,39 @@ pub struct TableRules {
     pub rows: Option<RowFilter>,
 }
 
+/// What becomes of a part of the dump that is not rows (`[dump]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Keep,
+    Drop,
+}
+
+/// `[dump]`: the parts of the dump outside the tables' rows. `None`: the file does not say
+/// (kept, and refused under `strict` when the dump has some).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DumpRules {
+    /// `COMMENT ON ...` of every object: free text written by people.
+    pub comments: Option<Disposition>,
+    /// Large objects (`lo_create`, their bytes, their comments and privileges).
+    pub large_objects: Option<Disposition>,
+}
+
+impl DumpRules {
+    pub fn drops_comments(&self) -> bool {
+        self.comments == Some(Disposition::Drop)
+    }
+
+    pub fn drops_large_objects(&self) -> bool {
+        self.large_objects == Some(Disposition::Drop)
+    }
+}
+
 /// The rules file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RulesFile {
     /// Every column of every restored table must have a rule.
     pub strict: bool,
+    pub dump: DumpRules,
     /// By table name: `users` (schema public) or `schema.table`.
     pub tables: BTreeMap<String, TableRules>,
 }
@@ -119,6 +149,10 @@ impl RulesFile {
                 "strict" => {
                     file.strict = value.as_bool().ok_or("`strict` must be true or false")?;
                 }
+                "dump" => {
+                    let t = value.as_table().ok_or("[dump] must be a table")?;
+                    file.dump = parse_dump(t)?;
+                }
                 "tables" => {
                     let tables = value.as_table().ok_or("`tables` must be a table")?;
                     for (name, t) in tables {
@@ -130,7 +164,7 @@ impl RulesFile {
                 }
                 other => {
                     return Err(format!(
-                        "unknown key `{other}` (expected `strict`, `tables`)"
+                        "unknown key `{other}` (expected `strict`, `dump`, `tables`)"
                     ));
                 }
             }
@@ -141,11 +175,51 @@ impl RulesFile {
     /// Is there any rule that changes something?
     pub fn is_empty(&self) -> bool {
         !self.strict
+            && self.dump.comments != Some(Disposition::Drop)
+            && self.dump.large_objects != Some(Disposition::Drop)
             && self
                 .tables
                 .values()
                 .all(|t| t.rows.is_none() && t.columns.values().all(|r| *r == Rule::Keep))
     }
+}
+
+/// The column rules whose output is keyed (HMAC under `MASKING_KEY`), as
+/// `table.column (rule)`: a run with any needs the key.
+pub fn keyed_rules(file: &RulesFile) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, t) in &file.tables {
+        for (col, rule) in &t.columns {
+            if !matches!(
+                rule,
+                Rule::Keep | Rule::Null | Rule::Fixed(_) | Rule::Redact
+            ) {
+                out.push(format!("{table}.{col} ({})", rule.name()));
+            }
+        }
+    }
+    out
+}
+
+fn parse_dump(t: &toml::Table) -> Result<DumpRules, String> {
+    let mut d = DumpRules::default();
+    for (key, value) in t {
+        let v = match value.as_str() {
+            Some("keep") => Disposition::Keep,
+            Some("drop") => Disposition::Drop,
+            _ => return Err(format!("[dump] {key} takes \"keep\" or \"drop\"")),
+        };
+        match key.as_str() {
+            "comments" => d.comments = Some(v),
+            "large_objects" => d.large_objects = Some(v),
+            other => {
+                return Err(format!(
+                    "[dump]: unknown key `{other}` (expected `comments`, `large_objects`)"
+                ));
+            }
+        }
+    }
+    Ok(d)
 }
 
 fn parse_table(name: &str, t: &toml::Table) -> Result<TableRules, String> {
@@ -372,6 +446,29 @@ in = ["a", 2, true]
         assert!(e.contains("soon"), "{e}");
         let e = RulesFile::parse("[tables.e.rows]\nnewer_than = \"1 day\"").unwrap_err();
         assert!(e.contains("column"), "{e}");
+    }
+
+    #[test]
+    fn reads_what_becomes_of_comments_and_large_objects() {
+        let f =
+            RulesFile::parse("[dump]\ncomments = \"drop\"\nlarge_objects = \"keep\"\n").unwrap();
+        assert_eq!(f.dump.comments, Some(Disposition::Drop));
+        assert_eq!(f.dump.large_objects, Some(Disposition::Keep));
+        assert!(!f.is_empty());
+        assert_eq!(RulesFile::parse("").unwrap().dump, DumpRules::default());
+        let e = RulesFile::parse("[dump]\ncomments = \"mask\"\n").unwrap_err();
+        assert!(e.contains("comments") && e.contains("drop"), "{e}");
+        let e = RulesFile::parse("[dump]\nblobs = \"drop\"\n").unwrap_err();
+        assert!(e.contains("blobs"), "{e}");
+    }
+
+    #[test]
+    fn keyed_rules_are_listed() {
+        let f = RulesFile::parse(
+            "[tables.u.columns]\na = \"hash\"\nb = \"null\"\nc = { fixed = 1 }\nd = \"redact\"\ne = \"date_shift\"\n",
+        )
+        .unwrap();
+        assert_eq!(keyed_rules(&f), vec!["u.a (hash)", "u.e (date_shift)"]);
     }
 
     #[test]

@@ -9,46 +9,17 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
+use super::filter::{Decision, KeepTest};
 use super::validate::{Plan, TablePlan, TypeClass};
 use super::{Keep, Rule};
-use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The key of every pseudonym. Its `Debug` prints nothing of it.
-#[derive(Clone)]
-pub struct MaskingKey([u8; 32]);
-
-impl std::fmt::Debug for MaskingKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MaskingKey([redacted])")
-    }
-}
-
-impl MaskingKey {
-    /// From `MASKING_KEY` (any length: it is hashed).
-    pub fn from_secret(secret: &Secret) -> MaskingKey {
-        MaskingKey(Sha256::digest(secret.expose().as_bytes()).into())
-    }
-
-    /// A key of this run only (no `MASKING_KEY`): the pseudonyms change at each run.
-    pub fn random() -> MaskingKey {
-        use std::io::Read;
-        let mut k = [0u8; 32];
-        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut k));
-        if read.is_err() {
-            // No /dev/urandom: the clock and the pid still make a key nobody knows in advance.
-            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
-            k = Sha256::digest(seed.as_bytes()).into();
-        }
-        MaskingKey(k)
-    }
-}
-
+pub use super::key::MaskingKey;
 pub use crate::machine::MaskingCounts;
 
 /// The plan and the key, for a run's restore; counts what it does.
@@ -64,7 +35,7 @@ impl Masker {
     pub fn new(plan: Plan, key: &MaskingKey, now: DateTime<Utc>) -> Masker {
         Masker {
             plan,
-            mac: <HmacSha256 as KeyInit>::new_from_slice(&key.0).expect("HMAC takes any key"),
+            mac: <HmacSha256 as KeyInit>::new_from_slice(key.bytes()).expect("HMAC takes any key"),
             now,
             counts: Mutex::new(MaskingCounts::default()),
         }
@@ -117,6 +88,7 @@ impl Masker {
             filter,
             rewritten: BTreeMap::new(),
             dropped: 0,
+            unreadable: 0,
             _tp: std::marker::PhantomData,
         }))
     }
@@ -298,47 +270,6 @@ impl Action {
     }
 }
 
-enum KeepTest {
-    In(Vec<Vec<u8>>),
-    NewerThan(DateTime<Utc>, TypeClass),
-}
-
-impl KeepTest {
-    /// Does the row with this (decoded) value stay?
-    fn keeps(&self, value: Option<&[u8]>) -> bool {
-        let Some(v) = value else {
-            return false;
-        };
-        match self {
-            KeepTest::In(set) => set.iter().any(|x| x == v),
-            KeepTest::NewerThan(cutoff, class) => {
-                let s = std::str::from_utf8(v).unwrap_or("").trim();
-                match s {
-                    "infinity" => return true,
-                    "-infinity" => return false,
-                    _ => {}
-                }
-                if s.ends_with(" BC") {
-                    return false;
-                }
-                match class {
-                    TypeClass::Date => NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                        .map(|d| d >= cutoff.date_naive())
-                        .unwrap_or(true),
-                    TypeClass::Timestamp => {
-                        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
-                            .map(|d| d >= cutoff.naive_utc())
-                            .unwrap_or(true)
-                    }
-                    _ => DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
-                        .map(|d| d.with_timezone(&Utc) >= *cutoff)
-                        .unwrap_or(true),
-                }
-            }
-        }
-    }
-}
-
 /// The transform of one `COPY`'s rows.
 pub struct Rows<'a> {
     masker: &'a Masker,
@@ -348,6 +279,8 @@ pub struct Rows<'a> {
     /// Rule name -> values rewritten.
     rewritten: BTreeMap<&'static str, u64>,
     dropped: u64,
+    /// Of `dropped`, the rows whose value the filter could not read.
+    unreadable: u64,
     _tp: std::marker::PhantomData<&'a TablePlan>,
 }
 
@@ -361,9 +294,17 @@ impl Rows<'_> {
             fields.extend(body.split(|b| *b == b'\t'));
             if let Some((i, test)) = &self.filter {
                 let v = fields.get(*i).and_then(|f| decode(f));
-                if !test.keeps(v.as_deref()) {
-                    self.dropped += 1;
-                    continue;
+                match test.decide(v.as_deref()) {
+                    Decision::Keep => {}
+                    Decision::Drop => {
+                        self.dropped += 1;
+                        continue;
+                    }
+                    Decision::Unreadable => {
+                        self.dropped += 1;
+                        self.unreadable += 1;
+                        continue;
+                    }
                 }
             }
             for (i, f) in fields.iter().enumerate() {
@@ -406,6 +347,9 @@ impl Rows<'_> {
             *c.rewritten.entry(rule.to_string()).or_default() += n;
         }
         if self.filter.is_some() {
+            if self.unreadable > 0 {
+                *c.unreadable.entry(self.table.clone()).or_default() += self.unreadable;
+            }
             *c.dropped.entry(self.table).or_default() += self.dropped;
         }
     }
@@ -518,12 +462,15 @@ fn redacted(class: TypeClass) -> &'static str {
 /// The date part of `value` moved by 1 to `days` days (either way), keyed on the date, the
 /// rest (time, offset) kept. `None` for what is not `YYYY-MM-DD...` (`infinity`, BC dates).
 fn shift_date(value: &[u8], masker: &Masker, days: u32) -> Option<String> {
+    use chrono::Datelike;
     let s = std::str::from_utf8(value).ok()?;
-    if s.ends_with(" BC") || s.len() < 10 {
+    if s.ends_with(" BC") {
         return None;
     }
-    let date = NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()?;
-    let seed = masker.seed(b"date_shift", &s.as_bytes()[..10]);
+    // The date ends at the first blank (years past 9999 have more than 4 digits).
+    let end = s.find(' ').unwrap_or(s.len());
+    let date = NaiveDate::parse_from_str(&s[..end], "%Y-%m-%d").ok()?;
+    let seed = masker.seed(b"date_shift", &s.as_bytes()[..end]);
     let magnitude = 1 + (seed >> 1) % u64::from(days);
     let offset = if seed & 1 == 0 {
         magnitude as i64
@@ -531,7 +478,13 @@ fn shift_date(value: &[u8], masker: &Masker, days: u32) -> Option<String> {
         -(magnitude as i64)
     };
     let shifted = date.checked_add_signed(ChronoDuration::days(offset))?;
-    Some(format!("{}{}", shifted.format("%Y-%m-%d"), &s[10..]))
+    Some(format!(
+        "{:04}-{:02}-{:02}{}",
+        shifted.year(),
+        shifted.month(),
+        shifted.day(),
+        &s[end..]
+    ))
 }
 
 fn pick(list: &'static [&'static str], seed: u64) -> &'static str {
@@ -603,6 +556,7 @@ mod tests {
     use super::*;
     use crate::masking::schema::Schema;
     use crate::masking::{RulesFile, validate};
+    use crate::secret::Secret;
 
     fn masker(toml: &str, key: &str) -> Masker {
         let mut s = Schema::default();

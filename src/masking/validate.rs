@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::schema::{Column, Schema};
-use super::{Keep, Rule, RulesFile, split_table_key};
+use super::schema::{Column, QualifiedName, Schema};
+use super::{Keep, Rule, RulesFile, TableRules, split_table_key};
 
 /// The kind of a column's type, as far as the rules care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,9 +201,55 @@ fn fixed_unfit(v: &str, class: TypeClass) -> Option<&'static str> {
     }
 }
 
+/// How a table is named in messages and in the rules file: `users` (schema public) or
+/// `app.users`.
+pub fn display_name(key: &QualifiedName) -> String {
+    if key.0 == "public" {
+        key.1.clone()
+    } else {
+        format!("{}.{}", key.0, key.1)
+    }
+}
+
+/// The rules that apply to one table: its own, then for each column it does not name and for
+/// its filter, those of its nearest parent that has one (a partition's or an inheritance
+/// child's rows are its parents' rows). Each with the table it was written for.
+struct Effective<'a> {
+    columns: BTreeMap<&'a str, (&'a Rule, &'a QualifiedName)>,
+    filter: Option<(&'a super::RowFilter, &'a QualifiedName)>,
+}
+
+fn effective<'a>(
+    key: &QualifiedName,
+    ancestors: &'a [QualifiedName],
+    own: &'a BTreeMap<QualifiedName, &'a TableRules>,
+) -> Effective<'a> {
+    let mut e = Effective {
+        columns: BTreeMap::new(),
+        filter: None,
+    };
+    let own_key = own.get_key_value(key).map(|(k, _)| k);
+    for k in own_key.into_iter().chain(ancestors.iter()) {
+        let Some(rules) = own.get(k) else {
+            continue;
+        };
+        for (col, rule) in &rules.columns {
+            e.columns.entry(col.as_str()).or_insert((rule, k));
+        }
+        if e.filter.is_none() {
+            e.filter = rules.rows.as_ref().map(|f| (f, k));
+        }
+    }
+    e
+}
+
 /// Checks `rules` against `schema`; `restored` lists the tables whose rows the run restores
 /// (what strict mode covers). The error lists every problem, one per line, each naming the
 /// table, the column and the rule.
+///
+/// A table gets the rules of its parents (partitions, inheritance children) for the columns
+/// and the filter its own entry does not name; each rule is checked against each table it
+/// applies to, and strict mode counts the rules that apply, not the entries written.
 pub fn validate(
     rules: &RulesFile,
     schema: &Schema,
@@ -211,59 +257,79 @@ pub fn validate(
 ) -> Result<Plan, String> {
     let mut errors = Vec::new();
     let mut plan = Plan::default();
-    // key as written -> (schema, table)
-    let mut resolved: BTreeMap<(String, String), &super::TableRules> = BTreeMap::new();
+    let mut own: BTreeMap<QualifiedName, &TableRules> = BTreeMap::new();
     for (key, table_rules) in &rules.tables {
         let k = if schema.table("public", key).is_some() {
             ("public".to_string(), key.clone())
         } else {
             split_table_key(key)
         };
-        let Some(table) = schema.tables.get(&k) else {
+        if !schema.tables.contains_key(&k) {
             errors.push(format!(
                 "table {key:?}: the dump has no such table (names are exact; a table outside schema public is written \"schema.table\")"
             ));
             continue;
-        };
+        }
+        own.insert(k, table_rules);
+    }
+    // Rules that do not fit the table they were written for: said once, there.
+    let mut unfit_at_home: std::collections::BTreeSet<(QualifiedName, String)> = Default::default();
+    for (key, table) in &schema.tables {
+        let ancestors = schema.ancestors(key);
+        let e = effective(key, &ancestors, &own);
+        let name = display_name(key);
         let mut tp = TablePlan::default();
-        for (col, rule) in &table_rules.columns {
+        for (col, (rule, from)) in &e.columns {
+            let inherited = *from != key;
+            if inherited && unfit_at_home.contains(&((*from).clone(), col.to_string())) {
+                continue;
+            }
+            let at = if inherited {
+                format!("table {name:?} (rows of {:?})", display_name(from))
+            } else {
+                format!("table {name:?}")
+            };
             let Some(c) = table.column(col) else {
                 errors.push(format!(
-                    "table {key:?}, column {col:?} (rule {}): the table has no such column",
+                    "{at}, column {col:?} (rule {}): the table has no such column",
                     rule.name()
                 ));
+                unfit_at_home.insert(((*from).clone(), col.to_string()));
                 continue;
             };
             let class = TypeClass::of(&c.ty);
-            if c.generated && *rule != Rule::Keep {
-                errors.push(format!(
-                    "table {key:?}, column {col:?} (rule {}): a generated column is computed by the target from the others: mask those instead",
-                    rule.name()
-                ));
+            let why = if c.generated && **rule != Rule::Keep {
+                Some("a generated column is computed by the target from the others: mask those instead".to_string())
+            } else {
+                unfit(rule, c, class)
+            };
+            if let Some(why) = why {
+                errors.push(format!("{at}, column {col:?}, rule {}: {why}", rule.name()));
+                if !inherited {
+                    unfit_at_home.insert((key.clone(), col.to_string()));
+                }
                 continue;
             }
-            if let Some(why) = unfit(rule, c, class) {
-                errors.push(format!(
-                    "table {key:?}, column {col:?}, rule {}: {why}",
-                    rule.name()
-                ));
-                continue;
-            }
-            if *rule != Rule::Keep {
-                tp.columns.insert(col.clone(), (rule.clone(), class));
+            if **rule != Rule::Keep {
+                tp.columns.insert(col.to_string(), ((*rule).clone(), class));
             }
         }
-        if let Some(f) = &table_rules.rows {
+        if let Some((f, from)) = e.filter {
+            let at = if from != key {
+                format!("table {name:?} (rows of {:?})", display_name(from))
+            } else {
+                format!("table {name:?}")
+            };
             match table.column(&f.column) {
                 None => errors.push(format!(
-                    "table {key:?}, row filter on column {:?}: the table has no such column",
+                    "{at}, row filter on column {:?}: the table has no such column",
                     f.column
                 )),
                 Some(c) => {
                     let class = TypeClass::of(&c.ty);
                     if matches!(f.keep, Keep::NewerThan(_)) && !class.is_date() {
                         errors.push(format!(
-                            "table {key:?}, row filter newer_than on column {:?}: its type {} is not a date or timestamp",
+                            "{at}, row filter newer_than on column {:?}: its type {} is not a date or timestamp",
                             f.column, c.ty
                         ));
                     } else {
@@ -272,32 +338,8 @@ pub fn validate(
                 }
             }
         }
-        resolved.insert(k.clone(), table_rules);
         if tp != TablePlan::default() {
-            plan.tables.insert(k, tp);
-        }
-    }
-    // A partition (or child) without rules of its own gets its parent's: its rows are the
-    // parent's rows.
-    for (key, table) in &schema.tables {
-        if resolved.contains_key(key) {
-            continue;
-        }
-        let mut parent = table.parent.clone();
-        let mut depth = 0;
-        while let Some(p) = parent {
-            depth += 1;
-            if depth > 16 {
-                break;
-            }
-            if let Some(tp) = plan.tables.get(&p).cloned() {
-                plan.tables.insert(key.clone(), tp);
-                break;
-            }
-            if resolved.contains_key(&p) {
-                break;
-            }
-            parent = schema.tables.get(&p).and_then(|t| t.parent.clone());
+            plan.tables.insert(key.clone(), tp);
         }
     }
     if rules.strict {
@@ -305,46 +347,27 @@ pub fn validate(
             let Some(table) = schema.tables.get(key) else {
                 continue;
             };
-            let own = resolved.get(key).copied();
-            let parent_rules = |col: &str| {
-                let mut parent = table.parent.clone();
-                let mut depth = 0;
-                while let Some(p) = parent {
-                    depth += 1;
-                    if depth > 16 {
-                        break;
-                    }
-                    if resolved
-                        .get(&p)
-                        .is_some_and(|r| r.columns.contains_key(col))
-                    {
-                        return true;
-                    }
-                    parent = schema.tables.get(&p).and_then(|t| t.parent.clone());
-                }
-                false
-            };
-            let missing: Vec<&str> = table
+            let ancestors = schema.ancestors(key);
+            let e = effective(key, &ancestors, &own);
+            let missing: Vec<String> = table
                 .columns
                 .iter()
-                .filter(|c| !c.generated)
-                .filter(|c| !own.is_some_and(|r| r.columns.contains_key(&c.name)))
-                .filter(|c| !parent_rules(&c.name))
-                .map(|c| c.name.as_str())
+                .filter(|c| !c.generated && !e.columns.contains_key(c.name.as_str()))
+                .map(|c| format!("{:?}", c.name))
                 .collect();
             if !missing.is_empty() {
-                let name = if key.0 == "public" {
-                    key.1.clone()
-                } else {
-                    format!("{}.{}", key.0, key.1)
-                };
                 errors.push(format!(
-                    "strict mode: table {name:?} has no rule for column(s) {} (add them to the rules file, `keep` included)",
-                    missing
-                        .iter()
-                        .map(|c| format!("{c:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "strict mode: table {:?} has no rule for column(s) {} (add them to the rules file, `keep` included{})",
+                    display_name(key),
+                    missing.join(", "),
+                    if ancestors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; a rule of {} applies to it too",
+                            ancestors.iter().map(|a| format!("{:?}", display_name(a))).collect::<Vec<_>>().join(" or ")
+                        )
+                    }
                 ));
             }
         }
@@ -494,5 +517,62 @@ mod tests {
         assert_eq!(TypeClass::of("text[]"), TypeClass::Array);
         assert_eq!(TypeClass::of("bigint"), TypeClass::Int { bits: 64 });
         assert_eq!(TypeClass::of("public.mood"), TypeClass::Other);
+    }
+
+    /// Issue 22: a child with an entry of its own still gets its parent's rules for the
+    /// columns that entry does not name (its rows were real), a partition attached with
+    /// `ATTACH PARTITION` gets its parent's filter, and a typed table's columns are its type's.
+    #[test]
+    fn children_attached_partitions_and_typed_tables_get_the_rules_that_apply() {
+        let mut s = Schema::default();
+        for stmt in [
+            "CREATE TABLE public.contacts (\n    id integer,\n    email text\n);",
+            "CREATE TABLE public.vip (\n    level text\n)\nINHERITS (public.contacts);",
+            "CREATE TABLE public.events (\n    id integer,\n    at timestamp with time zone,\n    email text\n)\nPARTITION BY RANGE (at);",
+            "CREATE TABLE public.events_1 (\n    id integer,\n    at timestamp with time zone,\n    email text\n);",
+            "ALTER TABLE ONLY public.events ATTACH PARTITION public.events_1 FOR VALUES FROM ('2020-01-01') TO ('2030-01-01');",
+            "CREATE TYPE public.person AS (\n\tname text,\n\temail text\n);",
+            "CREATE TABLE public.people OF public.person;",
+        ] {
+            s.statement(stmt);
+        }
+        s.finish();
+        let q = |n: &str| ("public".to_string(), n.to_string());
+        let restored = vec![q("contacts"), q("vip"), q("events_1"), q("people")];
+        let toml = "strict = true\n[tables.contacts.columns]\nid = \"keep\"\nemail = \"hash\"\n[tables.vip.columns]\nlevel = \"keep\"\n[tables.events.columns]\nid = \"keep\"\nat = \"keep\"\nemail = \"hash\"\n[tables.events.rows]\ncolumn = \"at\"\nnewer_than = \"90 days\"\n[tables.people.columns]\nname = \"last_name\"\nemail = \"hash\"\n";
+        let plan = validate(&RulesFile::parse(toml).unwrap(), &s, &restored).unwrap();
+        assert_eq!(
+            plan.table("public", "vip").unwrap().columns["email"].0,
+            Rule::Hash
+        );
+        let p = plan.table("public", "events_1").unwrap();
+        assert_eq!(p.columns["email"].0, Rule::Hash);
+        assert!(p.filter.is_some());
+        assert_eq!(
+            plan.table("public", "people").unwrap().columns["email"].0,
+            Rule::Hash
+        );
+        // Strict: the typed table's columns are checked; one the file misses is named.
+        let e = validate(
+            &RulesFile::parse(&toml.replace("name = \"last_name\"\n", "")).unwrap(),
+            &s,
+            &restored,
+        )
+        .unwrap_err();
+        assert!(e.contains("\"people\"") && e.contains("\"name\""), "{e}");
+        // A rule of the parent that does not fit the child is said for the child.
+        let mut s2 = s.clone();
+        s2.statement("CREATE TABLE public.short (\n    email character varying(10)\n)\nINHERITS (public.contacts);");
+        s2.finish();
+        let e = validate(
+            &RulesFile::parse("[tables.contacts.columns]\nemail = \"hash\"\n").unwrap(),
+            &s2,
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("\"short\" (rows of \"contacts\")") && e.contains("hash"),
+            "{e}"
+        );
     }
 }

@@ -27,6 +27,7 @@ pub mod records;
 mod restore;
 pub mod sessions;
 pub(crate) mod sqlstate;
+pub mod statistics;
 pub mod swap;
 mod tls;
 mod unlogged;

@@ -451,6 +451,7 @@ mod tests {
         let opts = SelectOptions {
             schemas: Some(vec!["public".into()]),
             target_version_num: 170000,
+            ..Default::default()
         };
         let sel = select(&toc, &opts);
         let pairs = broken_by_restriction(&toc, &deps, &["public".into()], &sel.skip);
@@ -467,6 +468,7 @@ mod tests {
             &SelectOptions {
                 schemas: Some(both.to_vec()),
                 target_version_num: 170000,
+                ..Default::default()
             },
         );
         assert!(broken_by_restriction(&toc, &deps, &both, &sel.skip).is_empty());

@@ -353,6 +353,16 @@ fn secrets_as_flags_are_refused_naming_the_variable() {
             "NOTIFY_TOKEN",
             "nt-flagged-secret".to_string(),
         ),
+        (
+            "--notify-urls",
+            "NOTIFY_URLS",
+            "https://hooks.example.com/FlaggedHookPath".to_string(),
+        ),
+        (
+            "--masking-key",
+            "MASKING_KEY",
+            "5b1f0c7e9a2d4c6b8e0f1a3c5d7e9f1bflagged".to_string(),
+        ),
     ] {
         for args in [
             vec!["run".to_string(), flag.to_string(), value.clone()],

@@ -10,6 +10,7 @@ mod fk_mode;
 mod hardening;
 mod live_source;
 mod masking;
+mod masking_scan;
 mod model;
 mod operator;
 mod overlap;

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::common::pg::PgCluster;
 use crate::common::scenario::{Scenario, stderr, stdout};
 
-const KEY: &str = "masking-key-5b1f0c7e";
+use crate::masking_scan::KEY;
 
 /// Personal data in several tables: emails repeated across `users` and `orders`, a unique
 /// email index, foreign keys, a date column; `events` half old, half recent, and
@@ -281,6 +281,7 @@ fn a_rule_that_cannot_apply_is_refused_before_the_wipe() {
         "[tables.users.columns]\nemail = \"null\"\n[tables.orders.columns]\ntotal = \"email\"\n",
     );
     s.set_env("REPLICA_RULES", &rules);
+    s.set_env("MASKING_KEY", KEY);
     let out = s.run(&["run"]);
     let logs = stdout(&out) + &stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{logs}");
@@ -358,6 +359,7 @@ fn a_filter_under_fk_mode_validate_is_refused_before_the_wipe() {
     s.put_stale_table_in_target();
     let rules = write_rules(s.files.path(), "replica.toml", RULES);
     s.set_env("REPLICA_RULES", &rules);
+    s.set_env("MASKING_KEY", KEY);
     s.set_env("FK_MODE", "validate");
     let out = s.run(&["run"]);
     let logs = stdout(&out) + &stderr(&out);
@@ -371,24 +373,115 @@ fn a_filter_under_fk_mode_validate_is_refused_before_the_wipe() {
     assert!(s.table_exists("stale_leftover"), "nothing was wiped");
 }
 
-/// Without MASKING_KEY: a warning, the values still masked, joins still hold within the
-/// replica, but the pseudonyms change from one run to the next.
+/// Issue 22: keyed rules need MASKING_KEY (each attempt drew its own key, and tables loaded
+/// by two attempts did not join), a key weaker than 128 bits is refused, a key as a flag is
+/// refused (it shows in `ps`), all before anything is touched; `rules key` prints a strong one.
 #[test]
-fn without_a_key_pseudonyms_are_masked_but_change_at_each_run() {
+fn keyed_rules_need_a_strong_key_from_the_environment() {
     let mut s = Scenario::new("mask_nokey", fill);
+    s.put_stale_table_in_target();
     let rules = write_rules(s.files.path(), "replica.toml", RULES);
     s.set_env("REPLICA_RULES", &rules);
-    let out = s.run_ok(&["run"]);
+    let out = s.run(&["run"]);
     let logs = stdout(&out) + &stderr(&out);
-    assert!(logs.contains("MASKING_KEY is not set"), "{logs}");
-    let emails = "SELECT string_agg(email, ',' ORDER BY id) FROM users";
-    let first = s.target_psql(emails);
-    assert!(!first.contains("corp-mail.example"), "{first}");
-    let join = "SELECT count(*) FROM users u JOIN orders o ON o.email = u.email";
-    assert_eq!(s.target_psql(join), "150");
-    s.run_ok(&["run", "--force"]);
-    assert_ne!(s.target_psql(emails), first, "a random key per run");
-    assert_eq!(s.target_psql(join), "150");
+    assert_eq!(out.status.code(), Some(2), "{logs}");
+    assert!(
+        logs.contains("MASKING_KEY")
+            && logs.contains("users.email (hash)")
+            && logs.contains("rules key"),
+        "{logs}"
+    );
+    let weak = "masking-key-5b1f0c7e";
+    s.set_env("MASKING_KEY", weak);
+    let out = s.run(&["run"]);
+    let logs = stdout(&out) + &stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{logs}");
+    assert!(logs.contains("128 bits") && !logs.contains(weak), "{logs}");
+    for flag in ["--masking-key", "--notify-urls"] {
+        let out = s.run(&["run", &format!("{flag}={KEY}")]);
+        let logs = stdout(&out) + &stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{logs}");
+        assert!(logs.contains(flag) && !logs.contains(KEY), "{logs}");
+    }
+    assert!(s.table_exists("stale_leftover"), "nothing was touched");
+    // `rules key`: 64 hex digits, fresh each time, accepted.
+    let keys: Vec<String> = (0..2)
+        .map(|_| stdout(&s.run_ok(&["rules", "key"])).trim().to_string())
+        .collect();
+    assert_ne!(keys[0], keys[1]);
+    assert!(
+        keys[0].len() == 64 && keys[0].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{keys:?}"
+    );
+    s.set_env("MASKING_KEY", &keys[0]);
+    s.run_ok(&["run"]);
+    assert!(!s.table_exists("stale_leftover"));
+    assert!(!stdout(&s.run_ok(&["status", "--json"])).contains(&keys[0]));
+}
+
+/// Issue 22, case 7: a streamed run killed with `kill -9` after its first table, then resumed: the
+/// tables of the two attempts join on the hashed email, as an uninterrupted run's do.
+#[test]
+fn joins_hold_across_a_kill_9_and_resume() {
+    let mut s = Scenario::new("mask_resume", |c, db| {
+        c.superuser_psql(
+            db,
+            // b_users loads second, slowly (a check that sleeps per row): the kill lands
+            // between the two tables.
+            "CREATE FUNCTION slow_ok(text) RETURNS boolean LANGUAGE sql
+               AS 'SELECT pg_sleep(0.0003) IS NOT NULL';
+             CREATE TABLE a_orders (id int PRIMARY KEY, email text NOT NULL);
+             CREATE TABLE b_users (id int PRIMARY KEY, email text NOT NULL UNIQUE);
+             INSERT INTO a_orders SELECT i, 'buyer' || (i % 3000) || '@corp-mail.example'
+               FROM generate_series(1, 6000) i;
+             INSERT INTO b_users SELECT i, 'buyer' || i || '@corp-mail.example'
+               FROM generate_series(0, 11999) i;
+             ALTER TABLE b_users ADD CONSTRAINT b_users_slow CHECK (slow_ok(email));",
+        );
+    });
+    let rules = write_rules(
+        s.files.path(),
+        "replica.toml",
+        "[tables.a_orders.columns]\nemail = \"hash\"\n[tables.b_users.columns]\nemail = \"hash\"\n",
+    );
+    s.set_env("REPLICA_RULES", &rules);
+    s.set_env("MASKING_KEY", KEY);
+    s.set_env("PG_RESTORE_JOBS", "1");
+    // Streamed, as in the review: the rows flow from the download into the target.
+    s.set_env("MAX_WORK_DISK", "16MiB");
+    let loaded = |s: &Scenario| {
+        if s.target_psql("SELECT to_regclass('replicator.loaded') IS NULL") == "t" {
+            return String::new();
+        }
+        s.target_psql(
+            "SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM replicator.loaded WHERE kind = 'TABLE DATA'",
+        )
+    };
+    let mut child = s.spawn(&["run"]);
+    crate::common::scenario::eventually(
+        std::time::Duration::from_secs(120),
+        "a_orders committed with its record",
+        || loaded(&s).contains("a_orders"),
+    );
+    crate::common::scenario::kill_9(&mut child);
+    assert_eq!(
+        loaded(&s),
+        "public.a_orders",
+        "the kill landed between the two tables"
+    );
+    let out = s.run_ok(&["resume"]);
+    let logs = stdout(&out) + &stderr(&out);
+    assert!(
+        logs.contains("already in and are not loaded again"),
+        "{logs}"
+    );
+    let join = "SELECT count(*) FROM a_orders o JOIN b_users u ON u.email = o.email";
+    assert_eq!(s.target_psql(join), "6000", "every order joins its user");
+    assert_eq!(s.target_psql(join), source(&s, join));
+    assert_eq!(
+        s.target_psql("SELECT count(*) FROM b_users WHERE email LIKE '%corp-mail%'"),
+        "0"
+    );
 }
 
 /// `REPLICA_RULES` pass `check`, against the dump `dump` and against the backup itself.

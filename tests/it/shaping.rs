@@ -17,12 +17,12 @@ const TOKEN: &str = "notify-tok-7f3a9c1e";
 
 /// One request a [`Receiver`] got.
 #[derive(Clone, Debug)]
-struct Received {
+pub(crate) struct Received {
     method: String,
     path: String,
     authorization: Option<String>,
     content_type: Option<String>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Received {
@@ -33,13 +33,13 @@ impl Received {
 
 /// A loopback HTTP receiver: answers the statuses of `answers` in turn (the last one
 /// repeats) and records every request.
-struct Receiver {
+pub(crate) struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    fn start(answers: &[u16]) -> Receiver {
+    pub(crate) fn start(answers: &[u16]) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -56,11 +56,11 @@ impl Receiver {
         Receiver { port, got }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn requests(&self) -> Vec<Received> {
+    pub(crate) fn requests(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 }

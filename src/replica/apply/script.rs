@@ -107,11 +107,17 @@ fn is_copy_from_stdin(stmt: &str) -> bool {
     upper.starts_with("COPY ") && upper.ends_with("FROM STDIN;")
 }
 
-/// Parses `-- Name: t; Type: TABLE; Schema: public; Owner: -` (or `-- Data for Name: ...`).
+/// Parses `-- Name: t; Type: TABLE; Schema: public; Owner: -`, `-- Data for Name: ...` (rows
+/// and large objects) or `-- Statistics for Name: ...` (pg_dump 18's `STATISTICS DATA`: the
+/// planner statistics of one table, index or materialized view, an entry of their own).
 fn parse_header(line: &str) -> Option<EntryHeader> {
-    let rest = line
-        .strip_prefix("-- Name: ")
-        .or_else(|| line.strip_prefix("-- Data for Name: "))?;
+    let rest = [
+        "-- Name: ",
+        "-- Data for Name: ",
+        "-- Statistics for Name: ",
+    ]
+    .iter()
+    .find_map(|p| line.strip_prefix(p))?;
     let (name, rest) = rest.split_once("; Type: ")?;
     let (kind, rest) = rest.split_once("; Schema: ")?;
     let schema = rest.split_once("; ").map_or(rest, |(s, _)| s);
@@ -447,6 +453,38 @@ mod tests {
         assert!(p.finish().is_err());
         assert!(p.copy_line(b"\\.\n"));
         assert!(p.finish().is_ok());
+    }
+
+    /// pg_dump 18 `--statistics`: each `STATISTICS DATA` entry under its own header, never
+    /// run as part of the entry before it (written as pg_restore 18 prints them).
+    #[test]
+    fn statistics_entries_have_their_own_header() {
+        let script = "--\n-- Name: users_lower; Type: INDEX; Schema: public; Owner: postgres\n--\n\n\
+            CREATE INDEX users_lower ON public.users USING btree (lower(email));\n\n\n\
+            --\n-- Statistics for Name: users_lower; Type: STATISTICS DATA; Schema: public; Owner: -\n--\n\n\
+            SELECT * FROM pg_catalog.pg_restore_relation_stats(\n\t'version', '180006'::integer,\n\t'relname', 'users_lower'\n);\n\
+            SELECT * FROM pg_catalog.pg_restore_attribute_stats(\n\t'relname', 'users_lower',\n\t'most_common_vals', '{a@b.example}'::text\n);\n";
+        let (pieces, _) = parse(script);
+        let mut current = String::new();
+        let mut owned: Vec<(String, usize)> = Vec::new();
+        for p in &pieces {
+            match p {
+                Piece::Entry(h) => {
+                    current = h.describe();
+                    owned.push((current.clone(), 0));
+                }
+                Piece::Statement(_) => owned.last_mut().unwrap().1 += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(current, "STATISTICS DATA public.users_lower");
+        assert_eq!(
+            owned,
+            vec![
+                ("INDEX public.users_lower".to_string(), 1),
+                ("STATISTICS DATA public.users_lower".to_string(), 2)
+            ]
+        );
     }
 
     #[test]
