@@ -135,6 +135,10 @@ pub struct Refresh {
     /// Why a swap was not possible, when `REFRESH_MODE` was not set and the run wipes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why_not_swap: Option<String>,
+    /// Swap mode: the room it needs beside yesterday's copy, roughly: the dump's size on disk
+    /// (its data compressed: the tables take more), and yesterday's `pg_database_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<(u64, u64)>,
 }
 
 /// A privilege the target's role granted to another role (or a default privilege of the role,
@@ -341,6 +345,13 @@ impl RestorePlan {
             }
         );
         text.push_str(&format!("; refresh: {}", self.refresh.mode.as_str()));
+        if let Some((dump, db)) = self.refresh.room {
+            text.push_str(&format!(
+                " (room for two copies until the switch: the dump is {} MiB, yesterday's database {} MiB)",
+                dump >> 20,
+                db >> 20
+            ));
+        }
         if let Some(why) = &self.refresh.why_not_swap {
             text.push_str(&format!(" (not swap: {why})"));
         }

@@ -230,11 +230,28 @@ async fn decide_refresh(
         crate::replica::swap::assess(target, &schemas).await?.err()
     };
     match (why, asked) {
-        (None, _) => Ok(Refresh {
-            mode: RefreshMode::Swap,
-            schemas,
-            why_not_swap: None,
-        }),
+        (None, _) => {
+            let client = target.connect().await?;
+            let db: i64 = client
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .await
+                .map_err(|e| target.query_error("reading the database's size", e))?
+                .get(0);
+            let dump_len = std::fs::metadata(dump).map(|m| m.len()).unwrap_or(0);
+            info!(
+                dump_bytes = dump_len,
+                database_bytes = db,
+                "this run swaps: tonight's copy is built beside yesterday's, so the target's disk holds both until the switch (the dump is {} MiB, yesterday's database {} MiB)",
+                dump_len >> 20,
+                db >> 20
+            );
+            Ok(Refresh {
+                mode: RefreshMode::Swap,
+                schemas,
+                why_not_swap: None,
+                room: Some((dump_len, db.max(0) as u64)),
+            })
+        }
         (Some(why), Some(RefreshMode::Swap)) => Err(StepError::permanent(format!(
             "REFRESH_MODE=swap cannot be done on {}: {why}; set REFRESH_MODE=wipe to drop yesterday's copy first (readers then see an empty replica during the restore); nothing was touched",
             target.describe()
@@ -247,6 +264,7 @@ async fn decide_refresh(
                 mode: RefreshMode::Wipe,
                 schemas: Vec::new(),
                 why_not_swap: Some(why),
+                room: None,
             })
         }
     }
