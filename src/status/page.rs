@@ -253,11 +253,11 @@ fn current(out: &mut String, run: &Run, now: DateTime<Utc>) {
 fn progress(run: &Run, now: DateTime<Utc>) -> (Option<f64>, String) {
     if let Some(d) = download_rate(run, now) {
         let label = format!(
-            "downloading: {} of {}{}, {:.1} MiB/s{}",
+            "downloading: {} of {}{}, {}/s{}",
             size(d.done),
             d.total.map(size).unwrap_or_else(|| "?".into()),
             d.percent.map(|p| format!(" ({p:.1}%)")).unwrap_or_default(),
-            d.rate / 1048576.0,
+            size(d.rate as u64),
             d.eta
                 .map(|e| format!(", ETA {}", human_duration(e)))
                 .unwrap_or_default()
@@ -311,7 +311,7 @@ fn chart(out: &mut String, history: &[Run]) {
             .map(|s| s.iter().sum::<f64>())
             .fold(0.0, f64::max),
     );
-    let (w, h, left, bottom, top_pad) = (900.0, 260.0, 64.0, 34.0, 12.0);
+    let (w, h, left, bottom, top_pad) = (900.0, 270.0, 64.0, 40.0, 12.0);
     let plot_w = w - left - 12.0;
     let plot_h = h - bottom - top_pad;
     let slot = plot_w / runs.len().max(12) as f64;
@@ -372,12 +372,14 @@ fn chart(out: &mut String, history: &[Run]) {
         }
         out.push_str("</g>");
         if i % label_every == 0 || i + 1 == runs.len() {
+            let cx = x + bw / 2.0;
             let _ = write!(
                 out,
-                "<text x=\"{:.1}\" y=\"{:.1}\" class=\"axis\" text-anchor=\"middle\">{}</text>",
-                x + bw / 2.0,
-                h - bottom + 16.0,
-                run.started_at.format("%m-%d %H:%M")
+                "<text y=\"{:.1}\" class=\"axis\" text-anchor=\"middle\">\
+                 <tspan x=\"{cx:.1}\">{}</tspan><tspan x=\"{cx:.1}\" dy=\"13\">{}</tspan></text>",
+                h - bottom + 14.0,
+                run.started_at.format("%m-%d"),
+                run.started_at.format("%H:%M")
             );
         }
     }

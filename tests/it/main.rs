@@ -19,5 +19,7 @@ mod reliability;
 mod scalingo_api;
 mod shaping;
 mod streaming;
+mod terminal;
 mod tls;
 mod toc_progress;
+mod web;
