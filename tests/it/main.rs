@@ -2,6 +2,7 @@ mod check_parity;
 mod common;
 mod crash;
 mod daemon;
+mod demo;
 mod engine;
 mod fetch;
 mod fidelity;
