@@ -52,10 +52,10 @@ pub fn page_html(view: &StatusView, now: DateTime<Utc>) -> String {
             "NOT live: interrupted (replicator resume continues it)".to_string(),
         ),
     };
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<header><h1>replicator</h1><span class=\"badge {}\">{}</span>\
-         <span class=\"source\">read from {}</span></header>\n",
+         <span class=\"source\">read from {}</span></header>",
         liveness.0,
         esc(&liveness.1),
         esc(&view.source)
@@ -231,9 +231,9 @@ fn current(out: &mut String, run: &Run, now: DateTime<Utc>) {
     }
     out.push_str("</dl>\n");
     let _ = match &run.error {
-        Some(e) => write!(
+        Some(e) => writeln!(
             out,
-            "<div class=\"error\" id=\"last-error\"><strong>{}</strong> {}</div>\n",
+            "<div class=\"error\" id=\"last-error\"><strong>{}</strong> {}</div>",
             if run.is_terminal() {
                 "Error"
             } else {
@@ -241,10 +241,7 @@ fn current(out: &mut String, run: &Run, now: DateTime<Utc>) {
             },
             esc(e)
         ),
-        None => write!(
-            out,
-            "<p class=\"noerror\" id=\"last-error\">No error.</p>\n"
-        ),
+        None => writeln!(out, "<p class=\"noerror\" id=\"last-error\">No error.</p>"),
     };
     out.push_str("</section>\n");
 }
@@ -295,9 +292,9 @@ fn progress(run: &Run, now: DateTime<Utc>) -> (Option<f64>, String) {
 /// time it spent in one column of [`PHASE_COLUMNS`].
 fn chart(out: &mut String, history: &[Run]) {
     let runs: Vec<&Run> = history.iter().take(CHART_RUNS).rev().collect();
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<section class=\"card\" id=\"history\"><h2>Last {} runs, time spent in each phase</h2>\n",
+        "<section class=\"card\" id=\"history\"><h2>Last {} runs, time spent in each phase</h2>",
         runs.len()
     );
     if runs.is_empty() {
