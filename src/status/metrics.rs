@@ -49,10 +49,11 @@ fn every_phase_is_listed(p: PhaseName) {
 const MODES: [&str; 3] = ["whole", "streaming", "live"];
 
 /// The exposition of `view`; `outcomes` are the finished runs counted by outcome
-/// (`Store::outcome_counts`).
+/// (`Store::outcome_counts`), `None` where no counter is kept (the target's records keep the
+/// last 30 runs only: counted, they would go down).
 pub fn metrics_text(
     view: &StatusView,
-    outcomes: &BTreeMap<String, u64>,
+    outcomes: Option<&BTreeMap<String, u64>>,
     now: DateTime<Utc>,
 ) -> String {
     let mut out = Exposition::default();
@@ -136,8 +137,11 @@ pub fn metrics_text(
         "counter",
         "Finished runs by outcome (done, failed) since the state directory was created.",
     );
-    for outcome in ["done", "failed"] {
-        let n = outcomes.get(outcome).copied().unwrap_or(0);
+    for outcome in ["done", "failed"]
+        .into_iter()
+        .filter(|_| outcomes.is_some())
+    {
+        let n = outcomes.and_then(|o| o.get(outcome)).copied().unwrap_or(0);
         out.sample("replicator_runs_total", &[("outcome", outcome)], n as f64);
     }
 
@@ -404,7 +408,7 @@ mod tests {
             ..Default::default()
         };
         let outcomes = BTreeMap::from([("done".to_string(), 7), ("failed".to_string(), 2)]);
-        let text = metrics_text(&view, &outcomes, t(86_600));
+        let text = metrics_text(&view, Some(&outcomes), t(86_600));
         assert_eq!(
             value(&text, "replicator_last_success_timestamp_seconds"),
             epoch(t(7200))
@@ -447,7 +451,7 @@ mod tests {
 
     #[test]
     fn no_run_yet_gives_zeros_and_idle() {
-        let text = metrics_text(&StatusView::default(), &BTreeMap::new(), t(0));
+        let text = metrics_text(&StatusView::default(), Some(&BTreeMap::new()), t(0));
         assert_eq!(
             value(&text, "replicator_last_success_timestamp_seconds"),
             0.0

@@ -238,17 +238,54 @@ fn metrics_during_and_after_runs_pass_promtool_and_need_the_token() {
         "{headers}"
     );
 
-    if let Some(promtool) = promtool {
+    if let Some(promtool) = &promtool {
         for (when, text) in [("during", &during), ("after", &after)] {
-            let (ok, said) = promtool_check(&promtool, text);
+            let (ok, said) = promtool_check(promtool, text);
             assert!(ok && said.trim().is_empty(), "promtool on {when}: {said}");
         }
         // The check is real: a counter without `_total` is refused.
         let (ok, said) = promtool_check(
-            &promtool,
+            promtool,
             "# HELP x_runs Runs.\n# TYPE x_runs counter\nx_runs 1\n",
         );
         assert!(!ok || !said.trim().is_empty(), "promtool took anything");
+    }
+
+    // A `web` container that cannot see this disk (Scalingo's): the target's records.
+    let elsewhere = s.files.path().join("web-container-state");
+    let port2 = free_port();
+    let mut web2 = s
+        .cmd_with_state(&["web"], &elsewhere)
+        .env("PORT", port2.to_string())
+        .env("WEB_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "second web listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port2)).is_ok()
+    });
+    let there = metrics_when(port2, Duration::from_secs(10), |m| {
+        sample(m, "replicator_phase{phase=\"Done\"}") == 1.0
+    });
+    kill_9(&mut web2);
+    assert_eq!(
+        sample(&there, "replicator_last_success_timestamp_seconds"),
+        finished
+    );
+    assert_eq!(
+        sample(&there, "replicator_run_loaded_rows"),
+        rows,
+        "{there}"
+    );
+    // The target keeps 30 runs, not a counter: no runs_total rather than one that goes down.
+    assert!(!there.contains("replicator_runs_total{"), "{there}");
+    if let Some(promtool) = &promtool {
+        let (ok, said) = promtool_check(promtool, &there);
+        assert!(
+            ok && said.trim().is_empty(),
+            "promtool on the target's: {said}"
+        );
     }
 
     // 64 health checks at once, each answered.
