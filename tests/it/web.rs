@@ -411,3 +411,65 @@ fn the_status_page_shows_the_run_and_the_chart_in_headless_chromium() {
     assert!(dom.contains("id=\"last-error\""), "{dom}");
     assert!(!dom.contains(TOKEN));
 }
+
+/// `docs/operations.md`'s alert rules and scrape configuration load in Prometheus as written.
+#[test]
+fn the_documented_alert_rules_and_scrape_config_pass_promtool() {
+    let Some(promtool) = tool("promtool", "prometheus") else {
+        return;
+    };
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let block = |start: &str| {
+        let i = doc
+            .find(start)
+            .unwrap_or_else(|| panic!("no {start} block"));
+        doc[i..i + doc[i..].find("```").unwrap()].to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, block("groups:\n")).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "x\n").unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}rule_files: [\"{}\"]\n",
+            block("scrape_configs:\n").replace(
+                "/etc/prometheus/replicator-web-token",
+                &token.display().to_string()
+            ),
+            rules.display()
+        ),
+    )
+    .unwrap();
+    for args in [["check", "rules"], ["check", "config"]] {
+        let file = if args[1] == "rules" { &rules } else { &config };
+        let out = Command::new(&promtool)
+            .args(args)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            stdout_of(&out),
+            stderr(&out)
+        );
+    }
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        stdout_of(&out).contains("4 rules found"),
+        "{}",
+        stdout_of(&out)
+    );
+}
+
+fn stdout_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
