@@ -8,17 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::fake_scalingo::{ErrorFault, Route, Times};
+use crate::common::pg::free_port;
 use crate::common::scenario::{Scenario, eventually, kill_9, payload_source, stderr};
 
 const TOKEN: &str = "wt-Prom3theus-distinct-token";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One GET of `path` with `auth` as the Authorization header: status code, headers, body.
 fn get(port: u16, path: &str, auth: Option<&str>) -> (u16, String, String) {
