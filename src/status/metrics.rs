@@ -277,7 +277,8 @@ pub fn metrics_text(
             .map_or(0.0, epoch),
     );
 
-    // Labels may be added to this family (the refresh mode, say) without renaming it.
+    // One one-hot family per choice a run makes: a refresh mode (swap or wipe) goes beside
+    // this one as `replicator_run_refresh_mode{refresh}`, so that neither's series change.
     out.family(
         "replicator_run_mode",
         "gauge",
