@@ -59,7 +59,28 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-fn start_web(s: &Scenario, port: u16) -> Child {
+/// A child process that a failing test must not leave behind: killed when dropped.
+struct Reaped(Option<Child>);
+
+impl Reaped {
+    /// Kills it now; what it wrote.
+    fn stop(mut self) -> std::process::Output {
+        let mut child = self.0.take().expect("not stopped yet");
+        kill_9(&mut child);
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_web(s: &Scenario, port: u16) -> Reaped {
     let mut web = s
         .cmd(&["web"])
         .env("PORT", port.to_string())
@@ -72,7 +93,7 @@ fn start_web(s: &Scenario, port: u16) -> Child {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     assert!(web.try_wait().unwrap().is_none(), "web exited");
-    web
+    Reaped(Some(web))
 }
 
 /// A tool of Debian's that the test needs: its path, or `None` (with a message saying how to
@@ -137,7 +158,7 @@ fn metrics_during_and_after_runs_pass_promtool_and_need_the_token() {
     });
     assert_eq!(s.run(&["run", "--force"]).status.code(), Some(1));
     let port = free_port();
-    let mut web = start_web(&s, port);
+    let web = start_web(&s, port);
 
     // During a run: a slow download.
     let size = s.fake.archive_len();
@@ -247,21 +268,22 @@ fn metrics_during_and_after_runs_pass_promtool_and_need_the_token() {
     // A `web` container that cannot see this disk (Scalingo's): the target's records.
     let elsewhere = s.files.path().join("web-container-state");
     let port2 = free_port();
-    let mut web2 = s
-        .cmd_with_state(&["web"], &elsewhere)
-        .env("PORT", port2.to_string())
-        .env("WEB_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let web2 = Reaped(Some(
+        s.cmd_with_state(&["web"], &elsewhere)
+            .env("PORT", port2.to_string())
+            .env("WEB_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
     eventually(Duration::from_secs(10), "second web listening", || {
         std::net::TcpStream::connect(("127.0.0.1", port2)).is_ok()
     });
     let there = metrics_when(port2, Duration::from_secs(10), |m| {
         sample(m, "replicator_phase{phase=\"Done\"}") == 1.0
     });
-    kill_9(&mut web2);
+    web2.stop();
     assert_eq!(
         sample(&there, "replicator_last_success_timestamp_seconds"),
         finished
@@ -302,8 +324,7 @@ fn metrics_during_and_after_runs_pass_promtool_and_need_the_token() {
         .count();
     assert_eq!(answered, 64);
 
-    kill_9(&mut web);
-    let out = web.wait_with_output().unwrap();
+    let out = web.stop();
     let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(!logs.contains(TOKEN), "the token reached the logs: {logs}");
 }
@@ -362,12 +383,12 @@ fn the_status_page_shows_the_run_and_the_chart_in_headless_chromium() {
     });
     assert_eq!(s.run(&["run", "--force"]).status.code(), Some(1));
     let port = free_port();
-    let mut web = start_web(&s, port);
+    let web = start_web(&s, port);
     // The page of a run in its download: the bar has something to show.
     let size = s.fake.archive_len();
     s.fake
         .faults(|f| f.bytes_per_second = Some((size / 40).max(1024)));
-    let mut run = s.spawn(&["run", "--force"]);
+    let run = Reaped(Some(s.spawn(&["run", "--force"])));
     metrics_when(port, Duration::from_secs(30), |m| {
         sample(m, "replicator_phase{phase=\"Downloading\"}") == 1.0
             && sample(m, "replicator_run_downloaded_bytes") > 0.0
@@ -382,8 +403,8 @@ fn the_status_page_shows_the_run_and_the_chart_in_headless_chromium() {
         &png,
     );
     println!("screenshot: {}", png.display());
-    kill_9(&mut run);
-    kill_9(&mut web);
+    run.stop();
+    web.stop();
 
     let shot = std::fs::read(&png).expect("chromium wrote the screenshot");
     assert!(shot.starts_with(b"\x89PNG"), "not a PNG");
