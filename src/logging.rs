@@ -1,6 +1,12 @@
 //! Logs to stdout through `tracing`: readable lines by default, one JSON object per line with
 //! `LOG_FORMAT=json` (for Scalingo's log drains). `RUST_LOG` filters (default `info`).
+//!
+//! When stdout is a terminal and the logs are text, a run may draw a progress bar there
+//! ([`progress_bar_allowed`], [`show_bar`]): each log line is then written above the bar, which
+//! is drawn again under it.
 
+use std::io::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::EnvFilter;
@@ -11,6 +17,43 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 pub struct LogFormatError(String);
 
 static JSON: AtomicBool = AtomicBool::new(false);
+/// Text logs on a stdout that is a terminal: a progress bar may be drawn.
+static BAR_ALLOWED: AtomicBool = AtomicBool::new(false);
+/// The bar drawn now, if any: log lines are written above it.
+static BAR: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+/// Whether a progress bar may be drawn on stdout: it is a terminal and the logs are text that
+/// go there (not JSON for a drain, not `status`'s or `check`'s stderr).
+pub fn progress_bar_allowed() -> bool {
+    BAR_ALLOWED.load(Ordering::Relaxed)
+}
+
+/// The bar log lines must be written above (`None`: no bar any more).
+pub fn show_bar(bar: Option<indicatif::ProgressBar>) {
+    *BAR.lock().unwrap_or_else(|p| p.into_inner()) = bar;
+}
+
+/// stdout for the logs: above the progress bar when one is drawn.
+struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let bar = BAR.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stdout().write_all(buf)),
+            None => std::io::stdout().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
 
 /// Whether logs are JSON (`LOG_FORMAT=json`): then whatever else the binary prints for a log
 /// drain (the last error line on stderr) is a JSON object too.
@@ -26,7 +69,7 @@ pub fn init_to(format: Option<&str>, to_stderr: bool) -> Result<(), LogFormatErr
         if to_stderr {
             Box::new(std::io::stderr())
         } else {
-            Box::new(std::io::stdout())
+            Box::new(Stdout)
         }
     });
     let tty = if to_stderr {
@@ -47,7 +90,10 @@ pub fn init_to(format: Option<&str>, to_stderr: bool) -> Result<(), LogFormatErr
                 .with_current_span(false)
                 .init()
         }
-        "text" | "" => builder.with_ansi(tty).init(),
+        "text" | "" => {
+            BAR_ALLOWED.store(tty && !to_stderr, Ordering::Relaxed);
+            builder.with_ansi(tty).init()
+        }
         other => return Err(LogFormatError(other.to_string())),
     }
     Ok(())

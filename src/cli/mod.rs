@@ -69,7 +69,8 @@ pub enum Command {
     /// pg_restore and the disk, one line each; changes nothing (exit 1 if a check fails, 2
     /// if the configuration is invalid)
     Check(check::CheckArgs),
-    /// Serve the health check and this container's status as JSON on $PORT (the `web` process)
+    /// Serve the health check, and the status as a page, JSON and Prometheus metrics, on $PORT
+    /// (the `web` process)
     Web(WebArgs),
     /// REPLICA_RULES files: `rules init --dump FILE` writes a starting one (docs/masking.md)
     Rules(rules::RulesArgs),
@@ -168,7 +169,8 @@ pub struct WebArgs {
     /// Port to listen on (Scalingo sets PORT)
     #[arg(long, env = "PORT", default_value = "8080")]
     pub port: u16,
-    /// The bearer token `/status` requires (environment only); unset, only `/health` is served
+    /// The token `/`, `/status` and `/metrics` require (environment only); unset, only
+    /// `/health` is served
     #[arg(
         long = "web-token",
         env = "WEB_TOKEN",
@@ -176,6 +178,10 @@ pub struct WebArgs {
         hide_env_values = true
     )]
     pub web_token: Option<String>,
+    /// The target, whose recorded runs are shown when this state directory knows none (a
+    /// `web` container does not see the `background` container's disk)
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 impl EngineArgs {

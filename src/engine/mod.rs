@@ -19,6 +19,7 @@ use crate::state::remote::{RemoteWriter, Write};
 use crate::state::store::{Store, StoreError};
 
 pub mod planning;
+mod bar;
 mod progress;
 mod refresh;
 mod retry;
@@ -142,18 +143,30 @@ enum StepOutcome {
 }
 
 /// The latest progress a step reported, and the events it sent (a table loaded); the driver
-/// persists them on its own clock.
+/// persists them on its own clock. A terminal's bar sees them as they come.
 #[derive(Clone, Default)]
-struct ProgressCell(Arc<Mutex<(Option<Progress>, Vec<Event>)>>);
+struct ProgressCell(
+    Arc<Mutex<(Option<Progress>, Vec<Event>)>>,
+    Option<bar::TerminalBar>,
+);
 
 impl ProgressCell {
+    fn new(bar: Option<bar::TerminalBar>) -> ProgressCell {
+        ProgressCell(Arc::default(), bar)
+    }
     fn set(&self, p: Progress) {
+        if let Some(bar) = &self.1 {
+            bar.progress(&p);
+        }
         self.0.lock().expect("progress lock").0 = Some(p);
     }
     fn take(&self) -> Option<Progress> {
         self.0.lock().expect("progress lock").0.take()
     }
     fn event(&self, e: Event) {
+        if let Some(bar) = &self.1 {
+            bar.event(&e);
+        }
         self.0.lock().expect("progress lock").1.push(e);
     }
     fn take_events(&self) -> Vec<Event> {
@@ -216,10 +229,16 @@ impl<S: Steps> Driver<S> {
         let mut warned_retrying = false;
         let mut phase_clock = Instant::now();
         log_phase(&run, None);
+        // In a terminal, a bar instead of the progress lines (cleared when the drive ends).
+        let mut bar = bar::BarGuard(bar::TerminalBar::start());
+        if let Some(b) = &bar.0 {
+            b.phase(&run);
+        }
         self.publish(&run, Write::Transition).await;
 
         loop {
             if run.is_terminal() {
+                drop(std::mem::replace(&mut bar, bar::BarGuard(None)));
                 self.remove_working_files(&run);
                 log_summary(&run);
                 self.steps.finished(&run).await;
@@ -264,7 +283,7 @@ impl<S: Steps> Driver<S> {
             }
             self.warn_retrying(&run, &mut warned_retrying);
 
-            let cell = ProgressCell::default();
+            let cell = ProgressCell::new(bar.0.clone());
             // The step works on a snapshot: progress updates replace `run` meanwhile.
             let snapshot = run.clone();
             let result = {
@@ -284,7 +303,9 @@ impl<S: Steps> Driver<S> {
                                 run = self.apply(&run, e)?;
                             }
                             if let Some(p) = progressed {
-                                logger.log(&run, &p);
+                                if bar.0.is_none() {
+                                    logger.log(&run, &p);
+                                }
                                 run = self.apply(&run, Event::Progress(p))?;
                                 self.publish(&run, Write::Progress).await;
                             }
@@ -370,6 +391,9 @@ impl<S: Steps> Driver<S> {
             if run.phase != before {
                 phase_clock = Instant::now();
                 log_phase(&run, Some((&before, elapsed)));
+                if let Some(b) = &bar.0 {
+                    b.phase(&run);
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 //! couple of seconds for progress, so the store is free nearly all the time; an open that
 //! finds it busy waits a little and tries again.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ pub const HISTORY_LEN: usize = 30;
 
 const CURRENT_KEY: &[u8] = b"current";
 const HISTORY_TREE: &[u8] = b"history";
+/// Finished runs counted by outcome since the state directory was created (the history forgets
+/// runs past [`HISTORY_LEN`]; these counts do not): `/metrics`' `replicator_runs_total`.
+const OUTCOMES_TREE: &[u8] = b"outcomes";
 /// Bumped when the stored form changes in a way old readers cannot take.
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"1";
@@ -125,7 +129,20 @@ impl Store {
             let history = db.open_tree(HISTORY_TREE).map_err(write)?;
             // Keys sort by start time, then id, so the history reads in order.
             let key = format!("{}/{}", run.started_at.to_rfc3339(), run.run_id);
-            history.insert(key.as_bytes(), bytes).map_err(write)?;
+            let first_time = history
+                .insert(key.as_bytes(), bytes)
+                .map_err(write)?
+                .is_none();
+            if first_time {
+                let outcomes = db.open_tree(OUTCOMES_TREE).map_err(write)?;
+                let outcome = run.phase.name().as_str().to_ascii_lowercase();
+                outcomes
+                    .update_and_fetch(outcome.as_bytes(), |old| {
+                        let n = old.map_or(0, decode_count) + 1;
+                        Some(n.to_be_bytes().to_vec())
+                    })
+                    .map_err(write)?;
+            }
             while history.len() > HISTORY_LEN {
                 match history.pop_min().map_err(write)? {
                     Some(_) => {}
@@ -172,6 +189,24 @@ impl Store {
         Ok(runs)
     }
 
+    /// Finished runs by outcome (`done`, `failed`) since the state directory was created.
+    pub fn outcome_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut counts = BTreeMap::new();
+        if !self.dir.exists() {
+            return Ok(counts);
+        }
+        let read = |source| StoreError::Open {
+            dir: self.dir.clone(),
+            source,
+        };
+        let db = self.open()?;
+        for item in db.open_tree(OUTCOMES_TREE).map_err(read)?.iter() {
+            let (k, v) = item.map_err(read)?;
+            counts.insert(String::from_utf8_lossy(&k).into_owned(), decode_count(&v));
+        }
+        Ok(counts)
+    }
+
     /// The last run that ended `Done` (to skip a backup that is already restored).
     pub fn last_done(&self) -> Result<Option<Run>, StoreError> {
         Ok(self
@@ -179,6 +214,10 @@ impl Store {
             .into_iter()
             .find(|r| matches!(r.phase, Phase::Done { .. })))
     }
+}
+
+fn decode_count(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
 /// Waits `d` for another process to close the store. The store is called from the driver's
@@ -221,11 +260,17 @@ mod tests {
             )
             .unwrap();
             store.save(&failed).unwrap();
+            // Saved again (a record read back, a resumed writer): counted once.
+            store.save(&failed).unwrap();
         }
         let history = store.history().unwrap();
         assert_eq!(history.len(), HISTORY_LEN);
         assert_eq!(history[0].run_id, "run-34");
         assert_eq!(history[29].run_id, "run-05");
+        // The counts keep what the history forgot.
+        let counts = store.outcome_counts().unwrap();
+        assert_eq!(counts.get("failed"), Some(&35), "{counts:?}");
+        assert_eq!(counts.get("done"), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `replicator status`: the persisted state of the current or last run, for people (a text
 //! that fits 100 columns, no colour) and for programs (`--json`, schema in
 //! `docs/status-json.md`: a field may be added, none is renamed or removed without bumping
-//! `schema_version`).
+//! `schema_version`); and the `web` process's views of the same state: the page
+//! (`page.rs`) and the Prometheus metrics (`metrics.rs`).
 
 use chrono::{DateTime, Utc};
 
@@ -9,8 +10,12 @@ use crate::machine::{Origin, Phase, Progress, Run};
 use crate::state::liveness::Holder;
 
 mod json;
+mod metrics;
+mod page;
 
 pub use json::status_json;
+pub use metrics::metrics_text;
+pub use page::page_html;
 
 /// Version of the `status --json` schema (`docs/status-json.md`).
 pub const SCHEMA_VERSION: u32 = 1;

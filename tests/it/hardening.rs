@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use replicator::engine::test_hooks::PAUSE_AT_VAR;
 use replicator::replica::{LOCK_APPLICATION_NAME, LOCK_KEY};
 
+use crate::common::pg::free_port;
 use crate::common::scenario::{Scenario, eventually, stderr, stdout};
 
 /// The pids of the target's `replicator lock` sessions.
@@ -658,14 +659,6 @@ fn http_get(port: u16, path: &str, auth: Option<&str>) -> (u16, String) {
     let code = out.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (code, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Issue 13, Low 8: `replicator web` keeps `/health` open, serves the status only to

@@ -1,3 +1,4 @@
+pub mod demo;
 pub mod fake_scalingo;
 pub mod pg;
 pub mod scenario;

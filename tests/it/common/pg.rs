@@ -516,7 +516,8 @@ fn spawn_watchdog(pg_ctl: &Path, dir: &Path, data: &Path) -> Child {
     cmd.spawn().expect("spawn the harness watchdog")
 }
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 now (another process may take it before it is bound).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -360,6 +360,18 @@ pub fn big_source(cluster: &PgCluster, db: &str) {
     );
 }
 
+/// The rich source plus a table of 60 000 rows that compress poorly: an archive of about
+/// 2 MiB, whose download shows progress (the downloader reports what it flushed, by 256 KiB).
+pub fn payload_source(cluster: &PgCluster, db: &str) {
+    create_rich_source(cluster, db);
+    cluster.superuser_psql(
+        db,
+        "CREATE TABLE payload (id int PRIMARY KEY, a text, b text);\
+         INSERT INTO payload SELECT g, md5(g::text) || md5((g * 7)::text), md5((g * 13)::text) \
+         FROM generate_series(1, 60000) g;",
+    );
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
