@@ -18,8 +18,8 @@ use crate::machine::{Backup, Event, LeftOut, Phase, Progress, Run, Section, Work
 use crate::state::remote::{RemoteWriter, Write};
 use crate::state::store::{Store, StoreError};
 
-pub mod planning;
 mod bar;
+pub mod planning;
 mod progress;
 mod refresh;
 mod retry;

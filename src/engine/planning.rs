@@ -396,8 +396,13 @@ pub async fn rehearse(
         rows = done.rows,
         post_data = done.post_data,
         millis = done.millis,
-        "rehearsed the restore on the target in a transaction rolled back ({} ms): the wipe, {} schema statements, {} rows into {} table(s), {} index and constraint statements{}",
+        "rehearsed the restore on the target in a transaction rolled back ({} ms): {}{} schema statements, {} rows into {} table(s), {} index and constraint statements{}",
         done.millis,
+        if done.wipe {
+            "the wipe, "
+        } else {
+            "the swap's schemas, "
+        },
         done.pre_data,
         done.rows,
         done.tables,

@@ -266,6 +266,10 @@ pub async fn prepare(
     created: &HashSet<String>,
 ) -> Result<(), StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await
+        .map_err(|e| target.query_error("preparing the swap's schemas", e))?;
     drop_leftovers(target, &client).await?;
     for stmt in create_schemas_sql(schemas, created) {
         client

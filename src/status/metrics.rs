@@ -15,7 +15,7 @@ use super::{StatusView, bytes};
 use crate::machine::{Origin, Phase, PhaseName, Run};
 
 /// Every phase, for the one-hot `replicator_phase` (a series for each, 1 for the run's).
-const PHASES: [PhaseName; 10] = [
+const PHASES: [PhaseName; 11] = [
     PhaseName::Idle,
     PhaseName::FetchingUrl,
     PhaseName::Downloading,
@@ -23,6 +23,7 @@ const PHASES: [PhaseName; 10] = [
     PhaseName::Dropping,
     PhaseName::Restoring,
     PhaseName::Unlogging,
+    PhaseName::Switching,
     PhaseName::PostRestoreSql,
     PhaseName::Done,
     PhaseName::Failed,
@@ -39,6 +40,7 @@ fn every_phase_is_listed(p: PhaseName) {
         | PhaseName::Dropping
         | PhaseName::Restoring
         | PhaseName::Unlogging
+        | PhaseName::Switching
         | PhaseName::PostRestoreSql
         | PhaseName::Done
         | PhaseName::Failed => {}

@@ -79,7 +79,7 @@ pub fn page_html(view: &StatusView, now: DateTime<Utc>) -> String {
 }
 
 /// The steps a run goes through, as the page names them, in order.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "fetch",
     "download",
     "unpack + check",
@@ -87,6 +87,7 @@ const STEPS: [&str; 9] = [
     "schema",
     "unlog",
     "rows + indexes",
+    "switch",
     "post SQL",
     "done",
 ];
@@ -101,8 +102,9 @@ fn step_index(phase: PhaseName, section: Option<Section>) -> usize {
         PhaseName::Restoring if section == Some(Section::PreData) => 4,
         PhaseName::Unlogging => 5,
         PhaseName::Restoring => 6,
-        PhaseName::PostRestoreSql => 7,
-        PhaseName::Done | PhaseName::Failed => 8,
+        PhaseName::Switching => 7,
+        PhaseName::PostRestoreSql => 8,
+        PhaseName::Done | PhaseName::Failed => 9,
     }
 }
 

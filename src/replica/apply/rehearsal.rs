@@ -59,7 +59,13 @@ impl Applier {
     ) -> Result<Rehearsed, ApplyError> {
         let started = Instant::now();
         let mut session = Session::open(self).await?;
-        session.execute("the rehearsal", "BEGIN").await?;
+        // Its notices (`... does not exist, skipping`) say nothing to the operator.
+        session
+            .execute(
+                "the rehearsal",
+                "BEGIN; SET LOCAL client_min_messages = warning",
+            )
+            .await?;
         let result = self.rehearse_in(&mut session, toc, plan, spec).await;
         // The transaction is rolled back whatever happened (a failed one too).
         let _ = session.execute("the rehearsal", "ROLLBACK").await;
