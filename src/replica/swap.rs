@@ -416,7 +416,8 @@ async fn with_lock_retries(
 
 /// The table that says a run's switch committed: written in the switch's transaction, so a
 /// run resumed in `Switching` knows whether it happened.
-const SWITCHES_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS replicator;
+const SWITCHES_TABLE: &str = "SET client_min_messages = warning;
+    CREATE SCHEMA IF NOT EXISTS replicator;
     CREATE TABLE IF NOT EXISTS replicator.switches (
         run_id text PRIMARY KEY,
         switched_at timestamptz NOT NULL DEFAULT now())";

@@ -631,10 +631,32 @@ fn no_secret_reaches_a_log_line_the_status_or_the_state_directory() {
         f.download_forbidden = Some(Times::Next(1));
         f.cut_after = Some((len / 2, Times::Next(1)));
     });
-    let child = s.spawn(&["run"]);
-    // While pg_restore runs, no process's command line holds the password. (Three failed
-    // attempts and the rehearsal come first: on a loaded host, more than 90 s.)
-    s.wait_status(Duration::from_secs(240), |st| {
+    let mut child = s.spawn(&["run"]);
+    // Its debug logs are read as they come: a pipe nobody reads fills (64 KiB) and stops the
+    // run in the middle of a log line.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_reader = drain(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+    );
+    let err_reader = drain(
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+    );
+    // While pg_restore runs, no process's command line holds the password.
+    s.wait_status(Duration::from_secs(90), |st| {
         st["phase"] == "Restoring" && st["section"] == "data+post-data"
     });
     crate::common::scenario::eventually(Duration::from_secs(30), "pg_restore busy", || {
@@ -685,7 +707,12 @@ fn no_secret_reaches_a_log_line_the_status_or_the_state_directory() {
     // pg_restore --file may have finished translating by now: the wrapper's records below
     // are the check that sees every child.
     eprintln!("{children} child process(es) of the replicator read in /proc");
-    let out = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
+    let out = std::process::Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    };
     assert!(out.status.success(), "{}", stderr(&out));
 
     // The secrets of this run: the token, every bearer and database token the fake issued,
