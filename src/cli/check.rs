@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::check_dump::{dump_checks, live_dump_checks, rules_check};
 use super::{CliError, EngineArgs, exit};
+use crate::config::{Settings, Wants};
 use crate::engine::workdir::{free_bytes, nearest_existing};
 use crate::machine::{Backup, Phase, Run};
 use crate::replica::{self, Target};
@@ -160,69 +161,22 @@ pub fn render(checks: &[Check]) -> String {
 pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) -> Vec<Check> {
     let mut checks = Vec::new();
 
-    // Configuration: every variable, all problems at once.
-    let mut problems = Vec::new();
-    // A live source replaces Scalingo: its variables are not needed then.
-    let source = match engine.source.validate(engine.scalingo.app.as_deref()) {
-        Ok(Some(url)) => match Target::parse_source(&url) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                problems.push(e.to_string());
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    // Set (not empty), even if invalid: its problem is said, and Scalingo is not asked for.
-    let live = engine
-        .source
-        .source_database_url
-        .as_deref()
-        .is_some_and(|u| !u.trim().is_empty());
-    let scalingo = if live {
-        None
-    } else {
-        engine
-            .scalingo
-            .validate()
-            .map_err(|e| problems.push(e.to_string()))
-            .ok()
-    };
-    let target = match engine.target.validate() {
-        Ok(url) => match Target::parse(&url) {
-            Ok(t) => Some(t.confirmed(engine.target.target_confirm.clone())),
-            Err(e) => {
-                problems.push(e.to_string());
-                None
-            }
-        },
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    let restore = engine
-        .restore
-        .validate()
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
-    let retry = engine
-        .retry
-        .validate()
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
-    let max_age_hours = match engine.max_backup_age() {
-        Ok(age) => age.map(|a| a.as_secs() / 3600),
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    if problems.is_empty() {
+    // Configuration: every setting a run reads, validated as a run validates it
+    // (`EngineConfig::from_args`), each problem on its own FAIL line.
+    let settings = Settings::read(engine, Wants::Backups);
+    let Settings {
+        target,
+        source,
+        live,
+        scalingo,
+        restore,
+        retry,
+        max_backup_age,
+        errors,
+        ..
+    } = settings;
+    let max_age_hours = max_backup_age.map(|a| a.as_secs() / 3600);
+    if errors.0.is_empty() {
         let (t, r, y) = (
             target.as_ref().expect("validated"),
             restore.as_ref().expect("validated"),
@@ -247,7 +201,9 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
             ),
         ));
     } else {
-        checks.push(Check::fail("configuration", problems.join("; ")));
+        for e in &errors.0 {
+            checks.push(Check::fail("configuration", e.to_string()));
+        }
     }
 
     checks.push(state_dir_check(state_dir));

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 mod rules;
+pub mod start;
 
 pub use load::{LoadCounts, TableLoad, WorkMode};
 pub use rules::{

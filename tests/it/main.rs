@@ -17,6 +17,7 @@ mod postgres_ops;
 mod quiet;
 mod reliability;
 mod scalingo_api;
+mod settings;
 mod shaping;
 mod streaming;
 mod tls;
