@@ -582,20 +582,11 @@ fn disk_check(state_dir: &Path, b: &Backup, max_work_disk: Option<u64>) -> Check
     let name = "disk";
     let probe = nearest_existing(state_dir);
     let budget = crate::engine::workdir::work_budget(state_dir, max_work_disk);
-    if let Some(budget) = budget
-        && budget < crate::config::MIN_WORK_DISK
-    {
-        return Check::fail(
-            name,
-            format!(
-                "{} MiB may be used in {}, less than the {} MiB even a streamed run needs; free some space or point REPLICATOR_STATE_DIR at a larger disk",
-                budget >> 20,
-                probe.display(),
-                crate::config::MIN_WORK_DISK >> 20
-            ),
-        );
+    let origin = crate::machine::Origin::Scalingo;
+    if let Err(e) = crate::machine::enough_disk(&origin, budget, probe) {
+        return Check::fail(name, e.to_string());
     }
-    let mode = crate::machine::work_mode(&crate::machine::Origin::Scalingo, b.size, budget);
+    let mode = crate::machine::work_mode(&origin, b.size, budget);
     let mut check = Check::ok(name, format!("a run is {}", mode.describe()));
     check.data = Some(serde_json::json!({
         "mode": mode.label(),
@@ -606,54 +597,42 @@ fn disk_check(state_dir: &Path, b: &Backup, max_work_disk: Option<u64>) -> Check
 }
 
 /// What a run does as the role: `DROP OWNED BY CURRENT_USER` (only what it owns goes),
-/// `CREATE SCHEMA public` when the drop took it, and creating tables in `public`.
+/// `CREATE SCHEMA public` when the drop took it, and creating tables in `public`; asked by
+/// the query the run's pre-wipe check asks ([`replica::privileges`]). Objects of another role
+/// that the restore would collide with are the restore plan's line: only the dump knows them.
 async fn role_check(target: &Target, owns_database: bool) -> Check {
     let name = "target role";
     let client = match target.connect().await {
         Ok(c) => c,
         Err(e) => return Check::fail(name, e.to_string()),
     };
-    let row = match client
-        .query_one(
-            "SELECT current_user::text,
-                    has_database_privilege(current_database(), 'CREATE'),
-                    (SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'public'),
-                    (SELECT string_agg(quote_ident(c.relname) || ' (owner ' || pg_get_userbyid(c.relowner) || ')', ', ' ORDER BY c.relname)
-                       FROM (SELECT * FROM pg_class c
-                              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
-                                AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
-                              ORDER BY c.relname LIMIT 5) c)",
-            &[],
-        )
-        .await
-    {
-        Ok(r) => r,
+    let privileges = match replica::privileges(&client, &["public".to_string()]).await {
+        Ok(p) => p,
         Err(e) => {
             return Check::fail(
                 name,
-                format!("cannot read the role's privileges on {}: {e}", target.describe()),
+                format!(
+                    "cannot read the role's privileges on {}: {e}",
+                    target.describe()
+                ),
             );
         }
     };
-    let role: String = row.get(0);
-    let create_db: bool = row.get(1);
-    let create_public: Option<bool> = row.get(2);
-    let foreign: Option<String> = row.get(3);
+    let role = &privileges.role;
     let mut problems = Vec::new();
-    if !create_db {
+    if !privileges.create_schemas {
         problems.push(format!(
             "role {role} cannot CREATE in the database (the restore recreates schema public): `GRANT CREATE ON DATABASE {} TO {role}` as its owner",
             target.dbname()
         ));
     }
-    if create_public == Some(false) {
+    if privileges
+        .create_in
+        .iter()
+        .any(|(_, ok)| *ok == Some(false))
+    {
         problems.push(format!(
             "role {role} cannot create tables in schema public: `GRANT CREATE ON SCHEMA public TO {role}` (or make it the schema's owner)"
-        ));
-    }
-    if let Some(objects) = foreign {
-        problems.push(format!(
-            "schema public holds objects {role} does not own, which DROP OWNED leaves and the restore would collide with: {objects}; drop them or `ALTER ... OWNER TO {role}`"
         ));
     }
     if problems.is_empty() {

@@ -208,23 +208,8 @@ async fn judge_head(
     client_version: Option<&String>,
 ) -> Found {
     let skip_plan = |why: &str| Check::skip("restore plan", why);
-    let server = match t.connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(vec![
-                Check::fail("dump", e.to_string()),
-                skip_plan("no target"),
-            ]);
-        }
-    };
-    let (target_version, target_num): (String, i32) = match server
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
-            &[],
-        )
-        .await
-    {
-        Ok(r) => (r.get(0), r.get(1)),
+    let (target_version, target_num) = match replica::server_version(t).await {
+        Ok(v) => (v.text, v.num),
         Err(e) => {
             return Err(vec![
                 Check::fail("dump", format!("reading the target's version: {e}")),

@@ -570,8 +570,8 @@ fn non_empty(
     }
 }
 
-/// The smallest `MAX_WORK_DISK`: the dump's head and a few spool segments.
-pub const MIN_WORK_DISK: u64 = 16 << 20;
+/// The smallest `MAX_WORK_DISK` ([`crate::machine::MIN_WORK_DISK`]).
+pub use crate::machine::MIN_WORK_DISK;
 
 /// `64MiB`, `20GB`, `1.5GiB`, `1048576`: bytes (`None` if not a size).
 pub fn parse_bytes(value: &str) -> Option<u64> {

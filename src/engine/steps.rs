@@ -346,17 +346,8 @@ impl Steps for RealSteps {
             _ => run.backup().and_then(|b| b.size),
         };
         let budget = self.budget();
-        if let Some(b) = budget
-            && b < crate::config::MIN_WORK_DISK
-            && matches!(run.origin, Origin::Scalingo | Origin::Archive { .. })
-        {
-            return Err(StepError::permanent(format!(
-                "not enough free disk in {}: {} MiB, less than the {} MiB even a streamed run needs; free some space or point REPLICATOR_STATE_DIR at a larger disk",
-                self.state_dir.display(),
-                b >> 20,
-                crate::config::MIN_WORK_DISK >> 20
-            )));
-        }
+        crate::machine::enough_disk(&run.origin, budget, &self.state_dir)
+            .map_err(|e| StepError::permanent(e.to_string()))?;
         let mode = crate::machine::work_mode(&run.origin, size, budget);
         info!(mode = mode.label(), "this run is {}", mode.describe());
         Ok(mode)

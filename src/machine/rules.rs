@@ -38,6 +38,42 @@ pub fn too_old(backup: &Backup, max_age: Option<Duration>, now: DateTime<Utc>) -
     (age > max_age).then_some(TooOld { age, max_age })
 }
 
+/// The smallest disk budget (`MAX_WORK_DISK`, or what the free space allows) of a run that
+/// writes working files: the dump's head and a few spool segments.
+pub const MIN_WORK_DISK: u64 = 16 << 20;
+
+/// A disk that cannot hold even a streamed run's working files.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not enough free disk in {}: {} MiB may be used, less than the {} MiB even a streamed run needs; free some space or point REPLICATOR_STATE_DIR at a larger disk",
+    dir.display(),
+    budget >> 20,
+    MIN_WORK_DISK >> 20
+)]
+pub struct DiskTooSmall {
+    pub dir: std::path::PathBuf,
+    pub budget: u64,
+}
+
+/// Whether `budget` (of the disk of `dir`) can hold a run from `origin`: one from Scalingo or
+/// a local archive writes the dump's head and spool at least; a live source's head and a
+/// local dump's nothing are not refused; an unknown budget is not either.
+pub fn enough_disk(
+    origin: &Origin,
+    budget: Option<u64>,
+    dir: &std::path::Path,
+) -> Result<(), DiskTooSmall> {
+    match (origin, budget) {
+        (Origin::Scalingo | Origin::Archive { .. }, Some(budget)) if budget < MIN_WORK_DISK => {
+            Err(DiskTooSmall {
+                dir: dir.to_path_buf(),
+                budget,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Free disk a run needs for a backup of `size` bytes: the archive, then the dump extracted
 /// beside it. A custom-format dump is already compressed, so gzip barely shrinks it: the dump
 /// is budgeted at the archive's size, plus 10% for the gzip and tar overhead and 64 MiB of
@@ -161,6 +197,27 @@ mod tests {
             source: "u@h:5432/db".into(),
         };
         assert_eq!(work_mode(&live, None, None), WorkMode::Live);
+    }
+
+    #[test]
+    fn a_disk_below_the_minimum_refuses_the_runs_that_write() {
+        let dir = std::path::Path::new("/state");
+        let small = Some(MIN_WORK_DISK - 1);
+        let e = enough_disk(&Origin::Scalingo, small, dir).unwrap_err();
+        assert!(
+            e.to_string().contains("in /state: 15 MiB may be used"),
+            "{e}"
+        );
+        let archive = Origin::Archive {
+            path: "/b.tar.gz".into(),
+        };
+        assert!(enough_disk(&archive, small, dir).is_err());
+        assert!(enough_disk(&archive, Some(MIN_WORK_DISK), dir).is_ok());
+        assert!(enough_disk(&Origin::Scalingo, None, dir).is_ok());
+        let live = Origin::Live {
+            source: "u@h:5432/db".into(),
+        };
+        assert!(enough_disk(&live, small, dir).is_ok());
     }
 
     #[test]

@@ -31,8 +31,8 @@ mod url;
 mod wipe;
 
 pub use checks::{
-    DumpInfo, TargetInfo, check_dump, check_dump_toc, check_target, pg_dump_version,
-    pg_restore_version,
+    DumpInfo, Privileges, ServerVersion, TargetInfo, check_dump, check_dump_toc, check_target,
+    pg_dump_version, pg_restore_version, privileges, server_version,
 };
 pub use identity::{IdentityError, ServerIdentity, identify, refuse_same_database};
 pub use lock::{

@@ -261,15 +261,8 @@ pub async fn check_restorable(
         .collect();
     into.sort();
     into.dedup();
-    let can_create_in_db: bool = client
-        .query_one(
-            "SELECT has_database_privilege(current_database(), 'CREATE')",
-            &[],
-        )
-        .await
-        .map_err(query)?
-        .get(0);
-    if !created.is_empty() && !can_create_in_db {
+    let privileges = super::privileges(&client, &into).await.map_err(query)?;
+    if !created.is_empty() && !privileges.create_schemas {
         return Err(PreWipeError::NoCreate {
             target: target.describe(),
             role: target.user().to_string(),
@@ -278,26 +271,18 @@ pub async fn check_restorable(
         }
         .into());
     }
-    for schema in into {
-        let ok: bool = client
-            .query_one(
-                "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)
-                             THEN has_schema_privilege($1, 'CREATE')
-                             ELSE false END",
-                &[&schema],
-            )
-            .await
-            .map_err(query)?
-            .get(0);
-        if !ok {
-            return Err(PreWipeError::NoCreate {
-                target: target.describe(),
-                role: target.user().to_string(),
-                place: format!("schema {schema}"),
-                grant: format!("SCHEMA {schema}"),
-            }
-            .into());
+    if let Some((schema, _)) = privileges
+        .create_in
+        .iter()
+        .find(|(_, ok)| *ok != Some(true))
+    {
+        return Err(PreWipeError::NoCreate {
+            target: target.describe(),
+            role: target.user().to_string(),
+            place: format!("schema {schema}"),
+            grant: format!("SCHEMA {schema}"),
         }
+        .into());
     }
     Ok((selection, jobs))
 }

@@ -14,6 +14,7 @@ mod model;
 mod operator;
 mod overlap;
 mod postgres_ops;
+mod privileges;
 mod quiet;
 mod reliability;
 mod scalingo_api;
