@@ -110,16 +110,9 @@ impl RealSteps {
                     backup.size,
                     &work.spool(),
                     cap,
-                    backup.size.map(crate::machine::dump_budget),
                 )?)
             }
-            Origin::Archive { path } => {
-                let len = std::fs::metadata(path).map(|m| m.len()).ok();
-                Ok(Feed::archive_file(
-                    path,
-                    len.map(crate::machine::dump_budget),
-                )?)
-            }
+            Origin::Archive { path } => Ok(Feed::archive_file(path)?),
             Origin::Live { source } => self.live_feed(run, source).await,
             Origin::Dump { path } => Err(StepError::permanent(format!(
                 "internal error: the dump {} is a file, it is not streamed",
@@ -386,9 +379,16 @@ impl Steps for RealSteps {
         let total = backup.size;
         let report = |done: u64| progress(Progress::Bytes { done, total });
         let dump = self.dump_path(run);
-        let fetched =
-            download::download_extracting(&self.http, &url, &archive, &dump, backup.size, &report)
-                .await?;
+        let cap = crate::machine::dump_cap(&run.origin, run.mode.as_ref(), backup.size);
+        let fetched = download::download_extracting(
+            &self.http,
+            &url,
+            &archive,
+            (&dump, cap),
+            backup.size,
+            &report,
+        )
+        .await?;
         let got = fetched.download;
         if let Some(bytes) = fetched.dump_bytes {
             info!(
@@ -439,8 +439,9 @@ impl Steps for RealSteps {
                 None => {
                     extract::discard_extracted(&dump);
                     let (a, d) = (archive.clone(), dump.clone());
+                    let cap = crate::machine::dump_cap(&run.origin, run.mode.as_ref(), expected);
                     let bytes = tokio::task::spawn_blocking(move || {
-                        let bytes = extract::extract_dump(&a, &d)?;
+                        let bytes = extract::extract_dump(&a, &d, cap)?;
                         if scalingo {
                             // Lets a retry of this step after the archive's removal go on.
                             let len = std::fs::metadata(&a).map(|m| m.len()).unwrap_or(0);

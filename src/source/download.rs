@@ -168,17 +168,25 @@ pub async fn download(
 /// the download starts from byte 0 and completes in one response.
 ///
 /// Whatever a previous attempt extracted is discarded first, unless the archive is already
-/// complete: a dump is trusted only with the marker written after a whole extraction.
+/// complete: a dump is trusted only with the marker written after a whole extraction. The
+/// dump may write `dump_cap` bytes at most ([`crate::machine::dump_cap`]).
 pub async fn download_extracting(
     http: &reqwest::Client,
     url: &DownloadUrl,
     dest: &Path,
-    dump: &Path,
+    (dump, dump_cap): (&Path, Option<u64>),
     expected_size: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Fetched, StepError> {
-    let (download, dump_bytes) =
-        download_inner(http, url, dest, Some(dump), expected_size, progress).await?;
+    let (download, dump_bytes) = download_inner(
+        http,
+        url,
+        dest,
+        Some((dump, dump_cap)),
+        expected_size,
+        progress,
+    )
+    .await?;
     Ok(Fetched {
         download,
         dump_bytes,
@@ -189,10 +197,11 @@ async fn download_inner(
     http: &reqwest::Client,
     url: &DownloadUrl,
     dest: &Path,
-    dump: Option<&Path>,
+    extract: Option<(&Path, Option<u64>)>,
     expected_size: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(Downloaded, Option<u64>), DownloadError> {
+    let dump = extract.map(|(dump, _)| dump);
     let location = url.redacted();
     let disk = |source| DownloadError::Disk {
         path: dest.to_path_buf(),
@@ -229,9 +238,9 @@ async fn download_inner(
                 };
                 // Only a fresh download is followed: one resumed or restarted is extracted by
                 // the `Extracting` step, from the whole file, as it always was.
-                let follower = match (dump, &start) {
-                    (Some(dump), Start::FromZero) if pass == 0 && on_disk == 0 => {
-                        Some(Follower::start(dest, dump, expected_size).map_err(disk)?)
+                let follower = match (extract, &start) {
+                    (Some((dump, cap)), Start::FromZero) if pass == 0 && on_disk == 0 => {
+                        Some(Follower::start(dest, dump, cap).map_err(disk)?)
                     }
                     _ => None,
                 };

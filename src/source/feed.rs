@@ -175,20 +175,22 @@ impl Feed {
     }
 
     /// The `*.pgsql` member of a Scalingo archive file, gunzipped and untarred on the fly.
-    pub fn archive_file(path: &Path, dump_limit: Option<u64>) -> Result<Feed, FeedError> {
+    /// Its bytes flow into the restore, none onto the disk: nothing caps them.
+    pub fn archive_file(path: &Path) -> Result<Feed, FeedError> {
         let what = format!("the archive {}", path.display());
         let file = File::open(path).map_err(|e| FeedError::Cut {
             what: what.clone(),
             detail: e.to_string(),
         })?;
         let cut = CutReason::default();
-        let reader = untar_thread(file, dump_limit, cut.clone());
+        let reader = untar_thread(file, cut.clone());
         Ok(Feed::of_reader(what, reader, cut))
     }
 
     /// The backup at `url`, downloaded (resuming with `Range` when the connection drops, with
     /// a fresh URL when it expired) into a spool of at most `cap` bytes in `spool_dir`,
-    /// gunzipped and untarred on the fly.
+    /// gunzipped and untarred on the fly. The download stops at the `expected` bytes Scalingo
+    /// announced; the spool is all it writes to disk.
     pub fn download(
         http: reqwest::Client,
         urls: UrlSource,
@@ -196,7 +198,6 @@ impl Feed {
         expected: Option<u64>,
         spool_dir: &Path,
         cap: u64,
-        dump_limit: Option<u64>,
     ) -> Result<Feed, FeedError> {
         let (writer, reader) = spool(spool_dir, cap).map_err(|source| FeedError::Disk {
             path: spool_dir.to_path_buf(),
@@ -213,7 +214,7 @@ impl Feed {
             downloaded.clone(),
             high.clone(),
         ));
-        let reader = untar_thread(reader, dump_limit, cut.clone());
+        let reader = untar_thread(reader, cut.clone());
         let mut feed = Feed::of_reader(what, reader, cut);
         feed.task = Some(task);
         feed.downloaded = Some(downloaded);
@@ -327,12 +328,9 @@ impl Feed {
 }
 
 /// A blocking thread that gunzips and untars `src` and gives the `*.pgsql` member's bytes
-/// through a pipe; what went wrong goes to `cut`.
-fn untar_thread(
-    src: impl Read + Send + 'static,
-    dump_limit: Option<u64>,
-    cut: CutReason,
-) -> Box<dyn Read + Send> {
+/// through a pipe; what went wrong goes to `cut`. No cap on the member: its bytes go to the
+/// restore, not to the disk (the tar header bounds them, the archive's size bounds that).
+fn untar_thread(src: impl Read + Send + 'static, cut: CutReason) -> Box<dyn Read + Send> {
     let (reader, mut writer) = match io::pipe() {
         Ok(p) => p,
         Err(e) => {
@@ -351,14 +349,7 @@ fn untar_thread(
                 if !super::extract::is_dump_member(&entry) {
                     continue;
                 }
-                let limit = dump_limit.unwrap_or(u64::MAX);
-                let mut taken = (&mut entry).take(limit.saturating_add(1));
-                let copied = io::copy(&mut taken, &mut writer);
-                return match copied {
-                    Ok(n) if n > limit => Err(format!(
-                        "the dump grows past {} MiB, more than its archive can hold: stopped there (the archive does not match its backup)",
-                        limit >> 20
-                    )),
+                return match io::copy(&mut entry, &mut writer) {
                     Ok(_) => Ok(()),
                     // The restore read all it needed and closed its end.
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),

@@ -85,13 +85,9 @@ pub(super) struct Follower {
 
 impl Follower {
     /// Creates the (empty) archive file, so that the thread can open it before the body's
-    /// first byte, and starts the thread.
-    /// `archive_bytes`: the archive's announced size (its dump's disk budget).
-    pub(super) fn start(
-        archive: &Path,
-        dump: &Path,
-        archive_bytes: Option<u64>,
-    ) -> io::Result<Follower> {
+    /// first byte, and starts the thread. `cap`: the most the dump may write
+    /// ([`crate::machine::dump_cap`]).
+    pub(super) fn start(archive: &Path, dump: &Path, cap: Option<u64>) -> io::Result<Follower> {
         fs::File::create(archive)?;
         let file = fs::File::open(archive)?;
         let feed = Arc::new(Feed {
@@ -103,9 +99,7 @@ impl Follower {
             feed: feed.clone(),
         };
         let (archive, dump) = (archive.to_path_buf(), dump.to_path_buf());
-        let task = tokio::task::spawn_blocking(move || {
-            extract_from(input, &archive, &dump, archive_bytes)
-        });
+        let task = tokio::task::spawn_blocking(move || extract_from(input, &archive, &dump, cap));
         Ok(Follower { feed, task })
     }
 

@@ -1,5 +1,6 @@
 mod check_parity;
 mod common;
+mod compressible;
 mod crash;
 mod daemon;
 mod engine;
