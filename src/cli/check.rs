@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::check_dump::{dump_checks, live_dump_checks, rules_check};
+use super::report::{Check, Verdict};
 use super::{CliError, EngineArgs, exit};
 use crate::config::{Settings, Wants};
 use crate::engine::workdir::{free_bytes, nearest_existing};
@@ -37,63 +38,6 @@ pub struct CheckArgs {
     /// against its backup before the wipe)
     #[arg(long)]
     pub dump: Option<PathBuf>,
-}
-
-/// The outcome of one check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Ok,
-    Fail,
-    /// Not run: an earlier check it depends on failed.
-    Skip,
-}
-
-impl Verdict {
-    fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Ok => "ok",
-            Verdict::Fail => "fail",
-            Verdict::Skip => "skip",
-        }
-    }
-}
-
-/// One line of the report.
-#[derive(Clone, Debug)]
-pub struct Check {
-    pub name: &'static str,
-    pub verdict: Verdict,
-    /// What was found, or the problem and its fix.
-    pub detail: String,
-    /// Extra fields for `--json` (the backup a run would take).
-    pub data: Option<Value>,
-}
-
-impl Check {
-    pub(super) fn ok(name: &'static str, detail: impl Into<String>) -> Check {
-        Check {
-            name,
-            verdict: Verdict::Ok,
-            detail: detail.into(),
-            data: None,
-        }
-    }
-    pub(super) fn fail(name: &'static str, detail: impl Into<String>) -> Check {
-        Check {
-            name,
-            verdict: Verdict::Fail,
-            detail: detail.into(),
-            data: None,
-        }
-    }
-    pub(super) fn skip(name: &'static str, why: &str) -> Check {
-        Check {
-            name,
-            verdict: Verdict::Skip,
-            detail: format!("not checked: {why}"),
-            data: None,
-        }
-    }
 }
 
 /// `replicator check`.

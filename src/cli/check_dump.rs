@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::check::Check;
+use super::report::Check;
 use crate::machine::Backup;
 use crate::replica::{self, Target};
 use crate::source::scalingo::ScalingoClient;

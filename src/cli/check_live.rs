@@ -1,7 +1,7 @@
 //! `check`'s lines for a live source (`SOURCE_DATABASE_URL`): it answers, with a server that
 //! `pg_dump` can read, and it is not the target.
 
-use super::check::Check;
+use super::report::Check;
 use crate::replica::Target;
 
 /// A live source: it answers (its version, against pg_dump's), and it is not the target

@@ -18,6 +18,7 @@ mod check;
 mod check_dump;
 mod check_live;
 mod daemon;
+mod report;
 mod rules;
 mod run;
 mod status;

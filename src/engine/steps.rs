@@ -11,6 +11,7 @@ use super::Steps;
 use super::test_hooks::PauseAt;
 use super::workdir::WorkDir;
 use crate::config::RestoreConfig;
+use crate::dump::feed::Feed;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
 use crate::machine::{
@@ -19,7 +20,7 @@ use crate::machine::{
 use crate::replica::records::{FOREIGN_KEYS_ID, Recorder};
 use crate::replica::{self, LockHandle, Target};
 use crate::replica::{LoadSetup, TablesLoaded};
-use crate::source::feed::{Feed, UrlSource};
+use crate::source::feed::UrlSource;
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
 
@@ -103,7 +104,7 @@ impl RealSteps {
                 // The spool takes what the head and the lists leave of the budget.
                 let budget = self.budget().unwrap_or(crate::config::MIN_WORK_DISK);
                 let cap = budget.saturating_sub(budget / 4).max(4 << 20);
-                Ok(Feed::download(
+                Ok(crate::source::feed::download(
                     self.http.clone(),
                     urls,
                     format!("the backup {}", backup.name),
@@ -112,7 +113,7 @@ impl RealSteps {
                     cap,
                 )?)
             }
-            Origin::Archive { path } => Ok(Feed::archive_file(path)?),
+            Origin::Archive { path } => Ok(crate::source::feed::archive_file(path)?),
             Origin::Live { source } => self.live_feed(run, source).await,
             Origin::Dump { path } => Err(StepError::permanent(format!(
                 "internal error: the dump {} is a file, it is not streamed",

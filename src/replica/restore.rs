@@ -32,7 +32,7 @@ pub struct LoadSetup {
     pub recorder: crate::replica::records::Recorder,
     /// Where the rows come from: the archive as a stream (`Some`), or the dump file (`None`),
     /// and where to write the `--use-list` pg_restore reads a stream with.
-    pub stream: Option<(Option<crate::source::feed::Feed>, std::path::PathBuf)>,
+    pub stream: Option<(Option<crate::dump::feed::Feed>, std::path::PathBuf)>,
     /// The entries' dependencies (to know which table an index waits for); `None`: every
     /// index waits for all the rows.
     pub deps: Option<crate::dump::verify::Dependencies>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::sqlstate::{PostgresError, Side, classify_on, error_text};
-use super::tls::{TlsFailure, tls_failure};
+use super::tls::{TlsFailure, TlsSettings, tls_failure};
 use crate::error::StepError;
 use crate::secret::Secret;
 
@@ -360,6 +360,16 @@ impl Target {
         config
     }
 
+    /// What the URL says of TLS.
+    pub(super) fn tls_settings(&self) -> TlsSettings<'_> {
+        TlsSettings {
+            sslmode: self.sslmode.as_deref(),
+            sslrootcert: self.sslrootcert.as_deref(),
+            var: self.side.var(),
+            describe: self.describe(),
+        }
+    }
+
     /// A new session, its connection driven by a spawned task.
     pub async fn connect(&self) -> Result<Client, StepError> {
         Ok(self.connect_as(CONTROL_APPLICATION_NAME).await?)
@@ -367,11 +377,11 @@ impl Target {
 
     pub async fn connect_as(&self, application_name: &str) -> Result<Client, PostgresError> {
         let config = self.config(application_name);
-        let tls = self.tls()?;
-        let (client, connection) = config.connect(tls).await.map_err(|e| {
+        let tls = self.tls_settings();
+        let (client, connection) = config.connect(tls.connector()?).await.map_err(|e| {
             let (transient, hint) = match tls_failure(&e) {
-                Some(TlsFailure::Refused) => (false, self.tls_refused_hint()),
-                Some(TlsFailure::Certificate) => (false, self.certificate_hint()),
+                Some(TlsFailure::Refused) => (false, tls.refused_hint()),
+                Some(TlsFailure::Certificate) => (false, tls.certificate_hint()),
                 None => {
                     let (transient, hint) = classify_on(&e, self.side);
                     (transient, hint.to_string())

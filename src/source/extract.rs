@@ -7,7 +7,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::download::io_error_is_permanent;
+use super::disk::io_error_is_permanent;
 use crate::error::StepError;
 
 fn marker_path(dump: &Path) -> PathBuf {

@@ -97,7 +97,7 @@ pub enum ApplyError {
     Masking(String),
     /// The streamed archive stopped early (a cut download, a dump cut short).
     #[error(transparent)]
-    Stream(#[from] crate::source::feed::FeedError),
+    Stream(#[from] crate::dump::feed::FeedError),
 }
 
 impl ApplyError {
@@ -165,12 +165,12 @@ fn is_transaction_control(stmt: &str) -> bool {
 }
 
 /// Counts the entries done across the sessions of one section.
-struct Progress<'a> {
+struct EntriesDone<'a> {
     done: AtomicU64,
     report: &'a (dyn Fn(u64) + Send + Sync),
 }
 
-impl Progress<'_> {
+impl EntriesDone<'_> {
     fn tick(&self) {
         let n = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         (self.report)(n);
@@ -279,7 +279,7 @@ impl Applier {
     /// one session: each table's rows as their block arrives.
     pub async fn run_stream(
         &self,
-        feed: Option<crate::source::feed::Feed>,
+        feed: Option<crate::dump::feed::Feed>,
         list: String,
         list_file: &Path,
         report: &(dyn Fn(u64) + Send + Sync),
@@ -301,7 +301,7 @@ impl Applier {
         batch: bool,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let progress = Progress {
+        let progress = EntriesDone {
             done: AtomicU64::new(0),
             report,
         };
@@ -363,7 +363,7 @@ impl Applier {
         lists: Vec<String>,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let progress = Progress {
+        let progress = EntriesDone {
             done: AtomicU64::new(0),
             report,
         };
@@ -395,7 +395,7 @@ impl Applier {
         early: Option<&Early>,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let progress = Progress {
+        let progress = EntriesDone {
             done: AtomicU64::new(0),
             report,
         };
@@ -473,7 +473,7 @@ impl Applier {
         session: &mut Session,
         stream: &mut ScriptStream,
         batch: bool,
-        progress: &Progress<'_>,
+        progress: &EntriesDone<'_>,
     ) -> Result<(), ApplyError> {
         let mut preamble: Vec<String> = Vec::new();
         let mut entry: Option<EntryHeader> = None;
@@ -625,7 +625,7 @@ impl Pool {
         &mut self,
         applier: &Applier,
         preamble: &[String],
-        progress: &Progress<'_>,
+        progress: &EntriesDone<'_>,
     ) -> Result<Session, ApplyError> {
         let mut session = match self.idle.pop() {
             Some(s) => s,
@@ -645,7 +645,7 @@ impl Pool {
     }
 
     /// Waits for every running entry.
-    async fn drain(&mut self, progress: &Progress<'_>) -> Result<(), ApplyError> {
+    async fn drain(&mut self, progress: &EntriesDone<'_>) -> Result<(), ApplyError> {
         while let Some((s, result)) = self.running.next().await {
             result?;
             progress.tick();
