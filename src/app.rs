@@ -13,7 +13,6 @@ use tracing::warn;
 
 use crate::config::{ConfigError, ConfigErrors, EngineConfig};
 use crate::engine::new_run_id;
-use crate::engine::test_hooks::PauseAt;
 use crate::engine::workdir::WorkDir;
 use crate::engine::{Driver, LockSlot, RealSteps};
 use crate::machine::start::{self, Asked, Choice, Recorded, Refusal};
@@ -89,7 +88,8 @@ pub fn driver(
             target: config.target.clone(),
             source: config.source,
             restore: config.restore,
-            pause_at: PauseAt::from_env(),
+            #[cfg(feature = "test-hooks")]
+            pause_at: crate::engine::test_hooks::PauseAt::from_env(),
             masking: std::sync::Mutex::new(None),
             lock: LockSlot::default(),
             feed: std::sync::Mutex::new(None),

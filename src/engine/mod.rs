@@ -21,6 +21,7 @@ use crate::state::store::{Store, StoreError};
 mod progress;
 mod retry;
 mod steps;
+#[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 pub(crate) mod workdir;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::Steps;
+#[cfg(feature = "test-hooks")]
 use super::test_hooks::PauseAt;
 use super::workdir::WorkDir;
 use crate::config::RestoreConfig;
@@ -33,7 +34,9 @@ pub struct RealSteps {
     /// The live source (`SOURCE_DATABASE_URL`), when runs copy one instead of a backup.
     pub source: Option<Target>,
     pub restore: RestoreConfig,
-    /// The reliability suite's pause (read once, when the steps are built).
+    /// The reliability suite's pause (read once, when the steps are built; only in a build
+    /// with the `test-hooks` feature, which the tests enable).
+    #[cfg(feature = "test-hooks")]
     pub pause_at: Option<PauseAt>,
     /// What `REPLICA_RULES` did in the last restore of the rows.
     pub masking: std::sync::Mutex<Option<crate::machine::MaskingCounts>>,
@@ -717,6 +720,7 @@ impl Steps for RealSteps {
         crate::notify::notify(&self.http, &self.restore.notify, run).await;
     }
 
+    #[cfg(feature = "test-hooks")]
     async fn before_step(&self, run: &Run) {
         if let Some(pause) = &self.pause_at {
             pause.before_step(run).await;
