@@ -17,7 +17,7 @@ use crate::engine::workdir::WorkDir;
 use crate::engine::{Driver, LockSlot, RealSteps};
 use crate::machine::start::{self, Asked, Choice, Recorded, Refusal};
 use crate::machine::{Origin, Run};
-use crate::replica::{self, LockOutcome, Target};
+use crate::replica::{self, LockOutcome, PgEndpoint};
 use crate::source::http::http_client;
 use crate::state::liveness;
 use crate::state::remote::RemoteWriter;
@@ -119,7 +119,7 @@ pub async fn lock(driver: &Driver) -> Result<Locks, CliError> {
     Ok(locks)
 }
 
-async fn lock_target(state_dir: &Path, target: &Target) -> Result<Locks, CliError> {
+async fn lock_target(state_dir: &Path, target: &PgEndpoint) -> Result<Locks, CliError> {
     let live = match liveness::acquire(state_dir).map_err(fatal)? {
         Ok(l) => l,
         Err(holder) => {
@@ -163,7 +163,7 @@ async fn lock_target(state_dir: &Path, target: &Target) -> Result<Locks, CliErro
 /// target is its own, not a run going on elsewhere.
 pub async fn choose_run(
     store: &Store,
-    target: &Target,
+    target: &PgEndpoint,
     asked: Asked,
     locked: bool,
 ) -> Result<Choice, CliError> {

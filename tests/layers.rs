@@ -548,8 +548,8 @@ fn the_reader_sees_what_the_code_imports() {
     let m: Module = vec!["replica".into(), "apply".into(), "stream".into()];
     let up = |p: &str| absolute(&m, &p.split("::").map(str::to_string).collect::<Vec<_>>());
     assert_eq!(
-        up("super::super::url::Target").unwrap(),
-        ["replica", "url", "Target"]
+        up("super::super::url::PgEndpoint").unwrap(),
+        ["replica", "url", "PgEndpoint"]
     );
     assert_eq!(up("crate::dump::feed").unwrap(), ["dump", "feed"]);
     assert!(up("tokio::io").is_none());

@@ -21,7 +21,7 @@ use super::{CliError, EngineArgs, exit};
 use crate::config::{Settings, Wants};
 use crate::engine::workdir::{free_bytes, nearest_existing};
 use crate::machine::{Backup, Phase, Run};
-use crate::replica::{self, Target};
+use crate::replica::{self, PgEndpoint};
 use crate::source::scalingo::ScalingoClient;
 use crate::state::store::Store;
 use crate::status::human_duration;
@@ -360,7 +360,7 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
 }
 
 /// The target is not the source's database (the rule `run` applies in `FetchingUrl`).
-async fn source_check(client: &ScalingoClient, target: &Target) -> Check {
+async fn source_check(client: &ScalingoClient, target: &PgEndpoint) -> Check {
     let name = "target is not the source";
     match client.source_database().await {
         Err(e) => Check::fail(name, e.to_string()),
@@ -455,7 +455,7 @@ fn writable(path: &Path) -> bool {
 /// none, from the target's records (a fresh container).
 async fn already_restored(
     state_dir: &Path,
-    target: Option<&Target>,
+    target: Option<&PgEndpoint>,
     backup: &Backup,
 ) -> Option<Run> {
     let local = Store::new(state_dir).last_done().ok().flatten();
@@ -544,7 +544,7 @@ fn disk_check(state_dir: &Path, b: &Backup, max_work_disk: Option<u64>) -> Check
 /// `CREATE SCHEMA public` when the drop took it, and creating tables in `public`; asked by
 /// the query the run's pre-wipe check asks ([`replica::privileges`]). Objects of another role
 /// that the restore would collide with are the restore plan's line: only the dump knows them.
-async fn role_check(target: &Target, owns_database: bool) -> Check {
+async fn role_check(target: &PgEndpoint, owns_database: bool) -> Check {
     let name = "target role";
     let client = match target.connect().await {
         Ok(c) => c,
@@ -598,7 +598,7 @@ async fn role_check(target: &Target, owns_database: bool) -> Check {
 
 /// Whether another replicator holds the target now: not a fault, but a run now would be
 /// refused (exit 3) until it ends.
-async fn lock_check(target: &Target) -> Check {
+async fn lock_check(target: &PgEndpoint) -> Check {
     let name = "target lock";
     match crate::state::remote::read(target).await {
         Ok(r) if r.lock_held => Check::ok(

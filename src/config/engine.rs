@@ -13,7 +13,7 @@ use super::{
     ScalingoConfig, SourceArgs, TargetArgs, parse_number,
 };
 use crate::machine::Origin;
-use crate::replica::Target;
+use crate::replica::PgEndpoint;
 use crate::secret::Secret;
 use crate::source::scalingo::ScalingoClient;
 
@@ -60,9 +60,9 @@ pub enum Wants {
 /// take [`EngineConfig::from_args`].
 #[derive(Debug, Default)]
 pub struct Settings {
-    pub target: Option<Target>,
+    pub target: Option<PgEndpoint>,
     /// The live source, `SOURCE_DATABASE_URL`.
-    pub source: Option<Target>,
+    pub source: Option<PgEndpoint>,
     /// `SOURCE_DATABASE_URL` is set (even to something invalid): runs copy a live database,
     /// and Scalingo's settings are not read.
     pub live: bool,
@@ -160,9 +160,9 @@ fn max_backup_age(hours: Option<&str>) -> Result<Option<Duration>, ConfigError> 
 
 /// What a command that restores needs, validated.
 pub struct EngineConfig {
-    pub target: Target,
+    pub target: PgEndpoint,
     /// `SOURCE_DATABASE_URL`: runs copy this live database instead of a Scalingo backup.
-    pub source: Option<Target>,
+    pub source: Option<PgEndpoint>,
     pub restore: RestoreConfig,
     pub retry: RetryConfig,
     /// `None` for a restore from a file, or a live source.
@@ -195,7 +195,7 @@ impl EngineConfig {
 
 /// Where a new run's dump comes from: the live source when one is set (named without its
 /// password), else Scalingo.
-pub fn origin_of(source: Option<&Target>) -> Origin {
+pub fn origin_of(source: Option<&PgEndpoint>) -> Origin {
     match source {
         Some(source) => Origin::Live {
             source: source.describe(),
@@ -206,14 +206,14 @@ pub fn origin_of(source: Option<&Target>) -> Origin {
 
 /// The target of `DATABASE_URL`; a URL it cannot use is a configuration error (the URL may
 /// hold a password: it is never repeated).
-pub fn parse_target(url: &Secret) -> Result<Target, ConfigError> {
-    Target::parse(url).map_err(invalid_url("DATABASE_URL"))
+pub fn parse_target(url: &Secret) -> Result<PgEndpoint, ConfigError> {
+    PgEndpoint::parse(url).map_err(invalid_url("DATABASE_URL"))
 }
 
 /// The live source of `SOURCE_DATABASE_URL`, by the rules of `DATABASE_URL`; a URL it cannot
 /// use is a configuration error (never repeated: it may hold a password).
-pub fn parse_source(url: &Secret) -> Result<Target, ConfigError> {
-    Target::parse_source(url).map_err(invalid_url("SOURCE_DATABASE_URL"))
+pub fn parse_source(url: &Secret) -> Result<PgEndpoint, ConfigError> {
+    PgEndpoint::parse_source(url).map_err(invalid_url("SOURCE_DATABASE_URL"))
 }
 
 /// The configuration error of a database URL in `var` that cannot be used, without the URL.

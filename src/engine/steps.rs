@@ -19,7 +19,7 @@ use crate::machine::{
     Backup, Event, LeftOut, LoadCounts, Origin, Phase, Progress, Run, Section, WorkMode,
 };
 use crate::replica::records::{FOREIGN_KEYS_ID, Recorder};
-use crate::replica::{self, LockHandle, Target};
+use crate::replica::{self, LockHandle, PgEndpoint};
 use crate::replica::{LoadSetup, TablesLoaded};
 use crate::source::feed::UrlSource;
 use crate::source::scalingo::ScalingoClient;
@@ -30,9 +30,9 @@ pub struct RealSteps {
     pub state_dir: PathBuf,
     pub scalingo: Option<Arc<ScalingoClient>>,
     pub http: reqwest::Client,
-    pub target: Target,
+    pub target: PgEndpoint,
     /// The live source (`SOURCE_DATABASE_URL`), when runs copy one instead of a backup.
-    pub source: Option<Target>,
+    pub source: Option<PgEndpoint>,
     pub restore: RestoreConfig,
     /// The reliability suite's pause (read once, when the steps are built; only in a build
     /// with the `test-hooks` feature, which the tests enable).
@@ -280,7 +280,7 @@ impl RealSteps {
 
 /// How `pg_dump` reaches the live source `source` (its password kept apart).
 pub fn pg_dump_connection(
-    source: &Target,
+    source: &PgEndpoint,
     exclude_table_data: &[String],
 ) -> crate::source::live::PgDumpConnection {
     crate::source::live::PgDumpConnection {
@@ -297,8 +297,8 @@ pub fn pg_dump_connection(
 /// pg_dump starts, and before any wipe). Returns what the source's server said of itself too.
 /// `run` and `check` start here.
 pub async fn live_feed(
-    source: &Target,
-    target: &Target,
+    source: &PgEndpoint,
+    target: &PgEndpoint,
     dir: &Path,
     exclude_table_data: &[String],
 ) -> Result<(Feed, crate::replica::ServerIdentity), StepError> {
@@ -765,7 +765,7 @@ impl Steps for RealSteps {
 }
 
 /// Why a target that is the source's database is refused (`run` and `check`).
-pub fn target_is_source_message(target: &Target) -> String {
+pub fn target_is_source_message(target: &PgEndpoint) -> String {
     format!(
         "DATABASE_URL names the production database: {} is the database of the PostgreSQL addon of SCALINGO_APP, the source of the backups; \
          a run would wipe it. Set DATABASE_URL to the replica's database (on Scalingo, an app's own DATABASE_URL is its own addon: deploy the replicator on the replica's app)",

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::sqlstate::PostgresError;
-use super::url::{CONTROL_APPLICATION_NAME, Target};
+use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::dump::toc::{Toc, TocError, TocSection};
 use crate::error::StepError;
 use crate::machine::Section;
@@ -34,7 +34,7 @@ pub struct ServerVersion {
 }
 
 /// The version of `target`'s server (what `check` compares the dump's with).
-pub async fn server_version(target: &Target) -> Result<ServerVersion, StepError> {
+pub async fn server_version(target: &PgEndpoint) -> Result<ServerVersion, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     version_on(&client, target).await
 }
@@ -42,7 +42,7 @@ pub async fn server_version(target: &Target) -> Result<ServerVersion, StepError>
 /// The one query of a server's version.
 async fn version_on(
     client: &tokio_postgres::Client,
-    target: &Target,
+    target: &PgEndpoint,
 ) -> Result<ServerVersion, StepError> {
     let row = client
         .query_one(
@@ -94,7 +94,7 @@ pub async fn privileges(
 }
 
 /// Connects and checks that the target can be wiped and restored by this role.
-pub async fn check_target(target: &Target) -> Result<TargetInfo, StepError> {
+pub async fn check_target(target: &PgEndpoint) -> Result<TargetInfo, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let version = version_on(&client, target).await?;
     let row = client

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use super::apply::script::{Piece, ScriptParser};
-use super::url::Target;
+use super::url::PgEndpoint;
 use crate::dump::toc::{Toc, pg_restore_stdout};
 use crate::error::StepError;
 use crate::masking::schema::Schema;
@@ -102,7 +102,7 @@ pub async fn check_filters_fit_fk_mode(
 /// reference a row that is not there (`schema.table.constraint` -> rows). Under `FK_MODE=trust`
 /// the keys were added `NOT VALID`, so such rows do not fail the restore; they are reported.
 pub async fn count_orphans(
-    target: &Target,
+    target: &PgEndpoint,
     plan: &Plan,
 ) -> Result<BTreeMap<String, u64>, StepError> {
     let filtered: Vec<String> = plan

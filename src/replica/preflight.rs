@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use crate::dump::selection::{SelectOptions, Selection, select};
 use crate::dump::toc::{Toc, TocEntry};
 use crate::error::StepError;
-use crate::replica::Target;
+use crate::replica::PgEndpoint;
 
 /// Extensions for watching or maintaining a server, which application objects do not use:
 /// a target that cannot have them gets a warning, not a refusal.
@@ -139,7 +139,7 @@ pub fn broken_by_restriction(
 /// `deps` are the archive's recorded dependencies (`None` when the archive could not be read
 /// natively: the restriction is then not checked, and a warning says so).
 pub async fn check_restorable(
-    target: &Target,
+    target: &PgEndpoint,
     toc: &Toc,
     deps: Option<&HashMap<u32, Vec<u32>>>,
     opts: &SelectOptions,
@@ -305,7 +305,7 @@ impl ExtError {
 /// refused, unless it is a server tool nothing restored uses (a warning).
 async fn check_extensions(
     client: &tokio_postgres::Client,
-    target: &Target,
+    target: &PgEndpoint,
     extensions: &[String],
 ) -> Result<(), ExtError> {
     if extensions.is_empty() {

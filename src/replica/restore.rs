@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::apply::{Applier, LoadLog, key_as_index};
-use super::url::Target;
+use super::url::PgEndpoint;
 use crate::dump::toc::{Toc, TocEntry, TocSection};
 use crate::error::StepError;
 use crate::machine::Section;
@@ -241,7 +241,7 @@ const EARLY_KINDS: &[&str] = &["INDEX", "CONSTRAINT", "CHECK CONSTRAINT"];
 
 /// Restores one section of `dump`: every entry of its table of contents.
 pub async fn restore_section(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     section: Section,
     jobs: u32,
@@ -253,7 +253,7 @@ pub async fn restore_section(
 /// [`restore_section`] restricted to the entries of a `--use-list` file
 /// ([`Toc::write_list`]): what it comments out is never read.
 pub async fn restore_section_with_list(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     section: Section,
     jobs: u32,

@@ -385,10 +385,10 @@ impl TlsSettings<'_> {
 mod tests {
     use super::*;
     use crate::error::StepError;
-    use crate::replica::url::Target;
+    use crate::replica::url::PgEndpoint;
 
-    fn parse(url: &str) -> Result<Target, PostgresError> {
-        Target::parse_inner(url)
+    fn parse(url: &str) -> Result<PgEndpoint, PostgresError> {
+        PgEndpoint::parse_inner(url)
     }
 
     #[test]

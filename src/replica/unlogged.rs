@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::LOCK_TIMEOUT;
 use super::checks::dump_error;
-use super::url::{CONTROL_APPLICATION_NAME, Target};
+use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::error::StepError;
 
 /// `ALTER TABLE ... SET UNLOGGED` on every still-logged ordinary table of schema public owned
@@ -18,7 +18,7 @@ use crate::error::StepError;
 /// chain of such tables, must stay logged or the post-data section fails. Those foreign keys
 /// do not exist yet, so they are read from the dump (`dump`), whose post-data SQL costs no data
 /// read. Partitions themselves are ordinary tables and are converted.
-pub async fn set_unlogged_with_dump(target: &Target, dump: &Path) -> Result<usize, StepError> {
+pub async fn set_unlogged_with_dump(target: &PgEndpoint, dump: &Path) -> Result<usize, StepError> {
     let fks = foreign_keys_in_dump(dump).await?;
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let partitioned: Vec<(String, String)> = client

@@ -37,7 +37,7 @@ use futures_util::{StreamExt, stream::FuturesUnordered};
 use crate::error::StepError;
 use crate::masking::Masker;
 use crate::replica::sqlstate::classify;
-use crate::replica::{PostgresError, RESTORE_APPLICATION_NAME, Target};
+use crate::replica::{PgEndpoint, PostgresError, RESTORE_APPLICATION_NAME};
 pub use early::{Early, EarlyEntry, LoadLog};
 pub use keys::key_as_index;
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
@@ -135,7 +135,7 @@ fn said_settings() -> Arc<Mutex<HashSet<String>>> {
 
 /// What the restore of a section needs: where, from what, how wide.
 pub struct Applier {
-    target: Target,
+    target: PgEndpoint,
     dump: PathBuf,
     jobs: usize,
     /// The settings the target's server knows (`pg_settings`).
@@ -179,7 +179,7 @@ impl EntriesDone<'_> {
 
 impl Applier {
     /// Connects once to learn what the target's server knows.
-    pub async fn new(target: &Target, dump: &Path, jobs: u32) -> Result<Applier, ApplyError> {
+    pub async fn new(target: &PgEndpoint, dump: &Path, jobs: u32) -> Result<Applier, ApplyError> {
         let client = target.connect_as(RESTORE_APPLICATION_NAME).await?;
         let rows = client
             .query("SELECT name FROM pg_catalog.pg_settings", &[])
