@@ -6,21 +6,19 @@
 //! Also the failure of a command itself (not of a run), with its exit code: [`CliError`].
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::{ConfigError, RestoreConfig, RetryConfig};
-use crate::engine::test_hooks::PauseAt;
+use crate::config::{ConfigError, ConfigErrors, EngineConfig};
+use crate::engine::new_run_id;
 use crate::engine::workdir::WorkDir;
 use crate::engine::{Driver, LockSlot, RealSteps};
+use crate::machine::start::{self, Asked, Choice, Recorded, Refusal};
 use crate::machine::{Origin, Run};
-use crate::replica::{self, LockOutcome, Target};
-use crate::secret::Secret;
+use crate::replica::{self, LockOutcome, PgEndpoint};
 use crate::source::http::http_client;
-use crate::source::scalingo::ScalingoClient;
 use crate::state::liveness;
 use crate::state::remote::RemoteWriter;
 use crate::state::store::Store;
@@ -41,8 +39,9 @@ pub mod exit {
 /// A failure of the command itself (not of a run), with its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// Every problem of the configuration ([`crate::config::EngineConfig::from_args`]).
     #[error("{0}")]
-    Config(#[from] ConfigError),
+    Config(#[from] ConfigErrors),
     /// `SCHEDULE` or `SCHEDULE_TIMEZONE` (its message names the variable).
     #[error("{0}")]
     Schedule(#[from] crate::schedule::ScheduleError),
@@ -62,43 +61,14 @@ impl CliError {
     }
 }
 
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> CliError {
+        CliError::Config(e.into())
+    }
+}
+
 pub fn fatal(e: impl std::fmt::Display) -> CliError {
     CliError::Fatal(e.to_string())
-}
-
-/// The read timeout of downloads when no `DOWNLOAD_IDLE_TIMEOUT_SECONDS` applies (`restore`
-/// downloads nothing; its HTTP client only notifies).
-pub const DEFAULT_DOWNLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What a command that restores needs, validated.
-pub struct EngineConfig {
-    pub target: Target,
-    /// `SOURCE_DATABASE_URL`: runs copy this live database instead of a Scalingo backup.
-    pub source: Option<Target>,
-    pub restore: RestoreConfig,
-    pub retry: RetryConfig,
-    /// `None` for a restore from a file.
-    pub scalingo: Option<ScalingoClient>,
-    pub max_backup_age: Option<Duration>,
-    pub download_idle_timeout: Duration,
-}
-
-impl EngineConfig {
-    /// Where a new run's dump comes from ([`origin_of`]).
-    pub fn origin(&self) -> Origin {
-        origin_of(self.source.as_ref())
-    }
-}
-
-/// Where a new run's dump comes from: the live source when one is set (named without its
-/// password), else Scalingo.
-pub fn origin_of(source: Option<&Target>) -> Origin {
-    match source {
-        Some(source) => Origin::Live {
-            source: source.describe(),
-        },
-        None => Origin::Scalingo,
-    }
 }
 
 /// The driver of `config`'s runs. `force`: restore the newest backup even when the last `Done`
@@ -118,7 +88,8 @@ pub fn driver(
             target: config.target.clone(),
             source: config.source,
             restore: config.restore,
-            pause_at: PauseAt::from_env(),
+            #[cfg(feature = "test-hooks")]
+            pause_at: crate::engine::test_hooks::PauseAt::from_env(),
             masking: std::sync::Mutex::new(None),
             lock: LockSlot::default(),
             feed: std::sync::Mutex::new(None),
@@ -129,29 +100,6 @@ pub fn driver(
         max_backup_age: config.max_backup_age,
         shutdown,
         remote: Some(RemoteWriter::new(config.target)),
-    }
-}
-
-/// The target of `DATABASE_URL`; a URL it cannot use is a configuration error (the URL may
-/// hold a password: it is never repeated).
-pub fn parse_target(url: &Secret) -> Result<Target, CliError> {
-    Target::parse(url).map_err(invalid_url("DATABASE_URL"))
-}
-
-/// The live source of `SOURCE_DATABASE_URL`, by the rules of `DATABASE_URL`; a URL it cannot
-/// use is a configuration error (never repeated: it may hold a password).
-pub fn parse_source(url: &Secret) -> Result<Target, CliError> {
-    Target::parse_source(url).map_err(invalid_url("SOURCE_DATABASE_URL"))
-}
-
-/// The configuration error of a database URL in `var` that cannot be used, without the URL.
-fn invalid_url<E: std::fmt::Display>(var: &'static str) -> impl FnOnce(E) -> CliError {
-    move |e| {
-        CliError::Config(ConfigError::Invalid {
-            var,
-            value: "(hidden)".into(),
-            expected: e.to_string(),
-        })
     }
 }
 
@@ -171,7 +119,7 @@ pub async fn lock(driver: &Driver) -> Result<Locks, CliError> {
     Ok(locks)
 }
 
-async fn lock_target(state_dir: &Path, target: &Target) -> Result<Locks, CliError> {
+async fn lock_target(state_dir: &Path, target: &PgEndpoint) -> Result<Locks, CliError> {
     let live = match liveness::acquire(state_dir).map_err(fatal)? {
         Ok(l) => l,
         Err(holder) => {
@@ -209,91 +157,131 @@ async fn lock_target(state_dir: &Path, target: &Target) -> Result<Locks, CliErro
     })
 }
 
-/// What stands in the way of a new run ([`crate::machine::interrupted`]): refused, unless
-/// `restart` abandons it ([`crate::machine::abandon`]) and removes its working files.
-pub fn refuse_interrupted(store: &Store, state_dir: &Path, restart: bool) -> Result<(), CliError> {
-    let current = store.current().map_err(fatal)?;
-    let Some(run) = crate::machine::interrupted(current.as_ref()) else {
-        return Ok(());
+/// The run `asked` starts now, by the rule [`start::choose_run`], from this state directory's
+/// current run and, when the rule needs it, the target's record of its current run. Reads
+/// only. `locked`: this process holds the target's lock ([`lock`]), so a lock held on the
+/// target is its own, not a run going on elsewhere.
+pub async fn choose_run(
+    store: &Store,
+    target: &PgEndpoint,
+    asked: Asked,
+    locked: bool,
+) -> Result<Choice, CliError> {
+    let local = store.current().map_err(fatal)?;
+    let needs_record =
+        asked == Asked::Resume && crate::machine::interrupted(local.as_ref()).is_none();
+    let record = if needs_record {
+        match crate::state::remote::read(target).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!("could not read the runs recorded in the target: {e}");
+                None
+            }
+        }
+    } else {
+        None
     };
-    if !restart {
-        return Err(CliError::Refused(format!(
+    let recorded = record.as_ref().and_then(|r| {
+        let held = r.lock_held && !locked;
+        r.current
+            .as_ref()
+            .map(|run| Recorded::of(run, held, Path::exists))
+    });
+    Ok(start::choose_run(asked, local.as_ref(), recorded))
+}
+
+/// The run `driver` drives for `asked`, with both locks held ([`lock`]): what
+/// [`choose_run`] chose, done. A new run (from `origin`); an interrupted run abandoned first
+/// (`run --restart`, its working files removed) or moved to its resume point
+/// ([`crate::machine::recover`]); the target's record of an unfinished run taken over
+/// ([`crate::machine::adopt`], saved here). `Err(Refused)` when no run starts.
+///
+/// On Scalingo a restart or a deploy empties the state directory: without the takeover, the
+/// night's run would be lost with its container, and the next one would wipe and start again.
+pub async fn run_to_drive(driver: &Driver, asked: Asked, origin: Origin) -> Result<Run, CliError> {
+    let now = Utc::now();
+    let new = |origin| Run::new(new_run_id(now), origin, driver.retry.max_retry_count, now);
+    match choose_run(&driver.store, &driver.steps.target, asked, true).await? {
+        Choice::New => Ok(new(origin)),
+        Choice::AbandonThenNew(run) => {
+            warn!(
+                "abandoning interrupted run {} (was in {})",
+                run.run_id,
+                run.phase.name()
+            );
+            let abandoned =
+                crate::machine::abandon(&run, "abandoned by `replicator run --restart`", now)
+                    .map_err(fatal)?;
+            driver.store.save(&abandoned).map_err(fatal)?;
+            let _ = std::fs::remove_dir_all(WorkDir::of(&driver.state_dir, &run.run_id).path());
+            Ok(new(origin))
+        }
+        Choice::Resume(run) => {
+            tracing::info!(
+                run_id = %run.run_id,
+                phase = %run.phase.name(),
+                attempt = run.attempt,
+                "resuming run {} interrupted in {} (attempt {}/{})",
+                run.run_id,
+                run.phase.name(),
+                run.attempt,
+                run.max_attempts
+            );
+            crate::machine::recover(run, now).map_err(fatal)
+        }
+        Choice::Adopt(run) => {
+            let adopted = crate::machine::adopt(run, now).map_err(|e| {
+                fatal(format!(
+                    "cannot take over the run recorded in the target: {e}"
+                ))
+            })?;
+            tracing::info!(
+                run_id = %adopted.run_id,
+                phase = %adopted.phase.name(),
+                "taking over run {} from the target's records (its process and its files are gone): it goes on in {}",
+                adopted.run_id,
+                adopted.phase.name()
+            );
+            driver.store.save(&adopted).map_err(|e| {
+                fatal(format!(
+                    "could not save the run taken over from the target: {e}"
+                ))
+            })?;
+            Ok(adopted)
+        }
+        Choice::Refused(why) => Err(refused(&why, &driver.state_dir)),
+    }
+}
+
+/// Why no run starts, said to the operator, with what to do.
+pub fn refused(why: &Refusal, state_dir: &Path) -> CliError {
+    CliError::Refused(match why {
+        Refusal::Interrupted(run) => format!(
             "run {} was interrupted in {}: `replicator resume` continues it, \
              `replicator run --restart` abandons it and starts afresh",
             run.run_id,
             run.phase.name()
-        )));
-    }
-    warn!(
-        "abandoning interrupted run {} (was in {})",
-        run.run_id,
-        run.phase.name()
-    );
-    let abandoned =
-        crate::machine::abandon(run, "abandoned by `replicator run --restart`", Utc::now())
-            .map_err(fatal)?;
-    store.save(&abandoned).map_err(fatal)?;
-    let _ = std::fs::remove_dir_all(WorkDir::of(state_dir, &run.run_id).path());
-    Ok(())
-}
-
-/// An interrupted run moved to its resume point ([`crate::machine::recover`]).
-pub fn resumable(run: Run) -> Result<Run, CliError> {
-    crate::machine::recover(run, Utc::now()).map_err(fatal)
-}
-
-/// The run a new container takes over: the target's record of an unfinished run, when this
-/// state directory knows no unfinished run and no replicator holds the target. Call it under
-/// the locks ([`lock`]): the target's lock is then this process's own.
-///
-/// On Scalingo a restart or a deploy empties the state directory: without this, the night's
-/// run would be lost with its container, and the next one would wipe and start again.
-pub async fn adopt_from_target(driver: &Driver, target: &Target) -> Option<Run> {
-    let local = driver.store.current().ok().flatten();
-    if crate::machine::interrupted(local.as_ref()).is_some() {
-        return None;
-    }
-    let remote = match crate::state::remote::read(target).await {
-        Ok(r) => r,
-        Err(e) => {
-            warn!("could not read the runs recorded in the target: {e}");
-            return None;
-        }
-    };
-    let run = remote.current.filter(|r| !r.is_terminal())?;
-    if local.as_ref().is_some_and(|l| l.run_id == run.run_id) {
-        return None;
-    }
-    if let crate::machine::Origin::Archive { path } | crate::machine::Origin::Dump { path } =
-        &run.origin
-        && !path.exists()
-    {
-        warn!(
-            run_id = %run.run_id,
-            "the target records run {} unfinished, but its file {} is not here: it cannot be taken over (`replicator run` starts a new one)",
+        ),
+        Refusal::NothingRecorded => format!(
+            "nothing to resume: no run was ever recorded in {}, and the target records no unfinished run",
+            state_dir.display()
+        ),
+        Refusal::Finished(run) => format!(
+            "nothing to resume: the last run ({}) ended {}; `replicator run` starts a new one",
             run.run_id,
-            path.display()
-        );
-        return None;
-    }
-    let adopted = match crate::machine::adopt(run, Utc::now()) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!("cannot take over the run recorded in the target: {e}");
-            return None;
-        }
-    };
-    tracing::info!(
-        run_id = %adopted.run_id,
-        phase = %adopted.phase.name(),
-        written_by = %remote.current_written_by.unwrap_or_default(),
-        "taking over run {} from the target's records (its process and its files are gone): it goes on in {}",
-        adopted.run_id,
-        adopted.phase.name()
-    );
-    if let Err(e) = driver.store.save(&adopted) {
-        warn!("could not save the run taken over: {e}");
-        return None;
-    }
-    Some(adopted)
+            run.phase.name()
+        ),
+        Refusal::GoingOn(run) => format!(
+            "run {} is going on right now on the target, in another replicator (`replicator status --from-target` shows it): nothing to resume",
+            run.run_id
+        ),
+        Refusal::FileGone(run) => format!(
+            "the target records run {} unfinished, but its file {} is not on this machine: it cannot be taken over; `replicator run` starts a new one",
+            run.run_id,
+            match &run.origin {
+                Origin::Archive { path } | Origin::Dump { path } => path.display().to_string(),
+                _ => String::new(),
+            }
+        ),
+    })
 }

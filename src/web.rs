@@ -73,7 +73,7 @@ struct App {
     gate: Gate,
 }
 
-type Shared = State<Arc<App>>;
+type RouteState = State<Arc<App>>;
 
 fn routes(render: Render, gate: Gate) -> Router {
     let app = Arc::new(App { render, gate });
@@ -117,14 +117,14 @@ async fn health() -> Response {
     json(StatusCode::OK, r#"{"ok":true}"#.to_string())
 }
 
-async fn status(State(app): Shared, headers: HeaderMap) -> Response {
+async fn status(State(app): RouteState, headers: HeaderMap) -> Response {
     if let Some(refused) = app.gate.refuses(&headers, Challenge::Bearer) {
         return refused;
     }
     json(StatusCode::OK, (app.render)(View::StatusJson))
 }
 
-async fn metrics(State(app): Shared, headers: HeaderMap) -> Response {
+async fn metrics(State(app): RouteState, headers: HeaderMap) -> Response {
     if let Some(refused) = app.gate.refuses(&headers, Challenge::Bearer) {
         return refused;
     }
@@ -139,7 +139,7 @@ async fn metrics(State(app): Shared, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-async fn page(State(app): Shared, headers: HeaderMap) -> Response {
+async fn page(State(app): RouteState, headers: HeaderMap) -> Response {
     // A browser asked with `Basic` prompts for the token (as password); a program sends Bearer.
     if let Some(refused) = app.gate.refuses(&headers, Challenge::Basic) {
         return refused;

@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::check_dump::{dump_checks, live_dump_checks, rules_check};
+use super::report::{Check, Verdict};
 use super::{CliError, EngineArgs, exit};
+use crate::config::{Settings, Wants};
 use crate::engine::workdir::{free_bytes, nearest_existing};
 use crate::machine::{Backup, Phase, Run};
-use crate::replica::{self, Target};
+use crate::replica::{self, PgEndpoint};
 use crate::source::scalingo::ScalingoClient;
 use crate::state::store::Store;
 use crate::status::human_duration;
@@ -36,63 +38,6 @@ pub struct CheckArgs {
     /// against its backup before the wipe)
     #[arg(long)]
     pub dump: Option<PathBuf>,
-}
-
-/// The outcome of one check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Ok,
-    Fail,
-    /// Not run: an earlier check it depends on failed.
-    Skip,
-}
-
-impl Verdict {
-    fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Ok => "ok",
-            Verdict::Fail => "fail",
-            Verdict::Skip => "skip",
-        }
-    }
-}
-
-/// One line of the report.
-#[derive(Clone, Debug)]
-pub struct Check {
-    pub name: &'static str,
-    pub verdict: Verdict,
-    /// What was found, or the problem and its fix.
-    pub detail: String,
-    /// Extra fields for `--json` (the backup a run would take).
-    pub data: Option<Value>,
-}
-
-impl Check {
-    pub(super) fn ok(name: &'static str, detail: impl Into<String>) -> Check {
-        Check {
-            name,
-            verdict: Verdict::Ok,
-            detail: detail.into(),
-            data: None,
-        }
-    }
-    pub(super) fn fail(name: &'static str, detail: impl Into<String>) -> Check {
-        Check {
-            name,
-            verdict: Verdict::Fail,
-            detail: detail.into(),
-            data: None,
-        }
-    }
-    pub(super) fn skip(name: &'static str, why: &str) -> Check {
-        Check {
-            name,
-            verdict: Verdict::Skip,
-            detail: format!("not checked: {why}"),
-            data: None,
-        }
-    }
 }
 
 /// `replicator check`.
@@ -160,69 +105,22 @@ pub fn render(checks: &[Check]) -> String {
 pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) -> Vec<Check> {
     let mut checks = Vec::new();
 
-    // Configuration: every variable, all problems at once.
-    let mut problems = Vec::new();
-    // A live source replaces Scalingo: its variables are not needed then.
-    let source = match engine.source.validate(engine.scalingo.app.as_deref()) {
-        Ok(Some(url)) => match Target::parse_source(&url) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                problems.push(e.to_string());
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    // Set (not empty), even if invalid: its problem is said, and Scalingo is not asked for.
-    let live = engine
-        .source
-        .source_database_url
-        .as_deref()
-        .is_some_and(|u| !u.trim().is_empty());
-    let scalingo = if live {
-        None
-    } else {
-        engine
-            .scalingo
-            .validate()
-            .map_err(|e| problems.push(e.to_string()))
-            .ok()
-    };
-    let target = match engine.target.validate() {
-        Ok(url) => match Target::parse(&url) {
-            Ok(t) => Some(t.confirmed(engine.target.target_confirm.clone())),
-            Err(e) => {
-                problems.push(e.to_string());
-                None
-            }
-        },
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    let restore = engine
-        .restore
-        .validate()
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
-    let retry = engine
-        .retry
-        .validate()
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
-    let max_age_hours = match engine.max_backup_age() {
-        Ok(age) => age.map(|a| a.as_secs() / 3600),
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    if problems.is_empty() {
+    // Configuration: every setting a run reads, validated as a run validates it
+    // (`EngineConfig::from_args`), each problem on its own FAIL line.
+    let settings = Settings::read(engine, Wants::Backups);
+    let Settings {
+        target,
+        source,
+        live,
+        scalingo,
+        restore,
+        retry,
+        max_backup_age,
+        errors,
+        ..
+    } = settings;
+    let max_age_hours = max_backup_age.map(|a| a.as_secs() / 3600);
+    if errors.0.is_empty() {
         let (t, r, y) = (
             target.as_ref().expect("validated"),
             restore.as_ref().expect("validated"),
@@ -247,7 +145,9 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
             ),
         ));
     } else {
-        checks.push(Check::fail("configuration", problems.join("; ")));
+        for e in &errors.0 {
+            checks.push(Check::fail("configuration", e.to_string()));
+        }
     }
 
     checks.push(state_dir_check(state_dir));
@@ -460,7 +360,7 @@ pub async fn gather(state_dir: &Path, engine: &EngineArgs, dump: Option<&Path>) 
 }
 
 /// The target is not the source's database (the rule `run` applies in `FetchingUrl`).
-async fn source_check(client: &ScalingoClient, target: &Target) -> Check {
+async fn source_check(client: &ScalingoClient, target: &PgEndpoint) -> Check {
     let name = "target is not the source";
     match client.source_database().await {
         Err(e) => Check::fail(name, e.to_string()),
@@ -555,7 +455,7 @@ fn writable(path: &Path) -> bool {
 /// none, from the target's records (a fresh container).
 async fn already_restored(
     state_dir: &Path,
-    target: Option<&Target>,
+    target: Option<&PgEndpoint>,
     backup: &Backup,
 ) -> Option<Run> {
     let local = Store::new(state_dir).last_done().ok().flatten();
@@ -626,20 +526,11 @@ fn disk_check(state_dir: &Path, b: &Backup, max_work_disk: Option<u64>) -> Check
     let name = "disk";
     let probe = nearest_existing(state_dir);
     let budget = crate::engine::workdir::work_budget(state_dir, max_work_disk);
-    if let Some(budget) = budget
-        && budget < crate::config::MIN_WORK_DISK
-    {
-        return Check::fail(
-            name,
-            format!(
-                "{} MiB may be used in {}, less than the {} MiB even a streamed run needs; free some space or point REPLICATOR_STATE_DIR at a larger disk",
-                budget >> 20,
-                probe.display(),
-                crate::config::MIN_WORK_DISK >> 20
-            ),
-        );
+    let origin = crate::machine::Origin::Scalingo;
+    if let Err(e) = crate::machine::enough_disk(&origin, budget, probe) {
+        return Check::fail(name, e.to_string());
     }
-    let mode = crate::machine::work_mode(&crate::machine::Origin::Scalingo, b.size, budget);
+    let mode = crate::machine::work_mode(&origin, b.size, budget);
     let mut check = Check::ok(name, format!("a run is {}", mode.describe()));
     check.data = Some(serde_json::json!({
         "mode": mode.label(),
@@ -650,54 +541,42 @@ fn disk_check(state_dir: &Path, b: &Backup, max_work_disk: Option<u64>) -> Check
 }
 
 /// What a run does as the role: `DROP OWNED BY CURRENT_USER` (only what it owns goes),
-/// `CREATE SCHEMA public` when the drop took it, and creating tables in `public`.
-async fn role_check(target: &Target, owns_database: bool) -> Check {
+/// `CREATE SCHEMA public` when the drop took it, and creating tables in `public`; asked by
+/// the query the run's pre-wipe check asks ([`replica::privileges`]). Objects of another role
+/// that the restore would collide with are the restore plan's line: only the dump knows them.
+async fn role_check(target: &PgEndpoint, owns_database: bool) -> Check {
     let name = "target role";
     let client = match target.connect().await {
         Ok(c) => c,
         Err(e) => return Check::fail(name, e.to_string()),
     };
-    let row = match client
-        .query_one(
-            "SELECT current_user::text,
-                    has_database_privilege(current_database(), 'CREATE'),
-                    (SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = 'public'),
-                    (SELECT string_agg(quote_ident(c.relname) || ' (owner ' || pg_get_userbyid(c.relowner) || ')', ', ' ORDER BY c.relname)
-                       FROM (SELECT * FROM pg_class c
-                              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
-                                AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
-                              ORDER BY c.relname LIMIT 5) c)",
-            &[],
-        )
-        .await
-    {
-        Ok(r) => r,
+    let privileges = match replica::privileges(&client, &["public".to_string()]).await {
+        Ok(p) => p,
         Err(e) => {
             return Check::fail(
                 name,
-                format!("cannot read the role's privileges on {}: {e}", target.describe()),
+                format!(
+                    "cannot read the role's privileges on {}: {e}",
+                    target.describe()
+                ),
             );
         }
     };
-    let role: String = row.get(0);
-    let create_db: bool = row.get(1);
-    let create_public: Option<bool> = row.get(2);
-    let foreign: Option<String> = row.get(3);
+    let role = &privileges.role;
     let mut problems = Vec::new();
-    if !create_db {
+    if !privileges.create_schemas {
         problems.push(format!(
             "role {role} cannot CREATE in the database (the restore recreates schema public): `GRANT CREATE ON DATABASE {} TO {role}` as its owner",
             target.dbname()
         ));
     }
-    if create_public == Some(false) {
+    if privileges
+        .create_in
+        .iter()
+        .any(|(_, ok)| *ok == Some(false))
+    {
         problems.push(format!(
             "role {role} cannot create tables in schema public: `GRANT CREATE ON SCHEMA public TO {role}` (or make it the schema's owner)"
-        ));
-    }
-    if let Some(objects) = foreign {
-        problems.push(format!(
-            "schema public holds objects {role} does not own, which DROP OWNED leaves and the restore would collide with: {objects}; drop them or `ALTER ... OWNER TO {role}`"
         ));
     }
     if problems.is_empty() {
@@ -719,7 +598,7 @@ async fn role_check(target: &Target, owns_database: bool) -> Check {
 
 /// Whether another replicator holds the target now: not a fault, but a run now would be
 /// refused (exit 3) until it ends.
-async fn lock_check(target: &Target) -> Check {
+async fn lock_check(target: &PgEndpoint) -> Check {
     let name = "target lock";
     match crate::state::remote::read(target).await {
         Ok(r) if r.lock_held => Check::ok(

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::check::Check;
+use super::report::Check;
 use crate::machine::Backup;
-use crate::replica::{self, Target};
+use crate::replica::{self, PgEndpoint};
 use crate::source::scalingo::ScalingoClient;
 
 /// How much of the archive `check` reads, growing until the dump's table of contents is
@@ -21,7 +21,7 @@ const HEAD_SIZES: [u64; 3] = [4 << 20, 64 << 20, 512 << 20];
 pub(super) async fn dump_checks(
     client: &ScalingoClient,
     backup: &Backup,
-    t: &Target,
+    t: &PgEndpoint,
     restore: &crate::config::RestoreConfig,
     client_version: Option<&String>,
 ) -> (Vec<Check>, bool) {
@@ -33,8 +33,8 @@ pub(super) async fn dump_checks(
 /// the refusal of a source that is the target), its head read into a private temporary
 /// directory, and `pg_dump` stopped.
 pub(super) async fn live_dump_checks(
-    source: &Target,
-    t: &Target,
+    source: &PgEndpoint,
+    t: &PgEndpoint,
     restore: &crate::config::RestoreConfig,
     client_version: Option<&String>,
 ) -> (Vec<Check>, bool) {
@@ -63,7 +63,7 @@ async fn with_rules(checks: Found, restore: &crate::config::RestoreConfig) -> (V
 async fn dump_checks_inner(
     client: &ScalingoClient,
     backup: &Backup,
-    t: &Target,
+    t: &PgEndpoint,
     restore: &crate::config::RestoreConfig,
     client_version: Option<&String>,
 ) -> Found {
@@ -161,8 +161,8 @@ async fn dump_checks_inner(
 
 /// [`live_dump_checks`] up to the restore plan.
 async fn live_dump_checks_inner(
-    source: &Target,
-    t: &Target,
+    source: &PgEndpoint,
+    t: &PgEndpoint,
     restore: &crate::config::RestoreConfig,
     client_version: Option<&String>,
 ) -> Found {
@@ -203,28 +203,13 @@ async fn judge_head(
     info: replica::DumpInfo,
     path: PathBuf,
     dir: tempfile::TempDir,
-    t: &Target,
+    t: &PgEndpoint,
     restore: &crate::config::RestoreConfig,
     client_version: Option<&String>,
 ) -> Found {
     let skip_plan = |why: &str| Check::skip("restore plan", why);
-    let server = match t.connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(vec![
-                Check::fail("dump", e.to_string()),
-                skip_plan("no target"),
-            ]);
-        }
-    };
-    let (target_version, target_num): (String, i32) = match server
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
-            &[],
-        )
-        .await
-    {
-        Ok(r) => (r.get(0), r.get(1)),
+    let (target_version, target_num) = match replica::server_version(t).await {
+        Ok(v) => (v.text, v.num),
         Err(e) => {
             return Err(vec![
                 Check::fail("dump", format!("reading the target's version: {e}")),

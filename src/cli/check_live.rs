@@ -1,12 +1,12 @@
 //! `check`'s lines for a live source (`SOURCE_DATABASE_URL`): it answers, with a server that
 //! `pg_dump` can read, and it is not the target.
 
-use super::check::Check;
-use crate::replica::Target;
+use super::report::Check;
+use crate::replica::PgEndpoint;
 
 /// A live source: it answers (its version, against pg_dump's), and it is not the target
 /// (the rule a run applies before its pg_dump starts).
-pub(super) async fn live_source_checks(source: &Target, target: &Target) -> Vec<Check> {
+pub(super) async fn live_source_checks(source: &PgEndpoint, target: &PgEndpoint) -> Vec<Check> {
     let refused = "target is not the source";
     let identity = match crate::replica::refuse_same_database(source, target).await {
         Ok(identity) => identity,

@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{CliError, DaemonArgs, exit};
-use crate::app::{self, resumable};
-use crate::config::ConfigError;
-use crate::engine::{Driver, Outcome, new_run_id};
-use crate::machine::{Phase, Run};
+use crate::app;
+use crate::config::engine::origin_of;
+use crate::config::{ConfigError, EngineConfig, Wants};
+use crate::engine::{Driver, Outcome};
+use crate::machine::Phase;
+use crate::machine::start::{Asked, Choice, Refusal};
 use crate::schedule::Schedule;
 
 /// Longest single sleep while waiting for a tick. The schedule is wall-clock time, tokio's
@@ -72,7 +74,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
     let schedule = parse_schedule(&args)?;
-    let config = args.engine.validate(true)?;
+    let config = EngineConfig::from_args(&args.engine, Wants::Backups)?;
     let target = config.target.clone();
     let from = match &config.source {
         Some(source) => format!(
@@ -88,13 +90,25 @@ pub async fn run(
         target.describe(),
         schedule.describe()
     );
-    let current = driver.store.current().ok().flatten();
-    // A new container (Scalingo empties the disk at each restart) resumes what the target's
-    // records say its predecessor left unfinished.
-    let resume_first = crate::machine::interrupted(current.as_ref()).is_some()
-        || crate::state::remote::read(&target)
-            .await
-            .is_ok_and(|r| !r.lock_held && r.current.is_some_and(|c| !c.is_terminal()));
+    // The interrupted run, or (a new container: Scalingo empties the disk at each restart)
+    // the one the target's records say its predecessor left unfinished, by the rule `resume`
+    // follows; chosen again under the locks.
+    let resume_first = match app::choose_run(&driver.store, &target, Asked::Resume, false).await {
+        Ok(Choice::Resume(_) | Choice::Adopt(_)) => true,
+        Ok(Choice::Refused(Refusal::NothingRecorded | Refusal::Finished(_))) => false,
+        Ok(Choice::Refused(why)) => {
+            warn!(
+                "nothing is resumed at start: {}",
+                app::refused(&why, &driver.state_dir)
+            );
+            false
+        }
+        Ok(Choice::New | Choice::AbandonThenNew(_)) => false,
+        Err(e) => {
+            warn!("nothing is resumed at start: {e}");
+            false
+        }
+    };
     let stats = cron_loop(
         &schedule,
         &SystemClock,
@@ -287,38 +301,13 @@ async fn try_attempt(driver: &Driver, trigger: Trigger) -> Result<After, CliErro
     if driver.shutdown.is_cancelled() {
         return Ok(After::Stop);
     }
-    // Read under the lock: another process (a `resume` by hand) may have moved it since.
-    let current = driver
-        .store
-        .current()
-        .map_err(|e| CliError::Fatal(e.to_string()))?;
-    let run = match crate::machine::interrupted(current.as_ref()).cloned() {
-        Some(r) => {
-            info!(
-                run_id = %r.run_id,
-                phase = %r.phase.name(),
-                attempt = r.attempt,
-                "resuming run {} interrupted in {} (attempt {}/{})",
-                r.run_id,
-                r.phase.name(),
-                r.attempt,
-                r.max_attempts
-            );
-            resumable(r)?
-        }
-        None if trigger == Trigger::Resume => {
-            match app::adopt_from_target(driver, &driver.steps.target).await {
-                Some(r) => r,
-                None => return Ok(After::Continue),
-            }
-        }
-        None => Run::new(
-            new_run_id(Utc::now()),
-            app::origin_of(driver.steps.source.as_ref()),
-            driver.retry.max_retry_count,
-            Utc::now(),
-        ),
+    // Chosen under the lock: another process (a `resume` by hand) may have moved it since.
+    let asked = match trigger {
+        Trigger::Resume => Asked::Resume,
+        Trigger::Tick(_) => Asked::Tick,
     };
+    let origin = origin_of(driver.steps.source.as_ref());
+    let run = app::run_to_drive(driver, asked, origin).await?;
     let outcome = driver
         .drive(run)
         .await

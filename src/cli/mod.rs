@@ -5,24 +5,20 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use crate::app::{CliError, exit};
-use crate::app::{EngineConfig, parse_source, parse_target};
-use crate::config::{
-    ConfigError, RestoreArgs, RetryArgs, ScalingoArgs, SourceArgs, StateArgs, TargetArgs,
-    parse_number,
-};
-use crate::source::scalingo::ScalingoClient;
+pub use crate::config::EngineArgs;
+use crate::config::{RestoreArgs, RetryArgs, StateArgs, TargetArgs};
 
 mod check;
 mod check_dump;
 mod check_live;
 mod daemon;
+mod report;
 mod rules;
 mod run;
 mod status;
@@ -74,29 +70,6 @@ pub enum Command {
     Web(WebArgs),
     /// REPLICA_RULES files: `rules init --dump FILE` writes a starting one (docs/masking.md)
     Rules(rules::RulesArgs),
-}
-
-/// What every command that restores needs.
-#[derive(Args, Debug, Clone)]
-pub struct EngineArgs {
-    #[command(flatten)]
-    pub scalingo: ScalingoArgs,
-    #[command(flatten)]
-    pub source: SourceArgs,
-    #[command(flatten)]
-    pub target: TargetArgs,
-    #[command(flatten)]
-    pub restore: RestoreArgs,
-    #[command(flatten)]
-    pub retry: RetryArgs,
-    /// A newest done backup older than this many hours is not the night's yet: wait for it
-    /// (transient failure, retried)
-    #[arg(long, env = "MAX_BACKUP_AGE_HOURS")]
-    pub max_backup_age_hours: Option<String>,
-    /// Seconds a download may receive nothing before the attempt is given up (and resumed
-    /// with `Range`): a server that stops sending must not hang the night
-    #[arg(long, env = "DOWNLOAD_IDLE_TIMEOUT_SECONDS", default_value = "60")]
-    pub download_idle_timeout_seconds: String,
 }
 
 #[derive(Args, Debug)]
@@ -182,56 +155,6 @@ pub struct WebArgs {
     /// `web` container does not see the `background` container's disk)
     #[command(flatten)]
     pub target: TargetArgs,
-}
-
-impl EngineArgs {
-    /// `MAX_BACKUP_AGE_HOURS` (`None`: no limit).
-    pub fn max_backup_age(&self) -> Result<Option<Duration>, ConfigError> {
-        Ok(self
-            .max_backup_age_hours
-            .as_deref()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| parse_number(v, "MAX_BACKUP_AGE_HOURS", 1, 24 * 365))
-            .transpose()?
-            .map(|h| Duration::from_secs(h * 3600)))
-    }
-
-    /// The engine's configuration. A live source (`SOURCE_DATABASE_URL`) is read whenever it
-    /// is set; Scalingo's settings only when `needs_scalingo` and no live source is set (a
-    /// live source needs no Scalingo).
-    pub fn validate(&self, needs_scalingo: bool) -> Result<EngineConfig, CliError> {
-        let database_url = self.target.validate()?;
-        let source = self
-            .source
-            .validate(self.scalingo.app.as_deref())?
-            .map(|url| parse_source(&url))
-            .transpose()?;
-        let restore = self.restore.validate()?;
-        let retry = self.retry.validate()?;
-        let scalingo = if needs_scalingo && source.is_none() {
-            let s = self.scalingo.validate()?;
-            Some(ScalingoClient::new(s.endpoints, s.app, s.api_token))
-        } else {
-            None
-        };
-        let max_backup_age = self.max_backup_age()?;
-        let target = parse_target(&database_url)?.confirmed(self.target.target_confirm.clone());
-        let download_idle_timeout = Duration::from_secs(parse_number(
-            &self.download_idle_timeout_seconds,
-            "DOWNLOAD_IDLE_TIMEOUT_SECONDS",
-            1,
-            3600,
-        )?);
-        Ok(EngineConfig {
-            target,
-            source,
-            restore,
-            retry,
-            scalingo,
-            max_backup_age,
-            download_idle_timeout,
-        })
-    }
 }
 
 impl Command {

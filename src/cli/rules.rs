@@ -47,10 +47,11 @@ pub async fn run(args: RulesArgs) -> Result<u8, CliError> {
         }
     };
     let Some(dump) = args.dump else {
-        return Err(CliError::Config(ConfigError::Missing {
+        return Err(ConfigError::Missing {
             var: "--dump",
             hint: "give the dump to read the tables from: the .pgsql inside a Scalingo backup's .tar.gz (`tar xzf` it), or a pg_dump -Fc file",
-        }));
+        }
+        .into());
     };
     if let Some(out) = &args.output
         && out.exists()

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use super::{CliError, EngineArgs, RestoreCmdArgs, RunArgs, exit};
-use crate::app::{self, DEFAULT_DOWNLOAD_IDLE_TIMEOUT, EngineConfig, fatal, parse_target};
-use crate::engine::{Outcome, new_run_id};
+use crate::app::{self, fatal};
+use crate::config::{EngineConfig, Settings, Wants};
+use crate::engine::Outcome;
+use crate::machine::start::{Asked, Choice};
 use crate::machine::{Origin, Phase, Run};
 use crate::state::store::Store;
 
@@ -20,18 +20,15 @@ pub async fn run(
     args: RunArgs,
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
-    let config = args.engine.validate(true)?;
+    let config = EngineConfig::from_args(&args.engine, Wants::Backups)?;
     // A live source has no "already restored": each run takes a new snapshot.
     let origin = config.origin();
-    start(
-        state_dir,
-        config,
-        origin,
-        args.force,
-        args.restart,
-        shutdown,
-    )
-    .await
+    let asked = if args.restart {
+        Asked::Restart
+    } else {
+        Asked::New
+    };
+    start(state_dir, config, origin, args.force, asked, shutdown).await
 }
 
 /// `replicator restore --archive F` / `--dump F`.
@@ -40,6 +37,8 @@ pub async fn restore(
     args: RestoreCmdArgs,
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
+    // A file on disk: no Scalingo, no backup age, nothing downloaded.
+    let config = EngineConfig::for_file(&args.target, &args.restore, &args.retry)?;
     let origin = match (args.source.archive, args.source.dump) {
         (Some(path), _) => Origin::Archive { path },
         (_, Some(path)) => Origin::Dump { path },
@@ -60,41 +59,22 @@ pub async fn restore(
         Origin::Archive { .. } => Origin::Archive { path },
         _ => Origin::Dump { path },
     };
-    // A file on disk: no Scalingo, no backup age, nothing downloaded.
-    let database_url = args.target.validate()?;
-    let restore = args.restore.validate()?;
-    let retry = args.retry.validate()?;
-    let config = EngineConfig {
-        target: parse_target(&database_url)?.confirmed(args.target.target_confirm.clone()),
-        source: None,
-        restore,
-        retry,
-        scalingo: None,
-        max_backup_age: None,
-        download_idle_timeout: DEFAULT_DOWNLOAD_IDLE_TIMEOUT,
-    };
-    start(state_dir, config, origin, false, false, shutdown).await
+    start(state_dir, config, origin, false, Asked::New, shutdown).await
 }
 
-/// A new run from `origin`, with both locks held, unless an interrupted run stands in the way
-/// (`restart` abandons it).
+/// A run of `config` as `asked` ([`app::run_to_drive`]: new from `origin`, or after the
+/// interrupted one is abandoned), with both locks held.
 async fn start(
     state_dir: PathBuf,
     config: EngineConfig,
     origin: Origin,
     force: bool,
-    restart: bool,
+    asked: Asked,
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
     let driver = Arc::new(app::driver(state_dir, config, force, shutdown));
     let _locks = app::lock(&driver).await?;
-    app::refuse_interrupted(&driver.store, &driver.state_dir, restart)?;
-    let run = Run::new(
-        new_run_id(Utc::now()),
-        origin,
-        driver.retry.max_retry_count,
-        Utc::now(),
-    );
+    let run = app::run_to_drive(&driver, asked, origin).await?;
     let outcome = drive_in_task(driver, run).await?;
     Ok(finish(outcome))
 }
@@ -105,80 +85,40 @@ pub async fn resume(
     args: EngineArgs,
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
-    let store = Store::new(&state_dir);
-    let current = store.current().map_err(fatal)?;
-    drop(store);
-    // A new container knows no run: the target's records may hold one its process left.
-    let from_target = match &current {
-        Some(r) if !r.is_terminal() => None,
-        _ => remote_unfinished(&args).await?,
-    };
-    let run = match (current, from_target) {
-        (_, Some(r)) => r,
-        (None, None) => {
-            return Err(CliError::Refused(format!(
-                "nothing to resume: no run was ever recorded in {}, and the target records no unfinished run",
-                state_dir.display()
-            )));
+    // Which run, read first without the locks: its origin says which settings it needs. A
+    // new container knows no run: the target's records may hold one its process left.
+    let found = {
+        // Every problem but Scalingo's first (whether the run needs Scalingo is not known
+        // yet): nothing is read before the configuration is valid.
+        let settings = Settings::read(&args, Wants::NoScalingo);
+        let target = match settings.config() {
+            Ok(config) => config.target,
+            Err(errors) => return Err(CliError::Config(errors)),
+        };
+        match app::choose_run(&Store::new(&state_dir), &target, Asked::Resume, false).await? {
+            Choice::Resume(run) | Choice::Adopt(run) => run,
+            Choice::Refused(why) => return Err(app::refused(&why, &state_dir)),
+            Choice::New | Choice::AbandonThenNew(_) => unreachable!("resume starts no new run"),
         }
-        (Some(r), None) if r.is_terminal() => {
-            return Err(CliError::Refused(format!(
-                "nothing to resume: the last run ({}) ended {}; `replicator run` starts a new one",
-                r.run_id,
-                r.phase.name()
-            )));
-        }
-        (Some(r), None) => r,
     };
-    let needs_scalingo = matches!(run.origin, Origin::Scalingo);
-    let config = args.validate(needs_scalingo)?;
-    if needs_scalingo && config.source.is_some() {
+    let wants = match found.origin {
+        Origin::Scalingo => Wants::Backups,
+        _ => Wants::NoScalingo,
+    };
+    let config = EngineConfig::from_args(&args, wants)?;
+    if wants == Wants::Backups && config.source.is_some() {
         return Err(CliError::Refused(format!(
             "run {} restores a Scalingo backup, but SOURCE_DATABASE_URL is set (and SCALINGO_APP is not): set SCALINGO_APP and SCALINGO_API_TOKEN and unset SOURCE_DATABASE_URL to continue it, or `replicator run --restart` to abandon it and copy the live database",
-            run.run_id
+            found.run_id
         )));
     }
-    let target = config.target.clone();
-    let driver = app::driver(state_dir, config, false, shutdown);
+    let origin = found.origin.clone();
+    let driver = Arc::new(app::driver(state_dir, config, false, shutdown));
     let _locks = app::lock(&driver).await?;
-    // Read again under the lock: the run may have moved since.
-    if let Some(adopted) = app::adopt_from_target(&driver, &target).await {
-        let outcome = drive_in_task(Arc::new(driver), adopted).await?;
-        return Ok(finish(outcome));
-    }
-    let current = driver.store.current().map_err(fatal)?;
-    let run = crate::machine::interrupted(current.as_ref())
-        .cloned()
-        .ok_or_else(|| CliError::Refused("nothing to resume: the run has finished".into()))?;
-    info!(
-        run_id = %run.run_id,
-        phase = %run.phase.name(),
-        "resuming run {} interrupted in {}",
-        run.run_id,
-        run.phase.name()
-    );
-    let run = app::resumable(run)?;
-    let outcome = drive_in_task(Arc::new(driver), run).await?;
+    // Chosen again under the locks: the run may have moved since.
+    let run = app::run_to_drive(&driver, Asked::Resume, origin).await?;
+    let outcome = drive_in_task(driver, run).await?;
     Ok(finish(outcome))
-}
-
-/// The target's record of an unfinished run no replicator holds (read without the locks,
-/// to learn its origin; taken over under them).
-async fn remote_unfinished(args: &EngineArgs) -> Result<Option<Run>, CliError> {
-    let url = args.target.validate()?;
-    let target = crate::cli::parse_target(&url)?;
-    match crate::state::remote::read(&target).await {
-        Ok(r) if !r.lock_held => Ok(r.current.filter(|r| !r.is_terminal())),
-        Ok(r) => match r.current.filter(|r| !r.is_terminal()) {
-            Some(run) => Err(CliError::Refused(format!(
-                "run {} is going on right now on the target (written by {}): nothing to resume",
-                run.run_id,
-                r.current_written_by.unwrap_or_default()
-            ))),
-            None => Ok(None),
-        },
-        Err(_) => Ok(None),
-    }
 }
 
 /// Drives `run` on a spawned task (a runtime worker thread, not the main thread): the

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use chrono::Utc;
 
 use super::{CliError, StatusArgs, exit};
-use crate::app::{fatal, parse_target};
+use crate::app::fatal;
+use crate::config::engine::parse_target;
 use crate::state::store::Store;
 use crate::state::{liveness, remote};
 use crate::status::{self, StatusView, status_json, status_text};

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{CliError, WebArgs, exit};
-use crate::app::{fatal, parse_target};
+use crate::app::fatal;
+use crate::config::engine::parse_target;
 use crate::machine::Run;
-use crate::replica::Target;
+use crate::replica::PgEndpoint;
 use crate::state::liveness;
 use crate::state::remote::{self, RemoteRuns};
 use crate::state::store::Store;
@@ -63,7 +64,7 @@ impl Snapshot {
         }
     }
 
-    fn from_target(target: &Target, runs: &RemoteRuns) -> Snapshot {
+    fn from_target(target: &PgEndpoint, runs: &RemoteRuns) -> Snapshot {
         Snapshot {
             current: runs.current.clone(),
             history: runs.history.clone(),
@@ -99,14 +100,14 @@ impl Snapshot {
 
 /// Reads the snapshots: the state directory every time, the target at most every
 /// [`TARGET_EVERY`] and only while the state directory knows no run.
-struct Reader {
+struct RecordsReader {
     state_dir: PathBuf,
-    target: Option<Target>,
+    target: Option<PgEndpoint>,
     from_target: Option<(Instant, Arc<Snapshot>)>,
     warned: bool,
 }
 
-impl Reader {
+impl RecordsReader {
     async fn read(&mut self) -> Arc<Snapshot> {
         let dir = self.state_dir.clone();
         let local = match tokio::task::spawn_blocking(move || Snapshot::local(&dir)).await {
@@ -189,7 +190,7 @@ pub async fn run(
     }
     // One snapshot, refreshed every SNAPSHOT_EVERY off the requests: a request reads it and
     // never opens sled (whose open may wait seconds on the daemon's lock) nor the target.
-    let mut reader = Reader {
+    let mut reader = RecordsReader {
         state_dir,
         target,
         from_target: None,

@@ -1,5 +1,7 @@
-//! What a dump holds: its table of contents (read once per run), and whether its data is whole.
+//! What a dump holds: its table of contents (read once per run), and whether its data is whole;
+//! and a dump read once as a stream (`feed.rs`), between what produces it and the restore.
 
+pub mod feed;
 pub mod plan;
 pub mod rewrite;
 pub mod selection;

@@ -21,7 +21,7 @@ pub const FORMAT: u32 = 1;
 #[serde(tag = "fate", rename_all = "snake_case")]
 pub enum Fate {
     /// Sent to the target in this section.
-    Restored { section: Section },
+    Restored { section: RestoreSection },
     /// Never sent; `why` is said in `check`, the logs and the run's summary.
     LeftOut { why: String },
     /// Not sent by the restore: added after the rows by the replicator itself
@@ -32,18 +32,18 @@ pub enum Fate {
 /// The section an entry is restored in (comments and privileges follow their object).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Section {
+pub enum RestoreSection {
     PreData,
     Data,
     PostData,
 }
 
-impl From<TocSection> for Section {
-    fn from(s: TocSection) -> Section {
+impl From<TocSection> for RestoreSection {
+    fn from(s: TocSection) -> RestoreSection {
         match s {
-            TocSection::Data => Section::Data,
-            TocSection::PostData => Section::PostData,
-            TocSection::PreData | TocSection::None => Section::PreData,
+            TocSection::Data => RestoreSection::Data,
+            TocSection::PostData => RestoreSection::PostData,
+            TocSection::PreData | TocSection::None => RestoreSection::PreData,
         }
     }
 }
@@ -272,7 +272,7 @@ impl RestorePlan {
     }
 
     /// The dump ids restored in `section`.
-    pub fn restored_in(&self, section: Section) -> HashSet<u32> {
+    pub fn restored_in(&self, section: RestoreSection) -> HashSet<u32> {
         self.entries
             .iter()
             .filter(|e| e.fate == Fate::Restored { section })
@@ -282,11 +282,15 @@ impl RestorePlan {
 
     /// The entries of `toc` the restore sends in `section`, with their list lines, in the
     /// dump's order: the one selection of what is sent (the restore and the rehearsal read it).
-    pub fn sent_in<'t>(&self, toc: &'t Toc, section: Section) -> Vec<(&'t TocEntry, &'t str)> {
+    pub fn sent_in<'t>(
+        &self,
+        toc: &'t Toc,
+        section: RestoreSection,
+    ) -> Vec<(&'t TocEntry, &'t str)> {
         let restored = self.restored_in(section);
         toc.sectioned()
             .into_iter()
-            .filter(|(e, s, _)| Section::from(*s) == section && restored.contains(&e.id))
+            .filter(|(e, s, _)| RestoreSection::from(*s) == section && restored.contains(&e.id))
             .map(|(e, _, line)| (e, line))
             .collect()
     }
@@ -325,7 +329,7 @@ impl RestorePlan {
     /// One line for `check` and the logs: how many entries each section restores, the
     /// extensions' actions, what is left out (every kind named, comments included).
     pub fn summary(&self) -> String {
-        let count = |s: Section| self.restored_in(s).len();
+        let count = |s: RestoreSection| self.restored_in(s).len();
         let deferred = self
             .entries
             .iter()
@@ -333,11 +337,13 @@ impl RestorePlan {
             .count();
         let mut text = format!(
             "{} of the dump's {} entries restored (schema {}, rows {}, indexes and constraints {}{})",
-            count(Section::PreData) + count(Section::Data) + count(Section::PostData),
+            count(RestoreSection::PreData)
+                + count(RestoreSection::Data)
+                + count(RestoreSection::PostData),
             self.entries.len(),
-            count(Section::PreData),
-            count(Section::Data),
-            count(Section::PostData),
+            count(RestoreSection::PreData),
+            count(RestoreSection::Data),
+            count(RestoreSection::PostData),
             if deferred > 0 {
                 format!(", {deferred} foreign key(s) added NOT VALID after the rows")
             } else {

@@ -46,11 +46,11 @@ pub async fn check_dump_complete(dump: &Path) -> Result<Option<Dependencies>, St
         .await
         .map_err(|e| StepError::transient(format!("the dump check task failed: {e}")))?;
     match verdict {
-        Ok((Verdict::Whole { data_blocks }, deps)) => {
+        Ok((DataVerdict::Whole { data_blocks }, deps)) => {
             tracing::info!(dump = %dump.display(), data_blocks, "the dump's data is whole");
             Ok(deps)
         }
-        Ok((Verdict::Unknown(why), deps)) => {
+        Ok((DataVerdict::Unknown(why), deps)) => {
             // Never fail a run on what this reader does not understand: pg_restore has the
             // last word.
             tracing::warn!(dump = %dump.display(), "could not check that the dump's data is whole: {why}");
@@ -60,8 +60,9 @@ pub async fn check_dump_complete(dump: &Path) -> Result<Option<Dependencies>, St
     }
 }
 
+/// Whether the dump's data is whole, as far as its blocks tell.
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+enum DataVerdict {
     Whole { data_blocks: usize },
     Unknown(String),
 }
@@ -195,7 +196,7 @@ impl Reader {
     }
 }
 
-fn verify(path: &Path) -> Result<(Verdict, Option<Dependencies>), PreflightError> {
+fn verify(path: &Path) -> Result<(DataVerdict, Option<Dependencies>), PreflightError> {
     let read_err = |source| PreflightError::Read {
         path: path.to_path_buf(),
         source,
@@ -222,10 +223,10 @@ fn verify(path: &Path) -> Result<(Verdict, Option<Dependencies>), PreflightError
         Err(Problem::Eof(at)) => Err(truncated(format!("it ends ({len} bytes) inside {at}"))),
         Err(Problem::Missing(detail)) => Err(truncated(detail)),
         Err(Problem::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-            Ok((Verdict::Unknown(e.to_string()), deps))
+            Ok((DataVerdict::Unknown(e.to_string()), deps))
         }
         Err(Problem::Io(e)) => Err(read_err(e)),
-        Err(Problem::Unknown(why)) => Ok((Verdict::Unknown(why), deps)),
+        Err(Problem::Unknown(why)) => Ok((DataVerdict::Unknown(why), deps)),
     }
 }
 
@@ -381,7 +382,7 @@ fn dependencies_of(entries: &[RawEntry]) -> Dependencies {
 
 /// Walks the data of `entries` (read by [`read_toc`], `rd` at the end of the table of
 /// contents).
-fn walk(rd: &mut Reader, entries: &[RawEntry]) -> Result<Verdict, Problem> {
+fn walk(rd: &mut Reader, entries: &[RawEntry]) -> Result<DataVerdict, Problem> {
     // (dump id, offset if recorded) of every entry that has data.
     let with_data: Vec<(i64, Option<u64>)> = entries
         .iter()
@@ -389,7 +390,7 @@ fn walk(rd: &mut Reader, entries: &[RawEntry]) -> Result<Verdict, Problem> {
         .collect();
     let data_start = rd.r.stream_position().map_err(Problem::Io)?;
     if with_data.is_empty() {
-        return Ok(Verdict::Whole { data_blocks: 0 });
+        return Ok(DataVerdict::Whole { data_blocks: 0 });
     }
 
     if with_data.iter().all(|(_, p)| p.is_some()) {
@@ -418,7 +419,7 @@ fn walk(rd: &mut Reader, entries: &[RawEntry]) -> Result<Verdict, Problem> {
                 "block at {pos} is entry {got}, not {id}"
             )));
         }
-        return Ok(Verdict::Whole {
+        return Ok(DataVerdict::Whole {
             data_blocks: with_data.len(),
         });
     }
@@ -448,7 +449,7 @@ fn walk(rd: &mut Reader, entries: &[RawEntry]) -> Result<Verdict, Problem> {
             &missing[..missing.len().min(5)]
         )));
     }
-    Ok(Verdict::Whole {
+    Ok(DataVerdict::Whole {
         data_blocks: with_data.len(),
     })
 }
@@ -462,7 +463,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.pgsql");
         std::fs::write(&p, b"not a dump at all").unwrap();
-        assert!(matches!(verify(&p), Ok((Verdict::Unknown(_), _))));
+        assert!(matches!(verify(&p), Ok((DataVerdict::Unknown(_), _))));
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod progress;
 mod refresh;
 mod retry;
 mod steps;
+#[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 pub(crate) mod workdir;
 

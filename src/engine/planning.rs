@@ -7,7 +7,7 @@
 //! `REPLICA_RULES`. [`rehearse`] then tries it on the target, in a transaction that is rolled
 //! back (`replica/rehearsal.rs`). The restore obeys the plan and selects nothing itself.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,13 +15,14 @@ use tracing::{info, warn};
 
 use crate::config::RestoreConfig;
 use crate::dump::plan::{ExtensionAction, Refresh, RefreshMode, RestorePlan};
+use crate::dump::rewrite::Rewriter;
 use crate::dump::selection::{MAX_NAMES, SelectOptions};
 use crate::dump::toc::Toc;
 use crate::dump::verify::Dependencies;
 use crate::error::StepError;
 use crate::machine::LeftOut;
 use crate::masking::{Masker, MaskingKey};
-use crate::replica::Target;
+use crate::replica::PgEndpoint;
 
 /// Why the rows of an `EXCLUDE_TABLE_DATA` table are not restored.
 const EXCLUDED_ROWS: &str = "rows left out (EXCLUDE_TABLE_DATA)";
@@ -42,7 +43,7 @@ pub struct Decided {
 /// for `target`, whose server is `target_version_num`. `fk_list` is where `FK_MODE=trust`
 /// writes the keys it adds after the rows.
 pub async fn decide(
-    target: &Target,
+    target: &PgEndpoint,
     toc: &Toc,
     dump: &Path,
     deps: Option<&Dependencies>,
@@ -205,7 +206,7 @@ pub fn restored_schemas(plan: &RestorePlan) -> Vec<String> {
 
 /// Swap or wipe: `REFRESH_MODE`, or swap where the target allows it (else wipe, and why).
 async fn decide_refresh(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     toc: &Toc,
     plan: &RestorePlan,
@@ -274,7 +275,7 @@ async fn decide_refresh(
 /// superuser in a switched schema, its members belong to the superuser and cannot move with
 /// the schema at the switch.
 async fn created_in_switched(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     toc: &Toc,
     plan: &RestorePlan,
@@ -321,7 +322,7 @@ async fn created_in_switched(
 /// A failure is the run's refusal, before anything is touched.
 #[allow(clippy::too_many_arguments)]
 pub async fn rehearse(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     toc: &Toc,
     plan: &mut RestorePlan,
@@ -419,7 +420,7 @@ pub async fn rehearse(
 
 /// A failed rehearsal as the run's error: permanent unless the server said it was passing
 /// (a lock timeout, a lost connection).
-fn rehearsal_failed(target: &Target, e: crate::replica::apply::ApplyError) -> StepError {
+fn rehearsal_failed(target: &PgEndpoint, e: crate::replica::apply::ApplyError) -> StepError {
     let text = format!(
         "the restore would fail on {}: rehearsed in a transaction that was rolled back (nothing was touched), {e}",
         target.describe()
@@ -429,4 +430,36 @@ fn rehearsal_failed(target: &Target, e: crate::replica::apply::ApplyError) -> St
     } else {
         StepError::permanent(text)
     }
+}
+
+/// The rewriting of a swap run's statements, with the extension members the target holds
+/// now in the live schemas; `None` in wipe mode.
+pub async fn rewriter(
+    target: &PgEndpoint,
+    plan: &RestorePlan,
+) -> Result<Option<Arc<Rewriter>>, StepError> {
+    if plan.refresh.mode != RefreshMode::Swap {
+        return Ok(None);
+    }
+    let live: Vec<String> = plan
+        .refresh
+        .schemas
+        .iter()
+        .map(|s| s.live.clone())
+        .collect();
+    let client = target.connect().await?;
+    let keep: HashSet<(String, String)> = client
+        .query(crate::replica::swap::EXTENSION_MEMBERS_SQL, &[&live])
+        .await
+        .map_err(|e| target.query_error("listing the extensions' members", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let map: HashMap<String, String> = plan
+        .refresh
+        .schemas
+        .iter()
+        .map(|s| (s.live.clone(), s.shadow.clone()))
+        .collect();
+    Ok(Some(Arc::new(Rewriter::new(map, keep))))
 }

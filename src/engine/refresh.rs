@@ -9,13 +9,11 @@
 //!   transaction (`replica::swap::switch`), then drops yesterday's schemas.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use tracing::info;
 
 use super::steps::RealSteps;
-use crate::dump::plan::{RefreshMode, RestorePlan, Section};
-use crate::dump::rewrite::Rewriter;
+use crate::dump::plan::{RefreshMode, RestorePlan, RestoreSection};
 use crate::error::StepError;
 use crate::machine::Run;
 use crate::replica;
@@ -29,7 +27,7 @@ fn created_by_dump(plan: &RestorePlan) -> HashSet<String> {
             e.kind == "SCHEMA"
                 && e.fate
                     == crate::dump::plan::Fate::Restored {
-                        section: Section::PreData,
+                        section: RestoreSection::PreData,
                     }
         })
         .map(|e| e.name.clone())
@@ -39,43 +37,11 @@ fn created_by_dump(plan: &RestorePlan) -> HashSet<String> {
 /// The `--use-list` lines of the plan's `EXTENSION` entries (run before the rest in swap mode:
 /// an extension lives in the live schema, and its members are not rewritten).
 pub fn extension_lines(plan: &RestorePlan, toc: &crate::dump::toc::Toc) -> String {
-    plan.sent_in(toc, Section::PreData)
+    plan.sent_in(toc, RestoreSection::PreData)
         .into_iter()
         .filter(|(e, _)| e.desc == "EXTENSION")
         .map(|(_, line)| format!("{line}\n"))
         .collect()
-}
-
-/// The rewriting of a swap run's statements, with the extension members the target holds
-/// now in the live schemas; `None` in wipe mode.
-pub async fn rewriter(
-    target: &replica::Target,
-    plan: &RestorePlan,
-) -> Result<Option<Arc<Rewriter>>, StepError> {
-    if plan.refresh.mode != RefreshMode::Swap {
-        return Ok(None);
-    }
-    let live: Vec<String> = plan
-        .refresh
-        .schemas
-        .iter()
-        .map(|s| s.live.clone())
-        .collect();
-    let client = target.connect().await?;
-    let keep: HashSet<(String, String)> = client
-        .query(replica::swap::EXTENSION_MEMBERS_SQL, &[&live])
-        .await
-        .map_err(|e| target.query_error("listing the extensions' members", e))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let map: HashMap<String, String> = plan
-        .refresh
-        .schemas
-        .iter()
-        .map(|s| (s.live.clone(), s.shadow.clone()))
-        .collect();
-    Ok(Some(Arc::new(Rewriter::new(map, keep))))
 }
 
 impl RealSteps {

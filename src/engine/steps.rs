@@ -7,9 +7,11 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::Steps;
+#[cfg(feature = "test-hooks")]
 use super::test_hooks::PauseAt;
 use super::workdir::WorkDir;
 use crate::config::RestoreConfig;
+use crate::dump::feed::Feed;
 use crate::dump::plan::RestorePlan;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
@@ -17,9 +19,9 @@ use crate::machine::{
     Backup, Event, LeftOut, LoadCounts, Origin, Phase, Progress, Run, Section, WorkMode,
 };
 use crate::replica::records::{FOREIGN_KEYS_ID, Recorder};
-use crate::replica::{self, LockHandle, Target};
+use crate::replica::{self, LockHandle, PgEndpoint};
 use crate::replica::{LoadSetup, TablesLoaded};
-use crate::source::feed::{Feed, UrlSource};
+use crate::source::feed::UrlSource;
 use crate::source::scalingo::ScalingoClient;
 use crate::source::{download, extract};
 
@@ -28,11 +30,13 @@ pub struct RealSteps {
     pub state_dir: PathBuf,
     pub scalingo: Option<Arc<ScalingoClient>>,
     pub http: reqwest::Client,
-    pub target: Target,
+    pub target: PgEndpoint,
     /// The live source (`SOURCE_DATABASE_URL`), when runs copy one instead of a backup.
-    pub source: Option<Target>,
+    pub source: Option<PgEndpoint>,
     pub restore: RestoreConfig,
-    /// The reliability suite's pause (read once, when the steps are built).
+    /// The reliability suite's pause (read once, when the steps are built; only in a build
+    /// with the `test-hooks` feature, which the tests enable).
+    #[cfg(feature = "test-hooks")]
     pub pause_at: Option<PauseAt>,
     /// What `REPLICA_RULES` did in the last restore of the rows.
     pub masking: std::sync::Mutex<Option<crate::machine::MaskingCounts>>,
@@ -103,23 +107,16 @@ impl RealSteps {
                 // The spool takes what the head and the lists leave of the budget.
                 let budget = self.budget().unwrap_or(crate::config::MIN_WORK_DISK);
                 let cap = budget.saturating_sub(budget / 4).max(4 << 20);
-                Ok(Feed::download(
+                Ok(crate::source::feed::download(
                     self.http.clone(),
                     urls,
                     format!("the backup {}", backup.name),
                     backup.size,
                     &work.spool(),
                     cap,
-                    backup.size.map(crate::machine::dump_budget),
                 )?)
             }
-            Origin::Archive { path } => {
-                let len = std::fs::metadata(path).map(|m| m.len()).ok();
-                Ok(Feed::archive_file(
-                    path,
-                    len.map(crate::machine::dump_budget),
-                )?)
-            }
+            Origin::Archive { path } => Ok(crate::source::feed::archive_file(path)?),
             Origin::Live { source } => self.live_feed(run, source).await,
             Origin::Dump { path } => Err(StepError::permanent(format!(
                 "internal error: the dump {} is a file, it is not streamed",
@@ -262,7 +259,7 @@ impl RealSteps {
 
 /// How `pg_dump` reaches the live source `source` (its password kept apart).
 pub fn pg_dump_connection(
-    source: &Target,
+    source: &PgEndpoint,
     exclude_table_data: &[String],
 ) -> crate::source::live::PgDumpConnection {
     crate::source::live::PgDumpConnection {
@@ -279,8 +276,8 @@ pub fn pg_dump_connection(
 /// pg_dump starts, and before any wipe). Returns what the source's server said of itself too.
 /// `run` and `check` start here.
 pub async fn live_feed(
-    source: &Target,
-    target: &Target,
+    source: &PgEndpoint,
+    target: &PgEndpoint,
     dir: &Path,
     exclude_table_data: &[String],
 ) -> Result<(Feed, crate::replica::ServerIdentity), StepError> {
@@ -325,17 +322,8 @@ impl Steps for RealSteps {
             _ => run.backup().and_then(|b| b.size),
         };
         let budget = self.budget();
-        if let Some(b) = budget
-            && b < crate::config::MIN_WORK_DISK
-            && matches!(run.origin, Origin::Scalingo | Origin::Archive { .. })
-        {
-            return Err(StepError::permanent(format!(
-                "not enough free disk in {}: {} MiB, less than the {} MiB even a streamed run needs; free some space or point REPLICATOR_STATE_DIR at a larger disk",
-                self.state_dir.display(),
-                b >> 20,
-                crate::config::MIN_WORK_DISK >> 20
-            )));
-        }
+        crate::machine::enough_disk(&run.origin, budget, &self.state_dir)
+            .map_err(|e| StepError::permanent(e.to_string()))?;
         let mode = crate::machine::work_mode(&run.origin, size, budget);
         info!(mode = mode.label(), "this run is {}", mode.describe());
         Ok(mode)
@@ -374,9 +362,16 @@ impl Steps for RealSteps {
         let total = backup.size;
         let report = |done: u64| progress(Progress::Bytes { done, total });
         let dump = self.dump_path(run);
-        let fetched =
-            download::download_extracting(&self.http, &url, &archive, &dump, backup.size, &report)
-                .await?;
+        let cap = crate::machine::dump_cap(&run.origin, run.mode.as_ref(), backup.size);
+        let fetched = download::download_extracting(
+            &self.http,
+            &url,
+            &archive,
+            (&dump, cap),
+            backup.size,
+            &report,
+        )
+        .await?;
         let got = fetched.download;
         if let Some(bytes) = fetched.dump_bytes {
             info!(
@@ -427,8 +422,9 @@ impl Steps for RealSteps {
                 None => {
                     extract::discard_extracted(&dump);
                     let (a, d) = (archive.clone(), dump.clone());
+                    let cap = crate::machine::dump_cap(&run.origin, run.mode.as_ref(), expected);
                     let bytes = tokio::task::spawn_blocking(move || {
-                        let bytes = extract::extract_dump(&a, &d)?;
+                        let bytes = extract::extract_dump(&a, &d, cap)?;
                         if scalingo {
                             // Lets a retry of this step after the archive's removal go on.
                             let len = std::fs::metadata(&a).map(|m| m.len()).unwrap_or(0);
@@ -535,7 +531,7 @@ impl Steps for RealSteps {
         let mut applier = crate::replica::apply::Applier::new(&self.target, &dump, jobs).await?;
         // The plan decided before the wipe says what is sent; nothing is selected again here.
         let plan = self.restore_plan(run, &toc, &dump).await?;
-        let rewriter = super::refresh::rewriter(&self.target, &plan).await?;
+        let rewriter = super::planning::rewriter(&self.target, &plan).await?;
         applier = applier.with_rewriter(rewriter.clone());
         let skip = plan.skip();
         // What an earlier attempt of this run did, as the target records it.
@@ -672,7 +668,7 @@ impl Steps for RealSteps {
     async fn unlog(&self, run: &Run) -> Result<(), StepError> {
         if self.restore.use_unlogged_tables {
             let plan = self.plan_of(run).await?;
-            let rewriter = super::refresh::rewriter(&self.target, &plan).await?;
+            let rewriter = super::planning::rewriter(&self.target, &plan).await?;
             let n = replica::set_unlogged_with_dump(
                 &self.target,
                 &self.dump_path(run),
@@ -700,6 +696,7 @@ impl Steps for RealSteps {
         crate::notify::notify(&self.http, &self.restore.notify, run).await;
     }
 
+    #[cfg(feature = "test-hooks")]
     async fn before_step(&self, run: &Run) {
         if let Some(pause) = &self.pause_at {
             pause.before_step(run).await;
@@ -745,7 +742,7 @@ impl Steps for RealSteps {
 }
 
 /// Why a target that is the source's database is refused (`run` and `check`).
-pub fn target_is_source_message(target: &Target) -> String {
+pub fn target_is_source_message(target: &PgEndpoint) -> String {
     format!(
         "DATABASE_URL names the production database: {} is the database of the PostgreSQL addon of SCALINGO_APP, the source of the backups; \
          a run would wipe it. Set DATABASE_URL to the replica's database (on Scalingo, an app's own DATABASE_URL is its own addon: deploy the replicator on the replica's app)",

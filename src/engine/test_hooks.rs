@@ -1,6 +1,9 @@
 //! Hooks for the reliability suite (`tests/it/crash.rs`, `docs/reliability.md`): they let a
 //! test kill the real binary inside a phase whose step is too short to be caught otherwise.
 //! The variable is read once, when the steps are built (`app`); unset, nothing changes.
+//!
+//! Compiled only with the `test-hooks` feature: the tests enable it (`Cargo.toml`'s
+//! dev-dependency on this crate), a release build has neither the variable nor the pause.
 
 use std::time::Duration;
 

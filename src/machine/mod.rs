@@ -41,13 +41,14 @@ use serde::{Deserialize, Serialize};
 mod load;
 mod masking_counts;
 mod rules;
+pub mod start;
 
 pub use load::{LoadCounts, TableLoad, WorkMode};
 pub use masking_counts::MaskingCounts;
 pub use rules::{
-    TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe, abandon, adopt, already_restored,
-    disk_needed, dump_budget, first_wipe, interrupted, recover, target_is_source, too_old,
-    work_mode,
+    DiskTooSmall, MIN_WORK_DISK, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe,
+    abandon, adopt, already_restored, disk_needed, dump_cap, dump_estimate, enough_disk,
+    first_wipe, interrupted, recover, target_is_source, too_old, work_mode,
 };
 
 /// The backup a run restores, as Scalingo describes it (or as a local file is described).

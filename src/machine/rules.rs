@@ -38,19 +38,78 @@ pub fn too_old(backup: &Backup, max_age: Option<Duration>, now: DateTime<Utc>) -
     (age > max_age).then_some(TooOld { age, max_age })
 }
 
-/// Free disk a run needs for a backup of `size` bytes: the archive, then the dump extracted
-/// beside it. A custom-format dump is already compressed, so gzip barely shrinks it: the dump
-/// is budgeted at the archive's size, plus 10% for the gzip and tar overhead and 64 MiB of
-/// slack.
-pub fn disk_needed(size: u64) -> u64 {
-    size + dump_budget(size)
+/// The smallest disk budget (`MAX_WORK_DISK`, or what the free space allows) of a run that
+/// writes working files: the dump's head and a few spool segments.
+pub const MIN_WORK_DISK: u64 = 16 << 20;
+
+/// A disk that cannot hold even a streamed run's working files.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not enough free disk in {}: {} MiB may be used, less than the {} MiB even a streamed run needs; free some space or point REPLICATOR_STATE_DIR at a larger disk",
+    dir.display(),
+    budget >> 20,
+    MIN_WORK_DISK >> 20
+)]
+pub struct DiskTooSmall {
+    pub dir: std::path::PathBuf,
+    pub budget: u64,
 }
 
-/// The dump's share of [`disk_needed`] for an archive of `size` bytes: the most its
-/// extraction may write. A dump past it is not a normal backup (a small archive that expands
-/// to fill the disk): the extraction stops there.
-pub fn dump_budget(size: u64) -> u64 {
+/// Whether `budget` (of the disk of `dir`) can hold a run from `origin`: one from Scalingo or
+/// a local archive writes the dump's head and spool at least; a live source's head and a
+/// local dump's nothing are not refused; an unknown budget is not either.
+pub fn enough_disk(
+    origin: &Origin,
+    budget: Option<u64>,
+    dir: &std::path::Path,
+) -> Result<(), DiskTooSmall> {
+    match (origin, budget) {
+        (Origin::Scalingo | Origin::Archive { .. }, Some(budget)) if budget < MIN_WORK_DISK => {
+            Err(DiskTooSmall {
+                dir: dir.to_path_buf(),
+                budget,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Free disk a run needs for a backup of `size` bytes: the archive, then the dump extracted
+/// beside it. A custom-format dump is already compressed, so gzip barely shrinks it: the dump
+/// is estimated at the archive's size, plus 10% for the gzip and tar overhead and 64 MiB of
+/// slack. An estimate, to choose whole or streamed ([`work_mode`]) before the dump's size is
+/// known; it caps nothing ([`dump_cap`] does).
+pub fn disk_needed(size: u64) -> u64 {
+    size + dump_estimate(size)
+}
+
+/// The dump's share of [`disk_needed`] for an archive of `size` bytes.
+pub fn dump_estimate(size: u64) -> u64 {
     size + size / 10 + 64 * 1024 * 1024
+}
+
+/// The most the extraction of a run's dump may write: what its plan's disk budget (`mode`'s,
+/// `MAX_WORK_DISK` within the free space) leaves beside the archive, whose size (`archive`:
+/// Scalingo's announced size) a download takes from the same disk; a local archive is the
+/// user's file, and all the budget is the dump's. A dump past it would fill the disk the
+/// budget protects: the extraction stops there, whatever its ratio to the archive (a
+/// `pg_dump -Z0` dump gzipped is a fraction of its size, and legitimate).
+///
+/// `None`, no cap: a streamed run writes no dump (its head is bounded, its spool has its own
+/// cap), a dump file is not extracted, and a budget not known bounds nothing.
+pub fn dump_cap(origin: &Origin, mode: Option<&WorkMode>, archive: Option<u64>) -> Option<u64> {
+    let Some(WorkMode::Whole {
+        budget: Some(budget),
+        ..
+    }) = mode
+    else {
+        return None;
+    };
+    match origin {
+        Origin::Scalingo => Some(budget.saturating_sub(archive.unwrap_or(0))),
+        Origin::Archive { .. } => Some(*budget),
+        Origin::Dump { .. } | Origin::Live { .. } => None,
+    }
 }
 
 /// Whole or streamed: a backup whose archive and dump fit `budget` (`MAX_WORK_DISK`, or what
@@ -68,7 +127,7 @@ pub fn work_mode(origin: &Origin, size: Option<u64>, budget: Option<u64>) -> Wor
             };
         }
         // The archive is the user's file: only the dump is written.
-        Origin::Archive { .. } => size.map(dump_budget),
+        Origin::Archive { .. } => size.map(dump_estimate),
         Origin::Scalingo => size.map(disk_needed),
     };
     match (needed, budget) {
@@ -151,8 +210,8 @@ mod tests {
         let archive = Origin::Archive {
             path: "/b.tar.gz".into(),
         };
-        assert!(!work_mode(&archive, Some(gib), Some(dump_budget(gib))).streams());
-        assert!(work_mode(&archive, Some(gib), Some(dump_budget(gib) - 1)).streams());
+        assert!(!work_mode(&archive, Some(gib), Some(dump_estimate(gib))).streams());
+        assert!(work_mode(&archive, Some(gib), Some(dump_estimate(gib) - 1)).streams());
         let dump = Origin::Dump {
             path: "/d.pgsql".into(),
         };
@@ -161,6 +220,69 @@ mod tests {
             source: "u@h:5432/db".into(),
         };
         assert_eq!(work_mode(&live, None, None), WorkMode::Live);
+    }
+
+    #[test]
+    fn the_dump_may_take_what_the_budget_leaves_beside_the_archive_whatever_its_ratio() {
+        let mib = 1u64 << 20;
+        let whole = WorkMode::Whole {
+            needed: Some(200 * mib),
+            budget: Some(1000 * mib),
+        };
+        let archive = Origin::Archive {
+            path: "/b.tar.gz".into(),
+        };
+        // A download's archive takes its share of the budget; a local archive does not.
+        assert_eq!(
+            dump_cap(&Origin::Scalingo, Some(&whole), Some(85 * mib)),
+            Some(915 * mib)
+        );
+        assert_eq!(
+            dump_cap(&archive, Some(&whole), Some(85 * mib)),
+            Some(1000 * mib)
+        );
+        // Far more than the estimate of a dump 2.5 times its archive.
+        assert!(dump_cap(&archive, Some(&whole), Some(85 * mib)).unwrap() > 211 * mib);
+        // Nothing is capped that writes no dump, or whose budget is unknown.
+        let streaming = WorkMode::Streaming {
+            needed: 200 * mib,
+            budget: 16 * mib,
+        };
+        assert_eq!(
+            dump_cap(&Origin::Scalingo, Some(&streaming), Some(mib)),
+            None
+        );
+        let unknown = WorkMode::Whole {
+            needed: None,
+            budget: None,
+        };
+        assert_eq!(dump_cap(&Origin::Scalingo, Some(&unknown), Some(mib)), None);
+        assert_eq!(dump_cap(&Origin::Scalingo, None, Some(mib)), None);
+        let dump = Origin::Dump {
+            path: "/d.pgsql".into(),
+        };
+        assert_eq!(dump_cap(&dump, Some(&whole), None), None);
+    }
+
+    #[test]
+    fn a_disk_below_the_minimum_refuses_the_runs_that_write() {
+        let dir = std::path::Path::new("/state");
+        let small = Some(MIN_WORK_DISK - 1);
+        let e = enough_disk(&Origin::Scalingo, small, dir).unwrap_err();
+        assert!(
+            e.to_string().contains("in /state: 15 MiB may be used"),
+            "{e}"
+        );
+        let archive = Origin::Archive {
+            path: "/b.tar.gz".into(),
+        };
+        assert!(enough_disk(&archive, small, dir).is_err());
+        assert!(enough_disk(&archive, Some(MIN_WORK_DISK), dir).is_ok());
+        assert!(enough_disk(&Origin::Scalingo, None, dir).is_ok());
+        let live = Origin::Live {
+            source: "u@h:5432/db".into(),
+        };
+        assert!(enough_disk(&live, small, dir).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::sqlstate::PostgresError;
-use super::url::{CONTROL_APPLICATION_NAME, Target};
+use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::dump::toc::{Toc, TocError, TocSection};
 use crate::error::StepError;
 use crate::machine::Section;
@@ -24,14 +24,82 @@ pub struct TargetInfo {
     pub contents: crate::machine::TargetContents,
 }
 
-/// Connects and checks that the target can be wiped and restored by this role.
-pub async fn check_target(target: &Target) -> Result<TargetInfo, StepError> {
+/// The target server's version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerVersion {
+    /// `server_version`, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub text: String,
+    /// `server_version_num`, e.g. `150018`.
+    pub num: i32,
+}
+
+/// The version of `target`'s server (what `check` compares the dump's with).
+pub async fn server_version(target: &PgEndpoint) -> Result<ServerVersion, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    version_on(&client, target).await
+}
+
+/// The one query of a server's version.
+async fn version_on(
+    client: &tokio_postgres::Client,
+    target: &PgEndpoint,
+) -> Result<ServerVersion, StepError> {
     let row = client
         .query_one(
-            "SELECT current_setting('server_version'),
-                    current_setting('server_version_num')::int4,
-                    current_user::text, current_database()::text, r.rolsuper,
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int4",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error("reading the server's version", e))?;
+    Ok(ServerVersion {
+        text: row.get(0),
+        num: row.get(1),
+    })
+}
+
+/// What the role may create in the target, by the one query of its privileges: `run`'s
+/// pre-wipe check ([`super::preflight`]) and `check`'s role line ask it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Privileges {
+    pub role: String,
+    /// `CREATE` on the database: new schemas.
+    pub create_schemas: bool,
+    /// Of the schemas asked about, whether the role may create in each (`None`: no such
+    /// schema), in the order asked.
+    pub create_in: Vec<(String, Option<bool>)>,
+}
+
+/// [`Privileges`] of the role on `client`'s database, for the schemas `schemas`.
+pub async fn privileges(
+    client: &tokio_postgres::Client,
+    schemas: &[String],
+) -> Result<Privileges, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text,
+                    has_database_privilege(current_database(), 'CREATE'),
+                    ARRAY(SELECT (SELECT has_schema_privilege(n.oid, 'CREATE')
+                                    FROM pg_namespace n WHERE n.nspname = w.name)
+                            FROM unnest($1::text[]) WITH ORDINALITY AS w(name, i)
+                           ORDER BY w.i)",
+            &[&schemas],
+        )
+        .await?;
+    let create_in: Vec<Option<bool>> = row.get(2);
+    Ok(Privileges {
+        role: row.get(0),
+        create_schemas: row.get(1),
+        create_in: schemas.iter().cloned().zip(create_in).collect(),
+    })
+}
+
+/// Connects and checks that the target can be wiped and restored by this role.
+pub async fn check_target(target: &PgEndpoint) -> Result<TargetInfo, StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    let version = version_on(&client, target).await?;
+    let row = client
+        .query_one(
+            "SELECT current_user::text, current_database()::text, r.rolsuper,
                     d.datdba = r.oid
                FROM pg_roles r, pg_database d
               WHERE r.rolname = current_user AND d.datname = current_database()",
@@ -39,7 +107,7 @@ pub async fn check_target(target: &Target) -> Result<TargetInfo, StepError> {
         )
         .await
         .map_err(|e| target.query_error("checking the role", e))?;
-    if row.get::<_, bool>(4) {
+    if row.get::<_, bool>(2) {
         return Err(PostgresError::SuperuserTarget {
             target: target.describe(),
         }
@@ -56,7 +124,7 @@ pub async fn check_target(target: &Target) -> Result<TargetInfo, StepError> {
         )
         .await
         .map_err(|e| target.query_error("looking at what the target holds", e))?;
-    let database: String = row.get(3);
+    let database: String = row.get(1);
     let mut replicator_ran = contents.get::<_, bool>(1);
     if replicator_ran {
         replicator_ran = client
@@ -66,11 +134,11 @@ pub async fn check_target(target: &Target) -> Result<TargetInfo, StepError> {
             .unwrap_or(false);
     }
     let info = TargetInfo {
-        server_version: row.get(0),
-        server_version_num: row.get(1),
-        current_user: row.get(2),
+        server_version: version.text,
+        server_version_num: version.num,
+        current_user: row.get(0),
         database: database.clone(),
-        owns_database: row.get(5),
+        owns_database: row.get(3),
         contents: crate::machine::TargetContents {
             database,
             objects: contents.get::<_, i64>(0).max(0) as u64,

@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use crate::dump::toc::{Toc, TocError, pg_restore_stdout};
 use crate::error::StepError;
-use crate::replica::Target;
+use crate::replica::PgEndpoint;
 
 /// `FK_MODE`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,7 +127,7 @@ pub fn defer(
 /// `NOT VALID`. Returns (added NOT VALID, added validated because their table is
 /// partitioned).
 pub async fn add_not_valid(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     fk_list: &Path,
     record: Option<&str>,

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use super::sqlstate::PostgresError;
-use super::url::Target;
+use super::url::PgEndpoint;
 use crate::error::StepError;
 
 /// What a server says about itself and the database a session is in.
@@ -52,7 +52,7 @@ impl From<IdentityError> for StepError {
 }
 
 /// Asks the server of `t` who it is (one short session).
-pub async fn identify(t: &Target) -> Result<ServerIdentity, PostgresError> {
+pub async fn identify(t: &PgEndpoint) -> Result<ServerIdentity, PostgresError> {
     let client = t.connect_as(super::CONTROL_APPLICATION_NAME).await?;
     let row = client
         .query_one(
@@ -83,8 +83,8 @@ pub async fn identify(t: &Target) -> Result<ServerIdentity, PostgresError> {
 /// Refuses a source that is the target, from what both servers say; returns what the source
 /// said (its version for `check`).
 pub async fn refuse_same_database(
-    source: &Target,
-    target: &Target,
+    source: &PgEndpoint,
+    target: &PgEndpoint,
 ) -> Result<ServerIdentity, IdentityError> {
     let (s, t) = tokio::try_join!(identify(source), identify(target))?;
     if let Some(how) = same_database((source, &s), (target, &t)) {
@@ -103,8 +103,8 @@ pub async fn refuse_same_database(
 /// weaker signals that says "same" wins: a refused run is said plainly, a wiped source is not
 /// undone.
 pub fn same_database(
-    a: (&Target, &ServerIdentity),
-    b: (&Target, &ServerIdentity),
+    a: (&PgEndpoint, &ServerIdentity),
+    b: (&PgEndpoint, &ServerIdentity),
 ) -> Option<String> {
     let ((ta, a), (tb, b)) = (a, b);
     if a.database != b.database {
@@ -158,8 +158,8 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
 
-    fn target(url: &str) -> Target {
-        Target::parse(&Secret::new(url)).unwrap()
+    fn target(url: &str) -> PgEndpoint {
+        PgEndpoint::parse(&Secret::new(url)).unwrap()
     }
 
     fn id(sysid: Option<i64>, addr: Option<&str>, db: &str) -> ServerIdentity {

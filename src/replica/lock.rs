@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::sqlstate::{PostgresError, Side, classify, error_text};
-use super::url::Target;
+use super::url::PgEndpoint;
 use crate::error::StepError;
 
 /// The advisory lock key every replicator takes on its target: the ASCII bytes of "replicat".
@@ -80,7 +80,7 @@ pub enum LockOutcome {
 }
 
 /// Takes the replicator's advisory lock on the target, without waiting.
-pub async fn lock_target(target: &Target) -> Result<LockOutcome, StepError> {
+pub async fn lock_target(target: &PgEndpoint) -> Result<LockOutcome, StepError> {
     let client = target.connect_as(LOCK_APPLICATION_NAME).await?;
     let row = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
@@ -160,7 +160,7 @@ pub struct LockHandle {
 }
 
 struct WatchInner {
-    target: Target,
+    target: PgEndpoint,
     lock: tokio::sync::Mutex<Option<TargetLock>>,
     /// Cancelled when another session holds the lock; replaced once it is taken again.
     stolen: std::sync::Mutex<CancellationToken>,
@@ -176,7 +176,7 @@ impl fmt::Debug for LockWatch {
 
 impl LockWatch {
     /// Watches `lock`, just taken on `target`.
-    pub fn start(target: &Target, lock: TargetLock) -> LockWatch {
+    pub fn start(target: &PgEndpoint, lock: TargetLock) -> LockWatch {
         let inner = Arc::new(WatchInner {
             target: target.clone(),
             lock: tokio::sync::Mutex::new(Some(lock)),

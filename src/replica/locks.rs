@@ -6,7 +6,7 @@
 //! schema of thousands of tables in one transaction fails with `out of shared memory` for that
 //! alone. What is done in one transaction is sized from these figures.
 
-use super::url::Target;
+use super::url::PgEndpoint;
 use crate::error::StepError;
 
 /// The lock table's size, and the relations the role owns in the database.
@@ -25,7 +25,7 @@ pub const BUDGET_SQL: &str = "SELECT (current_setting('max_locks_per_transaction
           WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user))";
 
 /// Reads the lock table's size and the role's relations from the target.
-pub async fn budget(target: &Target) -> Result<LockBudget, StepError> {
+pub async fn budget(target: &PgEndpoint) -> Result<LockBudget, StepError> {
     let client = target.connect().await?;
     let row = client
         .query_one(BUDGET_SQL, &[])

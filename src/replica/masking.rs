@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use super::apply::script::{Piece, ScriptParser};
-use super::url::Target;
+use super::url::PgEndpoint;
 use crate::dump::toc::{Toc, pg_restore_stdout};
 use crate::error::StepError;
 use crate::masking::schema::Schema;
@@ -199,7 +199,7 @@ pub async fn check_filters_fit_fk_mode(
 /// reference a row that is not there (`schema.table.constraint` -> rows). Under `FK_MODE=trust`
 /// the keys were added `NOT VALID`, so such rows do not fail the restore; they are reported.
 pub async fn count_orphans(
-    target: &Target,
+    target: &PgEndpoint,
     plan: &Plan,
     rewriter: Option<&crate::dump::rewrite::Rewriter>,
 ) -> Result<BTreeMap<String, u64>, StepError> {
@@ -382,7 +382,7 @@ pub async fn prepare(
 /// Once the rows are in: the relations whose statistics were left out analyzed, and what the
 /// rules did counted (foreign keys pointing at filtered-out rows included) and logged.
 pub async fn after_rows(
-    target: &Target,
+    target: &PgEndpoint,
     prepared: Prepared,
     rewriter: Option<&crate::dump::rewrite::Rewriter>,
 ) -> Result<Option<crate::machine::MaskingCounts>, StepError> {

@@ -3,7 +3,7 @@
 //! and post-restore SQL; and the sessions to a live source (`SOURCE_DATABASE_URL`: the same
 //! URL rules and TLS), with the check that it is not the target (`identity.rs`).
 //!
-//! The steps here know neither the store nor the machine: they take a [`Target`] (and a dump
+//! The steps here know neither the store nor the machine: they take a [`PgEndpoint`] (and a dump
 //! path) and return a result whose error is already sorted into transient or permanent
 //! ([`StepError`](crate::error::StepError)), so that the driver's retry loop never burns
 //! attempts on a wrong password.
@@ -35,8 +35,8 @@ mod url;
 mod wipe;
 
 pub use checks::{
-    DumpInfo, TargetInfo, check_dump, check_dump_toc, check_target, pg_dump_version,
-    pg_restore_version,
+    DumpInfo, Privileges, ServerVersion, TargetInfo, check_dump, check_dump_toc, check_target,
+    pg_dump_version, pg_restore_version, privileges, server_version,
 };
 pub use identity::{IdentityError, ServerIdentity, identify, refuse_same_database};
 pub use lock::{
@@ -48,7 +48,7 @@ pub use restore::{
 };
 pub use sqlstate::{PostgresError, Side, is_transient_sqlstate};
 pub use unlogged::{foreign_keys_in_dump, set_unlogged_with_dump};
-pub use url::{CONTROL_APPLICATION_NAME, Target};
+pub use url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 pub use wipe::{DropOutcome, count_tables, drop_owned, terminate_leftover_restores};
 
 /// A `DROP OWNED` or `ALTER TABLE` that waits this long on a lock held by someone else (a

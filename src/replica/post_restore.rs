@@ -20,7 +20,7 @@ use tokio_postgres::error::ErrorPosition;
 use tracing::info;
 
 use crate::error::StepError;
-use crate::replica::{self, Target};
+use crate::replica::{self, PgEndpoint};
 
 /// A statement that waits this long on a lock (a reader of the fresh copy holding one) fails
 /// as transient rather than hanging.
@@ -113,7 +113,7 @@ pub fn sql_files(path: &Path) -> Result<Vec<PathBuf>, PostRestoreError> {
 
 /// Runs the files of `path` against the target, each in one transaction, in order; stops at
 /// the first that fails. Returns how many ran.
-pub async fn run(target: &Target, path: &Path) -> Result<usize, StepError> {
+pub async fn run(target: &PgEndpoint, path: &Path) -> Result<usize, StepError> {
     let files = sql_files(path)?;
     // A killed run's session may still be running a file (a long CREATE INDEX goes on
     // server-side) and hold locks this run's files need. Our own session carries the same
@@ -168,7 +168,7 @@ pub async fn run(target: &Target, path: &Path) -> Result<usize, StepError> {
 }
 
 fn sql_error(
-    target: &Target,
+    target: &PgEndpoint,
     file: &Path,
     line: usize,
     e: &tokio_postgres::Error,

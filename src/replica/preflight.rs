@@ -18,7 +18,7 @@ use crate::dump::plan::{ExtensionAction, PlannedExtension};
 use crate::dump::selection::{SelectOptions, Selection, select};
 use crate::dump::toc::{Toc, TocEntry};
 use crate::error::StepError;
-use crate::replica::Target;
+use crate::replica::PgEndpoint;
 
 /// Extensions for watching or maintaining a server, which application objects do not use:
 /// a target that cannot have them gets a warning, not a refusal.
@@ -141,7 +141,7 @@ pub fn broken_by_restriction(
 /// `deps` are the archive's recorded dependencies (`None` when the archive could not be read
 /// natively: the restriction is then not checked, and a warning says so).
 pub async fn check_restorable(
-    target: &Target,
+    target: &PgEndpoint,
     toc: &Toc,
     deps: Option<&HashMap<u32, Vec<u32>>>,
     opts: &SelectOptions,
@@ -296,15 +296,8 @@ pub async fn check_restorable(
         .collect();
     into.sort();
     into.dedup();
-    let can_create_in_db: bool = client
-        .query_one(
-            "SELECT has_database_privilege(current_database(), 'CREATE')",
-            &[],
-        )
-        .await
-        .map_err(query)?
-        .get(0);
-    if !created.is_empty() && !can_create_in_db {
+    let privileges = super::privileges(&client, &into).await.map_err(query)?;
+    if !created.is_empty() && !privileges.create_schemas {
         return Err(PreWipeError::NoCreate {
             target: target.describe(),
             role: target.user().to_string(),
@@ -313,26 +306,18 @@ pub async fn check_restorable(
         }
         .into());
     }
-    for schema in into {
-        let ok: bool = client
-            .query_one(
-                "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)
-                             THEN has_schema_privilege($1, 'CREATE')
-                             ELSE false END",
-                &[&schema],
-            )
-            .await
-            .map_err(query)?
-            .get(0);
-        if !ok {
-            return Err(PreWipeError::NoCreate {
-                target: target.describe(),
-                role: target.user().to_string(),
-                place: format!("schema {schema}"),
-                grant: format!("SCHEMA {schema}"),
-            }
-            .into());
+    if let Some((schema, _)) = privileges
+        .create_in
+        .iter()
+        .find(|(_, ok)| *ok != Some(true))
+    {
+        return Err(PreWipeError::NoCreate {
+            target: target.describe(),
+            role: target.user().to_string(),
+            place: format!("schema {schema}"),
+            grant: format!("SCHEMA {schema}"),
         }
+        .into());
     }
     Ok((selection, jobs, extensions))
 }
@@ -358,7 +343,7 @@ impl ExtError {
 /// dependencies are unknown, and every extension counts as used).
 async fn decide_extensions(
     client: &tokio_postgres::Client,
-    target: &Target,
+    target: &PgEndpoint,
     extensions: &[String],
     used: Option<&HashSet<String>>,
 ) -> Result<Vec<PlannedExtension>, ExtError> {

@@ -9,14 +9,14 @@
 
 use tokio_postgres::Client;
 
-use super::url::{CONTROL_APPLICATION_NAME, Target};
+use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::dump::plan::{Grant, Readers};
 use crate::dump::rewrite::quote_ident;
 use crate::error::StepError;
 
 /// What the role granted to other roles on the objects it owns in `schemas` (and on the
 /// schemas), and its default privileges.
-pub async fn read(target: &Target, schemas: &[String]) -> Result<Readers, StepError> {
+pub async fn read(target: &PgEndpoint, schemas: &[String]) -> Result<Readers, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let q = |e| target.query_error("reading the privileges readers hold", e);
     let me = "(SELECT oid FROM pg_roles WHERE rolname = current_user)";
@@ -142,7 +142,7 @@ pub fn default_sql(d: &Grant) -> String {
 /// wipe dropped them). A grant whose object is gone is reported, not an error. Returns the
 /// grants given.
 pub async fn grant_again(
-    target: &Target,
+    target: &PgEndpoint,
     readers: &Readers,
     schema_of: &(dyn Fn(&str) -> String + Sync),
     with_defaults: bool,

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use crate::replica::{CONTROL_APPLICATION_NAME, PostgresError, Target};
+use crate::replica::{CONTROL_APPLICATION_NAME, PgEndpoint, PostgresError};
 
 /// Creates the records' table (after the wipe, before the rows). Quiet when it exists.
 pub const CREATE_SQL: &str = "SET client_min_messages = warning;
@@ -70,7 +70,7 @@ impl Recorder {
     }
 
     /// Creates the table if needed.
-    pub async fn prepare(&self, target: &Target) -> Result<(), PostgresError> {
+    pub async fn prepare(&self, target: &PgEndpoint) -> Result<(), PostgresError> {
         let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
         client
             .batch_execute(CREATE_SQL)
@@ -79,7 +79,7 @@ impl Recorder {
     }
 
     /// The entries this run already loaded, with the rows and bytes of its tables.
-    pub async fn loaded(&self, target: &Target) -> Result<Loaded, PostgresError> {
+    pub async fn loaded(&self, target: &PgEndpoint) -> Result<Loaded, PostgresError> {
         let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
         let exists = client
             .query_one("SELECT to_regclass('replicator.loaded') IS NOT NULL", &[])

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::apply::{Applier, LoadLog, key_as_index};
-use super::url::Target;
-use crate::dump::plan::{RestorePlan, Section as PlanSection};
+use super::url::PgEndpoint;
+use crate::dump::plan::{RestorePlan, RestoreSection as PlanSection};
 use crate::dump::toc::{Toc, TocEntry};
 use crate::error::StepError;
 use crate::machine::Section;
@@ -33,7 +33,7 @@ pub struct LoadSetup {
     pub recorder: crate::replica::records::Recorder,
     /// Where the rows come from: the archive as a stream (`Some`), or the dump file (`None`),
     /// and where to write the `--use-list` pg_restore reads a stream with.
-    pub stream: Option<(Option<crate::source::feed::Feed>, std::path::PathBuf)>,
+    pub stream: Option<(Option<crate::dump::feed::Feed>, std::path::PathBuf)>,
     /// The entries' dependencies (to know which table an index waits for); `None`: every
     /// index waits for all the rows.
     pub deps: Option<crate::dump::verify::Dependencies>,
@@ -242,7 +242,7 @@ const EARLY_KINDS: &[&str] = &["INDEX", "CONSTRAINT", "CHECK CONSTRAINT"];
 
 /// Restores one section of `dump`: every entry of its table of contents.
 pub async fn restore_section(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     section: Section,
     jobs: u32,
@@ -254,7 +254,7 @@ pub async fn restore_section(
 /// [`restore_section`] restricted to the entries of a `--use-list` file
 /// ([`Toc::write_list`]): what it comments out is never read.
 pub async fn restore_section_with_list(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     section: Section,
     jobs: u32,

@@ -10,7 +10,7 @@
 
 use tokio_postgres::Client;
 
-use super::url::Target;
+use super::url::PgEndpoint;
 use crate::error::StepError;
 
 /// Sessions a restore holds whatever `PG_RESTORE_JOBS` is: the advisory lock's and the
@@ -141,7 +141,7 @@ pub async fn room(client: &Client) -> Result<Room, tokio_postgres::Error> {
 
 /// `Ok(jobs)` that fit the room, up to `wanted`; the error says which limit, and whether it
 /// is the limit itself (permanent) or other clients' sessions (transient).
-pub fn fit(target: &Target, room: &Room, wanted: u32) -> Result<u32, SessionsError> {
+pub fn fit(target: &PgEndpoint, room: &Room, wanted: u32) -> Result<u32, SessionsError> {
     if let Some(jobs) = room.jobs_that_fit(wanted) {
         return Ok(jobs);
     }
@@ -170,7 +170,7 @@ pub fn fit(target: &Target, room: &Room, wanted: u32) -> Result<u32, SessionsErr
 /// The `PG_RESTORE_JOBS` the restore uses on `target`: `wanted`, or fewer with a warning when
 /// the target's room is short. Read when the rows start (the room may have changed since the
 /// pre-wipe check).
-pub async fn jobs_for_restore(target: &Target, wanted: u32) -> Result<u32, StepError> {
+pub async fn jobs_for_restore(target: &PgEndpoint, wanted: u32) -> Result<u32, StepError> {
     let client = target.connect().await?;
     let room = room(&client)
         .await

@@ -17,7 +17,7 @@ use crate::error::StepError;
 use crate::machine::LeftOut;
 use crate::masking::Plan;
 use crate::masking::schema::{QualifiedName, Schema};
-use crate::replica::url::Target;
+use crate::replica::url::PgEndpoint;
 
 /// What becomes of the dump's statistics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,7 +118,7 @@ pub fn plan(
 }
 
 /// `ANALYZE`s `relations` on one session of the target's own role (it owns them).
-pub async fn analyze(target: &Target, relations: &[QualifiedName]) -> Result<(), StepError> {
+pub async fn analyze(target: &PgEndpoint, relations: &[QualifiedName]) -> Result<(), StepError> {
     if relations.is_empty() {
         return Ok(());
     }

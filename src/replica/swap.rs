@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::url::{CONTROL_APPLICATION_NAME, Target};
+use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::dump::plan::SwitchedSchema;
 use crate::dump::rewrite::quote_ident;
 use crate::error::StepError;
@@ -91,7 +91,7 @@ pub fn switched(schemas: &[String]) -> Vec<SwitchedSchema> {
 /// Whether `schemas` can be switched on `target`: `Ok(Err(why))` when not (said before
 /// anything is touched).
 pub async fn assess(
-    target: &Target,
+    target: &PgEndpoint,
     schemas: &[SwitchedSchema],
 ) -> Result<Result<(), String>, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
@@ -261,7 +261,7 @@ pub fn create_schemas_sql(schemas: &[SwitchedSchema], created: &HashSet<String>)
 /// Drops the leftovers of an earlier run of the swap (its shadows, yesterday's schemas a
 /// switch could not drop), then makes the swap's schemas exist.
 pub async fn prepare(
-    target: &Target,
+    target: &PgEndpoint,
     schemas: &[SwitchedSchema],
     created: &HashSet<String>,
 ) -> Result<(), StepError> {
@@ -291,7 +291,7 @@ pub async fn prepare(
 
 /// Drops every schema of a swap's names the role owns (shadows of a run that did not switch,
 /// yesterday's schemas a switch could not drop). Returns how many.
-pub async fn drop_leftovers(target: &Target, client: &Client) -> Result<usize, StepError> {
+pub async fn drop_leftovers(target: &PgEndpoint, client: &Client) -> Result<usize, StepError> {
     let rows = client
         .query(
             "SELECT nspname::text FROM pg_namespace
@@ -313,7 +313,11 @@ pub async fn drop_leftovers(target: &Target, client: &Client) -> Result<usize, S
 /// Drops schema `name` and everything in it, in transactions that each lock at most what the
 /// server's lock table holds (a schema of thousands of tables cannot go in one): its tables a
 /// batch at a time, then the schema. Waits for readers' locks (`lock_timeout`, retried).
-pub async fn drop_schema(target: &Target, client: &Client, name: &str) -> Result<(), StepError> {
+pub async fn drop_schema(
+    target: &PgEndpoint,
+    client: &Client,
+    name: &str,
+) -> Result<(), StepError> {
     let budget = super::locks::budget(target).await?;
     // Each table takes a few locks (its indexes, TOAST, sequences): a batch takes an eighth of
     // the table's room, leaving the rest to everyone else.
@@ -379,7 +383,7 @@ pub async fn drop_schema(target: &Target, client: &Client, name: &str) -> Result
 /// query delays it, never fails it and is never cancelled. After [`SWITCH_PATIENCE`], a
 /// transient failure.
 async fn with_lock_retries(
-    target: &Target,
+    target: &PgEndpoint,
     client: &Client,
     sql: &str,
     what: &'static str,
@@ -424,7 +428,7 @@ const SWITCHES_TABLE: &str = "SET client_min_messages = warning;
 
 /// Whether `run_id`'s switch committed.
 pub async fn switched_already(
-    target: &Target,
+    target: &PgEndpoint,
     client: &Client,
     run_id: &str,
 ) -> Result<bool, StepError> {
@@ -448,7 +452,7 @@ pub async fn switched_already(
 /// records the switch; then yesterday's schemas are dropped. A run resumed here after the
 /// commit only drops.
 pub async fn switch(
-    target: &Target,
+    target: &PgEndpoint,
     run_id: &str,
     schemas: &[SwitchedSchema],
     carried: &[String],
@@ -513,7 +517,7 @@ pub async fn switch(
 /// the live names are tonight's): their owner, where it is not the role (schema `public` is
 /// `pg_database_owner`'s), and their comment where tonight's has none.
 pub async fn carry_schemas(
-    target: &Target,
+    target: &PgEndpoint,
     client: &Client,
     schemas: &[SwitchedSchema],
 ) -> Result<Vec<String>, StepError> {

@@ -1,5 +1,6 @@
 //! TLS to the target with libpq's `sslmode` semantics: the certificate verifiers and the
-//! rustls configuration of a [`Target`].
+//! rustls configuration of a connection's [`TlsSettings`] (what its URL says; `url.rs` reads
+//! them from the URL, this file knows nothing else of it).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +9,6 @@ use std::time::Duration;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sqlstate::PostgresError;
-use super::url::Target;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verification {
@@ -248,12 +248,23 @@ impl rustls::client::danger::ServerCertVerifier for Verifier {
     }
 }
 
-impl Target {
+/// What a connection's URL says of TLS.
+pub(super) struct TlsSettings<'a> {
+    pub(super) sslmode: Option<&'a str>,
+    /// libpq's `sslrootcert`: a PEM file, or `system` for the public web roots.
+    pub(super) sslrootcert: Option<&'a str>,
+    /// The variable of the URL (`DATABASE_URL`, `SOURCE_DATABASE_URL`): messages name it.
+    pub(super) var: &'static str,
+    /// The endpoint, without its password: messages name it.
+    pub(super) describe: String,
+}
+
+impl TlsSettings<'_> {
     /// How much of the server's certificate to check, with libpq's semantics: `require` is
     /// encryption only, unless a root certificate is given (then it is `verify-ca`);
     /// `prefer`/`allow` check nothing (they would accept plain text anyway).
     pub(super) fn verification(&self) -> Verification {
-        match self.sslmode.as_deref() {
+        match self.sslmode {
             Some("verify-full") => Verification::ChainAndHost,
             Some("verify-ca") => Verification::Chain,
             Some("require") if self.sslrootcert.is_some() => Verification::Chain,
@@ -272,7 +283,7 @@ impl Target {
         ),
         PostgresError,
     > {
-        let path = match self.sslrootcert.as_deref() {
+        let path = match self.sslrootcert {
             // libpq's default is ~/.postgresql/root.crt; a daemon has no meaningful home, and
             // a managed database's certificate chains to a public CA: use the web roots.
             None | Some("system") => {
@@ -286,8 +297,8 @@ impl Target {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         let err = |detail: String| PostgresError::TlsRootCert {
-            var: self.side.var(),
-            target: self.describe(),
+            var: self.var,
+            target: self.describe.clone(),
             path: path.clone(),
             detail,
         };
@@ -305,7 +316,8 @@ impl Target {
         Ok((roots, certs))
     }
 
-    pub(super) fn tls(&self) -> Result<MakeRustlsConnect, PostgresError> {
+    /// The rustls connector of these settings.
+    pub(super) fn connector(&self) -> Result<MakeRustlsConnect, PostgresError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -323,9 +335,9 @@ impl Target {
                 )
                 .build()
                 .map_err(|e| PostgresError::TlsRootCert {
-                    var: self.side.var(),
-                    target: self.describe(),
-                    path: PathBuf::from(self.sslrootcert.as_deref().unwrap_or("system")),
+                    var: self.var,
+                    target: self.describe.clone(),
+                    path: PathBuf::from(self.sslrootcert.unwrap_or("system")),
                     detail: e.to_string(),
                 })?;
                 builder
@@ -341,17 +353,17 @@ impl Target {
         Ok(MakeRustlsConnect::new(config))
     }
 
-    pub(super) fn tls_refused_hint(&self) -> String {
-        let var = self.side.var();
+    pub(super) fn refused_hint(&self) -> String {
+        let var = self.var;
         // Only a mode that insists on TLS gets refused: require, verify-ca or verify-full.
-        let mode = self.sslmode.as_deref().unwrap_or("require");
+        let mode = self.sslmode.unwrap_or("require");
         format!(
             "; the server does not accept TLS but {var} says sslmode={mode}: enable ssl on the server, or set sslmode=prefer in {var} if plain text is acceptable on this network"
         )
     }
 
     pub(super) fn certificate_hint(&self) -> String {
-        let var = self.side.var();
+        let var = self.var;
         match (self.verification(), self.sslrootcert.is_some()) {
             (Verification::ChainAndHost, false) => format!(
                 "; the server's certificate is not signed by a public CA (or does not name the host): set sslrootcert=<PEM file of the server's CA> in {var}, or sslmode=require for encryption without verification"
@@ -373,14 +385,15 @@ impl Target {
 mod tests {
     use super::*;
     use crate::error::StepError;
+    use crate::replica::url::PgEndpoint;
 
-    fn parse(url: &str) -> Result<Target, PostgresError> {
-        Target::parse_inner(url)
+    fn parse(url: &str) -> Result<PgEndpoint, PostgresError> {
+        PgEndpoint::parse_inner(url)
     }
 
     #[test]
     fn sslmodes_map_to_libpq_semantics() {
-        let v = |url: &str| parse(url).unwrap().verification();
+        let v = |url: &str| parse(url).unwrap().tls_settings().verification();
         assert!(v("postgres://u:p@h/d?sslmode=require") == Verification::Nothing);
         assert!(v("postgres://u:p@h/d?sslmode=require&sslrootcert=/ca.pem") == Verification::Chain);
         assert!(
@@ -392,7 +405,8 @@ mod tests {
         assert_eq!(t.sslrootcert.as_deref(), Some("/etc/ca.pem"));
         let e = parse("postgres://u:p@h/d?sslmode=verify-ca&sslrootcert=/nonexistent.pem")
             .unwrap()
-            .tls()
+            .tls_settings()
+            .connector()
             .err()
             .unwrap();
         assert!(e.to_string().contains("sslrootcert"), "{e}");

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::LOCK_TIMEOUT;
 use super::checks::dump_error;
-use super::url::{CONTROL_APPLICATION_NAME, Target};
+use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::error::StepError;
 
 /// `ALTER TABLE ... SET UNLOGGED` on every still-logged ordinary table of schema public owned
@@ -22,7 +22,7 @@ use crate::error::StepError;
 /// In swap mode (`rewriter`), only the tables of the shadow schemas: yesterday's, which
 /// readers read, are left as they are.
 pub async fn set_unlogged_with_dump(
-    target: &Target,
+    target: &PgEndpoint,
     dump: &Path,
     rewriter: Option<&crate::dump::rewrite::Rewriter>,
 ) -> Result<usize, StepError> {

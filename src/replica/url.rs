@@ -1,4 +1,5 @@
-//! The target of `DATABASE_URL` (or a live source, `SOURCE_DATABASE_URL`): parsing (the
+//! A PostgreSQL database the replicator connects to, as its URL names it ([`PgEndpoint`]):
+//! the target of `DATABASE_URL`, or a live source of `SOURCE_DATABASE_URL`. Parsing (the
 //! password kept in a [`Secret`]), the connection parameters of a `pg_dump` child, and
 //! sessions.
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::sqlstate::{PostgresError, Side, classify_on, error_text};
-use super::tls::{TlsFailure, tls_failure};
+use super::tls::{TlsFailure, TlsSettings, tls_failure};
 use crate::error::StepError;
 use crate::secret::Secret;
 
@@ -18,10 +19,11 @@ pub const CONTROL_APPLICATION_NAME: &str = "replicator";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The target database, parsed from `DATABASE_URL`; or a live source, parsed from
-/// `SOURCE_DATABASE_URL` by the same rules ([`Target::parse_source`]).
+/// A PostgreSQL database the replicator connects to: the target, parsed from `DATABASE_URL`
+/// ([`PgEndpoint::parse`]), or a live source, parsed from `SOURCE_DATABASE_URL` by the same
+/// rules ([`PgEndpoint::parse_source`]); which one it is, its messages say (`Side`).
 #[derive(Clone)]
-pub struct Target {
+pub struct PgEndpoint {
     /// Which variable this came from: the messages name it.
     pub(super) side: Side,
     pub(super) host: String,
@@ -41,9 +43,9 @@ pub struct Target {
     pub(super) connect_timeout: Option<Duration>,
 }
 
-impl fmt::Debug for Target {
+impl fmt::Debug for PgEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Target({})", self.describe())
+        write!(f, "PgEndpoint({})", self.describe())
     }
 }
 
@@ -74,24 +76,24 @@ fn percent_decode(s: &str, what: &str, side: Side) -> Result<String, PostgresErr
     })
 }
 
-impl Target {
+impl PgEndpoint {
     /// Parses `postgres://user:password@host:port/dbname?sslmode=prefer` (or `postgresql://`),
     /// the form Scalingo gives. Error messages never quote the URL: it holds the password.
-    pub fn parse(database_url: &Secret) -> Result<Target, StepError> {
+    pub fn parse(database_url: &Secret) -> Result<PgEndpoint, StepError> {
         Ok(Self::parse_inner(database_url.expose())?)
     }
 
     /// `SOURCE_DATABASE_URL`, by the same rules as `DATABASE_URL` (TLS included); its
     /// messages name `SOURCE_DATABASE_URL`.
-    pub fn parse_source(source_url: &Secret) -> Result<Target, PostgresError> {
+    pub fn parse_source(source_url: &Secret) -> Result<PgEndpoint, PostgresError> {
         Self::parse_as(source_url.expose(), Side::Source)
     }
 
-    pub(super) fn parse_inner(url: &str) -> Result<Target, PostgresError> {
+    pub(super) fn parse_inner(url: &str) -> Result<PgEndpoint, PostgresError> {
         Self::parse_as(url, Side::Target)
     }
 
-    fn parse_as(url: &str, side: Side) -> Result<Target, PostgresError> {
+    fn parse_as(url: &str, side: Side) -> Result<PgEndpoint, PostgresError> {
         let invalid = |reason: &str| PostgresError::InvalidUrl {
             var: side.var(),
             reason: reason.to_string(),
@@ -226,7 +228,7 @@ impl Target {
                 "sslmode=verify-ca needs sslrootcert=/path/to/the-ca.pem (libpq refuses it without one): checked against the public web roots without the host name, any publicly trusted certificate of any host would pass; give the CA's file, or use sslmode=verify-full",
             ));
         }
-        Ok(Target {
+        Ok(PgEndpoint {
             side,
             host,
             port,
@@ -274,7 +276,7 @@ impl Target {
         )
     }
 
-    /// See [`Target::libpq_conninfo`]: the `PG*` variables of a `pg_dump` child.
+    /// See [`PgEndpoint::libpq_conninfo`]: the `PG*` variables of a `pg_dump` child.
     pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![(
             "PGCONNECT_TIMEOUT",
@@ -314,7 +316,7 @@ impl Target {
     }
 
     /// This target with `REPLICATOR_TARGET_CONFIRM`'s value.
-    pub fn confirmed(mut self, confirm: Option<String>) -> Target {
+    pub fn confirmed(mut self, confirm: Option<String>) -> PgEndpoint {
         self.confirm = confirm.filter(|c| !c.trim().is_empty());
         self
     }
@@ -360,6 +362,16 @@ impl Target {
         config
     }
 
+    /// What the URL says of TLS.
+    pub(super) fn tls_settings(&self) -> TlsSettings<'_> {
+        TlsSettings {
+            sslmode: self.sslmode.as_deref(),
+            sslrootcert: self.sslrootcert.as_deref(),
+            var: self.side.var(),
+            describe: self.describe(),
+        }
+    }
+
     /// A new session, its connection driven by a spawned task.
     pub async fn connect(&self) -> Result<Client, StepError> {
         Ok(self.connect_as(CONTROL_APPLICATION_NAME).await?)
@@ -367,11 +379,11 @@ impl Target {
 
     pub async fn connect_as(&self, application_name: &str) -> Result<Client, PostgresError> {
         let config = self.config(application_name);
-        let tls = self.tls()?;
-        let (client, connection) = config.connect(tls).await.map_err(|e| {
+        let tls = self.tls_settings();
+        let (client, connection) = config.connect(tls.connector()?).await.map_err(|e| {
             let (transient, hint) = match tls_failure(&e) {
-                Some(TlsFailure::Refused) => (false, self.tls_refused_hint()),
-                Some(TlsFailure::Certificate) => (false, self.certificate_hint()),
+                Some(TlsFailure::Refused) => (false, tls.refused_hint()),
+                Some(TlsFailure::Certificate) => (false, tls.certificate_hint()),
                 None => {
                     let (transient, hint) = classify_on(&e, self.side);
                     (transient, hint.to_string())
@@ -415,8 +427,8 @@ impl Target {
 mod tests {
     use super::*;
 
-    fn parse(url: &str) -> Result<Target, PostgresError> {
-        Target::parse_inner(url)
+    fn parse(url: &str) -> Result<PgEndpoint, PostgresError> {
+        PgEndpoint::parse_inner(url)
     }
 
     #[test]
@@ -480,7 +492,7 @@ mod tests {
 
     #[test]
     fn a_pg_dump_child_gets_the_connection_but_not_the_password() {
-        let t = Target::parse_source(&Secret::new(
+        let t = PgEndpoint::parse_source(&Secret::new(
             "postgres://o%27brien:s3cr3t@db.example:6543/my%20db?sslmode=verify-full&options=-c%20x%3D1",
         ))
         .unwrap();
@@ -503,7 +515,7 @@ mod tests {
         }
         assert!(!conninfo.contains("s3cr3t") && !format!("{env:?}").contains("s3cr3t"));
         // Its messages name its own variable.
-        let e = Target::parse_source(&Secret::new("postgres://u:p@h/d?sslmode=sometimes"))
+        let e = PgEndpoint::parse_source(&Secret::new("postgres://u:p@h/d?sslmode=sometimes"))
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("SOURCE_DATABASE_URL is not a usable"), "{e}");

@@ -7,13 +7,13 @@ use tokio_postgres::Client;
 use super::LOCK_TIMEOUT;
 use super::restore::RESTORE_APPLICATION_NAME;
 use super::sqlstate::PostgresError;
-use super::url::{CONTROL_APPLICATION_NAME, Target};
+use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::error::StepError;
 
 /// Ends the sessions a previous, killed replicator's `pg_restore` may have left running (a
 /// `CREATE INDEX` keeps going server-side after its client died), so that they neither hold
 /// locks against [`drop_owned`] nor write into the fresh copy. Returns how many were ended.
-pub async fn terminate_leftover_restores(target: &Target) -> Result<u64, StepError> {
+pub async fn terminate_leftover_restores(target: &PgEndpoint) -> Result<u64, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let select = "SELECT pid FROM pg_stat_activity
                    WHERE usename = current_user AND datname = current_database()
@@ -58,7 +58,7 @@ pub struct DropOutcome {
 
 /// Wipes everything the role owns (`DROP OWNED BY CURRENT_USER CASCADE`) and makes sure schema
 /// `public` exists again for the restore.
-pub async fn drop_owned(target: &Target) -> Result<DropOutcome, StepError> {
+pub async fn drop_owned(target: &PgEndpoint) -> Result<DropOutcome, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let tables_before = count_tables_with(&client, target).await?;
     client
@@ -95,12 +95,12 @@ pub async fn drop_owned(target: &Target) -> Result<DropOutcome, StepError> {
 }
 
 /// Ordinary and partitioned tables of schema public.
-pub async fn count_tables(target: &Target) -> Result<u64, StepError> {
+pub async fn count_tables(target: &PgEndpoint) -> Result<u64, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     Ok(count_tables_with(&client, target).await?)
 }
 
-async fn count_tables_with(client: &Client, target: &Target) -> Result<u64, PostgresError> {
+async fn count_tables_with(client: &Client, target: &PgEndpoint) -> Result<u64, PostgresError> {
     let row = client
         .query_one(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

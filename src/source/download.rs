@@ -18,6 +18,7 @@ use std::time::Duration;
 use reqwest::{StatusCode, header};
 use tokio::io::AsyncWriteExt;
 
+use super::disk::io_error_is_permanent;
 use crate::error::{StepError, Transient};
 use crate::source::extract::discard_extracted;
 use crate::source::follow::Follower;
@@ -132,14 +133,6 @@ impl From<DownloadError> for StepError {
     }
 }
 
-/// A missing directory or a permission problem does not fix itself; a full disk may.
-pub(super) fn io_error_is_permanent(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::IsADirectory
-    )
-}
-
 /// How the server answered one request, for the write loop.
 enum Start {
     /// Append from the current length (206 from the offset asked).
@@ -168,17 +161,25 @@ pub async fn download(
 /// the download starts from byte 0 and completes in one response.
 ///
 /// Whatever a previous attempt extracted is discarded first, unless the archive is already
-/// complete: a dump is trusted only with the marker written after a whole extraction.
+/// complete: a dump is trusted only with the marker written after a whole extraction. The
+/// dump may write `dump_cap` bytes at most ([`crate::machine::dump_cap`]).
 pub async fn download_extracting(
     http: &reqwest::Client,
     url: &DownloadUrl,
     dest: &Path,
-    dump: &Path,
+    (dump, dump_cap): (&Path, Option<u64>),
     expected_size: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Fetched, StepError> {
-    let (download, dump_bytes) =
-        download_inner(http, url, dest, Some(dump), expected_size, progress).await?;
+    let (download, dump_bytes) = download_inner(
+        http,
+        url,
+        dest,
+        Some((dump, dump_cap)),
+        expected_size,
+        progress,
+    )
+    .await?;
     Ok(Fetched {
         download,
         dump_bytes,
@@ -189,10 +190,11 @@ async fn download_inner(
     http: &reqwest::Client,
     url: &DownloadUrl,
     dest: &Path,
-    dump: Option<&Path>,
+    extract: Option<(&Path, Option<u64>)>,
     expected_size: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(Downloaded, Option<u64>), DownloadError> {
+    let dump = extract.map(|(dump, _)| dump);
     let location = url.redacted();
     let disk = |source| DownloadError::Disk {
         path: dest.to_path_buf(),
@@ -222,23 +224,23 @@ async fn download_inner(
     for pass in 0..2 {
         let resp = request(http, url, on_disk, &location).await?;
         match classify(&resp, on_disk, expected_size) {
-            Outcome::Write(start) => {
+            Answer::Write(start) => {
                 let resumed_from = match start {
                     Start::Append(n) => n,
                     Start::FromZero => 0,
                 };
                 // Only a fresh download is followed: one resumed or restarted is extracted by
                 // the `Extracting` step, from the whole file, as it always was.
-                let follower = match (dump, &start) {
-                    (Some(dump), Start::FromZero) if pass == 0 && on_disk == 0 => {
-                        Some(Follower::start(dest, dump, expected_size).map_err(disk)?)
+                let follower = match (extract, &start) {
+                    (Some((dump, cap)), Start::FromZero) if pass == 0 && on_disk == 0 => {
+                        Some(Follower::start(dest, dump, cap).map_err(disk)?)
                     }
                     _ => None,
                 };
-                let feed = follower.as_ref().map(|f| f.feed.clone());
+                let growth = follower.as_ref().map(|f| f.growth.clone());
                 let report = |n: u64| {
-                    if let Some(feed) = &feed {
-                        feed.more.notify_all();
+                    if let Some(growth) = &growth {
+                        growth.more.notify_all();
                     }
                     progress(n);
                 };
@@ -267,25 +269,25 @@ async fn download_inner(
                 };
                 return Ok((downloaded, dump_bytes));
             }
-            Outcome::AlreadyComplete => {
+            Answer::AlreadyComplete => {
                 let downloaded = Downloaded {
                     bytes: on_disk,
                     resumed_from: on_disk,
                 };
                 return Ok((downloaded, None));
             }
-            Outcome::Restart(why) if pass == 0 => {
+            Answer::Restart(why) if pass == 0 => {
                 tracing::warn!(location = %location, on_disk, why = %why, "cannot resume: starting over from byte 0");
                 truncate(dest).map_err(disk)?;
                 on_disk = 0;
             }
-            Outcome::Restart(why) => {
+            Answer::Restart(why) => {
                 return Err(DownloadError::RangeConfused {
                     location,
                     detail: why,
                 });
             }
-            Outcome::Fail(status) => {
+            Answer::Fail(status) => {
                 let retry_after = parse_retry_after(resp.headers(), chrono::Utc::now());
                 let detail = error_body(resp).await;
                 return Err(DownloadError::Status {
@@ -318,24 +320,25 @@ async fn request(
     })
 }
 
-enum Outcome {
+/// What to do with the server's answer to one request.
+enum Answer {
     Write(Start),
     AlreadyComplete,
     Restart(String),
     Fail(u16),
 }
 
-fn classify(resp: &reqwest::Response, on_disk: u64, expected: Option<u64>) -> Outcome {
+fn classify(resp: &reqwest::Response, on_disk: u64, expected: Option<u64>) -> Answer {
     match resp.status() {
-        StatusCode::OK => Outcome::Write(Start::FromZero),
+        StatusCode::OK => Answer::Write(Start::FromZero),
         StatusCode::PARTIAL_CONTENT => {
             let range = resp.headers().get(header::CONTENT_RANGE);
             match range
                 .and_then(|v| v.to_str().ok())
                 .and_then(content_range_start)
             {
-                Some(start) if start == on_disk => Outcome::Write(Start::Append(on_disk)),
-                other => Outcome::Restart(format!(
+                Some(start) if start == on_disk => Answer::Write(Start::Append(on_disk)),
+                other => Answer::Restart(format!(
                     "206 starting at {other:?} when asked for byte {on_disk}"
                 )),
             }
@@ -349,14 +352,14 @@ fn classify(resp: &reqwest::Response, on_disk: u64, expected: Option<u64>) -> Ou
                     .and_then(content_range_total)
             });
             if total == Some(on_disk) && on_disk > 0 {
-                Outcome::AlreadyComplete
+                Answer::AlreadyComplete
             } else {
-                Outcome::Restart(format!(
+                Answer::Restart(format!(
                     "416 for byte {on_disk} while the archive is {total:?} bytes"
                 ))
             }
         }
-        s => Outcome::Fail(s.as_u16()),
+        s => Answer::Fail(s.as_u16()),
     }
 }
 

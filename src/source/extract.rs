@@ -7,7 +7,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::download::io_error_is_permanent;
+use super::disk::io_error_is_permanent;
 use crate::error::StepError;
 
 fn marker_path(dump: &Path) -> PathBuf {
@@ -96,16 +96,12 @@ pub enum ExtractError {
         hint: &'static str,
     },
     #[error(
-        "the dump in backup archive {archive} expands past {limit} bytes, the disk budget of an \
-         archive of {archive_bytes} bytes (its size + 10% + 64 MiB; a pg_dump custom-format dump \
-         barely shrinks under gzip): extraction stopped before it fills the disk; this is not a \
-         normal Scalingo backup, choose another one"
+        "the dump in backup archive {archive} expands past {limit} bytes, what the run's disk \
+         budget leaves for it (MAX_WORK_DISK, or 90% of the free space, less the archive when it \
+         was downloaded beside it): extraction stopped before it fills the disk; free some space \
+         or point REPLICATOR_STATE_DIR at a larger disk"
     )]
-    TooLarge {
-        archive: PathBuf,
-        archive_bytes: u64,
-        limit: u64,
-    },
+    TooLarge { archive: PathBuf, limit: u64 },
     #[error("writing the dump to {path}: {source}; check the disk (space, permissions)")]
     Disk {
         path: PathBuf,
@@ -130,25 +126,24 @@ impl From<ExtractError> for StepError {
 
 const PGDMP: &[u8] = b"PGDMP";
 
-/// Streams the `*.pgsql` member of `archive` into `dump` and returns the dump's length.
+/// Streams the `*.pgsql` member of `archive` into `dump` and returns the dump's length; the
+/// dump may write `cap` bytes at most ([`crate::machine::dump_cap`]; `None`: no cap).
 /// Blocking: run it on a blocking thread.
-pub fn extract_dump(archive: &Path, dump: &Path) -> Result<u64, StepError> {
+pub fn extract_dump(archive: &Path, dump: &Path, cap: Option<u64>) -> Result<u64, StepError> {
     let file = fs::File::open(archive).map_err(|source| ExtractError::OpenArchive {
         archive: archive.to_path_buf(),
         source,
     })?;
-    let archive_bytes = file.metadata().map(|m| m.len()).ok();
-    Ok(extract_from(file, archive, dump, archive_bytes)?)
+    Ok(extract_from(file, archive, dump, cap)?)
 }
 
 /// The extraction from any reader of the archive's bytes (the file, or the file followed as
-/// it is downloaded); `archive` names it in messages.
-/// `archive_bytes`: the archive's size, whose [`dump_budget`] caps what the dump may take.
-pub(super) fn extract_from(
+/// it is downloaded); `archive` names it in messages. `cap`: the most the dump may write.
+pub(crate) fn extract_from(
     source: impl Read,
     archive: &Path,
     dump: &Path,
-    archive_bytes: Option<u64>,
+    cap: Option<u64>,
 ) -> Result<u64, ExtractError> {
     let open_err = |source| ExtractError::OpenArchive {
         archive: archive.to_path_buf(),
@@ -180,7 +175,7 @@ pub(super) fn extract_from(
             detail: e.to_string(),
         },
     };
-    let length = copy_first_pgsql(&mut tar, archive, dump, archive_bytes, &sort)?;
+    let length = copy_first_pgsql(&mut tar, archive, dump, cap, &sort)?;
     // Reading to the end checks the gzip CRC: a damaged tail is not a good archive.
     io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(&sort)?;
     Ok(length)
@@ -221,7 +216,7 @@ fn copy_first_pgsql<R: Read>(
     tar: &mut tar::Archive<R>,
     archive: &Path,
     dump: &Path,
-    archive_bytes: Option<u64>,
+    cap: Option<u64>,
     sort: &dyn Fn(io::Error) -> ExtractError,
 ) -> Result<u64, ExtractError> {
     let mut seen = Vec::new();
@@ -231,7 +226,17 @@ fn copy_first_pgsql<R: Read>(
         let is_file = entry.header().entry_type().is_file();
         if is_file && name.ends_with(".pgsql") {
             tracing::info!(archive = %archive.display(), member = %name, "extracting the dump");
-            return write_dump(&mut entry, archive, &name, dump, archive_bytes, sort);
+            // The member's size, from its tar header: a dump the cap cannot hold stops before
+            // a byte of it is written.
+            if let (Some(limit), Ok(size)) = (cap, entry.header().size())
+                && size > limit
+            {
+                return Err(ExtractError::TooLarge {
+                    archive: archive.to_path_buf(),
+                    limit,
+                });
+            }
+            return write_dump(&mut entry, archive, &name, dump, cap, sort);
         }
         if seen.len() < 10 {
             seen.push(name);
@@ -254,7 +259,7 @@ fn write_dump(
     archive: &Path,
     name: &str,
     dump: &Path,
-    archive_bytes: Option<u64>,
+    cap: Option<u64>,
     sort: &dyn Fn(io::Error) -> ExtractError,
 ) -> Result<u64, ExtractError> {
     let mut head = Vec::with_capacity(64);
@@ -277,22 +282,18 @@ fn write_dump(
     };
     let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(&partial).map_err(disk)?);
     out.write_all(&head).map_err(disk)?;
-    // The dump may take its share of the disk budget, no more: a small archive that expands
-    // without end is stopped here, not by a full disk.
-    let limit = archive_bytes.map(|a| (a, crate::machine::dump_budget(a)));
+    // The dump may take what the disk budget leaves for it, no more: one that grows past it
+    // (its header lied) is stopped here, not by a full disk.
     let mut member = member.take(
-        limit
-            .map(|(_, l)| l.saturating_sub(head.len() as u64) + 1)
+        cap.map(|l| l.saturating_sub(head.len() as u64) + 1)
             .unwrap_or(u64::MAX),
     );
     let copied = match copy_member(&mut member, &mut out, sort, &disk) {
-        Ok(n) if limit.is_some_and(|(_, l)| head.len() as u64 + n > l) => {
+        Ok(n) if cap.is_some_and(|l| head.len() as u64 + n > l) => {
             let _ = fs::remove_file(&partial);
-            let (archive_bytes, limit) = limit.expect("checked");
             return Err(ExtractError::TooLarge {
                 archive: archive.to_path_buf(),
-                archive_bytes,
-                limit,
+                limit: cap.expect("checked"),
             });
         }
         Ok(n) => n,

@@ -1,29 +1,21 @@
-//! The archive as a byte stream, for a run that streams: from the download (through the
-//! bounded [`spool`](super::spool), gunzip and untar), from an archive file, or from
-//! `pg_dump` of a live database.
-//!
-//! A [`Feed`] is read twice, in order: first its head (the dump's header and table of
-//! contents, kept in the work dir: the checks before the wipe and the schema come from it),
-//! then, by the restore of the rows, everything: the head again from its file, and the rest as
-//! it arrives. Nothing but the head and the spool is ever on disk.
+//! The producers of a streamed archive's [`Feed`] (`dump/feed.rs`): the download (through the
+//! bounded [`spool`](super::spool), gunzip and untar) and an archive file. `pg_dump` of a live
+//! database is the third (`live.rs`).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{StatusCode, header};
 
 use super::http::{DownloadUrl, describe_reqwest_error};
 use super::spool::{SpoolWriter, spool};
+use crate::dump::feed::{CutReason, DownloadCounts, Feed, FeedError};
 use crate::error::StepError;
-
-/// The most a table of contents may take: a dump whose header and table of contents do not
-/// fit is not one this replicator streams.
-const MAX_HEAD: u64 = 512 << 20;
 
 /// Cuts of the download in a row (no byte received between them) before the stream is given
 /// up: the run retries it as a whole later ([`crate::machine::Event::StreamCut`]).
@@ -34,305 +26,55 @@ pub type UrlSource = Arc<
     dyn Fn() -> Pin<Box<dyn Future<Output = Result<DownloadUrl, StepError>> + Send>> + Send + Sync,
 >;
 
-/// Why a stream ended early.
-#[derive(Debug, thiserror::Error)]
-pub enum FeedError {
-    #[error(
-        "the stream of {what} was cut: {detail}; the next attempt reads it again from its start (the tables already in the target are not loaded again)"
-    )]
-    Cut { what: String, detail: String },
-    #[error(
-        "{what} is not a pg_dump custom-format archive this replicator can stream ({detail}); check the backup (pg_restore --list) or give the dump with --dump"
-    )]
-    NotCustom { what: String, detail: String },
-    /// The `pg_dump` of a live source stopped before its end: a new attempt takes a new
-    /// snapshot (one cannot be resumed), and restores it whole.
-    #[error(
-        "{what} stopped before its end: {detail}; the next attempt takes a new pg_dump (a snapshot cannot be resumed) and restores it whole"
-    )]
-    SnapshotCut { what: String, detail: String },
-    /// The stream's producer failed in a way no new attempt can fix (`pg_dump` refused by the
-    /// source: a privilege, a version); `detail` says what to do.
-    #[error("{what} failed: {detail}")]
-    Failed { what: String, detail: String },
-    #[error(
-        "writing the head of the dump to {path}: {source}; check the disk of REPLICATOR_STATE_DIR"
-    )]
-    Disk {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+/// The `*.pgsql` member of a Scalingo archive file, gunzipped and untarred on the fly.
+/// Its bytes flow into the restore, none onto the disk: nothing caps them.
+pub fn archive_file(path: &Path) -> Result<Feed, FeedError> {
+    let what = format!("the archive {}", path.display());
+    let file = File::open(path).map_err(|e| FeedError::Cut {
+        what: what.clone(),
+        detail: e.to_string(),
+    })?;
+    let cut = CutReason::default();
+    let reader = untar_thread(file, cut.clone());
+    Ok(Feed::of_reader(what, reader, cut))
 }
 
-impl FeedError {
-    /// No new attempt can fix it: not a cut.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, FeedError::NotCustom { .. } | FeedError::Failed { .. })
-    }
-}
-
-impl From<FeedError> for StepError {
-    fn from(e: FeedError) -> StepError {
-        if e.is_permanent() {
-            return StepError::permanent(e.to_string());
-        }
-        StepError::StreamCut(crate::error::Transient {
-            message: e.to_string(),
-            retry_after: None,
-        })
-    }
-}
-
-/// What a new attempt can do about a stream that stopped early.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CutKind {
-    /// Read the same stream again from its start (a download).
-    Again,
-    /// Take a new snapshot (`pg_dump` of a live source).
-    NewSnapshot,
-    /// Nothing: the producer was refused for good.
-    Permanent,
-}
-
-/// Shared between a feed's producers and its consumer: why the stream stopped early, and
-/// what a new attempt can do about it.
-#[derive(Clone, Default)]
-pub struct CutReason(Arc<Mutex<Option<(String, CutKind)>>>);
-
-impl CutReason {
-    /// The stream stopped early; a new attempt may read it whole.
-    pub fn set(&self, why: String) {
-        self.set_as(why, CutKind::Again);
-    }
-    /// The first reason wins: it is the cause, what follows is its consequence.
-    pub fn set_as(&self, why: String, kind: CutKind) {
-        self.0.lock().expect("cut lock").get_or_insert((why, kind));
-    }
-    pub fn get(&self) -> Option<String> {
-        self.0
-            .lock()
-            .expect("cut lock")
-            .as_ref()
-            .map(|(w, _)| w.clone())
-    }
-    /// The error of the stream of `what`, if it stopped early.
-    pub fn error(&self, what: &str) -> Option<FeedError> {
-        let (detail, kind) = self.0.lock().expect("cut lock").clone()?;
-        let what = what.to_string();
-        Some(match kind {
-            CutKind::Again => FeedError::Cut { what, detail },
-            CutKind::NewSnapshot => FeedError::SnapshotCut { what, detail },
-            CutKind::Permanent => FeedError::Failed { what, detail },
-        })
-    }
-}
-
-/// One read of an archive as a stream.
-pub struct Feed {
-    /// The dump's bytes, from the first.
-    reader: Box<dyn Read + Send>,
-    /// The bytes already taken off `reader` by [`Feed::read_head`], kept in this file.
-    head: Option<PathBuf>,
-    cut: CutReason,
-    /// `the backup 20261129_my_db`: for the messages.
-    pub what: String,
-    /// The download task, aborted with the feed.
-    task: Option<tokio::task::JoinHandle<()>>,
-    /// Bytes downloaded so far (`None`: not a download).
-    downloaded: Option<Arc<AtomicU64>>,
-    /// The most the spool held.
-    spool_high_water: Option<Arc<AtomicU64>>,
-    /// A producing child (`pg_dump`), killed with the feed.
-    pub(crate) child: Option<std::process::Child>,
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Feed {
-    /// A feed of `reader`'s bytes (the dump itself), cut for `cut`'s reason if it ends early.
-    pub(crate) fn of_reader(what: String, reader: Box<dyn Read + Send>, cut: CutReason) -> Feed {
-        Feed {
-            reader,
-            head: None,
-            cut,
-            what,
-            task: None,
-            downloaded: None,
-            spool_high_water: None,
-            child: None,
-        }
-    }
-
-    /// The `*.pgsql` member of a Scalingo archive file, gunzipped and untarred on the fly.
-    pub fn archive_file(path: &Path, dump_limit: Option<u64>) -> Result<Feed, FeedError> {
-        let what = format!("the archive {}", path.display());
-        let file = File::open(path).map_err(|e| FeedError::Cut {
-            what: what.clone(),
-            detail: e.to_string(),
-        })?;
-        let cut = CutReason::default();
-        let reader = untar_thread(file, dump_limit, cut.clone());
-        Ok(Feed::of_reader(what, reader, cut))
-    }
-
-    /// The backup at `url`, downloaded (resuming with `Range` when the connection drops, with
-    /// a fresh URL when it expired) into a spool of at most `cap` bytes in `spool_dir`,
-    /// gunzipped and untarred on the fly.
-    pub fn download(
-        http: reqwest::Client,
-        urls: UrlSource,
-        what: String,
-        expected: Option<u64>,
-        spool_dir: &Path,
-        cap: u64,
-        dump_limit: Option<u64>,
-    ) -> Result<Feed, FeedError> {
-        let (writer, reader) = spool(spool_dir, cap).map_err(|source| FeedError::Disk {
-            path: spool_dir.to_path_buf(),
-            source,
-        })?;
-        let cut = CutReason::default();
-        let downloaded = Arc::new(AtomicU64::new(0));
-        let high = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(download_into(
-            http,
-            urls,
-            expected,
-            writer,
-            downloaded.clone(),
-            high.clone(),
-        ));
-        let reader = untar_thread(reader, dump_limit, cut.clone());
-        let mut feed = Feed::of_reader(what, reader, cut);
-        feed.task = Some(task);
-        feed.downloaded = Some(downloaded);
-        feed.spool_high_water = Some(high);
-        Ok(feed)
-    }
-
-    /// Why the stream stopped early, if it did.
-    pub fn cut_reason(&self) -> CutReason {
-        self.cut.clone()
-    }
-
-    /// Bytes downloaded so far, and the most the spool held.
-    pub fn download_counts(&self) -> Option<(u64, u64)> {
-        Some((
-            self.downloaded.as_ref()?.load(Ordering::Relaxed),
-            self.spool_high_water
-                .as_ref()
-                .map_or(0, |h| h.load(Ordering::Relaxed)),
-        ))
-    }
-
-    /// Reads the dump's header and table of contents into `head` (blocking). Returns the
-    /// length of the head file (which may hold the first data bytes too).
-    pub fn read_head(&mut self, head: &Path) -> Result<u64, FeedError> {
-        let disk = |source| FeedError::Disk {
-            path: head.to_path_buf(),
-            source,
-        };
-        let mut out = File::create(head).map_err(disk)?;
-        let mut buf = vec![0u8; 256 << 10];
-        let mut total: u64 = 0;
-        let mut next_try: u64 = 64 << 10;
-        loop {
-            let n = match self.reader.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) => return Err(self.cut_error(e.to_string())),
-            };
-            if n > 0 {
-                out.write_all(&buf[..n]).map_err(disk)?;
-                total += n as u64;
-                if total < next_try {
-                    continue;
-                }
-            }
-            out.flush().map_err(disk)?;
-            match crate::dump::verify::toc_end(head) {
-                Ok(Some(_)) => {
-                    self.head = Some(head.to_path_buf());
-                    return Ok(total);
-                }
-                Ok(None) if n == 0 => {
-                    return Err(self.cut_error(format!(
-                        "it ends after {total} bytes, before the end of its table of contents"
-                    )));
-                }
-                Ok(None) if total > MAX_HEAD => {
-                    return Err(FeedError::NotCustom {
-                        what: self.what.clone(),
-                        detail: format!(
-                            "its table of contents is longer than {} MiB",
-                            MAX_HEAD >> 20
-                        ),
-                    });
-                }
-                Ok(None) => next_try = total.saturating_mul(2).min(total + (16 << 20)),
-                Err(detail) => {
-                    return Err(FeedError::NotCustom {
-                        what: self.what.clone(),
-                        detail,
-                    });
-                }
-            }
-        }
-    }
-
-    fn cut_error(&self, detail: String) -> FeedError {
-        self.cut.error(&self.what).unwrap_or(FeedError::Cut {
-            what: self.what.clone(),
-            detail,
-        })
-    }
-
-    /// Writes the whole dump into `sink` (pg_restore's stdin), blocking: the head from its
-    /// file, then the rest as it arrives. A sink that closes early (pg_restore read all it
-    /// needed) ends the copy without error.
-    pub fn copy_into(mut self, mut sink: File) -> Result<(), FeedError> {
-        let broken = |e: &io::Error| e.kind() == io::ErrorKind::BrokenPipe;
-        if let Some(head) = self.head.take() {
-            let copied = File::open(&head).and_then(|mut h| io::copy(&mut h, &mut sink));
-            match copied {
-                Ok(_) => {}
-                Err(e) if broken(&e) => return Ok(()),
-                Err(e) => return Err(self.cut_error(e.to_string())),
-            }
-        }
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = match self.reader.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) => return Err(self.cut_error(e.to_string())),
-            };
-            match sink.write_all(&buf[..n]) {
-                Ok(()) => {}
-                Err(e) if broken(&e) => return Ok(()),
-                Err(e) => return Err(self.cut_error(format!("writing to pg_restore: {e}"))),
-            }
-        }
-    }
+/// The backup at `url`, downloaded (resuming with `Range` when the connection drops, with
+/// a fresh URL when it expired) into a spool of at most `cap` bytes in `spool_dir`,
+/// gunzipped and untarred on the fly. The download stops at the `expected` bytes Scalingo
+/// announced; the spool is all it writes to disk.
+pub fn download(
+    http: reqwest::Client,
+    urls: UrlSource,
+    what: String,
+    expected: Option<u64>,
+    spool_dir: &Path,
+    cap: u64,
+) -> Result<Feed, FeedError> {
+    let (writer, reader) = spool(spool_dir, cap).map_err(|source| FeedError::Disk {
+        path: spool_dir.to_path_buf(),
+        source,
+    })?;
+    let cut = CutReason::default();
+    let counts = DownloadCounts::default();
+    let task = tokio::spawn(download_into(
+        http,
+        urls,
+        expected,
+        writer,
+        counts.downloaded.clone(),
+        counts.spool_high_water.clone(),
+    ));
+    let reader = untar_thread(reader, cut.clone());
+    Ok(Feed::of_reader(what, reader, cut)
+        .with_producer(task)
+        .with_counts(counts))
 }
 
 /// A blocking thread that gunzips and untars `src` and gives the `*.pgsql` member's bytes
-/// through a pipe; what went wrong goes to `cut`.
-fn untar_thread(
-    src: impl Read + Send + 'static,
-    dump_limit: Option<u64>,
-    cut: CutReason,
-) -> Box<dyn Read + Send> {
+/// through a pipe; what went wrong goes to `cut`. No cap on the member: its bytes go to the
+/// restore, not to the disk (the tar header bounds them, the archive's size bounds that).
+fn untar_thread(src: impl Read + Send + 'static, cut: CutReason) -> Box<dyn Read + Send> {
     let (reader, mut writer) = match io::pipe() {
         Ok(p) => p,
         Err(e) => {
@@ -351,14 +93,7 @@ fn untar_thread(
                 if !super::extract::is_dump_member(&entry) {
                     continue;
                 }
-                let limit = dump_limit.unwrap_or(u64::MAX);
-                let mut taken = (&mut entry).take(limit.saturating_add(1));
-                let copied = io::copy(&mut taken, &mut writer);
-                return match copied {
-                    Ok(n) if n > limit => Err(format!(
-                        "the dump grows past {} MiB, more than its archive can hold: stopped there (the archive does not match its backup)",
-                        limit >> 20
-                    )),
+                return match io::copy(&mut entry, &mut writer) {
                     Ok(_) => Ok(()),
                     // The restore read all it needed and closed its end.
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),

@@ -14,7 +14,7 @@ use super::extract::{ExtractError, discard_extracted, extract_from, record_compl
 const FOLLOW_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FeedState {
+enum GrowthState {
     /// The downloader is still writing: the end of the file is not the end of the archive.
     Growing,
     /// Every byte is in the file (flushed and synced): its end is the archive's.
@@ -23,25 +23,25 @@ enum FeedState {
     Aborted,
 }
 
-/// What the downloader tells the thread that follows the archive file.
-pub(super) struct Feed {
-    state: Mutex<FeedState>,
+/// How the archive file grows: what the downloader tells the thread that follows it.
+pub(super) struct Growth {
+    state: Mutex<GrowthState>,
     pub(super) more: Condvar,
 }
 
-impl Feed {
-    fn set(&self, to: FeedState) {
-        let mut state = self.state.lock().expect("feed lock");
+impl Growth {
+    fn set(&self, to: GrowthState) {
+        let mut state = self.state.lock().expect("growth lock");
         // Aborted is final: a complete archive whose follower is abandoned still stops it.
-        if *state != FeedState::Aborted {
+        if *state != GrowthState::Aborted {
             *state = to;
         }
         drop(state);
         self.more.notify_all();
     }
 
-    fn get(&self) -> FeedState {
-        *self.state.lock().expect("feed lock")
+    fn get(&self) -> GrowthState {
+        *self.state.lock().expect("growth lock")
     }
 }
 
@@ -49,7 +49,7 @@ impl Feed {
 /// for more until the download is complete (then it is the end) or aborted (then an error).
 struct FollowFile {
     file: fs::File,
-    feed: Arc<Feed>,
+    growth: Arc<Growth>,
 }
 
 impl Read for FollowFile {
@@ -57,19 +57,19 @@ impl Read for FollowFile {
         loop {
             // Read before the file: `Complete` is set only once every byte is in it, so a
             // read that then finds nothing is at the true end.
-            let state = self.feed.get();
-            if state == FeedState::Aborted {
+            let state = self.growth.get();
+            if state == GrowthState::Aborted {
                 return Err(io::Error::other(
                     "the download stopped before the archive was complete",
                 ));
             }
             let n = self.file.read(buf)?;
-            if n > 0 || buf.is_empty() || state == FeedState::Complete {
+            if n > 0 || buf.is_empty() || state == GrowthState::Complete {
                 return Ok(n);
             }
-            let guard = self.feed.state.lock().expect("feed lock");
-            if *guard == FeedState::Growing {
-                drop(self.feed.more.wait_timeout(guard, FOLLOW_POLL));
+            let guard = self.growth.state.lock().expect("growth lock");
+            if *guard == GrowthState::Growing {
+                drop(self.growth.more.wait_timeout(guard, FOLLOW_POLL));
             }
         }
     }
@@ -79,41 +79,35 @@ impl Read for FollowFile {
 /// download failed, or its future was dropped on shutdown) stops the thread at its next
 /// read; the thread then removes its `.partial`.
 pub(super) struct Follower {
-    pub(super) feed: Arc<Feed>,
+    pub(super) growth: Arc<Growth>,
     task: tokio::task::JoinHandle<Result<u64, ExtractError>>,
 }
 
 impl Follower {
     /// Creates the (empty) archive file, so that the thread can open it before the body's
-    /// first byte, and starts the thread.
-    /// `archive_bytes`: the archive's announced size (its dump's disk budget).
-    pub(super) fn start(
-        archive: &Path,
-        dump: &Path,
-        archive_bytes: Option<u64>,
-    ) -> io::Result<Follower> {
+    /// first byte, and starts the thread. `cap`: the most the dump may write
+    /// ([`crate::machine::dump_cap`]).
+    pub(super) fn start(archive: &Path, dump: &Path, cap: Option<u64>) -> io::Result<Follower> {
         fs::File::create(archive)?;
         let file = fs::File::open(archive)?;
-        let feed = Arc::new(Feed {
-            state: Mutex::new(FeedState::Growing),
+        let growth = Arc::new(Growth {
+            state: Mutex::new(GrowthState::Growing),
             more: Condvar::new(),
         });
         let input = FollowFile {
             file,
-            feed: feed.clone(),
+            growth: growth.clone(),
         };
         let (archive, dump) = (archive.to_path_buf(), dump.to_path_buf());
-        let task = tokio::task::spawn_blocking(move || {
-            extract_from(input, &archive, &dump, archive_bytes)
-        });
-        Ok(Follower { feed, task })
+        let task = tokio::task::spawn_blocking(move || extract_from(input, &archive, &dump, cap));
+        Ok(Follower { growth, task })
     }
 
     /// The archive is whole (`archive_bytes`): lets the thread read to its end, waits for
     /// it, and writes the dump's marker. `None` (and nothing left behind) when the extraction
     /// failed: the `Extracting` step then extracts again and reports what is wrong.
     pub(super) async fn finish(mut self, archive_bytes: u64, dump: &Path) -> Option<u64> {
-        self.feed.set(FeedState::Complete);
+        self.growth.set(GrowthState::Complete);
         let outcome = match (&mut self.task).await {
             Ok(Ok(dump_bytes)) => record_complete_dump(dump, archive_bytes, dump_bytes)
                 .map(|()| dump_bytes)
@@ -135,14 +129,14 @@ impl Follower {
 impl Follower {
     /// The download failed: stops the thread and waits for it to remove its `.partial`.
     pub(super) async fn abandon(mut self) {
-        self.feed.set(FeedState::Aborted);
+        self.growth.set(GrowthState::Aborted);
         let _ = (&mut self.task).await;
     }
 }
 
 impl Drop for Follower {
     fn drop(&mut self) {
-        self.feed.set(FeedState::Aborted);
+        self.growth.set(GrowthState::Aborted);
     }
 }
 
@@ -151,9 +145,9 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn feed() -> Arc<Feed> {
-        Arc::new(Feed {
-            state: Mutex::new(FeedState::Growing),
+    fn growth() -> Arc<Growth> {
+        Arc::new(Growth {
+            state: Mutex::new(GrowthState::Growing),
             more: Condvar::new(),
         })
     }
@@ -164,10 +158,10 @@ mod tests {
         let path = dir.path().join("a");
         let mut writer = fs::File::create(&path).unwrap();
         writer.write_all(b"ab").unwrap();
-        let feed = feed();
+        let growth = growth();
         let mut reader = FollowFile {
             file: fs::File::open(&path).unwrap(),
-            feed: feed.clone(),
+            growth: growth.clone(),
         };
         let got = std::thread::spawn(move || {
             let mut all = Vec::new();
@@ -176,10 +170,10 @@ mod tests {
         // The reader is at the end of "ab" and must wait, not stop there.
         std::thread::sleep(Duration::from_millis(100));
         writer.write_all(b"cd").unwrap();
-        feed.more.notify_all();
+        growth.more.notify_all();
         std::thread::sleep(Duration::from_millis(100));
         writer.write_all(b"ef").unwrap();
-        feed.set(FeedState::Complete);
+        growth.set(GrowthState::Complete);
         assert_eq!(got.join().unwrap().unwrap(), b"abcdef");
     }
 
@@ -188,18 +182,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a");
         fs::write(&path, b"xy").unwrap();
-        let feed = feed();
+        let growth = growth();
         let mut reader = FollowFile {
             file: fs::File::open(&path).unwrap(),
-            feed: feed.clone(),
+            growth: growth.clone(),
         };
         let got = std::thread::spawn(move || {
             let mut all = Vec::new();
             reader.read_to_end(&mut all)
         });
-        feed.set(FeedState::Aborted);
+        growth.set(GrowthState::Aborted);
         // Complete after Aborted does not revive it.
-        feed.set(FeedState::Complete);
+        growth.set(GrowthState::Complete);
         assert!(got.join().unwrap().is_err());
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Stdio};
 use std::thread::JoinHandle;
 
-use super::feed::{CutKind, CutReason, Feed};
+use crate::dump::feed::{CutKind, CutReason, Feed};
 use crate::error::StepError;
 use crate::secret::Secret;
 
@@ -154,9 +154,7 @@ pub fn pg_dump_feed(conn: &PgDumpConnection, dir: &Path) -> Result<Feed, LiveErr
         passfile: guard,
         ended: false,
     };
-    let mut feed = Feed::of_reader(conn.what(), Box::new(output), cut);
-    feed.child = Some(child);
-    Ok(feed)
+    Ok(Feed::of_reader(conn.what(), Box::new(output), cut).with_producer(child))
 }
 
 /// Spawns `cmd` from a thread of its own, which then reads the child's stderr to its end and

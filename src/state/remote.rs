@@ -28,7 +28,7 @@ use tokio_postgres::Client;
 use tracing::{debug, warn};
 
 use crate::machine::{Phase, PhaseName, Run};
-use crate::replica::{LOCK_KEY, Target};
+use crate::replica::{LOCK_KEY, PgEndpoint};
 use crate::state::store::HISTORY_LEN;
 
 /// Progress is written to the target at most this often (transitions always are).
@@ -143,7 +143,7 @@ pub struct RemoteRuns {
 }
 
 /// Reads the runs recorded in the target, and whether a replicator holds it now.
-pub async fn read(target: &Target) -> Result<RemoteRuns, RemoteStateError> {
+pub async fn read(target: &PgEndpoint) -> Result<RemoteRuns, RemoteStateError> {
     let what = "read the replicator's records";
     match tokio::time::timeout(READ_TIMEOUT, read_inner(target)).await {
         Ok(r) => r,
@@ -155,7 +155,7 @@ pub async fn read(target: &Target) -> Result<RemoteRuns, RemoteStateError> {
     }
 }
 
-async fn connect(target: &Target, what: &'static str) -> Result<Client, RemoteStateError> {
+async fn connect(target: &PgEndpoint, what: &'static str) -> Result<Client, RemoteStateError> {
     target
         .connect()
         .await
@@ -165,7 +165,7 @@ async fn connect(target: &Target, what: &'static str) -> Result<Client, RemoteSt
         })
 }
 
-async fn read_inner(target: &Target) -> Result<RemoteRuns, RemoteStateError> {
+async fn read_inner(target: &PgEndpoint) -> Result<RemoteRuns, RemoteStateError> {
     let client = connect(target, "read the replicator's records").await?;
     let query = |what: &'static str| {
         let target = target.describe();
@@ -265,13 +265,13 @@ struct WriterState {
 
 /// The driver's writer of run records into the target: best effort, never fails a run.
 pub struct RemoteWriter {
-    target: Target,
+    target: PgEndpoint,
     written_by: String,
     state: tokio::sync::Mutex<WriterState>,
 }
 
 impl RemoteWriter {
-    pub fn new(target: Target) -> RemoteWriter {
+    pub fn new(target: PgEndpoint) -> RemoteWriter {
         RemoteWriter {
             target,
             written_by: this_process(),

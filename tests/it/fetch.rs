@@ -307,7 +307,10 @@ fn extracts_a_member_written_with_a_leading_dot_slash() {
     let archive = write(dir.path(), "b.tar.gz", &archive_bytes("./x.pgsql", &dump));
     let out = dir.path().join("x.pgsql");
 
-    assert_eq!(extract_dump(&archive, &out).unwrap(), dump.len() as u64);
+    assert_eq!(
+        extract_dump(&archive, &out, None).unwrap(),
+        dump.len() as u64
+    );
     assert_eq!(std::fs::read(&out).unwrap(), dump);
     assert!(!dir.path().join("x.pgsql.partial").exists());
 }
@@ -322,7 +325,7 @@ fn extracts_a_member_inside_a_directory() {
         &archive_bytes("tmp/backup/20261123.pgsql", &dump),
     );
     let out = dir.path().join("out.pgsql");
-    extract_dump(&archive, &out).unwrap();
+    extract_dump(&archive, &out, None).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), dump);
 }
 
@@ -330,7 +333,7 @@ fn extract_error(archive_bytes: &[u8]) -> (StepError, std::path::PathBuf, tempfi
     let dir = tempfile::tempdir().unwrap();
     let archive = write(dir.path(), "bad.tar.gz", archive_bytes);
     let out = dir.path().join("out.pgsql");
-    let e = extract_dump(&archive, &out).unwrap_err();
+    let e = extract_dump(&archive, &out, None).unwrap_err();
     eprintln!("message: {e}");
     assert!(!e.is_transient(), "{e:?}");
     assert!(
@@ -393,7 +396,7 @@ async fn downloads_then_extracts_the_dump() {
         .unwrap();
     assert_eq!(len(&dest), archive.len() as u64);
     let out = dir.path().join("dump.pgsql");
-    let n = tokio::task::spawn_blocking(move || extract_dump(&dest, &out).map(|n| (n, out)))
+    let n = tokio::task::spawn_blocking(move || extract_dump(&dest, &out, None).map(|n| (n, out)))
         .await
         .unwrap()
         .unwrap();

@@ -1,5 +1,6 @@
 mod check_parity;
 mod common;
+mod compressible;
 mod crash;
 mod daemon;
 mod demo;
@@ -17,9 +18,11 @@ mod operator;
 mod overlap;
 mod plan;
 mod postgres_ops;
+mod privileges;
 mod quiet;
 mod reliability;
 mod scalingo_api;
+mod settings;
 mod shaping;
 mod streaming;
 mod swap;

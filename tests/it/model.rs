@@ -3,7 +3,7 @@
 //! transient failures, permanent failures and crashes. A crash is modelled as a `kill -9`
 //! is: the `drive` future is dropped where it stands (inside a step, or in the backoff wait),
 //! with the step's partial effects left in the world, and a new driver is built over the same
-//! state directory; the run is then resumed as `replicator resume` does (`cli::resumable`).
+//! state directory; the run is then resumed as `replicator resume` does (`machine::recover`).
 //!
 //! Checked all along: every persisted state is one the machine can resume from; the world
 //! never sees a step out of order (a wipe before the dump was checked, rows loaded over a

@@ -43,7 +43,7 @@ async fn a_fresh_download_yields_the_whole_dump_and_its_marker() {
     let url = DownloadUrl(Secret::new(fake.issue_download_url(DONE_BACKUP_ID)));
     let http = http_client(Duration::from_secs(10));
 
-    let got = download_extracting(&http, &url, &dest, &out, Some(len), &|_| {})
+    let got = download_extracting(&http, &url, &dest, (&out, None), Some(len), &|_| {})
         .await
         .unwrap();
     assert_eq!(got.download.bytes, len);
@@ -77,7 +77,7 @@ async fn a_cut_download_leaves_no_dump_and_its_resume_is_extracted_afterwards() 
     let http = http_client(Duration::from_secs(10));
     let url = || DownloadUrl(Secret::new(fake.issue_download_url(DONE_BACKUP_ID)));
 
-    let e = download_extracting(&http, &url(), &dest, &out, Some(len), &|_| {})
+    let e = download_extracting(&http, &url(), &dest, (&out, None), Some(len), &|_| {})
         .await
         .unwrap_err();
     assert!(e.to_string().contains("resumes from there"), "{e}");
@@ -86,7 +86,7 @@ async fn a_cut_download_leaves_no_dump_and_its_resume_is_extracted_afterwards() 
     assert!(kept > 0 && kept < len, "{kept} of {len}");
     assert_eq!(files_in(dir.path()), ["archive.tar.gz"]);
 
-    let got = download_extracting(&http, &url(), &dest, &out, Some(len), &|_| {})
+    let got = download_extracting(&http, &url(), &dest, (&out, None), Some(len), &|_| {})
         .await
         .unwrap();
     assert_eq!(got.download.resumed_from, kept);
@@ -97,7 +97,7 @@ async fn a_cut_download_leaves_no_dump_and_its_resume_is_extracted_afterwards() 
         ranges.iter().flatten().any(|r| r != "bytes=0-"),
         "{ranges:?}"
     );
-    extract_dump(&dest, &out).unwrap();
+    extract_dump(&dest, &out, None).unwrap();
     assert!(std::fs::read(&out).unwrap() == dump, "the dump differs");
 }
 
@@ -122,7 +122,7 @@ async fn a_resumed_download_discards_the_dump_of_an_earlier_attempt() {
 
     let url = DownloadUrl(Secret::new(fake.issue_download_url(DONE_BACKUP_ID)));
     let http = http_client(Duration::from_secs(10));
-    let got = download_extracting(&http, &url, &dest, &out, Some(len), &|_| {})
+    let got = download_extracting(&http, &url, &dest, (&out, None), Some(len), &|_| {})
         .await
         .unwrap();
     assert_eq!(got.dump_bytes, None);

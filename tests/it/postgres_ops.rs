@@ -5,15 +5,15 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use replicator::machine::Section;
-use replicator::replica::{self, LockOutcome, Target};
+use replicator::replica::{self, LockOutcome, PgEndpoint};
 use replicator::secret::Secret;
 
 use crate::common::pg::{
     PgCluster, TargetDb, create_rich_source, fingerprint, shared_cluster, unique_name,
 };
 
-fn target_of(db: &TargetDb) -> Target {
-    Target::parse(&Secret::new(db.url.clone())).unwrap()
+fn target_of(db: &TargetDb) -> PgEndpoint {
+    PgEndpoint::parse(&Secret::new(db.url.clone())).unwrap()
 }
 
 fn no_progress(_: u64, _: u64) {}
@@ -116,7 +116,7 @@ async fn check_target_refuses_a_superuser_and_describes_an_owner() {
         cluster.port(),
         db.dbname
     );
-    let err = replica::check_target(&Target::parse(&Secret::new(url)).unwrap())
+    let err = replica::check_target(&PgEndpoint::parse(&Secret::new(url)).unwrap())
         .await
         .unwrap_err();
     assert!(!err.is_transient());
@@ -130,7 +130,7 @@ async fn connection_errors_are_sorted_and_never_show_the_password() {
     let cluster = shared_cluster();
     let db = cluster.create_target(&unique_name("auth_tgt"));
     let bad_password = db.url.replace(&db.password, "wrong-password-123");
-    let err = replica::check_target(&Target::parse(&Secret::new(bad_password)).unwrap())
+    let err = replica::check_target(&PgEndpoint::parse(&Secret::new(bad_password)).unwrap())
         .await
         .unwrap_err();
     assert!(!err.is_transient(), "{err}");
@@ -143,7 +143,7 @@ async fn connection_errors_are_sorted_and_never_show_the_password() {
         db.password,
         cluster.port()
     );
-    let err = replica::check_target(&Target::parse(&Secret::new(unknown_db)).unwrap())
+    let err = replica::check_target(&PgEndpoint::parse(&Secret::new(unknown_db)).unwrap())
         .await
         .unwrap_err();
     assert!(!err.is_transient(), "{err}");

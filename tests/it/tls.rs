@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use replicator::replica::Target;
+use replicator::replica::PgEndpoint;
 use replicator::secret::Secret;
 
 use crate::common::pg::{PgCluster, TargetDb, fingerprint, shared_cluster, unique_name};
@@ -91,7 +91,7 @@ fn url(db: &TargetDb, host: &str, query: &str) -> String {
 }
 
 async fn session_ssl(url: &str) -> Result<bool, String> {
-    let target = Target::parse(&Secret::new(url.to_string())).map_err(|e| e.to_string())?;
+    let target = PgEndpoint::parse(&Secret::new(url.to_string())).map_err(|e| e.to_string())?;
     let client = target.connect().await.map_err(|e| e.to_string())?;
     let row = client
         .query_one(
@@ -130,7 +130,8 @@ async fn verification_failures_are_permanent_and_say_what_to_do() {
     let (cluster, crt) = tls_cluster();
     let db = cluster.create_target(&unique_name("tls_bad"));
     // Self-signed: no public root vouches for it.
-    let target = Target::parse(&Secret::new(url(&db, "localhost", "sslmode=verify-full"))).unwrap();
+    let target =
+        PgEndpoint::parse(&Secret::new(url(&db, "localhost", "sslmode=verify-full"))).unwrap();
     let e = target.connect().await.unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert!(e.to_string().contains("sslrootcert"), "{e}");
@@ -138,7 +139,7 @@ async fn verification_failures_are_permanent_and_say_what_to_do() {
     eprintln!("verify-full without root: {e}");
     // The right root but the wrong name.
     let full = format!("sslmode=verify-full&sslrootcert={}", crt.display());
-    let target = Target::parse(&Secret::new(url(&db, "127.0.0.1", &full))).unwrap();
+    let target = PgEndpoint::parse(&Secret::new(url(&db, "127.0.0.1", &full))).unwrap();
     let e = target.connect().await.unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert!(e.to_string().contains("host"), "{e}");
@@ -148,7 +149,7 @@ async fn verification_failures_are_permanent_and_say_what_to_do() {
 async fn require_against_a_plain_server_fails_clearly_and_prefer_still_works() {
     let cluster = shared_cluster();
     let db = cluster.create_target(&unique_name("tls_plain"));
-    let target = Target::parse(&Secret::new(url(&db, "127.0.0.1", "sslmode=require"))).unwrap();
+    let target = PgEndpoint::parse(&Secret::new(url(&db, "127.0.0.1", "sslmode=require"))).unwrap();
     let e = target.connect().await.unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert!(
@@ -196,7 +197,7 @@ async fn an_impostor_certificate_with_the_same_subject_fails_verification() {
     self_signed_localhost(&crt, &key);
     for (host, mode) in [("localhost", "verify-full"), ("127.0.0.1", "verify-ca")] {
         let query = format!("sslmode={mode}&sslrootcert={}", crt.display());
-        let target = Target::parse(&Secret::new(url(&db, host, &query))).unwrap();
+        let target = PgEndpoint::parse(&Secret::new(url(&db, host, &query))).unwrap();
         let e = target.connect().await.unwrap_err();
         assert!(!e.is_transient(), "{mode}: {e}");
         assert!(e.to_string().contains("sslrootcert"), "{mode}: {e}");

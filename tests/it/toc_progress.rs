@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use replicator::dump::toc::{self, Toc};
 use replicator::machine::Section;
 use replicator::replica::fk::{self, FkMode};
-use replicator::replica::{self, Target};
+use replicator::replica::{self, PgEndpoint};
 use replicator::secret::Secret;
 
 use crate::common::pg::{create_rich_source, shared_cluster, unique_name};
@@ -24,7 +24,7 @@ async fn progress_reaches_its_total_when_the_list_leaves_rows_and_foreign_keys_o
     let dump = tmp.path().join("dump.pgsql");
     cluster.pg_dump(&src, &dump);
     let db = cluster.create_target(&unique_name("tocp_tgt"));
-    let target = Target::parse(&Secret::new(db.url.clone())).unwrap();
+    let target = PgEndpoint::parse(&Secret::new(db.url.clone())).unwrap();
 
     // What the driver does for EXCLUDE_TABLE_DATA=answers under FK_MODE=trust.
     let full = replica::check_dump(&dump).await.unwrap();

@@ -43,7 +43,7 @@ fn a_persisted_plan_of_this_format_loads() {
     assert_eq!(
         plan.entries[2].fate,
         Fate::Restored {
-            section: Section::Data
+            section: RestoreSection::Data
         }
     );
     assert_eq!(plan.extensions[1].action, ExtensionAction::Present);
@@ -78,7 +78,10 @@ fn the_summary_names_every_entry_left_out_and_each_extension() {
     assert!(text.contains("pgstattuple left out"), "{text}");
     assert!(text.contains("1 COMMENT (EXTENSION pgstattuple)"), "{text}");
     assert!(text.contains("1 foreign key(s) added NOT VALID"), "{text}");
-    assert_eq!(plan.restored_in(Section::PostData), HashSet::from([3300]));
+    assert_eq!(
+        plan.restored_in(RestoreSection::PostData),
+        HashSet::from([3300])
+    );
 }
 
 /// A table of contents of `n` entries of random kinds, in pg_dump's list format.
@@ -128,7 +131,7 @@ proptest! {
         }
         let plan = RestorePlan::decide(&toc, &left, &deferred, Vec::new(), 1);
         let mut sent = HashSet::new();
-        for section in [Section::PreData, Section::Data, Section::PostData] {
+        for section in [RestoreSection::PreData, RestoreSection::Data, RestoreSection::PostData] {
             for (e, _) in plan.sent_in(&toc, section) {
                 prop_assert_eq!(plan.restored_in(section).contains(&e.id), true);
                 prop_assert!(sent.insert(e.id), "entry {} sent twice", e.id);

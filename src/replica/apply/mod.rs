@@ -38,7 +38,7 @@ use futures_util::{StreamExt, stream::FuturesUnordered};
 use crate::error::StepError;
 use crate::masking::Masker;
 use crate::replica::sqlstate::classify;
-use crate::replica::{PostgresError, RESTORE_APPLICATION_NAME, Target};
+use crate::replica::{PgEndpoint, PostgresError, RESTORE_APPLICATION_NAME};
 pub use early::{Early, EarlyEntry, LoadLog};
 pub use keys::key_as_index;
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
@@ -98,7 +98,7 @@ pub enum ApplyError {
     Masking(String),
     /// The streamed archive stopped early (a cut download, a dump cut short).
     #[error(transparent)]
-    Stream(#[from] crate::source::feed::FeedError),
+    Stream(#[from] crate::dump::feed::FeedError),
 }
 
 impl ApplyError {
@@ -136,7 +136,7 @@ fn said_settings() -> Arc<Mutex<HashSet<String>>> {
 
 /// What the restore of a section needs: where, from what, how wide.
 pub struct Applier {
-    target: Target,
+    target: PgEndpoint,
     dump: PathBuf,
     jobs: usize,
     /// The settings the target's server knows (`pg_settings`).
@@ -168,12 +168,12 @@ fn is_transaction_control(stmt: &str) -> bool {
 }
 
 /// Counts the entries done across the sessions of one section.
-struct Progress<'a> {
+struct EntriesDone<'a> {
     done: AtomicU64,
     report: &'a (dyn Fn(u64) + Send + Sync),
 }
 
-impl Progress<'_> {
+impl EntriesDone<'_> {
     fn tick(&self) {
         let n = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         (self.report)(n);
@@ -182,7 +182,7 @@ impl Progress<'_> {
 
 impl Applier {
     /// Connects once to learn what the target's server knows.
-    pub async fn new(target: &Target, dump: &Path, jobs: u32) -> Result<Applier, ApplyError> {
+    pub async fn new(target: &PgEndpoint, dump: &Path, jobs: u32) -> Result<Applier, ApplyError> {
         let client = target.connect_as(RESTORE_APPLICATION_NAME).await?;
         let rows = client
             .query("SELECT name FROM pg_catalog.pg_settings", &[])
@@ -293,7 +293,7 @@ impl Applier {
     /// one session: each table's rows as their block arrives.
     pub async fn run_stream(
         &self,
-        feed: Option<crate::source::feed::Feed>,
+        feed: Option<crate::dump::feed::Feed>,
         list: String,
         list_file: &Path,
         report: &(dyn Fn(u64) + Send + Sync),
@@ -315,7 +315,7 @@ impl Applier {
         batch: bool,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let progress = Progress {
+        let progress = EntriesDone {
             done: AtomicU64::new(0),
             report,
         };
@@ -394,7 +394,7 @@ impl Applier {
         lists: Vec<String>,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let progress = Progress {
+        let progress = EntriesDone {
             done: AtomicU64::new(0),
             report,
         };
@@ -426,7 +426,7 @@ impl Applier {
         early: Option<&Early>,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let progress = Progress {
+        let progress = EntriesDone {
             done: AtomicU64::new(0),
             report,
         };
@@ -504,7 +504,7 @@ impl Applier {
         session: &mut Session,
         stream: &mut ScriptStream,
         batch: bool,
-        progress: &Progress<'_>,
+        progress: &EntriesDone<'_>,
     ) -> Result<(), ApplyError> {
         let mut preamble: Vec<String> = Vec::new();
         let mut entry: Option<EntryHeader> = None;
@@ -656,7 +656,7 @@ impl Pool {
         &mut self,
         applier: &Applier,
         preamble: &[String],
-        progress: &Progress<'_>,
+        progress: &EntriesDone<'_>,
     ) -> Result<Session, ApplyError> {
         let mut session = match self.idle.pop() {
             Some(s) => s,
@@ -676,7 +676,7 @@ impl Pool {
     }
 
     /// Waits for every running entry.
-    async fn drain(&mut self, progress: &Progress<'_>) -> Result<(), ApplyError> {
+    async fn drain(&mut self, progress: &EntriesDone<'_>) -> Result<(), ApplyError> {
         while let Some((s, result)) = self.running.next().await {
             result?;
             progress.tick();

@@ -22,7 +22,7 @@ use super::stream::{Item, pg_restore_script};
 use super::{Applier, ApplyError, is_transaction_control};
 use std::collections::HashSet;
 
-use crate::dump::plan::{Rehearsed, RestorePlan, Section, SwitchedSchema};
+use crate::dump::plan::{Rehearsed, RestorePlan, RestoreSection, SwitchedSchema};
 use crate::dump::toc::Toc;
 use crate::masking::Masker;
 
@@ -96,7 +96,7 @@ impl Applier {
                 )
                 .await?;
         }
-        let lines = |want: Section, kinds: Option<&[&str]>| -> String {
+        let lines = |want: RestoreSection, kinds: Option<&[&str]>| -> String {
             plan.sent_in(toc, want)
                 .into_iter()
                 .filter(|(e, _)| kinds.is_none_or(|k| k.contains(&e.desc.as_str())))
@@ -125,7 +125,10 @@ impl Applier {
                     .await?;
             }
             done.pre_data += self
-                .rehearse_script(session, lines(Section::PreData, Some(&["EXTENSION"])))
+                .rehearse_script(
+                    session,
+                    lines(RestoreSection::PreData, Some(&["EXTENSION"])),
+                )
                 .await?;
             let live: Vec<String> = schemas.iter().map(|s| s.live.clone()).collect();
             let keep = session.extension_members(&live).await?;
@@ -138,11 +141,11 @@ impl Applier {
             ))));
         }
         done.pre_data += self
-            .rehearse_script(session, lines(Section::PreData, None))
+            .rehearse_script(session, lines(RestoreSection::PreData, None))
             .await?;
         if spec.rows_per_table > 0 {
             let tables: Vec<&str> = plan
-                .sent_in(toc, Section::Data)
+                .sent_in(toc, RestoreSection::Data)
                 .into_iter()
                 .filter(|(e, _)| e.desc == "TABLE DATA")
                 .map(|(_, line)| line)
@@ -163,14 +166,17 @@ impl Applier {
                 ));
             }
             done.pre_data += self
-                .rehearse_script(session, lines(Section::Data, Some(&["SEQUENCE SET"])))
+                .rehearse_script(
+                    session,
+                    lines(RestoreSection::Data, Some(&["SEQUENCE SET"])),
+                )
                 .await?;
         } else {
             done.not_rehearsed
                 .push("the rows: this dump's data is not on disk before the wipe".into());
         }
         done.post_data = self
-            .rehearse_script(session, lines(Section::PostData, None))
+            .rehearse_script(session, lines(RestoreSection::PostData, None))
             .await?;
         Ok(done)
     }

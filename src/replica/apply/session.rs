@@ -15,12 +15,12 @@ use super::stream::{Item, ScriptStream};
 use crate::dump::rewrite::Rewriter;
 use crate::masking::transform::Rows;
 use crate::replica::sqlstate::classify;
-use crate::replica::{RESTORE_APPLICATION_NAME, Target};
+use crate::replica::{PgEndpoint, RESTORE_APPLICATION_NAME};
 
 /// What a session of the restore needs to open, owned (sessions open in spawned tasks too).
 #[derive(Clone)]
 pub struct SessionSpec {
-    pub(super) target: Target,
+    pub(super) target: PgEndpoint,
     pub(super) known: Arc<HashSet<String>>,
     pub(super) said: Arc<Mutex<HashSet<String>>>,
     /// Swap mode: every statement pointed at the shadow schemas.

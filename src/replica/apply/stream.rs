@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdout};
 
 use super::ApplyError;
 use super::script::{Piece, ScriptParser};
-use crate::source::feed::{CutReason, Feed, FeedError};
+use crate::dump::feed::{CutReason, Feed, FeedError};
 
 /// Rows are sent to `COPY` in chunks of about this size.
 const COPY_CHUNK: usize = 256 * 1024;

@@ -2,7 +2,9 @@
 //!
 //! Every variable is read through `clap`'s `env` support, so `--help` lists each one with its
 //! default and a flag always wins over its variable. Values are validated here, before anything
-//! is touched, and every error names the variable to fix.
+//! is touched, and every error names the variable to fix. A command gets every problem of its
+//! configuration at once ([`ConfigErrors`]), not the first: the settings of the commands that
+//! restore are validated in one place, [`engine::EngineConfig::from_args`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +13,10 @@ use clap::Args;
 
 use crate::secret::Secret;
 use crate::source::scalingo::Endpoints;
+
+pub mod engine;
+
+pub use engine::{EngineArgs, EngineConfig, Settings, Wants};
 
 /// A configuration value that is missing or invalid.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,59 @@ pub enum ConfigError {
         other: &'static str,
         hint: &'static str,
     },
+}
+
+/// Every problem of a configuration, in the order the settings are read; never empty when
+/// returned as an error.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            all => {
+                write!(f, "{} settings are invalid: ", all.len())?;
+                for (i, e) in all.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl ConfigErrors {
+    /// The value of `result`, or `None` with its problems kept.
+    pub fn take<T, E: Into<ConfigErrors>>(&mut self, result: Result<T, E>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.extend(e.into().0);
+                None
+            }
+        }
+    }
+
+    /// `value` when no problem was kept, else every problem.
+    pub fn or<T>(self, value: impl FnOnce() -> T) -> Result<T, ConfigErrors> {
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(self)
+        }
+    }
 }
 
 /// Where the replicator keeps its state (the sled store, the lock, the working files).
@@ -265,24 +324,26 @@ pub struct RetryConfig {
 }
 
 impl ScalingoArgs {
-    pub fn validate(&self) -> Result<ScalingoConfig, ConfigError> {
-        let app = non_empty(
+    /// Every Scalingo setting, every problem at once.
+    pub fn validate(&self) -> Result<ScalingoConfig, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let app = errors.take(non_empty(
             self.app.as_deref(),
             "SCALINGO_APP",
             "set it to the name of the Scalingo app whose database is replicated (or pass --app)",
-        )?;
-        let api_token = non_empty(
+        ));
+        let api_token = errors.take(non_empty(
             self.api_token.as_deref(),
             "SCALINGO_API_TOKEN",
             "create a token in Scalingo's dashboard (User settings > API tokens) and set it",
-        )?;
+        ));
         let region = self.region.trim().to_string();
         if region.is_empty()
             || !region
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
-            return Err(ConfigError::Invalid {
+            errors.0.push(ConfigError::Invalid {
                 var: "SCALINGO_REGION",
                 value: self.region.clone(),
                 expected: "a Scalingo region such as osc-fr1 or osc-secnum-fr1".into(),
@@ -297,7 +358,7 @@ impl ScalingoArgs {
                 let secure =
                     reqwest::Url::parse(v).is_ok_and(|u| crate::secret::secure_or_loopback(&u));
                 if !secure {
-                    return Err(ConfigError::Invalid {
+                    errors.0.push(ConfigError::Invalid {
                         var,
                         value: v.clone(),
                         expected: "an https:// origin such as https://api.osc-fr1.scalingo.com (no path); http:// only to a loopback host (127.0.0.1, ::1, localhost)".into(),
@@ -305,16 +366,16 @@ impl ScalingoArgs {
                 }
             }
         }
-        Ok(ScalingoConfig {
+        errors.or(|| ScalingoConfig {
             endpoints: Endpoints::for_region(
                 &region,
                 self.auth_url.clone(),
                 self.api_url.clone(),
                 self.db_url.clone(),
             ),
-            app,
-            region,
-            api_token: Secret::new(api_token),
+            app: app.expect("no error"),
+            region: region.clone(),
+            api_token: Secret::new(api_token.expect("no error")),
         })
     }
 }
@@ -339,77 +400,84 @@ impl TargetArgs {
 }
 
 impl RestoreArgs {
-    pub fn validate(&self) -> Result<RestoreConfig, ConfigError> {
+    /// Every restore setting, every problem at once.
+    pub fn validate(&self) -> Result<RestoreConfig, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
         let exclude_table_data = match self.exclude_table_data.as_deref() {
-            Some(v) => {
-                crate::dump::toc::parse_table_list(v).map_err(|expected| ConfigError::Invalid {
+            Some(v) => errors.take(crate::dump::toc::parse_table_list(v).map_err(|expected| {
+                ConfigError::Invalid {
                     var: "EXCLUDE_TABLE_DATA",
                     value: v.to_string(),
                     expected: format!(
                         "comma-separated table names (bare like knowledge-elements, or double-quoted): {expected}"
                     ),
-                })?
-            }
-            None => Vec::new(),
+                }
+            })),
+            None => Some(Vec::new()),
         };
         let restore_schemas = match self.restore_schemas.as_deref().map(str::trim) {
-            Some(v) if !v.is_empty() => Some(crate::dump::toc::parse_table_list(v).map_err(
-                |expected| ConfigError::Invalid {
-                    var: "RESTORE_SCHEMAS",
-                    value: v.to_string(),
-                    expected: format!(
-                        "comma-separated schema names (bare like public, or double-quoted): {expected}"
-                    ),
-                },
-            )?),
-            _ => None,
+            Some(v) if !v.is_empty() => errors
+                .take(crate::dump::toc::parse_table_list(v).map_err(|expected| {
+                    ConfigError::Invalid {
+                        var: "RESTORE_SCHEMAS",
+                        value: v.to_string(),
+                        expected: format!(
+                            "comma-separated schema names (bare like public, or double-quoted): {expected}"
+                        ),
+                    }
+                }))
+                .map(Some),
+            _ => Some(None),
         };
         let post_restore_sql = match &self.post_restore_sql {
-            Some(p) if !p.as_os_str().is_empty() => {
-                crate::replica::post_restore::sql_files(p).map_err(|e| ConfigError::Invalid {
-                    var: "POST_RESTORE_SQL",
-                    value: p.display().to_string(),
-                    expected: format!("it {}", e.reason()),
-                })?;
+            Some(p) if !p.as_os_str().is_empty() => errors
+                .take(crate::replica::post_restore::sql_files(p).map_err(|e| {
+                    ConfigError::Invalid {
+                        var: "POST_RESTORE_SQL",
+                        value: p.display().to_string(),
+                        expected: format!("it {}", e.reason()),
+                    }
+                }))
                 // The phase may run from another working directory (the daemon, a resume).
-                Some(std::path::absolute(p).unwrap_or_else(|_| p.clone()))
-            }
-            _ => None,
+                .map(|_| Some(std::path::absolute(p).unwrap_or_else(|_| p.clone()))),
+            _ => Some(None),
         };
-        let notify = crate::notify::NotifyConfig {
-            urls: match self.notify_urls.as_deref() {
-                Some(v) => {
-                    crate::notify::parse_urls(v).map_err(|expected| ConfigError::Invalid {
-                        var: "NOTIFY_URLS",
-                        // URLs may hold a webhook secret in their path.
-                        value: "(hidden)".into(),
-                        expected: format!("comma-separated http:// or https:// URLs: {expected}"),
-                    })?
+        let urls = match self.notify_urls.as_deref() {
+            Some(v) => errors.take(crate::notify::parse_urls(v).map_err(|expected| {
+                ConfigError::Invalid {
+                    var: "NOTIFY_URLS",
+                    // URLs may hold a webhook secret in their path.
+                    value: "(hidden)".into(),
+                    expected: format!("comma-separated http:// or https:// URLs: {expected}"),
                 }
-                None => Vec::new(),
-            },
-            token: self
-                .notify_token
-                .as_deref()
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(Secret::new),
+            })),
+            None => Some(Vec::new()),
         };
+        let token = self
+            .notify_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
         let rules = match &self.replica_rules {
-            Some(p) if !p.as_os_str().is_empty() => {
-                let rules =
+            Some(p) if !p.as_os_str().is_empty() => errors
+                .take(
                     crate::masking::RulesFile::load(p).map_err(|e| ConfigError::Invalid {
                         var: "REPLICA_RULES",
                         value: p.display().to_string(),
                         expected: format!("a rules file (docs/masking.md): {e}"),
-                    })?;
-                Some(std::sync::Arc::new(rules))
-            }
-            _ => None,
+                    }),
+                )
+                .map(|rules| Some(std::sync::Arc::new(rules))),
+            _ => Some(None),
         };
-        let masking_key =
-            crate::masking::key::run_key(rules.as_deref(), self.masking_key.as_deref()).map_err(
-                |expected| ConfigError::Invalid {
+        let masking_key = errors
+            .take(
+                crate::masking::key::run_key(
+                    rules.as_ref().and_then(|r| r.as_deref()),
+                    self.masking_key.as_deref(),
+                )
+                .map_err(|expected| ConfigError::Invalid {
                     var: "MASKING_KEY",
                     value: if self.masking_key.as_deref().is_some_and(|k| !k.is_empty()) {
                         "(hidden)".into()
@@ -417,69 +485,85 @@ impl RestoreArgs {
                         "(not set)".into()
                     },
                     expected,
-                },
-            )?;
+                }),
+            )
+            .flatten();
         let max_work_disk = match self.max_work_disk.as_deref().map(str::trim) {
-            Some(v) if !v.is_empty() => Some(parse_bytes(v).filter(|n| *n >= MIN_WORK_DISK).ok_or_else(|| {
-                ConfigError::Invalid {
-                    var: "MAX_WORK_DISK",
-                    value: v.to_string(),
-                    expected: "a size of at least 16MiB, with a unit: 64MiB, 20GB, 2GiB (kB/MB/GB/TB count by 1000, KiB/MiB/GiB/TiB by 1024; a bare number is bytes)".to_string(),
-                }
-            })?),
-            _ => None,
+            Some(v) if !v.is_empty() => errors
+                .take(parse_bytes(v).filter(|n| *n >= MIN_WORK_DISK).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        var: "MAX_WORK_DISK",
+                        value: v.to_string(),
+                        expected: "a size of at least 16MiB, with a unit: 64MiB, 20GB, 2GiB (kB/MB/GB/TB count by 1000, KiB/MiB/GiB/TiB by 1024; a bare number is bytes)".to_string(),
+                    }
+                }))
+                .map(Some),
+            _ => Some(None),
         };
-        let refresh_mode = match self.refresh_mode.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some("swap") => Some(crate::dump::plan::RefreshMode::Swap),
-            Some("wipe") => Some(crate::dump::plan::RefreshMode::Wipe),
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    var: "REFRESH_MODE",
-                    value: other.to_string(),
-                    expected: "swap or wipe".into(),
-                });
-            }
-        };
-        Ok(RestoreConfig {
-            refresh_mode,
-            max_work_disk,
-            rules,
-            masking_key,
-            exclude_table_data,
-            restore_schemas,
-            post_restore_sql,
-            notify,
-            use_unlogged_tables: self.use_unlogged_tables,
-            jobs: parse_number(&self.pg_restore_jobs, "PG_RESTORE_JOBS", 1, 64)? as u32,
-            fk_mode: self
-                .fk_mode
+        let refresh_mode = errors.take(match self.refresh_mode.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some("swap") => Ok(Some(crate::dump::plan::RefreshMode::Swap)),
+            Some("wipe") => Ok(Some(crate::dump::plan::RefreshMode::Wipe)),
+            Some(other) => Err(ConfigError::Invalid {
+                var: "REFRESH_MODE",
+                value: other.to_string(),
+                expected: "swap or wipe".into(),
+            }),
+        });
+        let jobs = errors.take(parse_number(
+            &self.pg_restore_jobs,
+            "PG_RESTORE_JOBS",
+            1,
+            64,
+        ));
+        let fk_mode = errors.take(
+            self.fk_mode
                 .parse()
                 .map_err(|expected| ConfigError::Invalid {
                     var: "FK_MODE",
                     value: self.fk_mode.clone(),
                     expected,
-                })?,
+                }),
+        );
+        errors.or(|| RestoreConfig {
+            refresh_mode: refresh_mode.expect("no error"),
+            max_work_disk: max_work_disk.expect("no error"),
+            rules: rules.expect("no error"),
+            masking_key,
+            exclude_table_data: exclude_table_data.expect("no error"),
+            restore_schemas: restore_schemas.expect("no error"),
+            post_restore_sql: post_restore_sql.expect("no error"),
+            notify: crate::notify::NotifyConfig {
+                urls: urls.expect("no error"),
+                token,
+            },
+            use_unlogged_tables: self.use_unlogged_tables,
+            jobs: jobs.expect("no error") as u32,
+            fk_mode: fk_mode.expect("no error"),
         })
     }
 }
 
 impl RetryArgs {
-    pub fn validate(&self) -> Result<RetryConfig, ConfigError> {
-        let initial = parse_number(
+    /// Every retry setting, every problem at once.
+    pub fn validate(&self) -> Result<RetryConfig, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let initial = errors.take(parse_number(
             &self.retry_initial_delay_seconds,
             "RETRY_INITIAL_DELAY_SECONDS",
             0,
             86_400,
-        )?;
-        let max = parse_number(
+        ));
+        let max = errors.take(parse_number(
             &self.retry_max_delay_seconds,
             "RETRY_MAX_DELAY_SECONDS",
             0,
             86_400,
-        )?;
-        if max < initial {
-            return Err(ConfigError::Invalid {
+        ));
+        if let (Some(initial), Some(max)) = (initial, max)
+            && max < initial
+        {
+            errors.0.push(ConfigError::Invalid {
                 var: "RETRY_MAX_DELAY_SECONDS",
                 value: self.retry_max_delay_seconds.clone(),
                 expected: format!(
@@ -487,19 +571,23 @@ impl RetryArgs {
                 ),
             });
         }
-        Ok(RetryConfig {
-            max_retry_count: parse_number(&self.max_retry_count, "MAX_RETRY_COUNT", 0, 1000)?
-                as u32,
-            initial_delay: Duration::from_secs(initial),
-            max_delay: Duration::from_secs(max),
-            timeout: Duration::from_secs(
-                60 * parse_number(
-                    &self.retries_timeout_minutes,
-                    "RETRIES_TIMEOUT_MINUTES",
-                    1,
-                    100_000,
-                )?,
-            ),
+        let count = errors.take(parse_number(
+            &self.max_retry_count,
+            "MAX_RETRY_COUNT",
+            0,
+            1000,
+        ));
+        let timeout = errors.take(parse_number(
+            &self.retries_timeout_minutes,
+            "RETRIES_TIMEOUT_MINUTES",
+            1,
+            100_000,
+        ));
+        errors.or(|| RetryConfig {
+            max_retry_count: count.expect("no error") as u32,
+            initial_delay: Duration::from_secs(initial.expect("no error")),
+            max_delay: Duration::from_secs(max.expect("no error")),
+            timeout: Duration::from_secs(60 * timeout.expect("no error")),
         })
     }
 }
@@ -515,8 +603,8 @@ fn non_empty(
     }
 }
 
-/// The smallest `MAX_WORK_DISK`: the dump's head and a few spool segments.
-pub const MIN_WORK_DISK: u64 = 16 << 20;
+/// The smallest `MAX_WORK_DISK` ([`crate::machine::MIN_WORK_DISK`]).
+pub use crate::machine::MIN_WORK_DISK;
 
 /// `64MiB`, `20GB`, `1.5GiB`, `1048576`: bytes (`None` if not a size).
 pub fn parse_bytes(value: &str) -> Option<u64> {
