@@ -151,6 +151,27 @@ fn every_version_s_cluster_creates_the_fixtures_extensions() {
     }
 }
 
+/// A PostgreSQL 14 target (Scalingo offers 14 to 17), dumped by pg_dump 18 from a 14 source:
+/// its `public` belongs to the bootstrap superuser, so the role cannot rename it and a swap is
+/// not possible. `check` and the run say why, the run wipes instead, and pagila restores
+/// exactly, twice in a row.
+#[test]
+fn a_pg14_target_is_refreshed_by_wipe_and_says_why_not_swap() {
+    let _t = Timer::start("a_pg14_target_is_refreshed_by_wipe_and_says_why_not_swap");
+    let s = scenario("pg14", 14, 18, &[], 14, 18, load(PAGILA));
+    let out = s.run(&["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("refresh: wipe (not swap: the role cannot rename the schema(s) public"),
+        "{text}"
+    );
+    s.run_ok(&["run"]);
+    assert_exact(&s);
+    s.run_ok(&["run", "--force"]);
+    assert_exact(&s);
+}
+
 /// (i) A public sample database (partitions, triggers, a materialized view, domains, an
 /// aggregate), twice in a row on the same target.
 #[test]

@@ -35,9 +35,9 @@ fn bin_in(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The majors the tests can run: 15 is Debian's, 16 to 18 come from `scripts/test`'s cache.
-pub const VERSIONS: [u32; 4] = [15, 16, 17, 18];
+pub const VERSIONS: [u32; 5] = [14, 15, 16, 17, 18];
 
-/// Where `scripts/test` unpacks PostgreSQL 16, 17 and 18 (`<cache>/<major>/bin`):
+/// Where `scripts/test` unpacks PostgreSQL 14, 16, 17 and 18 (`<cache>/<major>/bin`):
 /// `$REPLICATOR_PG_CACHE`, else `/var/cache/replicator-pg` as root, else
 /// `$XDG_CACHE_HOME/replicator-pg` or `~/.cache/replicator-pg`, as the script chooses.
 pub fn pg_cache_dir() -> PathBuf {
@@ -76,7 +76,7 @@ pub fn pg_bin_dir(major: u32) -> PathBuf {
         assert!(
             dir.join(tool).exists(),
             "PostgreSQL {major} is not installed: {} is missing. Run scripts/test once (it \
-             installs Debian's PostgreSQL 15 and fetches 16, 17 and 18 into {}; \
+             installs Debian's PostgreSQL 15 and fetches 14, 16, 17 and 18 into {}; \
              REPLICATOR_PG_CACHE overrides where)",
             dir.join(tool).display(),
             pg_cache_dir().display()
@@ -539,7 +539,7 @@ pub fn shared_cluster_version(major: u32) -> &'static PgCluster {
         pg_bin_dir(15);
         return shared_cluster();
     }
-    static SHARED: [OnceLock<PgCluster>; 4] = [const { OnceLock::new() }; 4];
+    static SHARED: [OnceLock<PgCluster>; 5] = [const { OnceLock::new() }; 5];
     let i = VERSIONS
         .iter()
         .position(|v| *v == major)
