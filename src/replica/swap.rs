@@ -318,23 +318,47 @@ pub async fn drop_schema(
     client: &Client,
     name: &str,
 ) -> Result<(), StepError> {
+    drop_tables_in_batches(target, client, Some(name)).await?;
+    with_lock_retries(
+        target,
+        client,
+        &format!(
+            "BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'; DROP SCHEMA IF EXISTS {} CASCADE; COMMIT",
+            quote_ident(name)
+        ),
+        "dropping a schema of an earlier copy",
+    )
+    .await
+}
+
+/// Drops the tables, materialized views and foreign tables of schema `schema` (`None`: every
+/// one the role owns, before the wipe's `DROP OWNED`), a batch per transaction sized from the
+/// server's lock table: one transaction over thousands of relations fails with `out of shared
+/// memory` for that alone.
+pub async fn drop_tables_in_batches(
+    target: &PgEndpoint,
+    client: &Client,
+    schema: Option<&str>,
+) -> Result<(), StepError> {
     let budget = super::locks::budget(target).await?;
     // Each table takes a few locks (its indexes, TOAST, sequences): a batch takes an eighth of
     // the table's room, leaving the rest to everyone else.
     let batch = (budget.capacity / 8 / 4).clamp(16, 2000) as usize;
-    let q = |e| target.query_error("dropping a schema of an earlier copy", e);
+    let q = |e| target.query_error("dropping tables in batches", e);
     loop {
-        // (kind of DROP, name): tables, materialized views and foreign tables of the schema.
+        // (kind of DROP, name): tables, materialized views and foreign tables.
         let found: Vec<(String, String)> = client
             .query(
                 "SELECT CASE c.relkind WHEN 'm' THEN 'MATERIALIZED VIEW'
                                        WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
                         format('%I.%I', n.nspname, c.relname)
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'm', 'f')
-                    AND NOT c.relispartition
+                  WHERE c.relkind IN ('r', 'p', 'm', 'f') AND NOT c.relispartition
+                    AND CASE WHEN $1::text IS NULL
+                             THEN c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                             ELSE n.nspname = $1 END
                   LIMIT $2",
-                &[&name, &(batch as i64)],
+                &[&schema, &(batch as i64)],
             )
             .await
             .map_err(q)?
@@ -342,7 +366,7 @@ pub async fn drop_schema(
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         if found.is_empty() {
-            break;
+            return Ok(());
         }
         let mut sql = format!("BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}';");
         for kind in ["TABLE", "MATERIALIZED VIEW", "FOREIGN TABLE"] {
@@ -359,24 +383,8 @@ pub async fn drop_schema(
             }
         }
         sql.push_str(" COMMIT");
-        with_lock_retries(
-            target,
-            client,
-            &sql,
-            "dropping the tables of an earlier copy",
-        )
-        .await?;
+        with_lock_retries(target, client, &sql, "dropping tables in batches").await?;
     }
-    with_lock_retries(
-        target,
-        client,
-        &format!(
-            "BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'; DROP SCHEMA IF EXISTS {} CASCADE; COMMIT",
-            quote_ident(name)
-        ),
-        "dropping a schema of an earlier copy",
-    )
-    .await
 }
 
 /// Runs `sql` (a whole transaction) again while it fails on a lock timeout: a reader's long

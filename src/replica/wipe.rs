@@ -61,6 +61,9 @@ pub struct DropOutcome {
 pub async fn drop_owned(target: &PgEndpoint) -> Result<DropOutcome, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let tables_before = count_tables_with(&client, target).await?;
+    // The tables first, in batches the lock table holds: one DROP OWNED over thousands of
+    // relations runs out of shared memory, and the target could never be refreshed again.
+    super::swap::drop_tables_in_batches(target, &client, None).await?;
     client
         .batch_execute(&format!(
             "SET lock_timeout = '{LOCK_TIMEOUT}'; DROP OWNED BY CURRENT_USER CASCADE"
