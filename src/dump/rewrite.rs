@@ -170,8 +170,10 @@ impl Rewriter {
                         && tokens[i - 2].kind == Kind::Str
                         && &stmt[tokens[i - 2].start..tokens[i - 2].end] == "'schemaname'";
                     let text = &stmt[t.start..t.end];
-                    if !text.starts_with('\'') {
-                        continue; // E'...' strings are not names pg_dump writes
+                    // E'...' strings are not names pg_dump writes; an unterminated one is not
+                    // a name either.
+                    if !text.starts_with('\'') || text.len() < 2 || !text.ends_with('\'') {
+                        continue;
                     }
                     let inner = text[1..text.len() - 1].replace("''", "'");
                     let rewritten = if stats {
