@@ -302,37 +302,11 @@ fn tokenize(s: &str) -> Vec<Token> {
             }
         } else if c == b'\'' || ((c == b'E' || c == b'e') && b.get(i + 1) == Some(&b'\'')) {
             let escapes = c != b'\'';
-            i += if escapes { 2 } else { 1 };
-            while i < b.len() {
-                if escapes && b[i] == b'\\' {
-                    i += 2;
-                } else if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            push(&mut out, Kind::Str, start, i.min(b.len()));
+            i = past_quoted(b, i + usize::from(escapes), b'\'', escapes);
+            push(&mut out, Kind::Str, start, i);
         } else if c == b'"' {
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            push(&mut out, Kind::Ident, start, i.min(b.len()));
+            i = past_quoted(b, i, b'"', false);
+            push(&mut out, Kind::Ident, start, i);
         } else if c == b'$' && dollar_tag(b, i).is_some() {
             let tag_end = dollar_tag(b, i).expect("tag");
             let tag = &b[i..tag_end];
@@ -364,6 +338,27 @@ fn tokenize(s: &str) -> Vec<Token> {
         }
     }
     out
+}
+
+/// Where the quoted text opening at `open` (`'...'` or `"..."`, its quote doubled inside;
+/// with `escapes`, backslashes escape too) ends: just past its closing quote, or the end of
+/// `b` when it is not closed.
+fn past_quoted(b: &[u8], open: usize, quote: u8, escapes: bool) -> usize {
+    let mut i = open + 1;
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
 }
 
 /// The end of a dollar-quote tag starting at `i` (`$$`, `$body$`), if one starts there.
