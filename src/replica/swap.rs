@@ -128,9 +128,9 @@ pub async fn assess(
         )));
     }
     // Objects of other roles in a live schema would go with yesterday's copy and be dropped.
-    let rows = client
-        .query(
-            "SELECT format('%s %I.%I (owned by %s)',
+    let list = found(
+        &client,
+        "SELECT format('%s %I.%I (owned by %s)',
                            CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
                                           WHEN 'S' THEN 'sequence' ELSE 'table' END,
                            n.nspname, c.relname, pg_get_userbyid(c.relowner))
@@ -141,21 +141,20 @@ pub async fn assess(
                                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                                    AND d.deptype = 'e')
               ORDER BY 1 LIMIT 10",
-            &[&live],
-        )
-        .await
-        .map_err(q)?;
-    if !rows.is_empty() {
-        let list: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        &live,
+    )
+    .await
+    .map_err(q)?;
+    if !list.is_empty() {
         return Ok(Err(format!(
             "objects of other roles live in the replica's schemas ({}): yesterday's schema goes away with the switch, and they with it; move them to a schema of their own, or grant their owner's role to the replicator's role",
             list.join(", ")
         )));
     }
     // Views elsewhere over the replica's tables would follow yesterday's tables and go.
-    let rows = client
-        .query(
-            "SELECT DISTINCT format('view %I.%I (owned by %s) reads %I.%I',
+    let list = found(
+        &client,
+        "SELECT DISTINCT format('view %I.%I (owned by %s) reads %I.%I',
                                     vn.nspname, v.relname, pg_get_userbyid(v.relowner),
                                     tn.nspname, t.relname)
                FROM pg_depend d
@@ -167,12 +166,11 @@ pub async fn assess(
               WHERE tn.nspname = ANY($1::text[]) AND NOT vn.nspname = ANY($1::text[])
                 AND v.oid <> t.oid
               ORDER BY 1 LIMIT 10",
-            &[&live],
-        )
-        .await
-        .map_err(q)?;
-    if !rows.is_empty() {
-        let list: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        &live,
+    )
+    .await
+    .map_err(q)?;
+    if !list.is_empty() {
         return Ok(Err(format!(
             "objects outside the replica's schemas depend on its tables ({}): they would follow yesterday's tables and be dropped with them",
             list.join(", ")
@@ -180,9 +178,9 @@ pub async fn assess(
     }
     // Extensions in a switched schema move with it: the role must own them, and they must be
     // relocatable.
-    let rows = client
-        .query(
-            "SELECT format('%s (in %s%s%s)', e.extname, n.nspname,
+    let list = found(
+        &client,
+        "SELECT format('%s (in %s%s%s)', e.extname, n.nspname,
                            CASE WHEN pg_has_role(current_user, e.extowner, 'MEMBER') THEN ''
                                 ELSE ', owned by ' || pg_get_userbyid(e.extowner) END,
                            CASE WHEN e.extrelocatable THEN '' ELSE ', not relocatable' END)
@@ -198,12 +196,11 @@ pub async fn assess(
                                    AND d.refobjid = e.oid AND d.deptype = 'e'
                                    AND NOT pg_has_role(current_user, p.proowner, 'MEMBER')))
               ORDER BY 1",
-            &[&live],
-        )
-        .await
-        .map_err(q)?;
-    if !rows.is_empty() {
-        let list: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        &live,
+    )
+    .await
+    .map_err(q)?;
+    if !list.is_empty() {
         return Ok(Err(format!(
             "the extension(s) {} live in a replica's schema and the role cannot move them with it at the switch (an extension created by a role that is not a superuser has members the superuser owns); a superuser can move them to a schema of their own once (`CREATE SCHEMA extensions; ALTER EXTENSION ... SET SCHEMA extensions`)",
             list.join(", ")
@@ -238,6 +235,20 @@ pub fn extension_schema(stmt: &str) -> Option<String> {
             .to_ascii_lowercase()
     };
     (!name.is_empty()).then_some(name)
+}
+
+/// The first column of `sql`'s rows, `$1` being `schemas`.
+async fn found(
+    client: &Client,
+    sql: &str,
+    schemas: &[String],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query(sql, &[&schemas])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// The statements that drop the leftovers of an earlier run and make the swap's schemas
