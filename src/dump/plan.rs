@@ -123,6 +123,12 @@ pub struct SwitchedSchema {
     pub live: String,
     pub shadow: String,
     pub old: String,
+    /// Switched object by object instead of renamed: the live schema stays, because it holds
+    /// what must stay (extensions whose members the role does not own, other roles' own
+    /// objects) or is not the role's to rename; yesterday's objects of the role move out to
+    /// `old` and tonight's move in from `shadow`, in the switch's one transaction.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_objects: bool,
 }
 
 /// The refresh a run does.
@@ -356,6 +362,19 @@ impl RestorePlan {
                 " (room for two copies until the switch: the dump is {} MiB, yesterday's database {} MiB)",
                 dump >> 20,
                 db >> 20
+            ));
+        }
+        let by_objects: Vec<&str> = self
+            .refresh
+            .schemas
+            .iter()
+            .filter(|s| s.by_objects)
+            .map(|s| s.live.as_str())
+            .collect();
+        if !by_objects.is_empty() {
+            text.push_str(&format!(
+                " ({} switched object by object: the schema stays, with what is not the role's)",
+                by_objects.join(", ")
             ));
         }
         if let Some(why) = &self.refresh.why_not_swap {

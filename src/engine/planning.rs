@@ -215,7 +215,7 @@ async fn decide_refresh(
     if asked == Some(RefreshMode::Wipe) {
         return Ok(Refresh::default());
     }
-    let schemas = crate::replica::swap::switched(&restored_schemas(plan));
+    let mut schemas = crate::replica::swap::switched(&restored_schemas(plan));
     let blob = plan.entries.iter().any(|e| {
         matches!(e.fate, crate::dump::plan::Fate::Restored { .. })
             && matches!(
@@ -225,10 +225,11 @@ async fn decide_refresh(
     });
     let why = if blob {
         Some("the dump holds large objects, which belong to the whole database and are not switched yet".to_string())
-    } else if let Some(why) = created_in_switched(target, dump, toc, plan, &schemas).await? {
-        Some(why)
     } else {
-        crate::replica::swap::assess(target, &schemas).await?.err()
+        let (pinned, ranges) = pinned_and_ranges(target, dump, toc, plan, &schemas).await?;
+        crate::replica::swap::assess(target, &mut schemas, &pinned, &ranges)
+            .await?
+            .err()
     };
     match (why, asked) {
         (None, _) => {
@@ -271,50 +272,61 @@ async fn decide_refresh(
     }
 }
 
-/// Why an extension the restore creates would stop a swap: created by a role that is not a
-/// superuser in a switched schema, its members belong to the superuser and cannot move with
-/// the schema at the switch.
-async fn created_in_switched(
+/// What the dump creates in the switched schemas that decides how they switch: the schemas
+/// the restore creates an extension in (an extension created by a role that is not a
+/// superuser has members the superuser owns, and cannot move with its schema: the schema is
+/// switched object by object), and those it creates a range type in (which cannot move object
+/// by object).
+async fn pinned_and_ranges(
     target: &PgEndpoint,
     dump: &Path,
     toc: &Toc,
     plan: &RestorePlan,
     schemas: &[crate::dump::plan::SwitchedSchema],
-) -> Result<Option<String>, StepError> {
+) -> Result<(HashSet<String>, HashSet<String>), StepError> {
     let created: Vec<&str> = plan
         .extensions
         .iter()
         .filter(|x| x.action == ExtensionAction::Created)
         .map(|x| x.name.as_str())
         .collect();
-    if created.is_empty() {
-        return Ok(None);
-    }
+    let live: HashSet<&str> = schemas.iter().map(|s| s.live.as_str()).collect();
+    let skip = plan.skip();
     let list: String = toc
         .entries()
         .zip(toc.sectioned())
-        .filter(|(e, _)| e.desc == "EXTENSION" && created.contains(&e.tag.as_str()))
+        .filter(|(e, _)| !skip.contains(&e.id))
+        .filter(|(e, _)| {
+            (e.desc == "EXTENSION" && created.contains(&e.tag.as_str()))
+                || (e.desc == "TYPE" && live.contains(e.schema.as_str()))
+        })
         .map(|(_, (_, _, line))| format!("{line}\n"))
         .collect();
+    let (mut pinned, mut ranges) = (HashSet::new(), HashSet::new());
+    if list.is_empty() {
+        return Ok((pinned, ranges));
+    }
     let applier = crate::replica::apply::Applier::new(target, dump, 1).await?;
-    let live: HashSet<&str> = schemas.iter().map(|s| s.live.as_str()).collect();
-    let mut blocked = Vec::new();
     for stmt in applier.statements(list).await? {
-        if let Some(schema) = crate::replica::swap::extension_schema(&stmt)
-            && live.contains(schema.as_str())
+        let upper = stmt.to_ascii_uppercase();
+        if upper.starts_with("CREATE EXTENSION") {
+            if let Some(schema) = crate::replica::swap::extension_schema(&stmt)
+                && live.contains(schema.as_str())
+            {
+                pinned.insert(schema);
+            }
+        } else if upper.starts_with("CREATE TYPE")
+            && upper.contains(" AS RANGE")
+            && let Some(schema) = stmt
+                .split_whitespace()
+                .nth(2)
+                .and_then(|n| n.split_once('.'))
+                .map(|(s, _)| s.trim_matches('"').to_string())
         {
-            blocked.push(format!(
-                "{} (in {schema})",
-                stmt.split_whitespace().nth(5).unwrap_or("?")
-            ));
+            ranges.insert(schema);
         }
     }
-    Ok((!blocked.is_empty()).then(|| {
-        format!(
-            "the restore creates the extension(s) {} in a replica's schema, and an extension created by a role that is not a superuser cannot move with its schema at the switch; a superuser can create them once in a schema of their own (`CREATE SCHEMA extensions; CREATE EXTENSION ... SCHEMA extensions`)",
-            blocked.join(", ")
-        )
-    }))
+    Ok((pinned, ranges))
 }
 
 /// Rehearses `plan` on `target` (see `replica::apply::rehearsal`) and records what was

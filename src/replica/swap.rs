@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+mod objects;
+
 use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::dump::plan::SwitchedSchema;
 use crate::dump::rewrite::quote_ident;
@@ -84,15 +86,22 @@ pub fn switched(schemas: &[String]) -> Vec<SwitchedSchema> {
             live: live.clone(),
             shadow: schema_name(SHADOW_PREFIX, live),
             old: schema_name(OLD_PREFIX, live),
+            by_objects: false,
         })
         .collect()
 }
 
-/// Whether `schemas` can be switched on `target`: `Ok(Err(why))` when not (said before
-/// anything is touched).
+/// Whether `schemas` can be switched on `target`, and how: `Ok(Err(why))` when not (said
+/// before anything is touched). A live schema that must stay is marked `by_objects` (see
+/// [`objects`]): it is not the role's to rename, it holds other roles' own objects or
+/// extensions that cannot move with it, or the restore creates an extension in it
+/// (`pinned`). `ranges`: the schemas the dump creates range types in (which cannot move
+/// object by object).
 pub async fn assess(
     target: &PgEndpoint,
-    schemas: &[SwitchedSchema],
+    schemas: &mut [SwitchedSchema],
+    pinned: &HashSet<String>,
+    ranges: &HashSet<String>,
 ) -> Result<Result<(), String>, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let q = |e| target.query_error("checking whether the schemas can be switched", e);
@@ -101,57 +110,106 @@ pub async fn assess(
         .iter()
         .flat_map(|s| [s.shadow.clone(), s.old.clone()])
         .collect();
-    // Schemas the role can neither rename nor drop.
-    let rows = client
-        .query(
-            "SELECT nspname::text, pg_get_userbyid(nspowner)::text FROM pg_namespace
-              WHERE nspname = ANY($1::text[])
-                AND NOT pg_has_role(current_user, nspowner, 'MEMBER')",
-            &[&[live.clone(), names].concat()],
-        )
-        .await
-        .map_err(q)?;
-    if !rows.is_empty() {
-        let list: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} (owned by {})",
-                    r.get::<_, String>(0),
-                    r.get::<_, String>(1)
-                )
-            })
-            .collect();
-        return Ok(Err(format!(
-            "the role cannot rename the schema(s) {}: a schema is switched by renaming it, which its owner (or a member of its owner's role) may do",
-            list.join(", ")
-        )));
-    }
-    // Objects of other roles in a live schema would go with yesterday's copy and be dropped.
+    // The swap's own names must be the role's to create and drop.
     let list = found(
         &client,
-        "SELECT format('%s %I.%I (owned by %s)',
-                           CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
-                                          WHEN 'S' THEN 'sequence' ELSE 'table' END,
-                           n.nspname, c.relname, pg_get_userbyid(c.relowner))
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r','p','v','m','S','f')
-                AND NOT pg_has_role(current_user, c.relowner, 'MEMBER')
-                AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                                 WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                                   AND d.deptype = 'e')
-              ORDER BY 1 LIMIT 10",
-        &live,
+        "SELECT format('%s (owned by %s)', nspname, pg_get_userbyid(nspowner)) FROM pg_namespace
+          WHERE nspname = ANY($1::text[]) AND NOT pg_has_role(current_user, nspowner, 'MEMBER')
+          ORDER BY 1",
+        &names,
     )
     .await
     .map_err(q)?;
     if !list.is_empty() {
         return Ok(Err(format!(
-            "objects of other roles live in the replica's schemas ({}): yesterday's schema goes away with the switch, and they with it; move them to a schema of their own, or grant their owner's role to the replicator's role",
+            "the schema(s) {} have the names a swap builds in and are not the role's",
             list.join(", ")
         )));
     }
-    // Views elsewhere over the replica's tables would follow yesterday's tables and go.
+    // Live schemas that stay: another role's; other roles' own objects in them; extensions
+    // the role cannot move with them (an extension created by a role that is not a superuser
+    // has members the superuser owns).
+    let staying = found(
+        &client,
+        "SELECT n.nspname::text FROM pg_namespace n
+          WHERE n.nspname = ANY($1::text[])
+            AND (NOT pg_has_role(current_user, n.nspowner, 'MEMBER')
+                 OR EXISTS (SELECT 1 FROM pg_class c
+                             WHERE c.relnamespace = n.oid AND c.relkind IN ('r','p','v','m','S','f')
+                               AND NOT pg_has_role(current_user, c.relowner, 'MEMBER')
+                               AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                                WHERE d.classid = 'pg_class'::regclass
+                                                  AND d.objid = c.oid AND d.deptype = 'e'))
+                 OR EXISTS (SELECT 1 FROM pg_extension e
+                             WHERE e.extnamespace = n.oid
+                               AND (NOT e.extrelocatable
+                                    OR NOT pg_has_role(current_user, e.extowner, 'MEMBER')
+                                    OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_proc p
+                                                   ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                                                WHERE d.refclassid = 'pg_extension'::regclass
+                                                  AND d.refobjid = e.oid AND d.deptype = 'e'
+                                                  AND NOT pg_has_role(current_user, p.proowner, 'MEMBER')))))",
+        &live,
+    )
+    .await
+    .map_err(q)?;
+    for s in schemas.iter_mut() {
+        s.by_objects = staying.contains(&s.live) || pinned.contains(&s.live);
+    }
+    let by_objects: Vec<String> = schemas
+        .iter()
+        .filter(|s| s.by_objects)
+        .map(|s| s.live.clone())
+        .collect();
+    if !by_objects.is_empty() {
+        // Objects move into a schema the role may create in.
+        let list = found(
+            &client,
+            "SELECT nspname::text FROM pg_namespace
+              WHERE nspname = ANY($1::text[]) AND NOT has_schema_privilege(oid, 'CREATE')
+              ORDER BY 1",
+            &by_objects,
+        )
+        .await
+        .map_err(q)?;
+        if !list.is_empty() {
+            return Ok(Err(format!(
+                "the schema(s) {} must stay (they hold what cannot move, or are not the role's) and the role may not create objects in them, where tonight's objects would move",
+                list.join(", ")
+            )));
+        }
+        let mut held = objects::range_types(&client, &by_objects)
+            .await
+            .map_err(q)?;
+        held.extend(by_objects.iter().filter(|s| ranges.contains(*s)).cloned());
+        if !held.is_empty() {
+            return Ok(Err(format!(
+                "the schema(s) {} must be switched object by object (they hold extensions or other roles' objects that stay, or are not the role's), and range types there ({}) cannot move: their constructor functions belong to the bootstrap superuser",
+                by_objects.join(", "),
+                held.join(", ")
+            )));
+        }
+        // Yesterday's and tonight's relations move in one transaction.
+        let relations: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = ANY($1::text[])
+                    AND pg_has_role(current_user, c.relowner, 'MEMBER')",
+                &[&by_objects],
+            )
+            .await
+            .map_err(q)?
+            .get(0);
+        let budget = super::locks::budget(target).await?;
+        if (2 * relations.max(0) as u64) > budget.capacity / 2 {
+            return Ok(Err(format!(
+                "the schema(s) {} must be switched object by object, and moving their {relations} relations out and tonight's in needs more locks in one transaction than half the server's lock table ({})",
+                by_objects.join(", "),
+                budget.capacity
+            )));
+        }
+    }
+    // Other roles' views over the replica's tables would follow yesterday's tables and go.
     let list = found(
         &client,
         "SELECT DISTINCT format('view %I.%I (owned by %s) reads %I.%I',
@@ -163,7 +221,9 @@ pub async fn assess(
                JOIN pg_namespace vn ON vn.oid = v.relnamespace
                JOIN pg_class t ON d.refclassid = 'pg_class'::regclass AND t.oid = d.refobjid
                JOIN pg_namespace tn ON tn.oid = t.relnamespace
-              WHERE tn.nspname = ANY($1::text[]) AND NOT vn.nspname = ANY($1::text[])
+              WHERE tn.nspname = ANY($1::text[])
+                AND (NOT vn.nspname = ANY($1::text[])
+                     OR NOT pg_has_role(current_user, v.relowner, 'MEMBER'))
                 AND v.oid <> t.oid
               ORDER BY 1 LIMIT 10",
         &live,
@@ -172,37 +232,7 @@ pub async fn assess(
     .map_err(q)?;
     if !list.is_empty() {
         return Ok(Err(format!(
-            "objects outside the replica's schemas depend on its tables ({}): they would follow yesterday's tables and be dropped with them",
-            list.join(", ")
-        )));
-    }
-    // Extensions in a switched schema move with it: the role must own them, and they must be
-    // relocatable.
-    let list = found(
-        &client,
-        "SELECT format('%s (in %s%s%s)', e.extname, n.nspname,
-                           CASE WHEN pg_has_role(current_user, e.extowner, 'MEMBER') THEN ''
-                                ELSE ', owned by ' || pg_get_userbyid(e.extowner) END,
-                           CASE WHEN e.extrelocatable THEN '' ELSE ', not relocatable' END)
-               FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-              WHERE n.nspname = ANY($1::text[])
-                AND (NOT e.extrelocatable
-                     OR NOT pg_has_role(current_user, e.extowner, 'MEMBER')
-                     -- A trusted extension a role created has members the superuser owns:
-                     -- moving it needs to own them.
-                     OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_proc p
-                                    ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
-                                 WHERE d.refclassid = 'pg_extension'::regclass
-                                   AND d.refobjid = e.oid AND d.deptype = 'e'
-                                   AND NOT pg_has_role(current_user, p.proowner, 'MEMBER')))
-              ORDER BY 1",
-        &live,
-    )
-    .await
-    .map_err(q)?;
-    if !list.is_empty() {
-        return Ok(Err(format!(
-            "the extension(s) {} live in a replica's schema and the role cannot move them with it at the switch (an extension created by a role that is not a superuser has members the superuser owns); a superuser can move them to a schema of their own once (`CREATE SCHEMA extensions; ALTER EXTENSION ... SET SCHEMA extensions`)",
+            "objects of other roles or outside the replica's schemas depend on its tables ({}): they would follow yesterday's tables and be dropped with them",
             list.join(", ")
         )));
     }
@@ -479,12 +509,17 @@ pub async fn switch(
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     if !switched_already(target, &client, run_id).await? {
         let live: Vec<String> = schemas.iter().map(|s| s.live.clone()).collect();
+        let renamed: Vec<String> = schemas
+            .iter()
+            .filter(|s| !s.by_objects)
+            .map(|s| s.live.clone())
+            .collect();
         let extensions: Vec<(String, String)> = client
             .query(
                 "SELECT e.extname::text, n.nspname::text
                    FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
                   WHERE n.nspname = ANY($1::text[])",
-                &[&live],
+                &[&renamed],
             )
             .await
             .map_err(|e| target.query_error("listing the extensions to move", e))?
@@ -492,7 +527,24 @@ pub async fn switch(
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         let mut sql = format!("BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}';\n");
-        for s in schemas {
+        // The moves go first: their identities name the schemas as they are before the
+        // renames.
+        for s in schemas.iter().filter(|s| s.by_objects) {
+            let q = |e| target.query_error("listing the objects to move at the switch", e);
+            let out = objects::moves(&client, &s.live, &s.old).await.map_err(q)?;
+            let into = objects::moves(&client, &s.shadow, &s.live)
+                .await
+                .map_err(q)?;
+            tracing::debug!(
+                schema = %s.live,
+                out = out.len(),
+                into = into.len(),
+                "switching {} object by object",
+                s.live
+            );
+            sql.push_str(&objects::switch_sql(&s.old, &s.shadow, &out, &into));
+        }
+        for s in schemas.iter().filter(|s| !s.by_objects) {
             sql.push_str(&format!(
                 "ALTER SCHEMA {} RENAME TO {};\nALTER SCHEMA {} RENAME TO {};\n",
                 quote_ident(&s.live),
@@ -557,6 +609,18 @@ pub async fn carry_schemas(
         let Some(row) = row else { continue };
         let (owner, other): (String, bool) = (row.get(0), row.get(1));
         let (comment, tonight): (Option<String>, Option<String>) = (row.get(2), row.get(3));
+        if s.by_objects {
+            // The live schema stays, with its owner and privileges; the dump's comment on it
+            // was restored on the shadow.
+            if let Some(c) = tonight.filter(|t| Some(t) != comment.as_ref()) {
+                out.push(format!(
+                    "COMMENT ON SCHEMA {} IS '{}'",
+                    quote_ident(&s.live),
+                    c.replace('\'', "''")
+                ));
+            }
+            continue;
+        }
         if other {
             out.push(format!(
                 "ALTER SCHEMA {} OWNER TO {}",
