@@ -166,6 +166,47 @@ pub struct Grant {
 pub struct Readers {
     pub grants: Vec<Grant>,
     pub defaults: Vec<Grant>,
+    /// Readers' views over the replica's tables, which go with yesterday's tables: kept here
+    /// and in `replicator.kept_definitions`, and re-created on tonight's where the role may
+    /// act as their owner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<KeptView>,
+}
+
+/// A view (or materialized view) that depends on the replica's tables and is not the
+/// restore's: an analyst's, or the role's own outside the restored schemas.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptView {
+    pub schema: String,
+    pub name: String,
+    /// `VIEW` or `MATERIALIZED VIEW`.
+    pub kind: String,
+    pub owner: String,
+    /// Whether the replicator's role may act as the owner (a member of the owner's role): it
+    /// re-creates the view then.
+    pub recreated: bool,
+    /// The table it reads, for the message (`public.actor`).
+    pub reads: String,
+    /// `CREATE VIEW schema.name AS ...`, names qualified.
+    pub definition: String,
+    /// `GRANT ...` and `COMMENT ON ...` statements that go with it.
+    pub extras: Vec<String>,
+    /// Views over views come after what they read.
+    pub depth: i32,
+}
+
+impl KeptView {
+    /// `view reports.top_actors (owned by analyst) reads public.actor`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}.{} (owned by {}) reads {}",
+            self.kind.to_lowercase(),
+            self.schema,
+            self.name,
+            self.owner,
+            self.reads
+        )
+    }
 }
 
 impl Readers {
@@ -380,7 +421,25 @@ impl RestorePlan {
         if let Some(why) = &self.refresh.why_not_swap {
             text.push_str(&format!(" (not swap: {why})"));
         }
-        if !self.readers.is_empty() {
+        let (again, kept): (Vec<&KeptView>, Vec<&KeptView>) =
+            self.readers.views.iter().partition(|v| v.recreated);
+        if !again.is_empty() {
+            text.push_str(&format!(
+                "; readers' views re-created on tonight's tables: {}",
+                again
+                    .iter()
+                    .map(|v| v.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !kept.is_empty() {
+            text.push_str(&format!(
+                "; readers' views that go with yesterday's tables (the role may not act as their owner; their definitions are kept in replicator.kept_definitions): {}",
+                kept.iter().map(|v| v.describe()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if !self.readers.grants.is_empty() || !self.readers.defaults.is_empty() {
             text.push_str(&format!("; reader roles kept: {}", self.readers.describe()));
         }
         if !self.extensions.is_empty() {

@@ -163,6 +163,25 @@ pub async fn decide(
     // Readers' privileges, read before anything is touched, given again after the restore.
     let live: Vec<String> = restored_schemas(&plan);
     plan.readers = crate::replica::readers::read(target, &live).await?;
+    // Readers' views over the replica's tables go with yesterday's: kept, re-created.
+    let client = target.connect().await?;
+    let swapped = plan.refresh.mode == RefreshMode::Swap;
+    plan.readers.views =
+        crate::replica::dependents::read(target, &client, swapped.then_some(live.as_slice()))
+            .await?;
+    for v in &plan.readers.views {
+        if v.recreated {
+            info!(
+                "{} depends on yesterday's tables: the run re-creates it on tonight's",
+                v.describe()
+            );
+        } else {
+            warn!(
+                "{} goes with yesterday's tables: the role may not act as its owner; its definition is kept in replicator.kept_definitions",
+                v.describe()
+            );
+        }
+    }
     for l in &reported {
         warn!(
             kind = %l.kind,

@@ -61,7 +61,11 @@ impl RealSteps {
         let plan = self.plan_of(run).await?;
         match plan.refresh.mode {
             RefreshMode::Wipe => {
-                replica::drop_owned(&self.target).await?;
+                let client = self.target.connect().await?;
+                let earlier = replica::dependents::earlier_sql(&self.target, &client).await?;
+                let keep =
+                    replica::dependents::keep_sql(&run.run_id, &plan.readers.views, &earlier);
+                replica::drop_owned(&self.target, &keep).await?;
             }
             RefreshMode::Swap => {
                 replica::swap::prepare(
@@ -101,6 +105,7 @@ impl RealSteps {
                         plan.readers.describe()
                     );
                 }
+                replica::dependents::recreate(&self.target, &plan.readers.views).await?;
             }
             RefreshMode::Swap => {
                 let shadow: HashMap<&str, &str> = plan
@@ -138,9 +143,17 @@ impl RealSteps {
                         replica::swap::carry_schemas(&self.target, &client, &plan.refresh.schemas)
                             .await?,
                     );
+                    carried.extend(replica::dependents::keep_sql(
+                        &run.run_id,
+                        &plan.readers.views,
+                        &[],
+                    ));
                 }
                 replica::swap::switch(&self.target, &run.run_id, &plan.refresh.schemas, &carried)
                     .await?;
+                // Before yesterday's tables go, and the views over them with them.
+                replica::dependents::recreate(&self.target, &plan.readers.views).await?;
+                replica::swap::drop_yesterday(&self.target, &plan.refresh.schemas).await?;
             }
         }
         Ok(())

@@ -15,6 +15,7 @@
 
 pub mod apply;
 mod checks;
+pub mod dependents;
 pub mod fk;
 pub mod identity;
 mod lock;

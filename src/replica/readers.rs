@@ -87,7 +87,11 @@ pub async fn read(target: &PgEndpoint, schemas: &[String]) -> Result<Readers, St
             grantable: r.get(4),
         })
         .collect();
-    Ok(Readers { grants, defaults })
+    Ok(Readers {
+        grants,
+        defaults,
+        views: Vec::new(),
+    })
 }
 
 /// `GRANT` of `g` on the object in schema `schema` (the live one, or its shadow).

@@ -136,7 +136,7 @@ pub async fn assess(
             AND (NOT pg_has_role(current_user, n.nspowner, 'MEMBER')
                  OR EXISTS (SELECT 1 FROM pg_class c
                              WHERE c.relnamespace = n.oid AND c.relkind IN ('r','p','v','m','S','f')
-                               AND NOT pg_has_role(current_user, c.relowner, 'MEMBER')
+                               AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
                                AND NOT EXISTS (SELECT 1 FROM pg_depend d
                                                 WHERE d.classid = 'pg_class'::regclass
                                                   AND d.objid = c.oid AND d.deptype = 'e'))
@@ -193,8 +193,7 @@ pub async fn assess(
         let relations: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = ANY($1::text[])
-                    AND pg_has_role(current_user, c.relowner, 'MEMBER')",
+                  WHERE n.nspname = ANY($1::text[]) AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
                 &[&by_objects],
             )
             .await
@@ -209,33 +208,8 @@ pub async fn assess(
             )));
         }
     }
-    // Other roles' views over the replica's tables would follow yesterday's tables and go.
-    let list = found(
-        &client,
-        "SELECT DISTINCT format('view %I.%I (owned by %s) reads %I.%I',
-                                    vn.nspname, v.relname, pg_get_userbyid(v.relowner),
-                                    tn.nspname, t.relname)
-               FROM pg_depend d
-               JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
-               JOIN pg_class v ON v.oid = r.ev_class
-               JOIN pg_namespace vn ON vn.oid = v.relnamespace
-               JOIN pg_class t ON d.refclassid = 'pg_class'::regclass AND t.oid = d.refobjid
-               JOIN pg_namespace tn ON tn.oid = t.relnamespace
-              WHERE tn.nspname = ANY($1::text[])
-                AND (NOT vn.nspname = ANY($1::text[])
-                     OR NOT pg_has_role(current_user, v.relowner, 'MEMBER'))
-                AND v.oid <> t.oid
-              ORDER BY 1 LIMIT 10",
-        &live,
-    )
-    .await
-    .map_err(q)?;
-    if !list.is_empty() {
-        return Ok(Err(format!(
-            "objects of other roles or outside the replica's schemas depend on its tables ({}): they would follow yesterday's tables and be dropped with them",
-            list.join(", ")
-        )));
-    }
+    // Readers' views over the replica's tables are kept and re-created
+    // (`replica::dependents`), not a reason to wipe.
     let can_create: bool = client
         .query_one(
             "SELECT has_database_privilege(current_database(), 'CREATE')",
@@ -498,8 +472,8 @@ pub async fn switched_already(
 /// The switch: one transaction that renames each live schema aside and each shadow to the
 /// live name, moves the extensions of the live schemas with them, carries the live schemas'
 /// owner, privileges and comment over (`carried`: statements run after the renames), and
-/// records the switch; then yesterday's schemas are dropped. A run resumed here after the
-/// commit only drops.
+/// records the switch ([`drop_yesterday`] drops yesterday's schemas after). A run resumed
+/// here after the commit does nothing.
 pub async fn switch(
     target: &PgEndpoint,
     run_id: &str,
@@ -575,7 +549,15 @@ pub async fn switch(
             live.join(", ")
         );
     }
-    // Yesterday's schemas go; one that cannot is dropped by the next run.
+    Ok(())
+}
+
+/// Drops yesterday's schemas after the switch; one that cannot go is dropped by the next run.
+pub async fn drop_yesterday(
+    target: &PgEndpoint,
+    schemas: &[SwitchedSchema],
+) -> Result<(), StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     for s in schemas {
         if let Err(e) = drop_schema(target, &client, &s.old).await {
             tracing::warn!(schema = %s.old, "could not drop yesterday's schema {}: {e}; the next run drops it", s.old);

@@ -58,7 +58,9 @@ pub struct DropOutcome {
 
 /// Wipes everything the role owns (`DROP OWNED BY CURRENT_USER CASCADE`) and makes sure schema
 /// `public` exists again for the restore.
-pub async fn drop_owned(target: &PgEndpoint) -> Result<DropOutcome, StepError> {
+/// `keep`: statements run in the same transaction (the readers' views' definitions, kept in
+/// `replicator.kept_definitions`, which the wipe would drop otherwise).
+pub async fn drop_owned(target: &PgEndpoint, keep: &[String]) -> Result<DropOutcome, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let tables_before = count_tables_with(&client, target).await?;
     // The tables first, in batches the lock table holds: one DROP OWNED over thousands of
@@ -66,7 +68,8 @@ pub async fn drop_owned(target: &PgEndpoint) -> Result<DropOutcome, StepError> {
     super::swap::drop_tables_in_batches(target, &client, None).await?;
     client
         .batch_execute(&format!(
-            "SET lock_timeout = '{LOCK_TIMEOUT}'; DROP OWNED BY CURRENT_USER CASCADE"
+            "SET lock_timeout = '{LOCK_TIMEOUT}'; BEGIN; DROP OWNED BY CURRENT_USER CASCADE; {} COMMIT",
+            keep.iter().map(|k| format!("{k}; ")).collect::<String>()
         ))
         .await
         .map_err(|e| target.query_error("DROP OWNED BY CURRENT_USER CASCADE", e))?;

@@ -64,7 +64,7 @@ async fn drop_owned_wipes_a_non_superuser_target_and_public_exists_afterwards() 
     let target = target_of(&db);
     assert_eq!(replica::count_tables(&target).await.unwrap(), 2);
 
-    let out = replica::drop_owned(&target).await.unwrap();
+    let out = replica::drop_owned(&target, &[]).await.unwrap();
     assert_eq!(out.tables_before, 2);
     assert_eq!(replica::count_tables(&target).await.unwrap(), 0);
     let left = cluster.superuser_psql(
@@ -86,7 +86,7 @@ async fn drop_owned_wipes_a_non_superuser_target_and_public_exists_afterwards() 
             db.role
         ),
     );
-    let out = replica::drop_owned(&target).await.unwrap();
+    let out = replica::drop_owned(&target, &[]).await.unwrap();
     assert_eq!(out.tables_before, 1);
     assert!(out.public_recreated);
     let owner = cluster.superuser_psql(
@@ -166,7 +166,7 @@ async fn restoring_the_rich_source_in_sections_with_unlogged_tables_gives_the_sa
     assert_eq!(info.fk_constraints, 3, "{info:?}");
     assert!(info.dumped_by.as_deref().unwrap().starts_with("15."));
 
-    replica::drop_owned(&target).await.unwrap();
+    replica::drop_owned(&target, &[]).await.unwrap();
     let seen = Mutex::new(Vec::new());
     let record = |done: u64, total: u64| seen.lock().unwrap().push((done, total));
     replica::restore_section(&target, &dump, Section::PreData, 2, &record)
@@ -213,7 +213,7 @@ async fn restoring_the_rich_source_in_sections_with_unlogged_tables_gives_the_sa
     );
 
     // The next night: wipe and restore again on top of the previous copy.
-    replica::drop_owned(&target).await.unwrap();
+    replica::drop_owned(&target, &[]).await.unwrap();
     replica::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
         .await
         .unwrap();
@@ -253,7 +253,7 @@ async fn the_real_pix_dump_restores_like_a_restore_by_hand() {
     );
 
     let t0 = Instant::now();
-    replica::drop_owned(&target).await.unwrap();
+    replica::drop_owned(&target, &[]).await.unwrap();
     replica::restore_section(&target, &fixture, Section::PreData, 2, &no_progress)
         .await
         .unwrap();
@@ -545,7 +545,7 @@ async fn a_stopped_server_is_a_transient_failure_and_a_restart_recovers() {
     assert!(!err.to_string().contains(&db.password));
 
     cluster.start_again();
-    replica::drop_owned(&target).await.unwrap();
+    replica::drop_owned(&target, &[]).await.unwrap();
     replica::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
         .await
         .unwrap();

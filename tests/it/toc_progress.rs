@@ -39,7 +39,7 @@ async fn progress_reaches_its_total_when_the_list_leaves_rows_and_foreign_keys_o
     let list = tmp.path().join("restore.list");
     toc.write_list(&list, &skip).unwrap();
 
-    replica::drop_owned(&target).await.unwrap();
+    replica::drop_owned(&target, &[]).await.unwrap();
     replica::restore_section(&target, &dump, Section::PreData, 1, &no_progress)
         .await
         .unwrap();

@@ -83,7 +83,7 @@ const OBJECTS_SQL: &str = "WITH objs(ord, kind, ident, cls, oid, owner) AS (
        AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
 )
 SELECT kind, ident FROM objs o
- WHERE pg_has_role(current_user, o.owner, 'MEMBER')
+ WHERE o.owner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
    -- An extension's members stay with their extension; a routine that is part of another
    -- object (a range's constructor) is not the role's to move.
    AND NOT EXISTS (SELECT 1 FROM pg_depend d
@@ -121,7 +121,7 @@ pub async fn range_types(
             "SELECT format('%I.%I', n.nspname, t.typname)
                FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
               WHERE n.nspname = ANY($1::text[]) AND t.typtype = 'r'
-                AND pg_has_role(current_user, t.typowner, 'MEMBER')
+                AND t.typowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
               ORDER BY 1",
             &[&schemas],
         )
