@@ -462,6 +462,9 @@ impl Steps for RealSteps {
         } else {
             crate::dump::verify::check_dump_complete(&dump).await?
         };
+        // An abandoned run's shadow schemas take the target's disk: gone before this run
+        // rehearses and builds (they are nobody's replica; this run's own are made later).
+        replica::swap::drop_abandoned(&self.target, &run.run_id).await?;
         let work = WorkDir::of(&self.state_dir, &run.run_id);
         let decided = super::planning::decide(
             &self.target,

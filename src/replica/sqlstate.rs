@@ -201,6 +201,11 @@ pub(crate) fn classify_on(e: &tokio_postgres::Error, side: Side) -> (bool, &'sta
             (false, no_database)
         } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
             (false, privilege)
+        } else if *code == SqlState::DISK_FULL {
+            (
+                false,
+                "; the server's disk is full: in swap mode (REFRESH_MODE=swap, the default) the target holds yesterday's copy and tonight's until the switch, and yesterday's is left as it was; free space on the server, or set REFRESH_MODE=wipe to hold one copy (readers then see an empty replica during the restore)",
+            )
         } else if is_transient_sqlstate(code) {
             (true, retry)
         } else {

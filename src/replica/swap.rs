@@ -325,6 +325,40 @@ pub async fn drop_leftovers(target: &PgEndpoint, client: &Client) -> Result<usiz
     Ok(rows.len())
 }
 
+/// Drops the leftovers of earlier runs (see [`drop_leftovers`]) unless run `run_id` has
+/// loaded something into them already (its records in `replicator.loaded`): called before a
+/// run rehearses, so that an abandoned run's shadow does not hold the disk that tonight's
+/// needs. Returns how many schemas went.
+pub async fn drop_abandoned(target: &PgEndpoint, run_id: &str) -> Result<usize, StepError> {
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
+    let mine: bool = client
+        .query_one(
+            "SELECT to_regclass('replicator.loaded') IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'replicator')",
+            &[],
+        )
+        .await
+        .map_err(|e| target.query_error("looking for the run's records", e))?
+        .get(0);
+    if mine {
+        let loaded = client
+            .query_opt(
+                "SELECT 1 FROM replicator.loaded WHERE run_id = $1 LIMIT 1",
+                &[&run_id],
+            )
+            .await
+            .map_err(|e| target.query_error("reading the run's records", e))?;
+        if loaded.is_some() {
+            return Ok(0);
+        }
+    }
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await
+        .map_err(|e| target.query_error("dropping an abandoned run's schemas", e))?;
+    drop_leftovers(target, &client).await
+}
+
 /// Drops schema `name` and everything in it, in transactions that each lock at most what the
 /// server's lock table holds (a schema of thousands of tables cannot go in one): its tables a
 /// batch at a time, then the schema. Waits for readers' locks (`lock_timeout`, retried).

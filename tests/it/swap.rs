@@ -274,3 +274,242 @@ fn a_target_of_thousands_of_relations_is_refreshed_night_after_night_in_both_mod
         }
     }
 }
+
+/// `sql` run as `role` (password `password`) on the target: (success, stdout + stderr).
+fn psql_as(s: &Scenario, role: &str, password: &str, sql: &str) -> (bool, String) {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", s.cluster.port().to_string())
+        .env("PGUSER", role)
+        .env("PGPASSWORD", password)
+        .env("PGDATABASE", &s.target.dbname)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Readers keep objects of their own in the replica: an analyst's table in `public` (it stays,
+/// rows and all), an analyst's view over a replica table with a grant to a colleague (the
+/// replicator's role is a member of the analyst's role: the view is re-created on tonight's
+/// table, grant included), and an outsider's view in a schema of its own (the role may not act
+/// as its owner: it goes with yesterday's table, is named by `check`, and its definition is
+/// kept in `replicator.kept_definitions`). Two nights in each mode.
+#[test]
+fn readers_own_objects_are_kept_or_recreated_in_both_modes() {
+    for mode in ["swap", "wipe"] {
+        let mut s = Scenario::new(&format!("own_{mode}"), fill(1_000));
+        s.set_env("REFRESH_MODE", mode);
+        s.run_ok(&["run"]);
+        let analyst = format!("{}_analyst", s.target.role);
+        let outsider = format!("{}_outsider", s.target.role);
+        s.cluster.superuser_psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE \"{analyst}\" LOGIN PASSWORD 'pw';
+                 CREATE ROLE \"{outsider}\" LOGIN PASSWORD 'pw';
+                 GRANT \"{analyst}\" TO \"{}\";",
+                s.target.role
+            ),
+        );
+        s.target_psql(&format!(
+            "GRANT USAGE, CREATE ON SCHEMA public TO \"{analyst}\";
+             GRANT SELECT ON actor TO \"{analyst}\", \"{outsider}\";
+             ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO \"{analyst}\", \"{outsider}\";
+             GRANT CREATE ON DATABASE \"{}\" TO \"{outsider}\";",
+            s.target.dbname
+        ));
+        let analyst_sql = format!(
+            "CREATE TABLE public.analyst_notes (note text);
+             INSERT INTO public.analyst_notes VALUES ('keep me');
+             CREATE VIEW public.long_names AS SELECT id, name FROM public.actor WHERE length(name) > 3;
+             GRANT SELECT ON public.long_names TO \"{outsider}\";"
+        );
+        let (ok, out) = psql_as(&s, &analyst, "pw", &analyst_sql);
+        assert!(ok, "{out}");
+        let (ok, out) = psql_as(
+            &s,
+            &outsider,
+            "pw",
+            "CREATE SCHEMA mine; CREATE VIEW mine.top AS SELECT max(id) AS top FROM public.actor;",
+        );
+        assert!(ok, "{out}");
+
+        let check = s.run(&["check"]);
+        let text = stdout(&check);
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "{mode}: {text}{}",
+            stderr(&check)
+        );
+        assert!(
+            text.contains("readers' views re-created on tonight's tables: view public.long_names"),
+            "{mode}: {text}"
+        );
+        assert!(
+            text.contains("replicator.kept_definitions): view mine.top"),
+            "{mode}: {text}"
+        );
+        for (night, rows) in [(1, 2_000), (2, 3_000)] {
+            new_backup(&s, rows);
+            s.run_ok(&["run", "--force"]);
+            // Names are `a1`..: longer than 3 characters from `a100` on.
+            let want = (rows - 99).to_string();
+            assert_eq!(
+                psql_as(&s, &analyst, "pw", "SELECT count(*) FROM public.long_names"),
+                (true, want.clone()),
+                "{mode} night {night}: the analyst's view does not read tonight's table"
+            );
+            assert_eq!(
+                psql_as(
+                    &s,
+                    &outsider,
+                    "pw",
+                    "SELECT count(*) FROM public.long_names"
+                ),
+                (true, want),
+                "{mode} night {night}: the grant on the analyst's view is gone"
+            );
+            assert_eq!(
+                psql_as(&s, &analyst, "pw", "SELECT note FROM public.analyst_notes"),
+                (true, "keep me".to_string()),
+                "{mode} night {night}: the analyst's table is gone"
+            );
+            assert_eq!(
+                s.target_psql(
+                    "SELECT count(*) FROM pg_class WHERE relname = 'top'
+                       AND relnamespace = 'mine'::regnamespace"
+                ),
+                "0"
+            );
+            let kept = s.target_psql(
+                "SELECT definition FROM replicator.kept_definitions
+                  WHERE schema_name = 'mine' AND name = 'top' ORDER BY kept_at DESC LIMIT 1",
+            );
+            assert!(
+                kept.starts_with("CREATE VIEW mine.top AS") && kept.contains("public.actor"),
+                "{mode} night {night}: {kept}"
+            );
+        }
+    }
+}
+
+/// A small filesystem mounted for a test (tmpfs, root only), unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` (and why, printed) where this process may not mount.
+    fn mount(mib: u32) -> Option<SmallDisk> {
+        let dir = std::env::temp_dir().join(format!("replicator-small-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The server runs as `postgres` when the tests run as root (common/pg.rs).
+        let uid = std::process::Command::new("id")
+            .args(["-u", "postgres"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let owner = uid.map(|u| format!(",uid={u}")).unwrap_or_default();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700{owner}"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk(dir)),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a small tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The target's disk fills up while tonight's copy is built beside yesterday's: the run fails
+/// saying so and naming `REFRESH_MODE=wipe`, yesterday's replica is exactly as it was and
+/// readable, and the next night (a backup that fits) succeeds. The target database lives in a
+/// tablespace on a 24 MiB tmpfs (its catalog takes about 8; tonight's table and indexes need
+/// about 35).
+#[test]
+fn a_disk_that_fills_up_during_the_build_leaves_yesterday_whole() {
+    let Some(disk) = SmallDisk::mount(24) else {
+        return;
+    };
+    let s = Scenario::new("swap_full", fill(2_000));
+    s.run_ok(&["run"]);
+    let space = format!("{}_space", s.target.dbname);
+    s.cluster.superuser_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLESPACE \"{space}\" LOCATION '{}';",
+            disk.0.display()
+        ),
+    );
+    s.cluster.superuser_psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE \"{}\" SET TABLESPACE \"{space}\";",
+            s.target.dbname
+        ),
+    );
+    let digest =
+        "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
+    let yesterday = s.target_psql(digest);
+    new_backup(&s, 400_000);
+    let out = s.run(&["run", "--force"]);
+    let logs = stdout(&out) + &stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "the run did not fail:\n{logs}");
+    assert!(
+        logs.contains("disk is full") && logs.contains("REFRESH_MODE=wipe"),
+        "{logs}"
+    );
+    // It filled up while tonight's copy was being built, not in the rehearsal's sample.
+    assert!(
+        !logs.contains("the restore would fail") && logs.contains("Restoring"),
+        "{logs}"
+    );
+    assert_eq!(
+        s.target_psql(digest),
+        yesterday,
+        "yesterday's replica changed"
+    );
+    assert_eq!(s.target_psql("SELECT count(*) FROM actor_names"), "2000");
+    assert_eq!(s.status_json()["phase"], "Failed");
+    // The next night's backup fits: the leftover shadow goes, the run switches.
+    new_backup(&s, 3_000);
+    s.run_ok(&["run", "--force"]);
+    assert_eq!(s.target_psql("SELECT count(*) FROM actor"), "3000");
+    s.cluster.superuser_psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE \"{}\" SET TABLESPACE pg_default; DROP TABLESPACE \"{space}\";",
+            s.target.dbname
+        ),
+    );
+}
