@@ -513,3 +513,56 @@ fn a_disk_that_fills_up_during_the_build_leaves_yesterday_whole() {
         ),
     );
 }
+
+/// A run killed in each phase before the switch (`kill -9`, then abandoned for a new night with
+/// `--restart`): yesterday's replica is exactly as it was and readable at every point, and
+/// each next night succeeds. Unlogged tables, so that `Unlogging` is one of the phases.
+#[test]
+fn a_run_killed_in_any_phase_before_the_switch_leaves_yesterday_whole() {
+    let mut s = Scenario::new("swap_phases", fill(1_000));
+    s.set_env("USE_UNLOGGED_TABLES", "true");
+    s.run_ok(&["run"]);
+    let digest =
+        "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
+    let pause = replicator::engine::test_hooks::PAUSE_AT_VAR;
+    let phases: [(&str, &str, Option<&str>); 6] = [
+        ("extracting", "Extracting", None),
+        ("dropping", "Dropping", None),
+        ("restoring_pre_data", "Restoring", Some("pre-data")),
+        ("restoring_data", "Restoring", Some("data+post-data")),
+        ("unlogging", "Unlogging", None),
+        ("switching", "Switching", None),
+    ];
+    let mut rows = 1_000;
+    for (i, (label, phase, section)) in phases.into_iter().enumerate() {
+        let yesterday = s.target_psql(digest);
+        assert!(yesterday.starts_with(&format!("{rows}:")), "{yesterday}");
+        new_backup(&s, 2_000 + i as u32 * 100);
+        s.set_env(pause, &format!("{label}:60"));
+        let mut child = s.spawn(&["run", "--force", "--restart"]);
+        s.wait_status(Duration::from_secs(90), |st| {
+            st["phase"] == phase && section.is_none_or(|sec| st["section"] == sec)
+        });
+        kill_9(&mut child);
+        assert_eq!(
+            s.target_psql(digest),
+            yesterday,
+            "killed in {label}: yesterday's replica changed"
+        );
+        assert_eq!(
+            s.target_psql("SELECT count(*) FROM actor_names"),
+            rows.to_string(),
+            "killed in {label}: the view does not read yesterday's"
+        );
+        // Abandoned: the next night restores and switches.
+        s.env.retain(|(k, _)| k != pause);
+        rows = 3_000 + i as u32 * 100;
+        new_backup(&s, rows);
+        s.run_ok(&["run", "--force", "--restart"]);
+        assert_eq!(
+            s.target_psql("SELECT count(*) FROM actor"),
+            rows.to_string(),
+            "the night after a kill in {label}"
+        );
+    }
+}
