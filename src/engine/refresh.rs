@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use tracing::info;
 
 use super::steps::RealSteps;
@@ -82,8 +83,9 @@ impl RealSteps {
         Ok(())
     }
 
-    /// `Switching`: readers' privileges given again; in swap mode, the switch.
-    pub(super) async fn switch_step(&self, run: &Run) -> Result<(), StepError> {
+    /// `Switching`: readers' privileges given again; in swap mode, the switch, and when it
+    /// committed.
+    pub(super) async fn switch_step(&self, run: &Run) -> Result<Option<DateTime<Utc>>, StepError> {
         let plan = self.plan_of(run).await?;
         match plan.refresh.mode {
             RefreshMode::Wipe => {
@@ -113,7 +115,7 @@ impl RealSteps {
                 let done =
                     replica::swap::switched_already(&self.target, &client, &run.run_id).await?;
                 let mut carried: Vec<String> = Vec::new();
-                if !done {
+                if done.is_none() {
                     let n = replica::readers::grant_again(
                         &self.target,
                         &plan.readers,
@@ -139,10 +141,16 @@ impl RealSteps {
                             .await?,
                     );
                 }
-                replica::swap::switch(&self.target, &run.run_id, &plan.refresh.schemas, &carried)
-                    .await?;
+                let at = replica::swap::switch(
+                    &self.target,
+                    &run.run_id,
+                    &plan.refresh.schemas,
+                    &carried,
+                )
+                .await?;
+                return Ok(Some(at));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }

@@ -15,6 +15,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use tokio_postgres::Client;
 
 use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
@@ -445,39 +447,39 @@ const SWITCHES_TABLE: &str = "SET client_min_messages = warning;
         run_id text PRIMARY KEY,
         switched_at timestamptz NOT NULL DEFAULT now())";
 
-/// Whether `run_id`'s switch committed.
+/// When `run_id`'s switch committed (`None`: it did not).
 pub async fn switched_already(
     target: &PgEndpoint,
     client: &Client,
     run_id: &str,
-) -> Result<bool, StepError> {
+) -> Result<Option<DateTime<Utc>>, StepError> {
     client
         .batch_execute(SWITCHES_TABLE)
         .await
         .map_err(|e| target.query_error("creating replicator.switches", e))?;
     Ok(client
         .query_opt(
-            "SELECT 1 FROM replicator.switches WHERE run_id = $1",
+            "SELECT switched_at FROM replicator.switches WHERE run_id = $1",
             &[&run_id],
         )
         .await
         .map_err(|e| target.query_error("reading replicator.switches", e))?
-        .is_some())
+        .map(|row| row.get(0)))
 }
 
 /// The switch: one transaction that renames each live schema aside and each shadow to the
 /// live name, moves the extensions of the live schemas with them, carries the live schemas'
 /// owner, privileges and comment over (`carried`: statements run after the renames), and
 /// records the switch; then yesterday's schemas are dropped. A run resumed here after the
-/// commit only drops.
+/// commit only drops. Returns when the switch committed, as recorded.
 pub async fn switch(
     target: &PgEndpoint,
     run_id: &str,
     schemas: &[SwitchedSchema],
     carried: &[String],
-) -> Result<(), StepError> {
+) -> Result<DateTime<Utc>, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
-    if !switched_already(target, &client, run_id).await? {
+    if switched_already(target, &client, run_id).await?.is_none() {
         let live: Vec<String> = schemas.iter().map(|s| s.live.clone()).collect();
         let extensions: Vec<(String, String)> = client
             .query(
@@ -512,8 +514,10 @@ pub async fn switch(
             sql.push_str(stmt);
             sql.push_str(";\n");
         }
+        // The statement's own clock, not the transaction's start (`now()`): the closest to
+        // the commit, which a lock wait may delay.
         sql.push_str(&format!(
-            "INSERT INTO replicator.switches (run_id) VALUES ('{}');\nCOMMIT",
+            "INSERT INTO replicator.switches (run_id, switched_at) VALUES ('{}', clock_timestamp());\nCOMMIT",
             run_id.replace('\'', "''")
         ));
         with_lock_retries(target, &client, &sql, "switching to tonight's copy").await?;
@@ -523,13 +527,21 @@ pub async fn switch(
             live.join(", ")
         );
     }
+    let switched_at = switched_already(target, &client, run_id)
+        .await?
+        .ok_or_else(|| {
+            StepError::transient(format!(
+                "after the switch on {}, replicator.switches holds no row for run {run_id} (was it dropped by hand?); will retry",
+                target.describe()
+            ))
+        })?;
     // Yesterday's schemas go; one that cannot is dropped by the next run.
     for s in schemas {
         if let Err(e) = drop_schema(target, &client, &s.old).await {
             tracing::warn!(schema = %s.old, "could not drop yesterday's schema {}: {e}; the next run drops it", s.old);
         }
     }
-    Ok(())
+    Ok(switched_at)
 }
 
 /// What the live schemas carry over to tonight's (run in the switch after the renames, when
