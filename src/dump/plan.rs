@@ -95,26 +95,8 @@ pub struct Rehearsed {
     pub millis: u64,
 }
 
-/// How tonight's copy replaces yesterday's (`REFRESH_MODE`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefreshMode {
-    /// `DROP OWNED BY CURRENT_USER CASCADE`, then the restore: readers see an empty, then a
-    /// partial database while it runs.
-    #[default]
-    Wipe,
-    /// Built beside yesterday's under shadow schema names, switched in one transaction.
-    Swap,
-}
-
-impl RefreshMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefreshMode::Wipe => "wipe",
-            RefreshMode::Swap => "swap",
-        }
-    }
-}
+/// How tonight's copy replaces yesterday's (`REFRESH_MODE`): the run record keeps it too.
+pub use crate::machine::RefreshMode;
 
 /// One schema a swap switches: its live name, the shadow tonight's copy is built in, and the
 /// name yesterday's copy takes at the switch (dropped after it).
@@ -216,6 +198,15 @@ impl Readers {
 
     /// `metabase (SELECT on 42 tables, USAGE on 1 schema, default privileges)`, per role.
     pub fn describe(&self) -> String {
+        self.per_role()
+            .iter()
+            .map(|r| format!("{} ({})", r.role, r.gets))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Each role and what it gets (`SELECT on 42 tables, default privileges`), by name.
+    pub fn per_role(&self) -> Vec<crate::machine::ReaderKept> {
         let mut roles: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
         for g in &self.grants {
             let what = format!("{} on {}", g.privileges, g.kind.to_lowercase());
@@ -243,10 +234,12 @@ impl Readers {
                 if defaults.contains(role) {
                     parts.push("default privileges".into());
                 }
-                format!("{role} ({})", parts.join(", "))
+                crate::machine::ReaderKept {
+                    role: role.to_string(),
+                    gets: parts.join(", "),
+                }
             })
-            .collect::<Vec<_>>()
-            .join("; ")
+            .collect()
     }
 }
 
@@ -485,6 +478,37 @@ impl RestorePlan {
             text.push_str(&format!("; left out: {}", parts.join("; ")));
         }
         text
+    }
+
+    /// What the run record keeps of the plan's refresh: the mode, the schemas a swap switches,
+    /// why not swap, and the readers carried over.
+    pub fn run_refresh(&self) -> crate::machine::RunRefresh {
+        let mut r = crate::machine::RunRefresh::new(self.refresh.mode);
+        r.schemas = self
+            .refresh
+            .schemas
+            .iter()
+            .map(|s| s.live.clone())
+            .collect();
+        r.why_not_swap = self.refresh.why_not_swap.clone();
+        r.readers = self.readers.per_role();
+        r.views = self
+            .readers
+            .views
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}: {}",
+                    v.describe(),
+                    if v.recreated {
+                        "re-created on tonight's tables"
+                    } else {
+                        "gone with yesterday's, definition kept in replicator.kept_definitions"
+                    }
+                )
+            })
+            .collect();
+        r
     }
 
     /// Reads a plan written by [`RestorePlan::save`]; `None` when there is none, or it is of

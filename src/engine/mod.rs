@@ -69,11 +69,11 @@ pub trait Steps: Send + Sync {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// The dump out of the archive, read by `pg_restore --list`; the target answers.
-    /// Returns what the restore will leave out of the dump.
+    /// Returns what the restore will leave out of the dump, and how it refreshes the target.
     fn extract_and_check(
         &self,
         run: &Run,
-    ) -> impl Future<Output = Result<Vec<LeftOut>, StepError>> + Send;
+    ) -> impl Future<Output = Result<DumpChecked, StepError>> + Send;
     /// `DROP OWNED BY CURRENT_USER CASCADE` (after ending leftover restore sessions).
     fn drop_target(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Whole or streamed, for `run` (before its first byte).
@@ -89,9 +89,13 @@ pub trait Steps: Send + Sync {
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     fn unlog(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Swap mode: tonight's schemas take the live names in one transaction, then yesterday's
-    /// are dropped. Nothing to do in wipe mode (the default here).
-    fn switch(&self, _run: &Run) -> impl Future<Output = Result<(), StepError>> + Send {
-        async { Ok(()) }
+    /// are dropped; returns when the switch committed (`None`: nothing was switched, wipe
+    /// mode, the default here).
+    fn switch(
+        &self,
+        _run: &Run,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StepError>> + Send {
+        async { Ok(None) }
     }
     fn post_restore(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     /// `run` just became `Done` or `Failed` (notifications). Must not fail, nor take long.
@@ -119,6 +123,14 @@ pub trait Steps: Send + Sync {
     fn before_step(&self, _run: &Run) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// What `Extracting` found: what the restore leaves out of the dump, and how the run replaces
+/// yesterday's copy (`None`: not said, as by a test's steps).
+#[derive(Clone, Debug, Default)]
+pub struct DumpChecked {
+    pub left_out: Vec<LeftOut>,
+    pub refresh: Option<crate::machine::RunRefresh>,
 }
 
 /// Runs runs: the policy (retries, skip, age) around a [`Steps`].
@@ -467,15 +479,22 @@ impl<S: Steps> Driver<S> {
                 self.steps.download(run, backup, &report).await?;
             }
             Phase::Extracting { .. } => {
-                let left_out = self.steps.extract_and_check(run).await?;
-                return Ok(StepOutcome::Event(Event::Checked { left_out }));
+                let checked = self.steps.extract_and_check(run).await?;
+                return Ok(StepOutcome::Event(Event::Checked {
+                    left_out: checked.left_out,
+                    refresh: checked.refresh,
+                }));
             }
             Phase::Dropping { .. } => self.steps.drop_target(run).await?,
             Phase::Restoring { section, .. } => {
                 self.steps.restore(run, *section, &report, &events).await?;
             }
             Phase::Unlogging { .. } => self.steps.unlog(run).await?,
-            Phase::Switching { .. } => self.steps.switch(run).await?,
+            Phase::Switching { .. } => {
+                if let Some(at) = self.steps.switch(run).await? {
+                    return Ok(StepOutcome::Event(Event::Switched { at }));
+                }
+            }
             Phase::PostRestoreSql { .. } => {
                 self.steps.post_restore(run).await?;
                 // `Done` says the target is this run's: the lock must still be ours.

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use tracing::info;
 
 use super::steps::RealSteps;
@@ -86,8 +87,9 @@ impl RealSteps {
         Ok(())
     }
 
-    /// `Switching`: readers' privileges given again; in swap mode, the switch.
-    pub(super) async fn switch_step(&self, run: &Run) -> Result<(), StepError> {
+    /// `Switching`: readers' privileges given again; in swap mode, the switch, and when it
+    /// committed.
+    pub(super) async fn switch_step(&self, run: &Run) -> Result<Option<DateTime<Utc>>, StepError> {
         let plan = self.plan_of(run).await?;
         match plan.refresh.mode {
             RefreshMode::Wipe => {
@@ -118,7 +120,7 @@ impl RealSteps {
                 let done =
                     replica::swap::switched_already(&self.target, &client, &run.run_id).await?;
                 let mut carried: Vec<String> = Vec::new();
-                if !done {
+                if done.is_none() {
                     let n = replica::readers::grant_again(
                         &self.target,
                         &plan.readers,
@@ -149,13 +151,19 @@ impl RealSteps {
                         &[],
                     ));
                 }
-                replica::swap::switch(&self.target, &run.run_id, &plan.refresh.schemas, &carried)
-                    .await?;
+                let at = replica::swap::switch(
+                    &self.target,
+                    &run.run_id,
+                    &plan.refresh.schemas,
+                    &carried,
+                )
+                .await?;
                 // Before yesterday's tables go, and the views over them with them.
                 replica::dependents::recreate(&self.target, &plan.readers.views).await?;
                 replica::swap::drop_yesterday(&self.target, &plan.refresh.schemas).await?;
+                return Ok(Some(at));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }

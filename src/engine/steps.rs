@@ -15,9 +15,7 @@ use crate::dump::feed::Feed;
 use crate::dump::plan::RestorePlan;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
-use crate::machine::{
-    Backup, Event, LeftOut, LoadCounts, Origin, Phase, Progress, Run, Section, WorkMode,
-};
+use crate::machine::{Backup, Event, LoadCounts, Origin, Phase, Progress, Run, Section, WorkMode};
 use crate::replica::records::{FOREIGN_KEYS_ID, Recorder};
 use crate::replica::{self, LockHandle, PgEndpoint};
 use crate::replica::{LoadSetup, TablesLoaded};
@@ -394,7 +392,7 @@ impl Steps for RealSteps {
         Ok(())
     }
 
-    async fn extract_and_check(&self, run: &Run) -> Result<Vec<LeftOut>, StepError> {
+    async fn extract_and_check(&self, run: &Run) -> Result<super::DumpChecked, StepError> {
         let dump = self.dump_path(run);
         let streams = run.mode.as_ref().is_some_and(WorkMode::streams);
         if streams
@@ -497,14 +495,17 @@ impl Steps for RealSteps {
                 work.plan().display()
             ))
         })?;
-        Ok(decided.left_out)
+        Ok(super::DumpChecked {
+            left_out: decided.left_out,
+            refresh: Some(plan.run_refresh()),
+        })
     }
 
     async fn drop_target(&self, run: &Run) -> Result<(), StepError> {
         self.drop_or_prepare(run).await
     }
 
-    async fn switch(&self, run: &Run) -> Result<(), StepError> {
+    async fn switch(&self, run: &Run) -> Result<Option<chrono::DateTime<chrono::Utc>>, StepError> {
         self.switch_step(run).await
     }
 

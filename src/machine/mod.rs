@@ -29,6 +29,9 @@
 //!    from the archive.
 //! 8. `Planned`, `LoadStarted` and `TableLoaded` change what they say and never the phase; a
 //!    `StreamCut` applies to a streaming run only.
+//! 9. The refresh a run records is the one `Checked` said; a switch time is set only by
+//!    `Switched`, out of `Switching`, and a wipe time only by leaving `Dropping` in wipe mode:
+//!    a run that never reached them says so.
 //! 5. `Done` and `Failed` absorb every event: a finished run is never changed.
 //! 6. No variant carries a secret: tokens, passwords and download URLs never enter a [`Run`].
 //! 7. Every [`Run`] round-trips through its JSON form unchanged (that is what the store keeps).
@@ -40,11 +43,13 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 mod masking_counts;
+mod refresh;
 mod rules;
 pub mod start;
 
 pub use load::{LoadCounts, TableLoad, WorkMode};
 pub use masking_counts::MaskingCounts;
+pub use refresh::{ReaderKept, RefreshMode, RunRefresh};
 pub use rules::{
     DiskTooSmall, MIN_WORK_DISK, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe,
     abandon, adopt, already_restored, disk_needed, dump_cap, dump_estimate, enough_disk,
@@ -235,6 +240,10 @@ pub struct Run {
     /// How far the load of the rows is (from `Restoring{DataAndPostData}` on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadCounts>,
+    /// Swap or wipe, the readers carried over, and when the switch (or the wipe) happened
+    /// (from `Checked` on; absent in records written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RunRefresh>,
 }
 
 /// A kind of dump entry the restore leaves out, and why.
@@ -259,8 +268,16 @@ pub enum Event {
     /// The current step did all its work.
     Succeeded,
     /// `Extracting` did all its work, and the restore will leave out these (the dump's
-    /// entries a replica does not get).
-    Checked { left_out: Vec<LeftOut> },
+    /// entries a replica does not get); `refresh` is how the run replaces yesterday's copy,
+    /// and whose privileges it carries over (`None`: not said).
+    Checked {
+        left_out: Vec<LeftOut>,
+        #[serde(default)]
+        refresh: Option<RunRefresh>,
+    },
+    /// Swap mode: `Switching` did its work, and the switch to tonight's copy committed at `at`
+    /// (as the target recorded it: a resumed step reads it back).
+    Switched { at: DateTime<Utc> },
     /// The current step moved on (bytes downloaded, items restored); the phase does not change.
     Progress(Progress),
     /// The step failed in a way that may work later; the driver chose when (backoff).
@@ -311,6 +328,7 @@ impl Event {
             Event::Fetched(_) => "Fetched",
             Event::Succeeded => "Succeeded",
             Event::Checked { .. } => "Checked",
+            Event::Switched { .. } => "Switched",
             Event::Progress(_) => "Progress",
             Event::TransientFailure { .. } => "TransientFailure",
             Event::PermanentFailure { .. } => "PermanentFailure",
@@ -348,6 +366,7 @@ impl Run {
             masking: None,
             mode: None,
             load: None,
+            refresh: None,
         }
     }
 
@@ -476,8 +495,9 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
             return Err(not_applicable());
         }
 
-        (Phase::Extracting { backup }, Event::Checked { left_out }) => {
+        (Phase::Extracting { backup }, Event::Checked { left_out, refresh }) => {
             next.left_out = left_out.clone();
+            next.refresh = refresh.clone();
             next.enter(
                 Phase::Dropping {
                     backup: backup.clone(),
@@ -487,6 +507,20 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
             next.interrupted = false;
         }
         (_, Event::Checked { .. }) => return Err(not_applicable()),
+
+        (Phase::Switching { backup }, Event::Switched { at }) => {
+            next.refresh
+                .get_or_insert_with(|| RunRefresh::new(RefreshMode::Swap))
+                .switched_at = Some(*at);
+            next.enter(
+                Phase::PostRestoreSql {
+                    backup: backup.clone(),
+                },
+                now,
+            );
+            next.interrupted = false;
+        }
+        (_, Event::Switched { .. }) => return Err(not_applicable()),
 
         (Phase::Downloading { .. } | Phase::Extracting { .. }, Event::Planned(mode)) => {
             next.mode = Some(mode.clone());
@@ -573,6 +607,15 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
                 },
                 _ => return Err(not_applicable()),
             };
+            // The wipe is `Dropping`'s work in wipe mode: readers lost yesterday's copy now.
+            if matches!(phase, Phase::Dropping { .. })
+                && let Some(r) = next
+                    .refresh
+                    .as_mut()
+                    .filter(|r| r.mode == RefreshMode::Wipe)
+            {
+                r.wiped_at = Some(now);
+            }
             next.enter(after, now);
             next.interrupted = false;
             if next.is_terminal() {

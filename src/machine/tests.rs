@@ -119,6 +119,10 @@ enum Ev {
     Table(u64),
     Cut,
     FromTarget,
+    /// `Checked` with a refresh: swap (true) or wipe (false).
+    Check(bool),
+    /// `Switched`, sent out of any phase (refused but out of `Switching`).
+    Switch(i64),
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -134,6 +138,8 @@ fn ev() -> impl Strategy<Value = Ev> {
         2 => (0u64..1000).prop_map(Ev::Table),
         1 => Just(Ev::Cut),
         1 => Just(Ev::FromTarget),
+        2 => any::<bool>().prop_map(Ev::Check),
+        1 => (0i64..100).prop_map(Ev::Switch),
     ]
 }
 
@@ -148,8 +154,16 @@ fn origin() -> impl Strategy<Value = Origin> {
 
 /// Turns an abstract event into the one the driver would send in the current phase.
 fn concrete(run: &Run, ev: &Ev, now: DateTime<Utc>) -> Event {
+    let swaps = run
+        .refresh
+        .as_ref()
+        .is_some_and(|r| r.mode == RefreshMode::Swap);
     match ev {
         Ev::Succeed if run.phase == Phase::FetchingUrl => Event::Fetched(backup()),
+        // The driver's `Switching` step in swap mode says when the switch committed.
+        Ev::Succeed if matches!(run.phase, Phase::Switching { .. }) && swaps => {
+            Event::Switched { at: now }
+        }
         Ev::Succeed => Event::Succeeded,
         Ev::Transient => Event::TransientFailure {
             error: "HTTP 503 from db-api".into(),
@@ -185,6 +199,82 @@ fn concrete(run: &Run, ev: &Ev, now: DateTime<Utc>) -> Event {
             retry_at: now + chrono::Duration::seconds(30),
         },
         Ev::FromTarget => Event::ResumedFromTarget,
+        Ev::Check(swap) => Event::Checked {
+            left_out: Vec::new(),
+            refresh: Some(refresh(*swap)),
+        },
+        Ev::Switch(secs) => Event::Switched {
+            at: now - chrono::Duration::seconds(*secs),
+        },
+    }
+}
+
+fn refresh(swap: bool) -> RunRefresh {
+    let mut r = RunRefresh::new(if swap {
+        RefreshMode::Swap
+    } else {
+        RefreshMode::Wipe
+    });
+    if swap {
+        r.schemas = vec!["public".into()];
+    } else {
+        r.why_not_swap = Some("schema public belongs to another role".into());
+    }
+    r.readers = vec![ReaderKept {
+        role: "metabase".into(),
+        gets: "SELECT on 42 tables, default privileges".into(),
+    }];
+    r
+}
+
+#[test]
+fn a_swap_records_its_switch_time_and_a_wipe_its_wipe_time() {
+    let at = |s: i64| t0() + chrono::Duration::seconds(s);
+    for swap in [true, false] {
+        let mut run = Run::new("r".into(), Origin::Scalingo, 3, t0());
+        run = transition(&run, Event::Start, at(1)).unwrap();
+        run = transition(&run, Event::Fetched(backup()), at(2)).unwrap();
+        run = transition(&run, Event::Succeeded, at(3)).unwrap();
+        let checked = Event::Checked {
+            left_out: Vec::new(),
+            refresh: Some(refresh(swap)),
+        };
+        run = transition(&run, checked, at(4)).unwrap();
+        assert_eq!(run.refresh, Some(refresh(swap)));
+        for s in 5..9 {
+            run = transition(&run, Event::Succeeded, at(s)).unwrap();
+        }
+        assert_eq!(run.phase.name(), PhaseName::Switching);
+        let end = if swap {
+            // The time the target recorded, not the transition's.
+            Event::Switched { at: at(9) }
+        } else {
+            Event::Succeeded
+        };
+        run = transition(&run, end, at(10)).unwrap();
+        run = transition(&run, Event::Succeeded, at(11)).unwrap();
+        assert_eq!(run.phase.name(), PhaseName::Done);
+        let r = run.refresh.clone().unwrap();
+        if swap {
+            assert_eq!((r.switched_at, r.wiped_at), (Some(at(9)), None));
+            assert_eq!(
+                r.describe(true),
+                "swap of public: switched 2026-11-24 05:10:09 UTC"
+            );
+        } else {
+            // Left `Dropping` (the wipe) at 5.
+            assert_eq!((r.switched_at, r.wiped_at), (None, Some(at(5))));
+            assert!(
+                r.describe(true)
+                    .starts_with("wipe (not swap: schema public")
+            );
+        }
+        assert_eq!(
+            r.readers_line(),
+            "metabase (SELECT on 42 tables, default privileges)"
+        );
+        // Switched applies out of Switching only.
+        assert!(transition(&run, Event::Switched { at: at(12) }, at(12)).is_err());
     }
 }
 
@@ -213,6 +303,8 @@ proptest! {
         // Trace of phases entered, for the ordering invariants.
         let mut trace: Vec<Phase> = vec![run.phase.clone()];
         let mut extracted_ok = false;
+        // A stray `Succeeded` out of `Switching` (not what the driver sends in swap mode).
+        let mut stray_switch = false;
 
         for ev in events {
             now += chrono::Duration::seconds(7);
@@ -236,15 +328,48 @@ proptest! {
                         || (matches!(event, Event::TableLoaded(_) | Event::LoadStarted(_))
                             && !is_data(&before.phase))
                         || (matches!(event, Event::StreamCut{..})
-                            && !before.mode.as_ref().is_some_and(WorkMode::streams));
+                            && !before.mode.as_ref().is_some_and(WorkMode::streams))
+                        || (matches!(event, Event::Checked{..})
+                            && !matches!(before.phase, Phase::Extracting{..}))
+                        || (matches!(event, Event::Switched{..})
+                            && !matches!(before.phase, Phase::Switching{..}));
                     prop_assert!(before.is_terminal() || mismatched,
                         "refused {:?} in {:?}", event, before.phase);
                     continue;
                 }
                 Ok(after) => {
                     prop_assert!(!before.is_terminal(), "a terminal run changed");
-                    if matches!(before.phase, Phase::Extracting { .. }) && event == Event::Succeeded {
+                    if matches!(before.phase, Phase::Extracting { .. })
+                        && matches!(event, Event::Succeeded | Event::Checked{..})
+                    {
                         extracted_ok = true;
+                    }
+                    if matches!(before.phase, Phase::Switching{..}) && event == Event::Succeeded {
+                        stray_switch = true;
+                    }
+                    // Invariant 9: the refresh is the one `Checked` said; the switch time is
+                    // set by `Switched` out of `Switching` only, the wipe time by leaving
+                    // `Dropping` in wipe mode only.
+                    let (b, a) = (before.refresh.clone(), after.refresh.clone());
+                    let switched = |r: &Option<RunRefresh>| r.as_ref().and_then(|r| r.switched_at);
+                    let wiped = |r: &Option<RunRefresh>| r.as_ref().and_then(|r| r.wiped_at);
+                    match &event {
+                        Event::Checked { refresh, .. } => prop_assert_eq!(&a, refresh),
+                        Event::Switched { at } => {
+                            prop_assert_eq!(switched(&a), Some(*at));
+                            prop_assert_eq!(after.phase.name(), PhaseName::PostRestoreSql);
+                            prop_assert_eq!(wiped(&a), wiped(&b));
+                        }
+                        _ => {
+                            prop_assert_eq!(switched(&a), switched(&b));
+                            prop_assert_eq!(a.as_ref().map(|r| r.mode), b.as_ref().map(|r| r.mode));
+                            if wiped(&a) != wiped(&b) {
+                                prop_assert!(matches!(before.phase, Phase::Dropping { .. }), "wiped out of {:?}", before.phase);
+                                prop_assert_eq!(&event, &Event::Succeeded);
+                                prop_assert_eq!(a.as_ref().map(|r| r.mode), Some(RefreshMode::Wipe));
+                                prop_assert_eq!(wiped(&a), Some(now));
+                            }
+                        }
                     }
                     if after.phase != before.phase
                         || matches!(event, Event::Resume | Event::TransientFailure{..} | Event::StreamCut{..} | Event::ResumedFromTarget)
@@ -347,6 +472,10 @@ proptest! {
             prop_assert!(pre.is_some() && data.is_some() && pre < data, "trace {:?}", tail);
             prop_assert!(run.finished_at.is_some());
             prop_assert!(run.error.is_none());
+            // A finished night says when readers got it: the switch, or the wipe.
+            if let Some(r) = run.refresh.as_ref().filter(|r| r.mode == RefreshMode::Wipe || !stray_switch) {
+                prop_assert!(r.at().is_some(), "Done without its {:?} time: {:?}", r.mode, r);
+            }
         }
         if matches!(run.phase, Phase::Failed { .. }) {
             prop_assert!(run.error.is_some());

@@ -15,6 +15,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use tokio_postgres::Client;
 
 mod objects;
@@ -483,39 +485,39 @@ const SWITCHES_TABLE: &str = "SET client_min_messages = warning;
         run_id text PRIMARY KEY,
         switched_at timestamptz NOT NULL DEFAULT now())";
 
-/// Whether `run_id`'s switch committed.
+/// When `run_id`'s switch committed (`None`: it did not).
 pub async fn switched_already(
     target: &PgEndpoint,
     client: &Client,
     run_id: &str,
-) -> Result<bool, StepError> {
+) -> Result<Option<DateTime<Utc>>, StepError> {
     client
         .batch_execute(SWITCHES_TABLE)
         .await
         .map_err(|e| target.query_error("creating replicator.switches", e))?;
     Ok(client
         .query_opt(
-            "SELECT 1 FROM replicator.switches WHERE run_id = $1",
+            "SELECT switched_at FROM replicator.switches WHERE run_id = $1",
             &[&run_id],
         )
         .await
         .map_err(|e| target.query_error("reading replicator.switches", e))?
-        .is_some())
+        .map(|row| row.get(0)))
 }
 
 /// The switch: one transaction that renames each live schema aside and each shadow to the
 /// live name, moves the extensions of the live schemas with them, carries the live schemas'
 /// owner, privileges and comment over (`carried`: statements run after the renames), and
 /// records the switch ([`drop_yesterday`] drops yesterday's schemas after). A run resumed
-/// here after the commit does nothing.
+/// here after the commit does nothing. Returns when the switch committed, as recorded.
 pub async fn switch(
     target: &PgEndpoint,
     run_id: &str,
     schemas: &[SwitchedSchema],
     carried: &[String],
-) -> Result<(), StepError> {
+) -> Result<DateTime<Utc>, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
-    if !switched_already(target, &client, run_id).await? {
+    if switched_already(target, &client, run_id).await?.is_none() {
         let live: Vec<String> = schemas.iter().map(|s| s.live.clone()).collect();
         let renamed: Vec<String> = schemas
             .iter()
@@ -572,8 +574,10 @@ pub async fn switch(
             sql.push_str(stmt);
             sql.push_str(";\n");
         }
+        // The statement's own clock, not the transaction's start (`now()`): the closest to
+        // the commit, which a lock wait may delay.
         sql.push_str(&format!(
-            "INSERT INTO replicator.switches (run_id) VALUES ('{}');\nCOMMIT",
+            "INSERT INTO replicator.switches (run_id, switched_at) VALUES ('{}', clock_timestamp());\nCOMMIT",
             run_id.replace('\'', "''")
         ));
         with_lock_retries(target, &client, &sql, "switching to tonight's copy").await?;
@@ -583,7 +587,15 @@ pub async fn switch(
             live.join(", ")
         );
     }
-    Ok(())
+    let switched_at = switched_already(target, &client, run_id)
+        .await?
+        .ok_or_else(|| {
+            StepError::transient(format!(
+                "after the switch on {}, replicator.switches holds no row for run {run_id} (was it dropped by hand?); will retry",
+                target.describe()
+            ))
+        })?;
+    Ok(switched_at)
 }
 
 /// Drops yesterday's schemas after the switch; one that cannot go is dropped by the next run.

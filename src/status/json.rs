@@ -46,6 +46,24 @@ struct RunView<'a> {
     mode: Option<ModeView<'a>>,
     /// Tables loaded: done/total, rows, bytes (null before the rows' section).
     load: Option<&'a crate::machine::LoadCounts>,
+    /// Swap or wipe, when readers got tonight's copy, the readers carried over (null until the
+    /// checks decided it, and for runs recorded before it existed).
+    refresh: Option<RefreshView<'a>>,
+}
+
+/// The run's refresh, every key present (null or empty when it does not apply).
+#[derive(Serialize)]
+struct RefreshView<'a> {
+    mode: &'static str,
+    schemas: &'a [String],
+    why_not_swap: Option<&'a str>,
+    switched_at: Option<String>,
+    wiped_at: Option<String>,
+    readers: &'a [crate::machine::ReaderKept],
+    /// Readers' views over the replica's tables: re-created, or gone with their definitions
+    /// kept.
+    views: &'a [String],
+    summary: String,
 }
 
 #[derive(Serialize)]
@@ -137,6 +155,16 @@ impl<'a> RunView<'a> {
                 why: mode.describe(),
             }),
             load: run.load.as_ref(),
+            refresh: run.refresh.as_ref().map(|r| RefreshView {
+                mode: r.mode.as_str(),
+                schemas: &r.schemas,
+                why_not_swap: r.why_not_swap.as_deref(),
+                switched_at: ts(r.switched_at),
+                wiped_at: ts(r.wiped_at),
+                readers: &r.readers,
+                views: &r.views,
+                summary: r.describe(run.is_terminal()),
+            }),
         }
     }
 
@@ -173,6 +201,7 @@ impl<'a> RunView<'a> {
             masking: None,
             mode: None,
             load: None,
+            refresh: None,
         }
     }
 }

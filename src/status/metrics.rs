@@ -12,7 +12,7 @@ use std::fmt::Write;
 use chrono::{DateTime, Utc};
 
 use super::{StatusView, bytes};
-use crate::machine::{Origin, Phase, PhaseName, Run};
+use crate::machine::{Origin, Phase, PhaseName, RefreshMode, Run};
 
 /// Every phase, for the one-hot `replicator_phase` (a series for each, 1 for the run's).
 const PHASES: [PhaseName; 11] = [
@@ -279,8 +279,8 @@ pub fn metrics_text(
             .map_or(0.0, epoch),
     );
 
-    // One one-hot family per choice a run makes: a refresh mode (swap or wipe) goes beside
-    // this one as `replicator_run_refresh_mode{refresh}`, so that neither's series change.
+    // One one-hot family per choice a run makes (how the rows come, how the copy replaces
+    // yesterday's), so that neither's series change when the other gets a value.
     out.family(
         "replicator_run_mode",
         "gauge",
@@ -294,6 +294,43 @@ pub fn metrics_text(
             if mode == Some(m) { 1.0 } else { 0.0 },
         );
     }
+    out.family(
+        "replicator_run_refresh_mode",
+        "gauge",
+        "1 for how the run replaces yesterday's copy: swap (built beside it, switched in one transaction) or wipe (dropped first: readers see an empty, then a partial database); all 0 until decided.",
+    );
+    let refresh = run.and_then(|r| r.refresh.as_ref());
+    for m in [RefreshMode::Swap, RefreshMode::Wipe] {
+        out.sample(
+            "replicator_run_refresh_mode",
+            &[("refresh", m.as_str())],
+            if refresh.is_some_and(|r| r.mode == m) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+    out.family(
+        "replicator_run_refresh_timestamp_seconds",
+        "gauge",
+        "When readers got the run's copy: the switch's commit (swap) or the wipe (wipe), in seconds since the epoch (0: not yet).",
+    );
+    out.sample(
+        "replicator_run_refresh_timestamp_seconds",
+        &[],
+        refresh.and_then(|r| r.at()).map_or(0.0, epoch),
+    );
+    out.family(
+        "replicator_run_reader_roles",
+        "gauge",
+        "Roles whose grants and default privileges the run carries over to tonight's copy.",
+    );
+    out.sample(
+        "replicator_run_reader_roles",
+        &[],
+        refresh.map_or(0, |r| r.readers.len()) as f64,
+    );
     out.0
 }
 

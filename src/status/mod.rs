@@ -379,6 +379,13 @@ pub fn status_text(view: &StatusView, now: DateTime<Utc>) -> String {
     if let Some(load) = &run.load {
         out.push_str(&field("Tables", &load.describe()));
     }
+    if let Some(r) = &run.refresh {
+        out.push_str(&field("Refresh", &r.describe(run.is_terminal())));
+        out.push_str(&field("Readers", &format!("kept: {}", r.readers_line())));
+        for v in &r.views {
+            out.push_str(&field("View", v));
+        }
+    }
     if view.target_lock_held == Some(true) && run.is_terminal() {
         out.push_str(
             "  Now       a replicator holds the target: its new run records itself here once it has wiped the target\n",
@@ -630,6 +637,73 @@ mod tests {
         assert_eq!(
             with["history"][0]["backup_name"],
             "20261123041000_pix_production_4553"
+        );
+    }
+
+    #[test]
+    fn the_refresh_and_the_readers_kept_are_shown_in_text_json_page_and_metrics() {
+        use crate::machine::{ReaderKept, RefreshMode, RunRefresh};
+        let mut run = done_run("a", 0, false);
+        let mut r = RunRefresh::new(RefreshMode::Swap);
+        r.schemas = vec!["public".into()];
+        r.switched_at = Some(t(43_000));
+        r.readers = vec![ReaderKept {
+            role: "metabase".into(),
+            gets: "SELECT on 42 tables, default privileges".into(),
+        }];
+        run.refresh = Some(r);
+        let view = StatusView {
+            current: Some(&run),
+            source: "x".into(),
+            ..Default::default()
+        };
+        let text = status_text(&view, t(50_000));
+        assert!(
+            text.contains("  Refresh   swap of public: switched 2026-11-23 17:06:40 UTC\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  Readers   kept: metabase (SELECT on 42 tables, default privileges)\n"),
+            "{text}"
+        );
+        let json = status_json_at(&view, t(50_000));
+        assert_eq!(json["refresh"]["mode"], "swap");
+        assert_eq!(json["refresh"]["switched_at"], t(43_000).to_rfc3339());
+        assert_eq!(json["refresh"]["wiped_at"], Value::Null);
+        assert_eq!(json["refresh"]["readers"][0]["role"], "metabase");
+        let html = page_html(&view, t(50_000));
+        assert!(
+            html.contains("<dd id=\"refresh\">swap of public: switched"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<dd id=\"readers\">metabase (SELECT on 42 tables"),
+            "{html}"
+        );
+        let metrics = metrics_text(&view, None, t(50_000));
+        assert!(metrics.contains("replicator_run_refresh_mode{refresh=\"swap\"} 1\n"));
+        assert!(metrics.contains("replicator_run_refresh_mode{refresh=\"wipe\"} 0\n"));
+        assert!(metrics.contains(&format!(
+            "replicator_run_refresh_timestamp_seconds {}\n",
+            t(43_000).timestamp()
+        )));
+        assert!(metrics.contains("replicator_run_reader_roles 1\n"));
+        // A record written before the refresh existed shows none of it.
+        let old = Run {
+            refresh: None,
+            ..run.clone()
+        };
+        let text = status_text(
+            &StatusView {
+                current: Some(&old),
+                source: "x".into(),
+                ..Default::default()
+            },
+            t(50_000),
+        );
+        assert!(
+            !text.contains("Refresh") && !text.contains("Readers"),
+            "{text}"
         );
     }
 

@@ -61,7 +61,15 @@ pub fn page_html(view: &StatusView, now: DateTime<Utc>) -> String {
         esc(&view.source)
     );
     match view.current {
-        Some(run) => current(&mut out, run, now),
+        Some(run) => {
+            // Until the run's checks decide its refresh, the last run's says how the replica
+            // was refreshed and whose access it kept.
+            let last = view
+                .history
+                .iter()
+                .find(|r| r.run_id != run.run_id && r.refresh.is_some());
+            current(&mut out, run, last, now)
+        }
         None => out.push_str(
             "<section class=\"card\" id=\"current\"><h2>No replication has run yet</h2>\
              <p>Once a run starts, its phase and progress show here.</p></section>\n",
@@ -108,7 +116,7 @@ fn step_index(phase: PhaseName, section: Option<Section>) -> usize {
     }
 }
 
-fn current(out: &mut String, run: &Run, now: DateTime<Utc>) {
+fn current(out: &mut String, run: &Run, last: Option<&Run>, now: DateTime<Utc>) {
     let section = match &run.phase {
         Phase::Restoring { section, .. } => Some(*section),
         _ => None,
@@ -204,8 +212,7 @@ fn current(out: &mut String, run: &Run, now: DateTime<Utc>) {
             ),
         ));
     }
-    // The run's mode; the refresh mode and the readers carried over join it here once the run
-    // record holds them.
+    // How the rows come, how tonight's copy replaces yesterday's, and whose access it keeps.
     rows.push((
         "mode",
         "Mode",
@@ -215,6 +222,32 @@ fn current(out: &mut String, run: &Run, now: DateTime<Utc>) {
                 m.describe()
             }),
     ));
+    match (&run.refresh, last.and_then(|l| l.refresh.as_ref())) {
+        (Some(r), _) => {
+            rows.push(("refresh", "Refresh", r.describe(run.is_terminal())));
+            rows.push(("readers", "Readers kept", r.readers_line()));
+        }
+        (None, Some(l)) => {
+            rows.push((
+                "refresh",
+                "Refresh",
+                format!(
+                    "not decided yet (by the checks before the restore); last run: {}",
+                    l.describe(true)
+                ),
+            ));
+            rows.push((
+                "readers",
+                "Readers kept",
+                format!("last run: {}", l.readers_line()),
+            ));
+        }
+        (None, None) => rows.push((
+            "refresh",
+            "Refresh",
+            "not decided yet (by the checks before the restore)".to_string(),
+        )),
+    }
     if let Some(load) = &run.load {
         rows.push(("tables", "Tables", load.describe()));
     }

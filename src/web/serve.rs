@@ -2,8 +2,10 @@
 //! reachable by anyone needs, and tower's layers around the routes.
 //!
 //! - the request head must arrive within [`Limits::head_timeout`] (hyper's header read
-//!   timeout: a client trickling bytes is cut off, one that sends nothing is closed silently)
-//!   and fit [`Limits::max_head`] (hyper answers 431 beyond);
+//!   timeout). A client that sent part of a head by then gets `408 Request Timeout`, written
+//!   here on the socket hyper hands back (hyper itself only closes the connection); one that
+//!   sent nothing is closed silently, as an idle connection. The head must fit
+//!   [`Limits::max_head`] (hyper answers 431 beyond);
 //! - a body is refused past [`Limits::max_body`] (413; no route takes one);
 //! - a route answers within [`Limits::request_timeout`] (408), at most
 //!   [`Limits::max_in_flight`] at a time (the others wait their turn), and a panic in one
@@ -24,10 +26,12 @@ use axum::response::Response;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
+use tower::util::BoxCloneService;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -90,7 +94,9 @@ pub(super) async fn serve(
         ))
         .layer(ConcurrencyLimitLayer::new(limits.max_in_flight))
         .service(router);
-    let service = TowerToHyperService::new(service);
+    // Boxed, the service and its futures are `Unpin`: what hyper needs to hand the socket back
+    // after a head timeout (`poll_without_shutdown`, `into_parts`).
+    let service = TowerToHyperService::new(BoxCloneService::new(service));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.head_timeout)
@@ -112,17 +118,32 @@ pub(super) async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+                let mut connection = http.serve_connection(TokioIo::new(stream), service.clone());
                 let deadline = limits.connection_deadline;
+                let head_timeout = limits.head_timeout;
                 tokio::spawn(async move {
-                    match tokio::time::timeout(deadline, connection).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "web: connection ended with an error");
+                    let served = async {
+                        let result =
+                            std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await;
+                        let parts = connection.into_parts();
+                        let mut stream = parts.io.into_inner();
+                        match result {
+                            Ok(()) => {}
+                            Err(e) if e.is_timeout() && !parts.read_buf.is_empty() => {
+                                tracing::debug!(%peer, "web: request head incomplete after {head_timeout:?}: 408");
+                                request_timeout(&mut stream, head_timeout).await;
+                            }
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "web: connection ended with an error");
+                            }
                         }
-                        Err(_) => {
-                            tracing::debug!(%peer, "web: connection cut after {deadline:?}");
-                        }
+                        // The end of what was written (a response, hyper's 400 or 431, the
+                        // 408), as hyper closes: a close with unread bytes alone would reset
+                        // the connection before the client read it.
+                        let _ = stream.shutdown().await;
+                    };
+                    if tokio::time::timeout(deadline, served).await.is_err() {
+                        tracing::debug!(%peer, "web: connection cut after {deadline:?}");
                     }
                     drop(permit);
                 });
@@ -145,6 +166,33 @@ pub(super) async fn serve(
             }
         }
     }
+}
+
+/// The answer to a client whose request head did not arrive in time: `408`, then the
+/// connection closed. What the client sends meanwhile is read and dropped for a moment before
+/// the close, so that the close does not reset the connection before the client read the 408.
+async fn request_timeout(stream: &mut TcpStream, head_timeout: Duration) {
+    let body = serde_json::json!({
+        "error": format!(
+            "the request head did not arrive within {} s; send the request line and headers at once",
+            head_timeout.as_secs_f64()
+        )
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    // Half-closed: the client has its 408 and its end of file.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// A route panicked: the client gets a 500, the process goes on.

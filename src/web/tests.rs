@@ -207,12 +207,21 @@ async fn slow_client_is_cut_off_without_blocking_others() {
     let res = exchange(server.addr, b"GET /health HTTP/1.1\r\n\r\n").await;
     assert_eq!(split(&res).0, "HTTP/1.1 200 OK");
 
+    // Told why before the close: 408, with the reason as JSON.
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out))
         .await
         .expect("the slow client is cut off")
-        .ok();
-    assert!(!String::from_utf8_lossy(&out).contains(" 200 "));
+        .unwrap();
+    let res = String::from_utf8(out).unwrap();
+    let (status, headers, body) = split(&res);
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout", "{res}");
+    assert!(headers.contains("connection: close"), "{headers}");
+    assert!(
+        headers.contains(&format!("content-length: {}", body.len())),
+        "{headers}"
+    );
+    assert!(body.contains("did not arrive within 0.3 s"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // A connection that never sends anything is closed without a word.

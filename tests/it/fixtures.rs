@@ -12,6 +12,7 @@ use replicator::state::store::Store;
 
 const RUN: &str = include_str!("../fixtures/state/run-interrupted.json");
 const ROW: &str = include_str!("../fixtures/state/runs-row.json");
+const SWAP: &str = include_str!("../fixtures/state/run-swap-done.json");
 
 #[test]
 fn a_persisted_run_of_the_current_format_loads_resumes_and_writes_back_the_same() {
@@ -26,6 +27,8 @@ fn a_persisted_run_of_the_current_format_loads_resumes_and_writes_back_the_same(
     ));
     assert_eq!(run.attempt, 2);
     assert_eq!(run.durations.len(), 5);
+    // Written before runs recorded their refresh: none, and none written back.
+    assert_eq!(run.refresh, None);
     // Written back, it is the same document: the format did not drift.
     let frozen: Value = serde_json::from_str(RUN).unwrap();
     assert_eq!(serde_json::to_value(&run).unwrap(), frozen);
@@ -50,6 +53,27 @@ fn a_persisted_run_of_the_current_format_loads_resumes_and_writes_back_the_same(
         resumed.phase
     );
     assert_eq!(resumed.backup().unwrap().id, "6761a1f0c2d4e5f6a7b8c9d0");
+}
+
+/// A finished swap night, as recorded since runs keep their refresh (mode, switched schemas,
+/// readers carried over, the switch's commit time): loads, says so, and writes back the same.
+#[test]
+fn a_persisted_swap_run_with_its_refresh_loads_and_writes_back_the_same() {
+    let run: Run = serde_json::from_str(SWAP).expect("the frozen swap run loads");
+    let refresh = run.refresh.clone().expect("its refresh");
+    assert_eq!(refresh.mode, machine::RefreshMode::Swap);
+    assert_eq!(refresh.schemas, ["public"]);
+    assert_eq!(
+        refresh.switched_at.map(|t| t.to_rfc3339()),
+        Some("2026-11-25T04:31:07.500+00:00".to_string())
+    );
+    assert_eq!(refresh.wiped_at, None);
+    assert_eq!(
+        refresh.readers_line(),
+        "metabase (SELECT on 42 tables, USAGE on 1 schema, default privileges)"
+    );
+    let frozen: Value = serde_json::from_str(SWAP).unwrap();
+    assert_eq!(serde_json::to_value(&run).unwrap(), frozen);
 }
 
 #[test]

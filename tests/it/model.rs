@@ -21,10 +21,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use replicator::config::RetryConfig;
-use replicator::engine::{Driver, Outcome, Steps};
+use replicator::engine::{Driver, DumpChecked, Outcome, Steps};
 use replicator::error::StepError;
 use replicator::machine::{
-    Backup, Event, LeftOut, Origin, Phase, Progress, Run, Section, TableLoad, WorkMode,
+    Backup, Event, Origin, Phase, Progress, Run, Section, TableLoad, WorkMode,
 };
 use replicator::state::store::Store;
 
@@ -188,7 +188,7 @@ impl Steps for ModelSteps {
         }
     }
 
-    async fn extract_and_check(&self, run: &Run) -> Result<Vec<LeftOut>, StepError> {
+    async fn extract_and_check(&self, run: &Run) -> Result<DumpChecked, StepError> {
         let on_disk = self.world.lock().unwrap().archive.get(&run.run_id).copied();
         if on_disk != Some(SIZE) {
             self.violation(format!(
@@ -202,7 +202,7 @@ impl Steps for ModelSteps {
                     .unwrap()
                     .checked
                     .insert(run.run_id.clone(), true);
-                Ok(Vec::new())
+                Ok(DumpChecked::default())
             }
             Act::Fail(e) => Err(e),
             Act::Crash => self.die().await,

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::pg::PgCluster;
+use serde_json::Value;
+
 use crate::common::scenario::{Scenario, kill_9, stderr, stdout};
 
 /// The source: `actor` with `n` rows (and an index, a view and a sequence, so that a switch has
@@ -35,7 +37,7 @@ fn new_backup(s: &Scenario, n: u32) {
 
 /// A role that reads the replica, as a DBA sets one up: USAGE on the schema, SELECT on the
 /// tables, and default privileges for the tables to come.
-fn add_reader(s: &Scenario) -> (String, String) {
+pub(crate) fn add_reader(s: &Scenario) -> (String, String) {
     let reader = format!("{}_reader", s.target.role);
     let password = "reader-pw".to_string();
     s.cluster.superuser_psql(
@@ -150,6 +152,99 @@ fn readers_see_yesterday_then_tonight_never_an_empty_or_partial_table() {
     assert!(seen.counts.contains(&20_000) && seen.counts.contains(&40_000));
 }
 
+/// What `role` gets, as `status --json`'s refresh says.
+fn gets_of(refresh: &Value, role: &str) -> String {
+    refresh["readers"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["role"] == role))
+        .and_then(|r| r["gets"].as_str())
+        .unwrap_or_else(|| panic!("{role} is not among the readers kept: {refresh:#}"))
+        .to_string()
+}
+
+fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap()
+        .to_utc()
+}
+
+/// After a swap night, `status` (text and JSON, from the state directory and from the target)
+/// and the status page say swap, when the switch committed, and the reader role carried over
+/// with what it gets.
+#[test]
+fn status_and_the_page_say_swap_when_it_switched_and_the_readers_kept() {
+    let s = Scenario::new("swap_status", fill(1_000));
+    s.run_ok(&["run"]);
+    let (reader, _) = add_reader(&s);
+    new_backup(&s, 2_000);
+    s.run_ok(&["run", "--force"]);
+    let switched_at = s
+        .target_psql("SELECT to_char(max(switched_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM replicator.switches");
+    let fresh = s.files.path().join("fresh");
+    let from_target = s
+        .cmd_with_state(&["status", "--json", "--from-target"], &fresh)
+        .output()
+        .unwrap();
+    assert!(from_target.status.success(), "{}", stderr(&from_target));
+    let from_target: Value = serde_json::from_slice(&from_target.stdout).unwrap();
+    for status in [s.status_json(), from_target] {
+        let refresh = &status["refresh"];
+        assert_eq!(refresh["mode"], "swap", "{status:#}");
+        assert_eq!(refresh["schemas"][0], "public", "{status:#}");
+        assert_eq!(refresh["wiped_at"], Value::Null, "{status:#}");
+        // The commit's time, as the target recorded it: within the run, before its end.
+        let at = time(&refresh["switched_at"]);
+        assert!(
+            time(&status["started_at"]) < at && at < time(&status["finished_at"]),
+            "{status:#}"
+        );
+        assert_eq!(
+            at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            switched_at,
+            "{status:#}"
+        );
+        let gets = gets_of(refresh, &reader);
+        assert!(
+            gets.contains("SELECT on ") && gets.ends_with("default privileges"),
+            "{gets}"
+        );
+    }
+    let text = stdout(&s.run_ok(&["status"]));
+    assert!(
+        text.contains(&format!(
+            "  Refresh   swap of public: switched {switched_at} UTC"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("  Readers   kept: ") && text.contains(&format!("{reader} (SELECT on ")),
+        "{text}"
+    );
+
+    let port = crate::common::pg::free_port();
+    let web = crate::web::start_web(&s, port);
+    let (code, _, page) = crate::web::get(port, "/", Some(&crate::web::bearer()));
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains(&format!(
+            "<dd id=\"refresh\">swap of public: switched {switched_at} UTC"
+        )),
+        "{page}"
+    );
+    let readers = page
+        .split("<dd id=\"readers\">")
+        .nth(1)
+        .and_then(|r| r.split("</dd>").next())
+        .unwrap_or_else(|| panic!("no readers on the page: {page}"));
+    assert!(readers.contains(&format!("{reader} (SELECT on ")), "{page}");
+    let (_, _, metrics) = crate::web::get(port, "/metrics", Some(&crate::web::bearer()));
+    assert!(
+        metrics.contains("replicator_run_refresh_mode{refresh=\"swap\"} 1\n"),
+        "{metrics}"
+    );
+    drop(web);
+}
+
 /// In wipe mode, the reader still reads after every run: its grants and the owner's default
 /// privileges are given again (DROP OWNED dropped them).
 #[test]
@@ -180,6 +275,28 @@ fn in_wipe_mode_readers_keep_their_grants_and_default_privileges() {
         assert!(
             logs.contains("readers' privileges given again"),
             "night {night}: {logs}"
+        );
+        // `status` says wipe (asked for: no why-not-swap), when the wipe was, and the reader.
+        let status = s.status_json();
+        let refresh = &status["refresh"];
+        assert_eq!(refresh["mode"], "wipe", "{status:#}");
+        assert_eq!(refresh["why_not_swap"], Value::Null, "{status:#}");
+        assert_eq!(refresh["switched_at"], Value::Null, "{status:#}");
+        let wiped = time(&refresh["wiped_at"]);
+        assert!(
+            time(&status["started_at"]) < wiped && wiped < time(&status["finished_at"]),
+            "{status:#}"
+        );
+        let gets = gets_of(refresh, &reader);
+        assert!(
+            gets.contains("SELECT on ") && gets.ends_with("default privileges"),
+            "{gets}"
+        );
+        let text = stdout(&s.run_ok(&["status"]));
+        assert!(text.contains("  Refresh   wipe: wiped "), "{text}");
+        assert!(
+            text.contains("  Readers   kept: ") && text.contains(&format!("{reader} (SELECT on ")),
+            "{text}"
         );
         assert_eq!(
             as_reader("SELECT count(*) FROM actor"),
@@ -358,6 +475,14 @@ fn readers_own_objects_are_kept_or_recreated_in_both_modes() {
         for (night, rows) in [(1, 2_000), (2, 3_000)] {
             new_backup(&s, rows);
             s.run_ok(&["run", "--force"]);
+            let views = s.status_json()["refresh"]["views"].to_string();
+            assert!(
+                views.contains("view public.long_names")
+                    && views.contains("re-created on tonight's tables")
+                    && views.contains("view mine.top")
+                    && views.contains("definition kept in replicator.kept_definitions"),
+                "{mode} night {night}: status says {views}"
+            );
             // Names are `a1`..: longer than 3 characters from `a100` on.
             let want = (rows - 99).to_string();
             assert_eq!(

@@ -11,10 +11,10 @@ use crate::common::fake_scalingo::{ErrorFault, Route, Times};
 use crate::common::pg::free_port;
 use crate::common::scenario::{Scenario, eventually, kill_9, payload_source, stderr};
 
-const TOKEN: &str = "wt-Prom3theus-distinct-token";
+pub(crate) const TOKEN: &str = "wt-Prom3theus-distinct-token";
 
 /// One GET of `path` with `auth` as the Authorization header: status code, headers, body.
-fn get(port: u16, path: &str, auth: Option<&str>) -> (u16, String, String) {
+pub(crate) fn get(port: u16, path: &str, auth: Option<&str>) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = auth
@@ -45,7 +45,7 @@ fn metrics_when(port: u16, timeout: Duration, pred: impl Fn(&str) -> bool) -> St
     }
 }
 
-fn bearer() -> String {
+pub(crate) fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
 
@@ -60,7 +60,7 @@ fn sample(metrics: &str, series: &str) -> f64 {
 }
 
 /// A child process that a failing test must not leave behind: killed when dropped.
-struct Reaped(Option<Child>);
+pub(crate) struct Reaped(Option<Child>);
 
 impl Reaped {
     /// Kills it now; what it wrote.
@@ -80,7 +80,7 @@ impl Drop for Reaped {
     }
 }
 
-fn start_web(s: &Scenario, port: u16) -> Reaped {
+pub(crate) fn start_web(s: &Scenario, port: u16) -> Reaped {
     let mut web = s
         .cmd(&["web"])
         .env("PORT", port.to_string())
@@ -370,6 +370,7 @@ fn the_status_page_shows_the_run_and_the_chart_in_headless_chromium() {
     };
     let s = Scenario::new("webpage", payload_source);
     s.run_ok(&["run"]);
+    let (reader, _) = crate::swap::add_reader(&s);
     for _ in 0..3 {
         s.run_ok(&["run", "--force"]);
     }
@@ -422,6 +423,17 @@ fn the_status_page_shows_the_run_and_the_chart_in_headless_chromium() {
     assert_eq!(dom.matches("<g class=\"run failed\"").count(), 1, "{dom}");
     assert!(dom.matches("<rect ").count() >= 4 * 4, "{dom}");
     assert!(dom.contains("id=\"mode\">whole:"), "{dom}");
+    // Before tonight's checks, the refresh and the readers kept of the last night.
+    assert!(
+        dom.contains(
+            "id=\"refresh\">not decided yet (by the checks before the restore); last run: swap of "
+        ),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("id=\"readers\">last run: ") && dom.contains(&format!("{reader} (SELECT on ")),
+        "{dom}"
+    );
     assert!(dom.contains("id=\"last-error\""), "{dom}");
     assert!(!dom.contains(TOKEN));
 }
