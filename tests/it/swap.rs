@@ -476,11 +476,13 @@ fn readers_own_objects_are_kept_or_recreated_in_both_modes() {
             new_backup(&s, rows);
             s.run_ok(&["run", "--force"]);
             let views = s.status_json()["refresh"]["views"].to_string();
+            // The outsider's view went on night 1: night 2 has nothing more to say of it.
             assert!(
                 views.contains("view public.long_names")
                     && views.contains("re-created on tonight's tables")
-                    && views.contains("view mine.top")
-                    && views.contains("definition kept in replicator.kept_definitions"),
+                    && (night == 2
+                        || views.contains("view mine.top")
+                            && views.contains("definition kept in replicator.kept_definitions")),
                 "{mode} night {night}: status says {views}"
             );
             // Names are `a1`..: longer than 3 characters from `a100` on.
