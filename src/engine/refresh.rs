@@ -150,6 +150,8 @@ impl RealSteps {
                         &plan.readers.views,
                         &[],
                     ));
+                    #[cfg(feature = "test-hooks")]
+                    carried.extend(super::test_hooks::sleep_in_switch());
                 }
                 let at = replica::swap::switch(
                     &self.target,

@@ -49,3 +49,19 @@ impl PauseAt {
         }
     }
 }
+
+/// `REPLICATOR_TEST_SLEEP_IN_SWITCH=<seconds>`: the switch's transaction sleeps that long
+/// (`pg_sleep`) after its renames and before its commit, so that a test can kill the process
+/// in the middle of it (`tests/it/swap.rs`).
+pub const SLEEP_IN_SWITCH_VAR: &str = "REPLICATOR_TEST_SLEEP_IN_SWITCH";
+
+/// The statement [`SLEEP_IN_SWITCH_VAR`] asks for, if set.
+pub fn sleep_in_switch() -> Option<String> {
+    let secs: f64 = std::env::var(SLEEP_IN_SWITCH_VAR)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    tracing::warn!("{SLEEP_IN_SWITCH_VAR}: the switch sleeps {secs}s before its commit");
+    Some(format!("SELECT pg_sleep({secs})"))
+}

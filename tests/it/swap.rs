@@ -693,3 +693,70 @@ fn a_run_killed_in_any_phase_before_the_switch_leaves_yesterday_whole() {
         );
     }
 }
+
+/// `kill -9` in the middle of the switch's transaction (it sleeps before its commit, by a test
+/// hook), then `resume`: the target is at every point exactly yesterday's or exactly tonight's,
+/// and the resumed run ends switched once. Twice: once the server finishes the transaction the
+/// dead process had sent (it commits), once its session is ended too (it rolls back).
+#[test]
+fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
+    let mut s = Scenario::new("swap_midswitch", fill(4_000));
+    s.run_ok(&["run"]);
+    let digest =
+        "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
+    let sleep = replicator::engine::test_hooks::SLEEP_IN_SWITCH_VAR;
+    for (night, end_session) in [(1u32, false), (2, true)] {
+        let yesterday = s.target_psql(digest);
+        let rows = 4_000 + night * 1_000;
+        new_backup(&s, rows);
+        s.set_env(sleep, "4");
+        let mut child = s.spawn(&["run", "--force"]);
+        let sleeping = "SELECT count(*) FROM pg_stat_activity
+                         WHERE query LIKE '%pg_sleep(4)%' AND pid <> pg_backend_pid()";
+        crate::common::scenario::eventually(
+            Duration::from_secs(120),
+            "the switch's transaction sleeping",
+            || s.cluster.superuser_psql("postgres", sleeping).trim() == "1",
+        );
+        kill_9(&mut child);
+        if end_session {
+            s.cluster.superuser_psql(
+                "postgres",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE query LIKE '%pg_sleep(4)%' AND pid <> pg_backend_pid()",
+            );
+        }
+        crate::common::scenario::eventually(
+            Duration::from_secs(30),
+            "the switch's session gone",
+            || s.cluster.superuser_psql("postgres", sleeping).trim() == "0",
+        );
+        let now = s.target_psql(digest);
+        let switched = s.target_psql(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'replicator_next_public'",
+        ) == "0";
+        if switched {
+            assert!(now.starts_with(&format!("{rows}:")), "night {night}: {now}");
+        } else {
+            assert_eq!(
+                now, yesterday,
+                "night {night}: neither yesterday's nor tonight's"
+            );
+            assert_eq!(
+                s.target_psql("SELECT count(*) FROM replicator_next_public.actor"),
+                rows.to_string()
+            );
+        }
+        assert_eq!(switched, !end_session, "night {night}");
+        s.env.retain(|(k, _)| k != sleep);
+        s.run_ok(&["resume"]);
+        assert!(s.target_psql(digest).starts_with(&format!("{rows}:")));
+        assert_eq!(s.status_json()["phase"], "Done");
+        assert_eq!(
+            s.target_psql(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'replicator\\_%' AND nspname <> 'replicator'"
+            ),
+            "0"
+        );
+    }
+}
