@@ -279,6 +279,10 @@ async fn judge_head(
                 ),
                 Err(e) => Check::fail("rehearsal", e.to_string()),
             });
+            checks.push(match crate::replica::locks::budget(t).await {
+                Ok(b) => Check::ok("locks", b.describe()),
+                Err(e) => Check::fail("locks", e.to_string()),
+            });
             Ok(d)
         }
         Err(e) => {
@@ -286,6 +290,7 @@ async fn judge_head(
             Err(e)
         }
     };
+    let rehearsed = decided.is_ok();
     let plan_line = match decided {
         Ok(d) => {
             let jobs = d.plan.jobs;
@@ -303,8 +308,9 @@ async fn judge_head(
         }
         Err(e) => Check::fail("restore plan", e.to_string()),
     };
-    // The plan's line before the rehearsal's, as a run decides then rehearses.
-    let at = checks.len() - 1;
+    // The plan's line before the rehearsal's (and the locks'), as a run decides then
+    // rehearses.
+    let at = checks.len() - if rehearsed { 2 } else { 1 };
     checks.insert(at, plan_line);
     Ok((checks, Some(path), dir))
 }

@@ -46,3 +46,22 @@ pub fn relations_of(desc: &str) -> u64 {
         _ => 0,
     }
 }
+
+impl LockBudget {
+    /// How many tables one transaction of a drop takes at a time: each takes a few locks (its
+    /// indexes, TOAST, sequences), and a batch takes an eighth of the table's room, leaving the
+    /// rest to everyone else.
+    pub fn drop_batch(&self) -> usize {
+        (self.capacity / 8 / 4).clamp(16, 2000) as usize
+    }
+
+    /// `check`'s line: the role's relations against the lock table.
+    pub fn describe(&self) -> String {
+        format!(
+            "the target holds {} relations of the role; the server's lock table holds {} locks (max_locks_per_transaction x (max_connections + max_prepared_transactions)); drops go {} tables per transaction",
+            self.owned,
+            self.capacity,
+            self.drop_batch()
+        )
+    }
+}

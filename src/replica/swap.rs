@@ -391,10 +391,7 @@ pub async fn drop_tables_in_batches(
     client: &Client,
     schema: Option<&str>,
 ) -> Result<(), StepError> {
-    let budget = super::locks::budget(target).await?;
-    // Each table takes a few locks (its indexes, TOAST, sequences): a batch takes an eighth of
-    // the table's room, leaving the rest to everyone else.
-    let batch = (budget.capacity / 8 / 4).clamp(16, 2000) as usize;
+    let batch = super::locks::budget(target).await?.drop_batch();
     let q = |e| target.query_error("dropping tables in batches", e);
     loop {
         // (kind of DROP, name): tables, materialized views and foreign tables.
