@@ -1,6 +1,7 @@
 mod check_parity;
 mod common;
 mod compressible;
+mod corpus;
 mod crash;
 mod daemon;
 mod demo;
