@@ -10,12 +10,33 @@ use crate::plan::refused_before_the_wipe;
 const CHINOOK: &str = include_str!("../fixtures/chinook.sql");
 const MASKING_KEY: &str = "0123456789abcdef0123456789abcdef";
 
+/// The ICU cases need a source server built with ICU (Debian's 15) and a target built without
+/// it (`scripts/test`'s 18): said plainly if the test servers change.
+fn assert_icu_only_on_15() {
+    let icu = |major: u32| {
+        shared_cluster_version(major)
+            .superuser_psql(
+                "postgres",
+                "SELECT count(*) FROM pg_collation WHERE collname = 'und-x-icu'",
+            )
+            .trim()
+            .to_string()
+    };
+    assert_eq!(icu(15), "1", "PostgreSQL 15 of the tests has no ICU");
+    assert_eq!(
+        icu(18),
+        "0",
+        "PostgreSQL 18 of the tests has ICU: this case needs a target built without it"
+    );
+}
+
 /// A type the target's server cannot build: a range type over ICU's root collation, dumped
 /// from a PostgreSQL 15 built with ICU (Debian's), restored into an 18 built without it
 /// (`collation "pg_catalog.und-x-icu" for encoding "UTF8" does not exist`). The rehearsal
 /// meets it before the wipe and names the type's dump entry.
 #[test]
 fn a_type_the_target_server_cannot_build_is_refused_before_the_wipe() {
+    assert_icu_only_on_15();
     let mut s = Scenario::across(
         "refuse_type",
         shared_cluster_version(15),
@@ -123,6 +144,7 @@ fn a_check_the_masked_sample_breaks_is_refused_before_the_wipe() {
 /// it (18 here): `ICU is not supported in this build`.
 #[test]
 fn an_icu_collation_on_a_server_without_icu_is_refused_before_the_wipe() {
+    assert_icu_only_on_15();
     let mut s = Scenario::across(
         "refuse_icu",
         shared_cluster_version(15),
