@@ -50,7 +50,8 @@ impl Drop for Timer {
 }
 
 /// What the fingerprint does not compare and a restore must keep: the collations of the
-/// application's schemas and of their columns, and each extension with its schema.
+/// application's schemas and of their columns, and the comments (first), and each extension
+/// with its schema (second).
 fn catalog_extras(cluster: &PgCluster, db: &str) -> (String, String) {
     let collations = cluster.superuser_psql(
         db,
@@ -71,12 +72,31 @@ fn catalog_extras(cluster: &PgCluster, db: &str) -> (String, String) {
                   AND co.collname <> 'default') s"
         ),
     );
+    // Every comment but those of system objects, of extensions and of their members (an
+    // extension's script writes its own) and of the replicator's own records, by what
+    // pg_describe_object calls the object.
+    let comments = cluster.superuser_psql(
+        db,
+        "SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+           SELECT pg_describe_object(d.classoid, d.objoid, d.objsubid) || ': ' || d.description AS x
+             FROM pg_description d
+            WHERE (d.objoid >= 16384 OR d.classoid = 'pg_namespace'::regclass)
+              AND d.classoid <> 'pg_extension'::regclass
+              AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid
+                              AND e.objid = d.objoid AND e.deptype = 'e')
+              AND NOT (d.classoid = 'pg_class'::regclass AND d.objoid IN
+                       (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = 'replicator'))) s",
+    );
     let extensions = cluster.superuser_psql(
         db,
         "SELECT string_agg(e.extname || '@' || n.nspname, ', ' ORDER BY e.extname) \
          FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace",
     );
-    (collations.trim().to_string(), extensions.trim().to_string())
+    (
+        format!("{}\n{}", collations.trim(), comments.trim()),
+        extensions.trim().to_string(),
+    )
 }
 
 /// The fingerprint of `db` without the relations that belong to an extension (the views of
@@ -225,7 +245,7 @@ fn restores_exactly_twice(source: &Source, major: u32) {
         let (collations, extensions) = catalog_extras(cluster, &s.target.dbname);
         assert_eq!(
             collations, src_collations,
-            "{what}, night {night}: collations"
+            "{what}, night {night}: collations and comments"
         );
         let mut got: Vec<String> = extensions.split(", ").map(str::to_string).collect();
         got.sort();
