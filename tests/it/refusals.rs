@@ -59,19 +59,35 @@ fn a_type_the_target_server_cannot_build_is_refused_before_the_wipe() {
 }
 
 /// Chinook restored with `RESTORE_SCHEMAS=reporting`: the view `reporting.sales_by_genre`
-/// reads tables of `public`, which the restriction leaves out. (The partitioned table whose
-/// partitions are in `reporting` is dropped first: it would be refused too, and its entries
-/// would fill the message's first ten pairs.)
+/// reads tables of `public`, which the restriction leaves out; so do the materialized view
+/// `reporting.top_customers` and the partitions `reporting.invoice_archive_*` of a public
+/// table. The FAIL line names the objects cut, the view among them, before the entries that
+/// only follow from them (the partitions' keys and index attachments, which alone would fill
+/// the ten pairs the message shows).
 #[test]
 fn restore_schemas_that_cuts_a_view_from_its_tables_is_refused_before_the_wipe() {
     let mut s = Scenario::new("refuse_cut", |c, db| {
         c.superuser_psql(db, CHINOOK);
-        c.superuser_psql(db, "DROP TABLE public.invoice_archive;");
     });
     s.set_env("RESTORE_SCHEMAS", "reporting");
     s.put_stale_table_in_target();
     s.set_env("MAX_RETRY_COUNT", "0");
-    refused_before_the_wipe(&s, "restore plan", "reporting.sales_by_genre");
+    refused_before_the_wipe(&s, "restore plan", "VIEW reporting.sales_by_genre needs");
+    let out = s.run(&["check"]);
+    let text = crate::common::scenario::stdout(&out);
+    let fail = text
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("restore plan"))
+        .unwrap_or_default();
+    for cut in [
+        "MATERIALIZED VIEW reporting.top_customers needs",
+        "TABLE reporting.invoice_archive_2021 needs TABLE public.invoice_archive",
+    ] {
+        assert!(
+            fail.contains(cut),
+            "the FAIL line does not name {cut:?}:\n{text}"
+        );
+    }
 }
 
 /// A table of Chinook's (`public.track`) that another role owns in the target (yesterday's
