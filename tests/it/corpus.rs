@@ -367,3 +367,44 @@ fn chinook_dumped_by_15() {
 fn chinook_dumped_by_18() {
     restores_exactly_twice(&CHINOOK_SOURCE, 18);
 }
+
+/// `rules init` on a real dump, every `# REVIEW` suggestion taken as written: `check` passes
+/// and the run masks. Before: on e-petitions and OpenStreetMap the suggestions put `hash` on
+/// booleans and timestamps whose names hold "email", and `null` on `NOT NULL` text.
+#[test]
+fn rules_init_s_suggestions_taken_as_written_pass_check_on_real_schemas() {
+    for source in [&E_PETITIONS_SOURCE, &OPENSTREETMAP_SOURCE, &CHINOOK_SOURCE] {
+        let mut s = Scenario::new(
+            &format!("corpus_rules_{}", source.name.replace('-', "_")),
+            |c, db| {
+                c.superuser_psql(db, source.sql);
+            },
+        );
+        let out = s.run(&["rules", "init", "--dump", s.dump.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let taken: String = stdout(&out)
+            .lines()
+            .map(|l| match l.split_once(" = \"keep\"  # REVIEW: ") {
+                Some((column, review)) if !review.contains("\"drop\"") => {
+                    let rule = review.rsplit('"').nth(1).unwrap();
+                    format!("{column} = \"{rule}\"\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        assert!(taken.contains("= \"hash\""), "{taken}");
+        let rules = s.files.path().join("rules.toml");
+        std::fs::write(&rules, &taken).unwrap();
+        s.set_env("REPLICA_RULES", rules.to_str().unwrap());
+        s.set_env("MASKING_KEY", "0123456789abcdef0123456789abcdef");
+        let out = s.run(&["check"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: check refuses rules init's suggestions:\n{}\n{taken}",
+            source.name,
+            stdout(&out)
+        );
+        s.run_ok(&["run"]);
+    }
+}
