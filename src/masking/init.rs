@@ -3,6 +3,7 @@
 //! production stops the run until someone decides); the columns whose names or types look
 //! personal get a `# REVIEW` comment with the rule that would fit.
 
+use super::Rule;
 use super::schema::Schema;
 use super::validate::TypeClass;
 
@@ -85,6 +86,41 @@ pub fn suggestion(table: &str, column: &str, ty: &str) -> Option<(&'static str, 
         return Some(("null", "free text in a table about people"));
     }
     None
+}
+
+/// [`suggestion`]'s rule if it fits the column (its type, its length, `NOT NULL`, a unique
+/// index: what validation checks); else, for text, the first of `redact` and `null` that
+/// fits; else none. The names are a guess (`email_valid` is a boolean, `email_sent_at` a
+/// timestamp): a suggestion taken as written must never make the file fail.
+fn fitting_suggestion(
+    table: &str,
+    col: &super::schema::Column,
+) -> Option<(&'static str, &'static str)> {
+    let (rule, why) = suggestion(table, &col.name, &col.ty)?;
+    let class = TypeClass::of(&col.ty);
+    let fits = |name: &str| {
+        let rule = match name {
+            "ip" => Rule::Ip,
+            "hash" => Rule::Hash,
+            "phone" => Rule::Phone,
+            "first_name" => Rule::FirstName,
+            "last_name" => Rule::LastName,
+            "date_shift" => Rule::DateShift { days: 365 },
+            "redact" => Rule::Redact,
+            _ => Rule::Null,
+        };
+        super::validate::unfit(&rule, col, class).is_none()
+    };
+    if fits(rule) {
+        return Some((rule, why));
+    }
+    if !matches!(class, TypeClass::Text { .. }) {
+        return None;
+    }
+    ["redact", "null"]
+        .into_iter()
+        .find(|r| fits(r))
+        .map(|r| (r, why))
 }
 
 /// The file's text: `tables` in the order given, each with its columns (generated ones left
@@ -186,7 +222,7 @@ fn section(
     }
     for c in own {
         let mut line = format!("{} = \"keep\"", toml_key(&c.name));
-        if let Some((rule, why)) = suggestion(name, &c.name, &c.ty) {
+        if let Some((rule, why)) = fitting_suggestion(name, c) {
             line.push_str(&format!(
                 "  # REVIEW: looks like {why} ({}): \"{rule}\"?",
                 c.ty
@@ -258,6 +294,45 @@ mod tests {
         let rules = RulesFile::parse(&text).unwrap();
         assert!(rules.strict);
         validate(&rules, &s, &tables).unwrap();
+    }
+
+    /// Found on real schemas (e-petitions, OpenStreetMap): a name that looks personal on a
+    /// column whose type or constraint the rule cannot take (`email_valid boolean`,
+    /// `email_requested_at timestamp`, a `NOT NULL` bio). Every suggestion, taken as written,
+    /// passes validation; a personal-looking text column whose first rule does not fit gets
+    /// one that does.
+    #[test]
+    fn every_suggestion_fits_its_column() {
+        let mut s = Schema::default();
+        s.statement("CREATE TABLE public.users (\n    id integer NOT NULL,\n    email_valid boolean DEFAULT false NOT NULL,\n    email_requested_at timestamp without time zone,\n    description text DEFAULT ''::text NOT NULL,\n    email character varying(20),\n    login character varying(255) NOT NULL\n);");
+        s.statement("CREATE UNIQUE INDEX users_login ON public.users USING btree (login);");
+        s.finish();
+        let tables = vec![("public".to_string(), "users".to_string())];
+        let text = starting_file(&s, &tables, "test.pgsql", 0, 0);
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap()
+                .to_string()
+        };
+        assert!(!line("email_valid = ").contains("REVIEW"), "{text}");
+        assert!(!line("email_requested_at = ").contains("REVIEW"), "{text}");
+        assert!(line("description = ").contains("\"redact\"?"), "{text}");
+        assert!(line("email = ").contains("\"redact\"?"), "{text}");
+        assert!(line("login = ").contains("\"hash\"?"), "{text}");
+        // Every suggestion taken: the file still passes.
+        let taken: String = text
+            .lines()
+            .map(|l| match l.split_once(" = \"keep\"  # REVIEW: ") {
+                Some((col, review)) => {
+                    let rule = review.rsplit('"').nth(1).unwrap();
+                    format!("{col} = \"{rule}\"\n")
+                }
+                None => format!("{l}\n"),
+            })
+            .collect();
+        let rules = RulesFile::parse(&taken).unwrap();
+        validate(&rules, &s, &tables).unwrap_or_else(|e| panic!("{e}\n{taken}"));
     }
 
     /// Issue 22: partitions (attached), inheritance children and typed tables: the file

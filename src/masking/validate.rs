@@ -124,7 +124,7 @@ impl Plan {
 }
 
 /// Why `rule` cannot apply to `col` (of type class `class`), if it cannot.
-fn unfit(rule: &Rule, col: &Column, class: TypeClass) -> Option<String> {
+pub(super) fn unfit(rule: &Rule, col: &Column, class: TypeClass) -> Option<String> {
     let ty = &col.ty;
     let fits = match rule {
         Rule::Keep | Rule::Fixed(_) | Rule::Null => true,

@@ -105,7 +105,11 @@ fn qualified(e: &TocEntry) -> String {
     }
 }
 
-/// The pairs (restored entry, entry it needs) that `RESTORE_SCHEMAS` cuts apart.
+/// The pairs (restored entry, entry it needs) that `RESTORE_SCHEMAS` cuts apart: first those
+/// whose restored entry creates an object with a name of its own (a view, a table, a
+/// partition), then the rest (keys, index attachments, comments), each group sorted. The
+/// message shows the first ten: a partition's key and index entries, which follow from the
+/// partition, must not hide a view cut from its tables.
 pub fn broken_by_restriction(
     toc: &Toc,
     deps: &HashMap<u32, Vec<u32>>,
@@ -124,15 +128,19 @@ pub fn broken_by_restriction(
     };
     let mut pairs = Vec::new();
     for e in toc.entries().filter(|e| !skip.contains(&e.id)) {
+        let named = NAMED_KINDS.contains(&e.desc.as_str());
         for d in deps.get(&e.id).into_iter().flatten() {
             if let Some(needed) = by_id.get(d).filter(|n| outside(n)) {
-                pairs.push((qualified(e), qualified(needed)));
+                pairs.push((!named, qualified(e), qualified(needed)));
             }
         }
     }
     pairs.sort();
     pairs.dedup();
     pairs
+        .into_iter()
+        .map(|(_, e, needed)| (e, needed))
+        .collect()
 }
 
 /// Decides what is restored and checks that the target can take it; returns the selection
@@ -457,5 +465,49 @@ mod tests {
             },
         );
         assert!(broken_by_restriction(&toc, &deps, &both, &sel.skip).is_empty());
+    }
+
+    /// A partition's key and index attachment sort before a view by name; the view, an
+    /// object of its own, comes first all the same.
+    #[test]
+    fn objects_with_a_name_of_their_own_come_first() {
+        let toc = Toc::parse(
+            "7; 2615 16477 SCHEMA - reporting postgres\n\
+             216; 1259 16384 TABLE public parent postgres\n\
+             217; 1259 16390 TABLE reporting part postgres\n\
+             218; 1259 16483 VIEW reporting v postgres\n\
+             219; 2606 16490 CONSTRAINT public parent parent_pkey postgres\n\
+             220; 2606 16491 CONSTRAINT reporting part part_pkey postgres\n\
+             221; 0 0 INDEX ATTACH reporting part_pkey postgres\n",
+        );
+        let deps: HashMap<u32, Vec<u32>> = HashMap::from([
+            (217, vec![7, 216]),
+            (218, vec![7, 216]),
+            (219, vec![216]),
+            (220, vec![217, 219]),
+            (221, vec![219, 220]),
+        ]);
+        let schemas = ["reporting".to_string()];
+        let sel = select(
+            &toc,
+            &SelectOptions {
+                schemas: Some(schemas.to_vec()),
+                target_version_num: 170000,
+                ..Default::default()
+            },
+        );
+        let restored: Vec<String> = broken_by_restriction(&toc, &deps, &schemas, &sel.skip)
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        assert_eq!(
+            restored,
+            [
+                "TABLE reporting.part",
+                "VIEW reporting.v",
+                "CONSTRAINT reporting.part part_pkey",
+                "INDEX ATTACH reporting.part_pkey",
+            ]
+        );
     }
 }

@@ -1,6 +1,7 @@
 mod check_parity;
 mod common;
 mod compressible;
+mod corpus;
 mod crash;
 mod daemon;
 mod demo;
@@ -20,6 +21,7 @@ mod plan;
 mod postgres_ops;
 mod privileges;
 mod quiet;
+mod refusals;
 mod reliability;
 mod scalingo_api;
 mod settings;

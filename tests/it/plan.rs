@@ -9,7 +9,7 @@ const MASKING_KEY: &str = "0123456789abcdef0123456789abcdef";
 
 /// `check` exits 1 with a FAIL line on `line` naming `cause`; `run` exits 1 with `cause` in its
 /// logs; the target keeps the table added by hand.
-fn refused_before_the_wipe(s: &Scenario, line: &str, cause: &str) {
+pub(crate) fn refused_before_the_wipe(s: &Scenario, line: &str, cause: &str) {
     let out = s.run(&["check"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
