@@ -35,8 +35,8 @@ struct Source {
     on_source: &'static str,
     /// SQL the superuser runs on the fresh target before the first night.
     on_target: &'static str,
-    /// The refresh the plan chooses by default: `swap` unless the target cannot (an extension
-    /// in a replica's schema that the role could not move, for one).
+    /// The refresh the plan chooses by default: `swap` unless the target cannot (every source
+    /// here swaps: those with extensions in `public` switch it object by object).
     refresh: &'static str,
 }
 
@@ -283,7 +283,7 @@ const GITLAB_SOURCE: Source = Source {
     sql: GITLAB,
     on_source: "",
     on_target: "",
-    refresh: "wipe",
+    refresh: "swap",
 };
 
 /// e-petitions (intarray, trusted), with two server tools only a superuser may create that
@@ -293,7 +293,7 @@ const E_PETITIONS_SOURCE: Source = Source {
     sql: E_PETITIONS,
     on_source: SERVER_TOOLS,
     on_target: "",
-    refresh: "wipe",
+    refresh: "swap",
 };
 
 /// OpenStreetMap (btree_gist, enums, plpgsql, an exclusion constraint, a generated column, a
@@ -305,7 +305,7 @@ const OPENSTREETMAP_SOURCE: Source = Source {
     on_source: SERVER_TOOLS,
     on_target: "CREATE EXTENSION pg_stat_statements SCHEMA public; \
                 CREATE EXTENSION pgstattuple SCHEMA public;",
-    refresh: "wipe",
+    refresh: "swap",
 };
 
 /// Chinook (identity columns; citext, hstore, a second schema with views over public and the
@@ -315,7 +315,7 @@ const CHINOOK_SOURCE: Source = Source {
     sql: CHINOOK,
     on_source: "",
     on_target: "",
-    refresh: "wipe",
+    refresh: "swap",
 };
 
 #[test]
