@@ -1,7 +1,8 @@
 //! Issue 20: a corpus of real schemas (tests/fixtures/, each file's header names its source
 //! and licence), each dumped by pg_dump 15 and by pg_dump 18, restores exactly into a fresh
-//! target owned by a non-superuser role, twice in a row on the same target (the default
-//! refresh mode: swap where the target allows it), and `check` agrees with the run.
+//! target owned by a non-superuser role, twice in a row on the same target in the default
+//! refresh mode (swap), then (dumps of 18) twice more in wipe mode, and `check` agrees with
+//! the run.
 //!
 //! Across the corpus: extensions only a superuser may create that nothing uses (added by the
 //! tests on top of Pagila, e-petitions and OpenStreetMap), the same extensions created beforehand by a
@@ -161,7 +162,7 @@ fn differences(target: &Fingerprint, source: &Fingerprint) -> String {
 /// `source` dumped by pg_dump `major` from a server of that version, restored into a fresh
 /// target of the same server, twice: `check` passes, each night is exact, and the extensions
 /// are the source's, less the server tools nothing uses, plus what the target had.
-fn restores_exactly_twice(source: &Source, major: u32) {
+fn restores_exactly_twice_in_each_mode(source: &Source, major: u32) {
     let _t = Timer(
         format!("{} dumped by pg_dump {major}", source.name),
         Instant::now(),
@@ -219,12 +220,18 @@ fn restores_exactly_twice(source: &Source, major: u32) {
     expected.sort();
     expected.dedup();
 
-    for night in 1..=2 {
+    // Dumps of 18 go on for two nights in wipe mode on the same target: every source is
+    // then restored exactly twice in a row in each mode.
+    let nights = if major == 18 { 4 } else { 2 };
+    for night in 1..=nights {
         let args: &[&str] = if night == 1 {
             &["run"]
         } else {
             &["run", "--force"]
         };
+        if night == 3 {
+            s.set_env("REFRESH_MODE", "wipe");
+        }
         let out = s.run(args);
         assert_eq!(
             out.status.code(),
@@ -254,7 +261,13 @@ fn restores_exactly_twice(source: &Source, major: u32) {
             !s.table_exists("stale_leftover"),
             "{what}, night {night}: yesterday's table is still there"
         );
-        assert_eq!(s.status_json()["phase"], "Done", "{what}, night {night}");
+        let status = s.status_json();
+        assert_eq!(status["phase"], "Done", "{what}, night {night}");
+        assert_eq!(
+            status["refresh"]["mode"],
+            if night <= 2 { source.refresh } else { "wipe" },
+            "{what}, night {night}"
+        );
     }
     // The check a user runs before the next night, on a target the replicator refreshed.
     let out = s.run(&["check"]);
@@ -320,52 +333,52 @@ const CHINOOK_SOURCE: Source = Source {
 
 #[test]
 fn pagila_dumped_by_15() {
-    restores_exactly_twice(&PAGILA_SOURCE, 15);
+    restores_exactly_twice_in_each_mode(&PAGILA_SOURCE, 15);
 }
 
 #[test]
 fn pagila_dumped_by_18() {
-    restores_exactly_twice(&PAGILA_SOURCE, 18);
+    restores_exactly_twice_in_each_mode(&PAGILA_SOURCE, 18);
 }
 
 #[test]
 fn gitlab_dumped_by_15() {
-    restores_exactly_twice(&GITLAB_SOURCE, 15);
+    restores_exactly_twice_in_each_mode(&GITLAB_SOURCE, 15);
 }
 
 #[test]
 fn gitlab_dumped_by_18() {
-    restores_exactly_twice(&GITLAB_SOURCE, 18);
+    restores_exactly_twice_in_each_mode(&GITLAB_SOURCE, 18);
 }
 
 #[test]
 fn e_petitions_dumped_by_15() {
-    restores_exactly_twice(&E_PETITIONS_SOURCE, 15);
+    restores_exactly_twice_in_each_mode(&E_PETITIONS_SOURCE, 15);
 }
 
 #[test]
 fn e_petitions_dumped_by_18() {
-    restores_exactly_twice(&E_PETITIONS_SOURCE, 18);
+    restores_exactly_twice_in_each_mode(&E_PETITIONS_SOURCE, 18);
 }
 
 #[test]
 fn openstreetmap_dumped_by_15() {
-    restores_exactly_twice(&OPENSTREETMAP_SOURCE, 15);
+    restores_exactly_twice_in_each_mode(&OPENSTREETMAP_SOURCE, 15);
 }
 
 #[test]
 fn openstreetmap_dumped_by_18() {
-    restores_exactly_twice(&OPENSTREETMAP_SOURCE, 18);
+    restores_exactly_twice_in_each_mode(&OPENSTREETMAP_SOURCE, 18);
 }
 
 #[test]
 fn chinook_dumped_by_15() {
-    restores_exactly_twice(&CHINOOK_SOURCE, 15);
+    restores_exactly_twice_in_each_mode(&CHINOOK_SOURCE, 15);
 }
 
 #[test]
 fn chinook_dumped_by_18() {
-    restores_exactly_twice(&CHINOOK_SOURCE, 18);
+    restores_exactly_twice_in_each_mode(&CHINOOK_SOURCE, 18);
 }
 
 /// `rules init` on a real dump, every `# REVIEW` suggestion taken as written: `check` passes
