@@ -314,6 +314,13 @@ fn scan_pg15_target_from_pg_dump_18_with_statistics() {
     scan(scenario("scan_18_15", 18, 18, 15, 18), true);
 }
 
+/// pg_dump 14 from a 14 source (the oldest Scalingo offers), into a 15 target: the forms of
+/// partitions, children and typed tables an older pg_dump writes are masked too.
+#[test]
+fn scan_pg15_target_from_pg_dump_14() {
+    scan(scenario("scan_14_15", 14, 14, 15, 18), false);
+}
+
 #[test]
 fn scan_pg18_target_from_pg_dump_15() {
     scan(scenario("scan_15_18", 15, 15, 18, 18), false);
