@@ -20,6 +20,7 @@ mod plan;
 mod postgres_ops;
 mod privileges;
 mod quiet;
+mod readiness;
 mod reliability;
 mod scalingo_api;
 mod settings;
