@@ -617,19 +617,19 @@ impl Applier {
                     // lets the rows go in frozen and all-visible (`FREEZE`): no later pass of
                     // autovacuum rewrites the pages (docs/performance.md, Ready at Done).
                     let freeze = record.is_some_and(|(_, _, h)| fills_own_table(&s, h));
-                    if record.is_some() {
-                        session.execute(&what(&entry), "BEGIN").await?;
-                    }
                     let (n, bytes) = if freeze {
                         let target =
                             copy_target(&s).ok_or(ScriptError::Unterminated { line: 0 })?;
                         session
-                            .execute(&what(&entry), &format!("TRUNCATE ONLY {target}"))
+                            .execute(&what(&entry), &format!("BEGIN; TRUNCATE ONLY {target}"))
                             .await?;
                         session
                             .copy(&what(&entry), &with_freeze(&s), stream, rows)
                             .await?
                     } else {
+                        if record.is_some() {
+                            session.execute(&what(&entry), "BEGIN").await?;
+                        }
                         session.copy(&what(&entry), &s, stream, rows).await?
                     };
                     if let Some((l, id, h)) = record {
@@ -733,5 +733,38 @@ impl Pool {
             self.idle.push(s);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freezes_only_a_copy_into_the_entrys_own_table() {
+        let h = |schema: &str, name: &str| EntryHeader {
+            name: name.into(),
+            kind: "TABLE DATA".into(),
+            schema: schema.into(),
+        };
+        let own = "COPY public.users (id, email) FROM stdin;";
+        assert!(fills_own_table(own, &h("public", "users")));
+        assert_eq!(
+            with_freeze(own),
+            "COPY public.users (id, email) FROM stdin WITH (FREEZE);"
+        );
+        assert!(fills_own_table(
+            "COPY \"App\".\"user\" (id) FROM stdin;",
+            &h("App", "user")
+        ));
+        assert!(fills_own_table(
+            "COPY public.\"user\" (id) FROM stdin;",
+            &h("public", "user")
+        ));
+        // --load-via-partition-root: the partition's rows go through its root.
+        assert!(!fills_own_table(
+            "COPY public.events (id, at) FROM stdin;",
+            &h("public", "events_2024")
+        ));
     }
 }
