@@ -591,7 +591,7 @@ impl Steps for RealSteps {
                 }));
                 done.extend(loaded.entries());
                 // The rows come in the archive's order from one pg_restore, from the stream or
-                // the dump on disk, each table's spread over PG_RESTORE_JOBS sessions.
+                // the dump on disk, each table's in one transaction (COPY ... FREEZE).
                 let stream = Some((feed, WorkDir::of(&self.state_dir, &run.run_id).data_list()));
                 // Where the relations are analyzed: the shadows a swap builds, else the
                 // schemas the plan restores into.

@@ -4,9 +4,11 @@
 //! - **pre-data** (schemas, extensions, types, tables, functions, views): one session, in the
 //!   archive's order, committed in batches.
 //! - **data** (a run, with its records): one `pg_restore` of the rows' entries in the archive's
-//!   order, from the dump file or the stream, each table's rows dealt out to `jobs` sessions;
-//!   each table's indexes and keys start as soon as its rows are in ([`plan_early`]), a key as
-//!   a unique index first ([`super::apply::key_as_index`]). Without records (a section
+//!   order, from the dump file or the stream, each table's rows in one transaction with its
+//!   record (`COPY ... FREEZE`); each table's indexes and keys start as soon as its rows are in
+//!   ([`plan_early`]), a key as a unique index first ([`super::apply::key_as_index`]), then the
+//!   table is vacuumed and analyzed; what no load analyzed is analyzed once the post-data
+//!   section is done ([`super::statistics::analyze_the_rest`]). Without records (a section
 //!   restored on its own): each table's rows from a `pg_restore` of their own entry.
 //! - **post-data**: what is left of the indexes and primary/unique/check constraints over
 //!   `jobs` sessions, then the rest in order (see [`super::apply::Applier::run_post_data`]).
@@ -147,7 +149,7 @@ pub async fn restore_entries(
             let report = |done: u64| progress((done + early_count()).min(total), total);
             match stream {
                 // With records: one pg_restore reads the rows in the archive's order (a stream
-                // can be read no other way), each table's spread over `jobs` sessions.
+                // can be read no other way), each table's in one transaction with its record.
                 Some((feed, list_file)) => {
                     applier
                         .run_stream(feed, list(&data_entries), &list_file, &report)
