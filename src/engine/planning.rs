@@ -124,8 +124,8 @@ pub async fn decide(
     }
 
     // REPLICA_RULES: every rule fits its column, strict mode names every column, comment and
-    // large object; planner statistics that would carry real values are left out (their
-    // tables are analyzed after the rows).
+    // large object; planner statistics that would carry real values are left out (every
+    // table is analyzed once its rows are in).
     let skip: HashSet<u32> = left_out.keys().copied().collect();
     // (It says what it leaves out itself.)
     let masking_left = crate::replica::masking::check_before_wipe(
@@ -147,14 +147,21 @@ pub async fn decide(
         chrono::Utc::now(),
     )
     .await?;
-    let stats_why = prepared
+    // The dump's statistics: every table is analyzed once its rows are in instead.
+    for (id, why) in &prepared.statistics.skip {
+        left_out.entry(*id).or_insert_with(|| why.to_string());
+    }
+    let replaced = prepared
         .statistics
-        .left_out
-        .as_ref()
-        .map(|l| l.why.clone())
-        .unwrap_or_default();
-    for id in &prepared.statistics.skip {
-        left_out.entry(*id).or_insert_with(|| stats_why.clone());
+        .skip
+        .values()
+        .filter(|w| **w == crate::replica::statistics::REPLACED)
+        .count();
+    if replaced > 0 {
+        info!(
+            entries = replaced,
+            "the dump's planner statistics ({replaced} STATISTICS DATA entries) are not restored: each table is analyzed once its rows and indexes are in"
+        );
     }
     let masking = prepared.masker.map(|m| m.plan().clone());
 

@@ -130,11 +130,20 @@ pub(super) fn log_summary(run: &Run) {
             .as_ref()
             .map(|m| format!("; REPLICA_RULES: {}", m.describe()))
             .unwrap_or_default();
+        // The rows and the statistics: a replica whose every table is analyzed is ready for
+        // its readers' plans.
+        let load = run
+            .load
+            .as_ref()
+            .map(|l| format!("; {}", l.describe()))
+            .unwrap_or_default();
         info!(
             run_id = %run.run_id, outcome = %outcome, backup = %backup,
             total_seconds = total, attempts = run.attempt,
+            tables = run.load.as_ref().map_or(0, |l| l.tables_done),
+            analyzed = run.load.as_ref().map_or(0, |l| l.analyzed),
             masking = run.masking.as_ref().and_then(|m| serde_json::to_string(m).ok()).unwrap_or_default(),
-            "run {} Done: backup {backup} restored in {total:.1}s ({phases}){masking}", run.run_id
+            "run {} Done: backup {backup} restored in {total:.1}s ({phases}){load}{masking}", run.run_id
         );
     } else {
         error!(

@@ -589,29 +589,48 @@ impl Steps for RealSteps {
                     rows: loaded.rows,
                     bytes: loaded.bytes,
                     resumed: loaded.tables,
+                    // Every relation is analyzed again by this attempt (an earlier one's
+                    // analyses are not recorded: cheap to redo, and the count stays whole).
+                    analyzed: 0,
                 }));
                 done.extend(loaded.entries());
                 // The rows come in the archive's order from one pg_restore, from the stream or
-                // the dump on disk, each table's spread over PG_RESTORE_JOBS sessions.
+                // the dump on disk, each table's in one transaction (COPY ... FREEZE).
                 let stream = Some((feed, WorkDir::of(&self.state_dir, &run.run_id).data_list()));
+                // Where the relations are analyzed: the shadows a swap builds, else the
+                // schemas the plan restores into.
+                let schemas = match &rewriter {
+                    Some(r) if !r.is_empty() => r.shadows(),
+                    _ => super::planning::restored_schemas(&plan),
+                };
                 Some(LoadSetup {
                     recorder,
                     stream,
                     deps: crate::dump::verify::dependencies(&dump),
                     tables: TablesLoaded::default(),
+                    analyzed: Default::default(),
+                    schemas,
                 })
             }
         };
-        let tables = load.as_ref().map(|l| l.tables.clone());
+        let tables = load
+            .as_ref()
+            .map(|l| (l.tables.clone(), l.analyzed.clone()));
+        let mut analyzed_said = 0;
         let restoring =
             replica::restore_entries(applier, &toc, &plan, &done, section, load, &report);
         tokio::pin!(restoring);
         // Each table loaded becomes the run's event as it happens (the driver persists them
         // on its own clock).
-        let drain = || {
-            if let Some(t) = &tables {
+        let mut drain = || {
+            if let Some((t, analyzed)) = &tables {
                 for table in std::mem::take(&mut *t.lock().expect("tables lock")) {
                     events(Event::TableLoaded(table));
+                }
+                let n = analyzed.load(std::sync::atomic::Ordering::Relaxed);
+                if n > analyzed_said {
+                    events(Event::TablesAnalyzed(n - analyzed_said));
+                    analyzed_said = n;
                 }
             }
         };

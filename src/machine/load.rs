@@ -88,10 +88,16 @@ pub struct LoadCounts {
     /// records when this attempt started: not loaded again).
     #[serde(default)]
     pub resumed: u64,
+    /// Relations (tables, partitioned tables, materialized views) this attempt `ANALYZE`d once
+    /// their rows and indexes were in: the planner's statistics of the replica. Absent (0) in
+    /// records written before the replicator analyzed.
+    #[serde(default)]
+    pub analyzed: u64,
 }
 
 impl LoadCounts {
-    /// `12/40 tables, 1200000 rows, 300 MiB (5 from an earlier attempt)`.
+    /// `12/40 tables, 1200000 rows, 300 MiB (5 already in the target from an earlier attempt),
+    /// 10 relations analyzed`.
     pub fn describe(&self) -> String {
         let mut s = format!(
             "{}/{} tables, {} rows, {} MiB",
@@ -105,6 +111,9 @@ impl LoadCounts {
                 " ({} already in the target from an earlier attempt)",
                 self.resumed
             ));
+        }
+        if self.analyzed > 0 {
+            s.push_str(&format!(", {} relations analyzed", self.analyzed));
         }
         s
     }

@@ -27,8 +27,8 @@
 //!    checks them); extraction is redone. A run taken over from the target's records by a new
 //!    container (`ResumedFromTarget`) keeps its rows' section and starts anything earlier again
 //!    from the archive.
-//! 8. `Planned`, `LoadStarted` and `TableLoaded` change what they say and never the phase; a
-//!    `StreamCut` applies to a streaming run only.
+//! 8. `Planned`, `LoadStarted`, `TableLoaded` and `TablesAnalyzed` change what they say and
+//!    never the phase; a `StreamCut` applies to a streaming run only.
 //! 9. The refresh a run records is the one `Checked` said; a switch time is set only by
 //!    `Switched`, out of `Switching`, and a wipe time only by leaving `Dropping` in wipe mode:
 //!    a run that never reached them says so.
@@ -300,6 +300,8 @@ pub enum Event {
     LoadStarted(LoadCounts),
     /// One table's rows were committed in the target, with the record that says so.
     TableLoaded(TableLoad),
+    /// This many more relations were `ANALYZE`d (their rows and indexes in).
+    TablesAnalyzed(u64),
     /// The archive's stream broke while streaming (the download cut for good, the dump cut
     /// short or corrupt): what the target holds stays, the next attempt downloads again.
     StreamCut {
@@ -337,6 +339,7 @@ impl Event {
             Event::Planned(_) => "Planned",
             Event::LoadStarted(_) => "LoadStarted",
             Event::TableLoaded(_) => "TableLoaded",
+            Event::TablesAnalyzed(_) => "TablesAnalyzed",
             Event::StreamCut { .. } => "StreamCut",
             Event::ResumedFromTarget => "ResumedFromTarget",
         }
@@ -549,7 +552,18 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
             load.rows += table.rows;
             load.bytes += table.bytes;
         }
-        (_, Event::LoadStarted(_) | Event::TableLoaded(_)) => return Err(not_applicable()),
+        (
+            Phase::Restoring {
+                section: Section::DataAndPostData,
+                ..
+            },
+            Event::TablesAnalyzed(n),
+        ) => {
+            next.load.get_or_insert_with(LoadCounts::default).analyzed += n;
+        }
+        (_, Event::LoadStarted(_) | Event::TableLoaded(_) | Event::TablesAnalyzed(_)) => {
+            return Err(not_applicable());
+        }
         (_, Event::StreamCut { .. }) if !run.mode.as_ref().is_some_and(WorkMode::streams) => {
             return Err(not_applicable());
         }

@@ -117,6 +117,7 @@ enum Ev {
     /// Whole (false) or streamed (true).
     Plan(bool),
     Table(u64),
+    Analyzed(u64),
     Cut,
     FromTarget,
     /// `Checked` with a refresh: swap (true) or wipe (false).
@@ -136,6 +137,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => (0u8..3).prop_map(Ev::Stray),
         2 => any::<bool>().prop_map(Ev::Plan),
         2 => (0u64..1000).prop_map(Ev::Table),
+        1 => (0u64..5).prop_map(Ev::Analyzed),
         1 => Just(Ev::Cut),
         1 => Just(Ev::FromTarget),
         2 => any::<bool>().prop_map(Ev::Check),
@@ -194,6 +196,7 @@ fn concrete(run: &Run, ev: &Ev, now: DateTime<Utc>) -> Event {
             rows: *rows,
             bytes: rows * 10,
         }),
+        Ev::Analyzed(n) => Event::TablesAnalyzed(*n),
         Ev::Cut => Event::StreamCut {
             error: "the download was cut".into(),
             retry_at: now + chrono::Duration::seconds(30),
@@ -325,7 +328,7 @@ proptest! {
                         || (matches!(event, Event::Succeeded) && before.phase == Phase::FetchingUrl)
                         || (matches!(event, Event::Planned(_))
                             && !matches!(before.phase, Phase::Downloading{..} | Phase::Extracting{..}))
-                        || (matches!(event, Event::TableLoaded(_) | Event::LoadStarted(_))
+                        || (matches!(event, Event::TableLoaded(_) | Event::LoadStarted(_) | Event::TablesAnalyzed(_))
                             && !is_data(&before.phase))
                         || (matches!(event, Event::StreamCut{..})
                             && !before.mode.as_ref().is_some_and(WorkMode::streams))
@@ -394,6 +397,12 @@ proptest! {
                             prop_assert_eq!(a.tables_done, b.tables_done + 1);
                             prop_assert_eq!(a.rows, b.rows + t.rows);
                             prop_assert!(a.tables_done <= a.tables_total);
+                        }
+                        Event::TablesAnalyzed(n) => {
+                            prop_assert_eq!(&after.phase, &before.phase);
+                            let (b, a) = (before.load.clone().unwrap_or_default(), after.load.clone().unwrap());
+                            prop_assert_eq!(a.analyzed, b.analyzed + n);
+                            prop_assert_eq!(a.tables_done, b.tables_done);
                         }
                         Event::StreamCut{..} => {
                             // Only a streaming run is cut, and it keeps what the target holds.

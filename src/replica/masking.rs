@@ -1,9 +1,8 @@
 //! `REPLICA_RULES` against a dump and a target: the dump's tables read from its schema SQL
 //! (`pg_restore --schema-only --file=-`: no data read, no connection), the rules checked
 //! against them before the wipe (strict mode's comments and large objects included), the
-//! planner statistics that would carry real values left out, and after the rows, the tables
-//! they were left out for analyzed and the foreign keys whose referenced rows a row filter
-//! dropped, counted.
+//! planner statistics that would carry real values left out, and after the rows, the foreign
+//! keys whose referenced rows a row filter dropped, counted.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
@@ -310,8 +309,8 @@ pub async fn check_before_wipe(
     Ok(stats.left_out.into_iter().collect())
 }
 
-/// [`super::statistics::plan`] for this dump (its schema read only when it has statistics to
-/// decide on and `schema` is not read yet).
+/// [`super::statistics::plan`] for this dump (its schema read only when some statistics may
+/// carry real values and `schema` is not read yet).
 async fn statistics_plan(
     toc: &Toc,
     plan: Option<&Plan>,
@@ -323,25 +322,28 @@ async fn statistics_plan(
     let has_stats = toc
         .entries()
         .any(|e| e.desc == "STATISTICS DATA" && !skip.contains(&e.id));
-    if plan.is_none() && (exclude.is_empty() || !has_stats) {
+    if !has_stats {
         return Ok(Default::default());
     }
     let schema = match schema {
-        Some(s) => s,
-        None => read_schema(dump).await?,
+        Some(s) => Some(s),
+        None if plan.is_some() || !exclude.is_empty() => Some(read_schema(dump).await?),
+        None => None,
     };
-    let tainted = super::statistics::tainted(plan, exclude, &schema);
+    let tainted = match &schema {
+        Some(schema) => super::statistics::tainted(plan, exclude, schema),
+        None => Default::default(),
+    };
     Ok(super::statistics::plan(
         toc,
-        &schema,
+        schema.as_ref(),
         &tainted,
         skip,
-        plan.is_some(),
     ))
 }
 
-/// What the rows' section needs of `REPLICA_RULES`: the masker (with the run's key), the
-/// statistics entries to leave out, and what to analyze after the rows.
+/// What the rows' section needs of `REPLICA_RULES`: the masker (with the run's key), and the
+/// statistics entries to leave out.
 pub struct Prepared {
     pub masker: Option<std::sync::Arc<crate::masking::Masker>>,
     pub statistics: super::statistics::StatisticsPlan,
@@ -379,27 +381,14 @@ pub async fn prepare(
     Ok(Prepared { masker, statistics })
 }
 
-/// Once the rows are in: the relations whose statistics were left out analyzed, and what the
-/// rules did counted (foreign keys pointing at filtered-out rows included) and logged.
+/// Once the rows are in: what the rules did counted (foreign keys pointing at filtered-out
+/// rows included) and logged. (The masked tables were analyzed with every other, as their
+/// rows came in: their statistics are the masked rows'.)
 pub async fn after_rows(
     target: &PgEndpoint,
     prepared: Prepared,
     rewriter: Option<&crate::dump::rewrite::Rewriter>,
 ) -> Result<Option<crate::machine::MaskingCounts>, StepError> {
-    // In swap mode the rows are in the shadow schemas until the switch.
-    let analyze: Vec<_> = prepared
-        .statistics
-        .analyze
-        .iter()
-        .map(|(schema, name)| {
-            let schema = rewriter
-                .and_then(|r| r.shadow_of(schema))
-                .unwrap_or(schema)
-                .to_string();
-            (schema, name.clone())
-        })
-        .collect();
-    super::statistics::analyze(target, &analyze).await?;
     let Some(masker) = prepared.masker else {
         return Ok(None);
     };

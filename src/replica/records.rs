@@ -1,9 +1,9 @@
 //! What a run has loaded into the target, recorded in the target itself (table
 //! `replicator.loaded`), each record committed with, or right after, what it records.
 //!
-//! An index's record commits in its transaction; a table's once every session loading a share
-//! of its rows committed (`apply::session::copy_spread`), and a table without a record is
-//! emptied before it is loaded. So after a crash a table is either loaded and recorded, or
+//! An index's record commits in its transaction; a table's in the transaction that empties it
+//! (`TRUNCATE ONLY`: rows an interrupted attempt left go) and loads its rows (`COPY ...
+//! FREEZE`). So after a crash a table is either loaded and recorded, or
 //! loaded again from empty: a run resumed from any container, even one with an empty state
 //! directory, skips exactly the entries the target holds, loads no row twice, and ends as a run
 //! that never stopped. The wipe (`DROP OWNED`) removes the records

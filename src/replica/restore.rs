@@ -4,9 +4,11 @@
 //! - **pre-data** (schemas, extensions, types, tables, functions, views): one session, in the
 //!   archive's order, committed in batches.
 //! - **data** (a run, with its records): one `pg_restore` of the rows' entries in the archive's
-//!   order, from the dump file or the stream, each table's rows dealt out to `jobs` sessions;
-//!   each table's indexes and keys start as soon as its rows are in ([`plan_early`]), a key as
-//!   a unique index first ([`super::apply::key_as_index`]). Without records (a section
+//!   order, from the dump file or the stream, each table's rows in one transaction with its
+//!   record (`COPY ... FREEZE`); each table's indexes and keys start as soon as its rows are in
+//!   ([`plan_early`]), a key as a unique index first ([`super::apply::key_as_index`]), then the
+//!   table is vacuumed and analyzed; what no load analyzed is analyzed once the post-data
+//!   section is done ([`super::statistics::analyze_the_rest`]). Without records (a section
 //!   restored on its own): each table's rows from a `pg_restore` of their own entry.
 //! - **post-data**: what is left of the indexes and primary/unique/check constraints over
 //!   `jobs` sessions, then the rest in order (see [`super::apply::Applier::run_post_data`]).
@@ -14,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::apply::{Applier, LoadLog, key_as_index};
 use super::url::PgEndpoint;
@@ -39,6 +41,11 @@ pub struct LoadSetup {
     pub deps: Option<crate::dump::verify::Dependencies>,
     /// Where each table loaded is told (for the run's `TableLoaded` events).
     pub tables: TablesLoaded,
+    /// Relations analyzed so far (for the run's `TablesAnalyzed` events).
+    pub analyzed: Arc<AtomicU64>,
+    /// The schemas the restore builds, as the target names them (a swap's shadows): where the
+    /// relations no table's load analyzed are found once the section is done.
+    pub schemas: Vec<String>,
 }
 
 /// The tables loaded, as they are: drained by the step into the run's events.
@@ -84,6 +91,9 @@ pub async fn restore_entries(
             let post = entries(PlanSection::PostData);
             let data = data_entries.len() as u64;
             let total = data + post.len() as u64;
+            let sweep = load
+                .as_ref()
+                .map(|s| (s.analyzed.clone(), s.schemas.clone()));
             let (applier, early, stream) = match load {
                 Some(setup) => {
                     let log = LoadLog::new(
@@ -93,8 +103,8 @@ pub async fn restore_entries(
                     );
                     let (log, early_ids) = match &setup.deps {
                         Some(deps) => {
-                            plan_early(&applier, log, &data_entries, &post, deps, &setup.recorder)
-                                .await?
+                            let shared = (&setup.recorder, &setup.analyzed);
+                            plan_early(&applier, log, &data_entries, &post, deps, shared).await?
                         }
                         None => (log, HashSet::new()),
                     };
@@ -139,7 +149,7 @@ pub async fn restore_entries(
             let report = |done: u64| progress((done + early_count()).min(total), total);
             match stream {
                 // With records: one pg_restore reads the rows in the archive's order (a stream
-                // can be read no other way), each table's spread over `jobs` sessions.
+                // can be read no other way), each table's in one transaction with its record.
                 Some((feed, list_file)) => {
                     applier
                         .run_stream(feed, list(&data_entries), &list_file, &report)
@@ -161,12 +171,36 @@ pub async fn restore_entries(
             }
             if let Some((early, _)) = &early {
                 early.finish().await?;
+                let n = early.analyzed().len();
+                tracing::info!(
+                    tables = n,
+                    analyze_seconds = early.analyzing_seconds(),
+                    "{n} table(s) vacuumed and analyzed as soon as their rows and indexes were in ({:.1}s of VACUUM (ANALYZE), beside the loads)",
+                    early.analyzing_seconds()
+                );
             }
             let base = data + early_count();
             let report = |done: u64| progress((base + done).min(total), total);
             applier
                 .run_post_data(list(&post), early.as_ref().map(|(e, _)| &**e), &report)
                 .await?;
+            // What no table's load analyzed: the tables an earlier attempt loaded, partitioned
+            // and inheritance parents (their children are all in now), materialized views.
+            if let Some((count, schemas)) = sweep {
+                let done = early
+                    .as_ref()
+                    .map(|(e, _)| applier.as_target_names(e.analyzed()))
+                    .unwrap_or_default();
+                super::statistics::analyze_the_rest(
+                    applier.endpoint(),
+                    &schemas,
+                    &done,
+                    applier.jobs(),
+                    applier.server_version_num(),
+                    &count,
+                )
+                .await?;
+            }
             progress(total, total);
         }
     }
@@ -183,7 +217,7 @@ async fn plan_early(
     data: &[(&TocEntry, &str)],
     post: &[(&TocEntry, &str)],
     deps: &crate::dump::verify::Dependencies,
-    recorder: &crate::replica::records::Recorder,
+    (recorder, analyzed): (&crate::replica::records::Recorder, &Arc<AtomicU64>),
 ) -> Result<(LoadLog, HashSet<u32>), StepError> {
     // The table each TABLE DATA entry fills (its one dependency).
     let data_of_table: HashMap<u32, u32> = data
@@ -233,7 +267,13 @@ async fn plan_early(
         ids.insert(entry.id);
         plan.entry(waits_for).or_default().push(entry);
     }
-    let early = applier.early(plan, preamble, applier.jobs(), recorder.clone());
+    let early = applier.early(
+        plan,
+        preamble,
+        applier.jobs(),
+        recorder.clone(),
+        analyzed.clone(),
+    );
     Ok((log.with_early(early), ids))
 }
 

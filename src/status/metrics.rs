@@ -241,6 +241,11 @@ pub fn metrics_text(
             "Tables whose rows the run loads (0 until the rows' section starts).",
             load.tables_total,
         ),
+        (
+            "replicator_run_analyzed_relations",
+            "Relations (tables, partitioned tables, materialized views) the run has ANALYZEd once their rows were in.",
+            load.analyzed,
+        ),
     ] {
         out.family(name, "gauge", help);
         out.sample(name, &[], value as f64);

@@ -21,6 +21,7 @@ mod plan;
 mod postgres_ops;
 mod privileges;
 mod quiet;
+mod readiness;
 mod refusals;
 mod reliability;
 mod scalingo_api;

@@ -7,11 +7,13 @@
 //! - [`Early`]: a table's indexes and its primary key, unique and check constraints, built as
 //!   soon as its rows are committed, on sessions of their own, while the next tables load (as
 //!   pgcopydb does); a key as a unique index first, beside the table's other indexes
-//!   ([`super::keys`]). The rest of the post-data section (foreign keys, triggers, index
-//!   attachments, refreshes) waits for every row.
+//!   ([`super::keys`]); then the table `ANALYZE`d, on the session of its last index, so that
+//!   its statistics (and its visibility counts) are in when the run ends. The rest of the
+//!   post-data section (foreign keys, triggers, index attachments, refreshes) waits for every
+//!   row.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
@@ -87,9 +89,25 @@ impl LoadLog {
             bytes,
         });
         if let Some(early) = &self.early {
-            early.launch(id);
+            early.loaded(id, (h.schema.clone(), h.name.clone()));
         }
     }
+}
+
+/// `VACUUM (ANALYZE, INDEX_CLEANUP OFF) "schema"."name"` (as the dump names it: a swap's
+/// session points it at the shadow): the table's planner statistics, and what autovacuum would
+/// otherwise come back for once the run is done. Its rows went in frozen and all-visible
+/// (`COPY ... FREEZE`), so the vacuum skips every page the visibility map marks, and the new
+/// indexes, which hold nothing to clean, are not scanned; it sets the table's counts (pages
+/// all-visible, the oldest transaction id) and resets the counters by which autovacuum would
+/// vacuum and analyze the table again.
+pub(crate) fn analyze_sql(schema: &str, name: &str) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    format!(
+        "VACUUM (ANALYZE, INDEX_CLEANUP OFF) {}.{}",
+        quote(schema),
+        quote(name)
+    )
 }
 
 /// One post-data entry, translated ahead.
@@ -118,6 +136,11 @@ pub struct Early {
     /// Entries done, for the progress.
     pub done: Arc<AtomicU64>,
     done_ids: Arc<Mutex<HashSet<u32>>>,
+    /// Tables analyzed (as the dump names them), and how many: the run's count.
+    analyzed: Arc<Mutex<HashSet<(String, String)>>>,
+    analyzed_count: Arc<AtomicU64>,
+    /// Microseconds spent in those `ANALYZE`s, summed over the sessions.
+    analyzing: Arc<AtomicU64>,
 }
 
 impl Early {
@@ -127,6 +150,7 @@ impl Early {
         width: usize,
         spec: SessionSpec,
         recorder: Recorder,
+        analyzed_count: Arc<AtomicU64>,
     ) -> Early {
         Early {
             plan: Mutex::new(plan),
@@ -139,13 +163,72 @@ impl Early {
             recorder,
             done: Arc::new(AtomicU64::new(0)),
             done_ids: Arc::new(Mutex::new(HashSet::new())),
+            analyzed: Arc::new(Mutex::new(HashSet::new())),
+            analyzed_count,
+            analyzing: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Starts the entries that wait for table data `id` (0: those that wait for nothing).
     pub fn launch(&self, id: u32) {
-        let entries = self.plan.lock().expect("plan lock").remove(&id);
-        for entry in entries.into_iter().flatten() {
+        self.launch_then_analyze(id, None);
+    }
+
+    /// The rows of `table` (table data `id`) are in: its entries start, and once the last is
+    /// done, the table is analyzed on that entry's session (one of the same `width`).
+    pub(super) fn loaded(&self, id: u32, table: (String, String)) {
+        self.launch_then_analyze(id, Some(table));
+    }
+
+    /// The tables this attempt analyzed, as the dump names them.
+    pub fn analyzed(&self) -> HashSet<(String, String)> {
+        self.analyzed.lock().expect("analyzed lock").clone()
+    }
+
+    /// Seconds spent analyzing them, summed over the sessions.
+    pub fn analyzing_seconds(&self) -> f64 {
+        self.analyzing.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    fn launch_then_analyze(&self, id: u32, table: Option<(String, String)>) {
+        let entries = self
+            .plan
+            .lock()
+            .expect("plan lock")
+            .remove(&id)
+            .unwrap_or_default();
+        // Whoever finishes the table's last entry analyzes it (a table without any: a task of
+        // its own).
+        let analyze = table.map(|t| {
+            (
+                Arc::new(AtomicUsize::new(entries.len())),
+                Arc::new(t),
+                self.analyzed.clone(),
+                (self.analyzed_count.clone(), self.analyzing.clone()),
+            )
+        });
+        if entries.is_empty()
+            && let Some((_, table, names, count)) = analyze
+        {
+            let sessions = self.sessions.clone();
+            let idle = self.idle.clone();
+            let spec = self.spec.clone();
+            let preamble = self.preamble.clone();
+            self.tasks.lock().expect("tasks lock").spawn(async move {
+                let _permit = sessions.acquire_owned().await.expect("never closed");
+                let reused = idle.lock().expect("idle lock").pop();
+                let mut session = match reused {
+                    Some(s) => s,
+                    None => Session::open_spec(&spec).await?,
+                };
+                session.prepare(&preamble).await?;
+                analyze_table(&session, &table, &names, &count).await?;
+                idle.lock().expect("idle lock").push(session);
+                Ok(id)
+            });
+            return;
+        }
+        for entry in entries {
             let sessions = self.sessions.clone();
             let idle = self.idle.clone();
             let spec = self.spec.clone();
@@ -153,6 +236,7 @@ impl Early {
             let recorder = self.recorder.clone();
             let done = self.done.clone();
             let done_ids = self.done_ids.clone();
+            let analyze = analyze.clone();
             let serial = entry.serial.map(|key| {
                 self.serial
                     .lock()
@@ -177,9 +261,14 @@ impl Early {
                 session
                     .run_entry_recorded(&entry.header, &entry.stmts, Some((&recorder, entry.id)))
                     .await?;
-                idle.lock().expect("idle lock").push(session);
                 done.fetch_add(1, Ordering::Relaxed);
                 done_ids.lock().expect("done lock").insert(entry.id);
+                if let Some((left, table, names, count)) = &analyze
+                    && left.fetch_sub(1, Ordering::AcqRel) == 1
+                {
+                    analyze_table(&session, table, names, count).await?;
+                }
+                idle.lock().expect("idle lock").push(session);
                 Ok(entry.id)
             });
         }
@@ -221,6 +310,24 @@ impl Early {
         }
         Ok(self.done_ids.lock().expect("done lock").clone())
     }
+}
+
+/// `VACUUM (ANALYZE)` of `table` (its rows and indexes in), counted.
+async fn analyze_table(
+    session: &Session,
+    table: &(String, String),
+    names: &Mutex<HashSet<(String, String)>>,
+    (count, micros): &(Arc<AtomicU64>, Arc<AtomicU64>),
+) -> Result<(), ApplyError> {
+    let what = format!("VACUUM ANALYZE of {}.{}", table.0, table.1);
+    let started = std::time::Instant::now();
+    session
+        .execute(&what, &analyze_sql(&table.0, &table.1))
+        .await?;
+    micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    names.lock().expect("analyzed lock").insert(table.clone());
+    count.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The outcome of one finished entry: its error, or its panic carried on.

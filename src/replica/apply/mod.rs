@@ -160,6 +160,32 @@ fn copy_target(stmt: &str) -> Option<&str> {
     Some(&rest[..end])
 }
 
+/// Does `COPY` statement `stmt` fill the table of entry `h` itself? Not with
+/// `--load-via-partition-root`, where each partition's rows go through its partitioned root
+/// (which `FREEZE` refuses, and which other entries fill too).
+fn fills_own_table(stmt: &str, h: &EntryHeader) -> bool {
+    let Some(target) = copy_target(stmt) else {
+        return false;
+    };
+    let own = |name: &str| {
+        let q = format!("\"{}\"", name.replace('"', "\"\""));
+        if crate::dump::rewrite::quote_ident(name) == name {
+            vec![name.to_string(), q]
+        } else {
+            vec![q]
+        }
+    };
+    own(&h.schema)
+        .iter()
+        .any(|s| own(&h.name).iter().any(|n| target == format!("{s}.{n}")))
+}
+
+/// `COPY ... FROM stdin;` as `COPY ... FROM stdin WITH (FREEZE);`.
+fn with_freeze(stmt: &str) -> String {
+    let body = stmt.trim_end().trim_end_matches(';').trim_end();
+    format!("{body} WITH (FREEZE);")
+}
+
 /// Is this statement a transaction boundary of the script's own (the large objects' data
 /// comes in `BEGIN; ... COMMIT;`)?
 fn is_transaction_control(stmt: &str) -> bool {
@@ -245,6 +271,28 @@ impl Applier {
         self.jobs
     }
 
+    /// The target the sessions open on.
+    pub fn endpoint(&self) -> &PgEndpoint {
+        &self.target
+    }
+
+    /// `(schema, name)` pairs as the dump names them, as the target does (a swap builds them
+    /// in its shadow schemas).
+    pub fn as_target_names(&self, names: HashSet<(String, String)>) -> HashSet<(String, String)> {
+        names
+            .into_iter()
+            .map(|(schema, name)| {
+                let schema = self
+                    .rewriter
+                    .as_ref()
+                    .and_then(|r| r.shadow_of(&schema))
+                    .map(str::to_string)
+                    .unwrap_or(schema);
+                (schema, name)
+            })
+            .collect()
+    }
+
     /// The entries of `list` translated from the dump, with the script's preamble: what
     /// [`Early`] runs as soon as their tables' rows are in.
     pub async fn translate(
@@ -285,8 +333,9 @@ impl Applier {
         preamble: Vec<String>,
         width: usize,
         recorder: crate::replica::records::Recorder,
+        analyzed: Arc<AtomicU64>,
     ) -> Early {
-        Early::new(plan, preamble, width, self.spec(), recorder)
+        Early::new(plan, preamble, width, self.spec(), recorder, analyzed)
     }
 
     /// Runs the data entries of `list_file` from a streamed archive, in the archive's order, on
@@ -511,8 +560,6 @@ impl Applier {
         // The current entry's dump id, while its record is still to write.
         let mut pending: Option<u32> = None;
         let log = self.log.as_deref().filter(|_| !batch);
-        // The other sessions a table's rows are spread over.
-        let mut extra: Vec<Session> = Vec::new();
         let mut in_tx = 0usize;
         let what = |entry: &Option<EntryHeader>| {
             entry.as_ref().map_or_else(
@@ -564,26 +611,21 @@ impl Applier {
                         (Some(l), Some(id), Some(h)) if h.kind == "TABLE DATA" => Some((l, id, h)),
                         _ => None,
                     };
-                    // A table's rows over `jobs` sessions at once when they are recorded: the
-                    // table is emptied first (rows an interrupted attempt committed without
-                    // their record go), then its record is written once every session
-                    // committed its share.
-                    let parallel = record.is_some() && self.jobs > 1;
-                    let (n, bytes) = if parallel {
+                    // A recorded table's rows commit with their record, in one transaction on
+                    // one session. When the `COPY` fills the entry's own table, that
+                    // transaction empties it first (rows an interrupted attempt left go), which
+                    // lets the rows go in frozen and all-visible (`FREEZE`): no later pass of
+                    // autovacuum rewrites the pages (docs/performance.md, Ready at Done).
+                    let freeze = record.is_some_and(|(_, _, h)| fills_own_table(&s, h));
+                    let (n, bytes) = if freeze {
                         let target =
                             copy_target(&s).ok_or(ScriptError::Unterminated { line: 0 })?;
                         session
-                            .execute(&what(&entry), &format!("TRUNCATE ONLY {target}"))
+                            .execute(&what(&entry), &format!("BEGIN; TRUNCATE ONLY {target}"))
                             .await?;
-                        while extra.len() + 1 < self.jobs {
-                            extra.push(Session::open(self).await?);
-                        }
-                        for e in extra.iter_mut() {
-                            e.prepare(&preamble).await?;
-                        }
-                        let mut all: Vec<&Session> = vec![&*session];
-                        all.extend(extra.iter());
-                        session::copy_spread(&all, &what(&entry), &s, stream, rows).await?
+                        session
+                            .copy(&what(&entry), &with_freeze(&s), stream, rows)
+                            .await?
                     } else {
                         if record.is_some() {
                             session.execute(&what(&entry), "BEGIN").await?;
@@ -592,11 +634,19 @@ impl Applier {
                     };
                     if let Some((l, id, h)) = record {
                         let name = qualified(h);
+                        // The record and the commit in one round trip. From PostgreSQL 15 on, the
+                        // session's counts of the rows it inserted reach the server's statistics
+                        // as it commits, not up to seconds later: the table's `VACUUM (ANALYZE)`
+                        // follows, and counts arriving after it would send autovacuum back.
+                        let flush = if self.server_version_num >= 150_000 {
+                            "SELECT pg_catalog.pg_stat_force_next_flush();"
+                        } else {
+                            ""
+                        };
                         let sql = l.recorder.insert_sql(id as i32, &h.kind, &name, n, bytes);
-                        session.execute(&what(&entry), &sql).await?;
-                        if !parallel {
-                            session.execute(&what(&entry), "COMMIT").await?;
-                        }
+                        session
+                            .execute(&what(&entry), &format!("{sql}; {flush} COMMIT"))
+                            .await?;
                         pending = None;
                         l.table_loaded(id, h, n, bytes);
                         if let Some(early) = &l.early {
@@ -683,5 +733,38 @@ impl Pool {
             self.idle.push(s);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freezes_only_a_copy_into_the_entrys_own_table() {
+        let h = |schema: &str, name: &str| EntryHeader {
+            name: name.into(),
+            kind: "TABLE DATA".into(),
+            schema: schema.into(),
+        };
+        let own = "COPY public.users (id, email) FROM stdin;";
+        assert!(fills_own_table(own, &h("public", "users")));
+        assert_eq!(
+            with_freeze(own),
+            "COPY public.users (id, email) FROM stdin WITH (FREEZE);"
+        );
+        assert!(fills_own_table(
+            "COPY \"App\".\"user\" (id) FROM stdin;",
+            &h("App", "user")
+        ));
+        assert!(fills_own_table(
+            "COPY public.\"user\" (id) FROM stdin;",
+            &h("public", "user")
+        ));
+        // --load-via-partition-root: the partition's rows go through its root.
+        assert!(!fills_own_table(
+            "COPY public.events (id, at) FROM stdin;",
+            &h("public", "events_2024")
+        ));
     }
 }

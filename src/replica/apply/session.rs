@@ -214,9 +214,40 @@ impl Session {
         entry: &str,
         stmt: &str,
         stream: &mut ScriptStream,
-        rows: Option<Rows<'_>>,
+        mut rows: Option<Rows<'_>>,
     ) -> Result<(u64, u64), ApplyError> {
-        copy_spread(&[self], entry, stmt, stream, rows).await
+        let sink = self
+            .client
+            .copy_in::<_, Bytes>(&*self.sent(stmt))
+            .await
+            .map_err(|e| self.error(entry, &e))?;
+        let mut sink = Box::pin(sink);
+        let mut bytes = 0u64;
+        loop {
+            match stream.next().await? {
+                Some(Item::Rows(chunk)) => {
+                    let chunk = through(&mut rows, chunk);
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    bytes += chunk.len() as u64;
+                    sink.send(chunk).await.map_err(|e| self.error(entry, &e))?;
+                }
+                Some(Item::RowsEnd) => break,
+                Some(Item::Piece(_)) | None => {
+                    return Err(ScriptError::Unterminated { line: 0 }.into());
+                }
+            }
+        }
+        let n = sink
+            .as_mut()
+            .finish()
+            .await
+            .map_err(|e| self.error(entry, &e))?;
+        if let Some(t) = rows {
+            t.finish();
+        }
+        Ok((n, bytes))
     }
 
     /// The statements of one entry, in order; with `record`, in one transaction with the
@@ -258,63 +289,6 @@ fn through(rows: &mut Option<Rows<'_>>, chunk: Bytes) -> Bytes {
         }
         None => chunk,
     }
-}
-
-/// Runs a `COPY ... FROM stdin` on every session of `sessions` at once (one:
-/// [`Session::copy`]), the rows that follow in `stream` dealt out in chunks (whole lines) in
-/// turn, each session committing its share on its own (autocommit). Returns the rows and bytes
-/// sent.
-pub(super) async fn copy_spread(
-    sessions: &[&Session],
-    entry: &str,
-    stmt: &str,
-    stream: &mut ScriptStream,
-    mut rows: Option<Rows<'_>>,
-) -> Result<(u64, u64), ApplyError> {
-    let mut sinks = Vec::with_capacity(sessions.len());
-    for s in sessions {
-        let sink = s
-            .client
-            .copy_in::<_, Bytes>(&*s.sent(stmt))
-            .await
-            .map_err(|e| s.error(entry, &e))?;
-        sinks.push(Box::pin(sink));
-    }
-    let mut bytes = 0u64;
-    let mut turn = 0usize;
-    loop {
-        match stream.next().await? {
-            Some(Item::Rows(chunk)) => {
-                let chunk = through(&mut rows, chunk);
-                if chunk.is_empty() {
-                    continue;
-                }
-                bytes += chunk.len() as u64;
-                let i = turn % sinks.len();
-                turn += 1;
-                sinks[i]
-                    .send(chunk)
-                    .await
-                    .map_err(|e| sessions[i].error(entry, &e))?;
-            }
-            Some(Item::RowsEnd) => break,
-            Some(Item::Piece(_)) | None => {
-                return Err(ScriptError::Unterminated { line: 0 }.into());
-            }
-        }
-    }
-    let mut n = 0;
-    for (i, mut sink) in sinks.into_iter().enumerate() {
-        n += sink
-            .as_mut()
-            .finish()
-            .await
-            .map_err(|e| sessions[i].error(entry, &e))?;
-    }
-    if let Some(t) = rows {
-        t.finish();
-    }
-    Ok((n, bytes))
 }
 
 /// `schema.name` of an entry (its name alone outside schemas).
