@@ -78,6 +78,9 @@ cargo bench --bench replicate -- [options]
                      `redact`, answers filtered on result (4 of 5 values kept), MASKING_KEY set;
                      B is the same replicator without rules (unless --b-replicator/--b-env);
                      A's content check is skipped (its target is masked on purpose)
+  --reader           during each replicator run, a reader queries `SELECT count(*) FROM
+                     organizations` every 100 ms as the target's role: its latency (p50, p99,
+                     max) and errors are reported
   --floor            each round ends with F, the server's own work: the schema, then each
                      table's rows COPYed by the server from its own files (written from the
                      target after the round's first run), then the post-data section one
@@ -113,6 +116,7 @@ struct Args {
     rules: bool,
     throttle_mb: Option<u64>,
     floor: bool,
+    reader: bool,
 }
 
 fn parse_args() -> Args {
@@ -133,6 +137,7 @@ fn parse_args() -> Args {
         rules: false,
         throttle_mb: None,
         floor: false,
+        reader: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -164,6 +169,7 @@ fn parse_args() -> Args {
             "--no-verify" => a.verify = false,
             "--rules" => a.rules = true,
             "--floor" => a.floor = true,
+            "--reader" => a.reader = true,
             "--throttle-mb" => a.throttle_mb = Some(number(&value("--throttle-mb"))),
             "--shared-buffers" => a.shared_buffers = value("--shared-buffers"),
             "--replicator" => a.bin = PathBuf::from(value("--replicator")),
@@ -539,6 +545,45 @@ struct Side<'a> {
     label: &'static str,
     bin: &'a Path,
     env: &'a [(String, String)],
+    reader: bool,
+}
+
+/// A reader of the target while a run works: `SELECT count(*) FROM organizations` every
+/// 100 ms, as the target's role; each answer's time, and the errors.
+fn spawn_reader(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<f64>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut millis, mut errors) = (Vec::new(), Vec::new());
+            let (client, conn) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                Ok(c) => c,
+                Err(e) => return (millis, vec![e.to_string()]),
+            };
+            tokio::spawn(conn);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                match client
+                    .query_one("SELECT count(*) FROM organizations", &[])
+                    .await
+                {
+                    Ok(_) => millis.push(t0.elapsed().as_secs_f64() * 1000.0),
+                    Err(e) => errors.push(
+                        e.as_db_error()
+                            .map(|d| d.message().to_string())
+                            .unwrap_or_else(|| e.to_string()),
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (millis, errors)
+        })
+    })
 }
 
 fn run_replicator(
@@ -561,9 +606,37 @@ fn run_replicator(
     cmd.stdin(Stdio::null())
         .stdout(fs::File::create(&log_path).unwrap())
         .stderr(fs::File::create(work.join(format!("replicator-{tag}-round{round}.err"))).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = side
+        .reader
+        .then(|| spawn_reader(target.url.clone(), stop.clone()));
     let t0 = Instant::now();
     let (ok, rss, disk) = run_watched(&mut cmd, &state);
     let total = t0.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(reader) = reader {
+        let (mut millis, errors) = reader.join().unwrap();
+        millis.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            millis
+                .get(((millis.len().max(1) - 1) as f64 * q) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        log(&format!(
+            "round {round}: {}: reader: {} queries, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} error(s){}",
+            side.label,
+            millis.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0),
+            errors.len(),
+            errors
+                .first()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        ));
+    }
     if !ok {
         die(&format!(
             "replicator run failed; see {} and its .err",
@@ -972,8 +1045,10 @@ fn main() {
         fs::write(&rules, BENCH_RULES).unwrap();
         args.env
             .push(("REPLICA_RULES".into(), rules.display().to_string()));
-        args.env
-            .push(("MASKING_KEY".into(), "bench-masking-key".into()));
+        args.env.push((
+            "MASKING_KEY".into(),
+            "7c4e1a9b3f6d2e8a0b5c7d9e1f3a5b7c".into(),
+        ));
         if args.b_bin.is_none() && args.b_env.is_empty() {
             args.b_bin = Some(args.bin.clone());
         }
@@ -1009,6 +1084,7 @@ fn main() {
                     label: "A replicator",
                     bin: &args.bin,
                     env: &args.env,
+                    reader: args.reader,
                 };
                 run_replicator(&fake, &target, &work, &a, round)
             } else if args.b_bin.is_some() || !args.b_env.is_empty() {
@@ -1016,6 +1092,7 @@ fn main() {
                     label: "B replicator (variant)",
                     bin: args.b_bin.as_deref().unwrap_or(&args.bin),
                     env: &args.b_env,
+                    reader: args.reader,
                 };
                 run_replicator(&fake, &target, &work, &b, round)
             } else {
