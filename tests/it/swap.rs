@@ -777,3 +777,59 @@ fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
         );
     }
 }
+
+/// Issue 21's figure, run by hand (minutes, not for the suite):
+/// `REPLICATOR_MANY=25x100x10 cargo test --test it -- --ignored swap::many_relations_by_hand`
+/// (schemas x tables per schema x nights in each mode): tables with a serial key and a row
+/// each, refreshed on that many nights in swap mode, then as many in wipe mode, on this
+/// suite's clusters (lock table 64 x 40 = 2,560 slots, smaller than a default server's 6,400).
+/// Prints each night's time.
+#[test]
+#[ignore]
+fn many_relations_by_hand() {
+    let spec = std::env::var("REPLICATOR_MANY").unwrap_or_else(|_| "25x100x10".into());
+    let n: Vec<u32> = spec.split('x').map(|v| v.parse().unwrap()).collect();
+    let (schemas, tables, nights) = (n[0], n[1], n[2]);
+    let mut s = Scenario::new("many_hand", |c, db| {
+        c.superuser_psql(
+            db,
+            &format!(
+                "DO $$ BEGIN
+                   FOR s IN 1..{schemas} LOOP
+                     EXECUTE format('CREATE SCHEMA tenant_%s', s);
+                     FOR t IN 1..{tables} LOOP
+                       EXECUTE format('CREATE TABLE tenant_%s.t%s (id serial PRIMARY KEY, v text)', s, t);
+                       EXECUTE format('INSERT INTO tenant_%s.t%s (v) VALUES (''x'')', s, t);
+                     END LOOP;
+                   END LOOP;
+                 END $$;"
+            ),
+        );
+    });
+    let count = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname LIKE 'tenant\\_%' AND c.relkind = 'r'";
+    let relations = s.cluster.superuser_psql(
+        &s.source_db,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname LIKE 'tenant\\_%'",
+    );
+    eprintln!("[many] {schemas} schemas x {tables} tables: {relations} relations in the source");
+    for mode in ["swap", "wipe"] {
+        s.set_env("REFRESH_MODE", mode);
+        for night in 1..=nights {
+            let t0 = std::time::Instant::now();
+            let out = s.run(&["run", "--force"]);
+            let logs = stdout(&out) + &stderr(&out);
+            assert_eq!(out.status.code(), Some(0), "{mode} night {night}: {logs}");
+            assert_eq!(
+                s.target_psql(count),
+                (schemas * tables).to_string(),
+                "{mode} night {night}"
+            );
+            eprintln!(
+                "[many] {mode} night {night}: {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
