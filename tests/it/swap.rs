@@ -711,8 +711,8 @@ fn a_run_killed_in_any_phase_before_the_switch_leaves_yesterday_whole() {
     }
 }
 
-/// `kill -9` in the middle of the switch's transaction (it sleeps before its commit, by a test
-/// hook), then `resume`: the target is at every point exactly yesterday's or exactly tonight's,
+/// `kill -9` in the middle of the switch's transaction (it sleeps 30 s before its commit, by a
+/// test hook: a window wide enough on a loaded host), then `resume`: the target is at every point exactly yesterday's or exactly tonight's,
 /// and the resumed run ends switched once. Twice: once the server finishes the transaction the
 /// dead process had sent (it commits), once its session is ended too (it rolls back).
 #[test]
@@ -726,10 +726,10 @@ fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
         let yesterday = s.target_psql(digest);
         let rows = 4_000 + night * 1_000;
         new_backup(&s, rows);
-        s.set_env(sleep, "4");
+        s.set_env(sleep, "30");
         let mut child = s.spawn(&["run", "--force"]);
         let sleeping = "SELECT count(*) FROM pg_stat_activity
-                         WHERE query LIKE '%pg_sleep(4)%' AND pid <> pg_backend_pid()";
+                         WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()";
         crate::common::scenario::eventually(
             Duration::from_secs(120),
             "the switch's transaction sleeping",
@@ -740,18 +740,21 @@ fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
             s.cluster.superuser_psql(
                 "postgres",
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                  WHERE query LIKE '%pg_sleep(4)%' AND pid <> pg_backend_pid()",
+                  WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
             );
         }
         crate::common::scenario::eventually(
-            Duration::from_secs(30),
+            Duration::from_secs(90),
             "the switch's session gone",
             || s.cluster.superuser_psql("postgres", sleeping).trim() == "0",
         );
-        let now = s.target_psql(digest);
-        let switched = s.target_psql(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'replicator_next_public'",
-        ) == "0";
+        // One snapshot for both: the digest and whether the shadow is still there.
+        let state = s.target_psql(&format!(
+            "SELECT ({digest}) || ' ' || (SELECT count(*) FROM pg_namespace
+                                           WHERE nspname = 'replicator_next_public')"
+        ));
+        let (now, shadow) = state.rsplit_once(' ').unwrap();
+        let (now, switched) = (now.to_string(), shadow == "0");
         if switched {
             assert!(now.starts_with(&format!("{rows}:")), "night {night}: {now}");
         } else {
