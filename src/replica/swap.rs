@@ -332,28 +332,15 @@ pub async fn drop_leftovers(target: &PgEndpoint, client: &Client) -> Result<usiz
 /// run rehearses, so that an abandoned run's shadow does not hold the disk that tonight's
 /// needs. Returns how many schemas went.
 pub async fn drop_abandoned(target: &PgEndpoint, run_id: &str) -> Result<usize, StepError> {
-    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
-    let mine: bool = client
-        .query_one(
-            "SELECT to_regclass('replicator.loaded') IS NOT NULL
-                    AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'replicator')",
-            &[],
-        )
-        .await
-        .map_err(|e| target.query_error("looking for the run's records", e))?
-        .get(0);
-    if mine {
-        let loaded = client
-            .query_opt(
-                "SELECT 1 FROM replicator.loaded WHERE run_id = $1 LIMIT 1",
-                &[&run_id],
-            )
-            .await
-            .map_err(|e| target.query_error("reading the run's records", e))?;
-        if loaded.is_some() {
-            return Ok(0);
-        }
+    if !super::records::Recorder::new(run_id)
+        .loaded(target)
+        .await?
+        .ids
+        .is_empty()
+    {
+        return Ok(0);
     }
+    let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     client
         .batch_execute("SET client_min_messages = warning")
         .await
