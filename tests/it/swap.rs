@@ -28,6 +28,13 @@ fn fill(n: u32) -> impl Fn(&PgCluster, &str) {
     }
 }
 
+/// `actor`'s row count and a hash of its rows: a night's copy, exactly.
+const DIGEST: &str =
+    "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
+
+/// How many schemas of a swap (shadows, yesterday's) are left, the replicator's own aside.
+const LEFT_BEHIND: &str = "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'replicator\\_%' AND nspname <> 'replicator'";
+
 /// Tonight's backup: the source refilled with `n` rows, dumped and served.
 fn new_backup(s: &Scenario, n: u32) {
     fill(n)(s.source_cluster, &s.source_db);
@@ -126,9 +133,7 @@ fn readers_see_yesterday_then_tonight_never_an_empty_or_partial_table() {
         );
         assert_eq!(s.target_psql("SELECT count(*) FROM actor"), n.to_string());
         assert_eq!(
-            s.target_psql(
-                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'replicator\\_%' AND nspname <> 'replicator'"
-            ),
+            s.target_psql(LEFT_BEHIND),
             "0",
             "a shadow or yesterday's schema is left"
         );
@@ -270,22 +275,7 @@ fn in_wipe_mode_readers_keep_their_grants_and_default_privileges() {
     s.set_env("REFRESH_MODE", "wipe");
     s.run_ok(&["run"]);
     let (reader, password) = add_reader(&s);
-    let as_reader = |sql: &str| {
-        let out = std::process::Command::new("psql")
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", s.cluster.port().to_string())
-            .env("PGUSER", &reader)
-            .env("PGPASSWORD", &password)
-            .env("PGDATABASE", &s.target.dbname)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let as_reader = |sql: &str| psql_as(&s, &reader, &password, sql);
     for night in 1..=2 {
         let out = s.run_ok(&["run", "--force"]);
         let logs = stdout(&out) + &stderr(&out);
@@ -337,16 +327,14 @@ fn in_wipe_mode_readers_keep_their_grants_and_default_privileges() {
 fn a_run_killed_before_the_switch_leaves_yesterday_whole_and_the_next_run_switches() {
     let mut s = Scenario::new("swap_kill", fill(5_000));
     s.run_ok(&["run"]);
-    let digest =
-        "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
-    let yesterday = s.target_psql(digest);
+    let yesterday = s.target_psql(DIGEST);
     new_backup(&s, 7_000);
     s.set_env(replicator::engine::test_hooks::PAUSE_AT_VAR, "switching:30");
     let mut child = s.spawn(&["run", "--force"]);
     s.wait_status(Duration::from_secs(90), |st| st["phase"] == "Switching");
     kill_9(&mut child);
     // Tonight's copy is complete in its shadow, and nobody sees it.
-    assert_eq!(s.target_psql(digest), yesterday);
+    assert_eq!(s.target_psql(DIGEST), yesterday);
     assert_eq!(s.target_psql("SELECT count(*) FROM actor_names"), "5000");
     assert_eq!(
         s.target_psql("SELECT count(*) FROM replicator_next_public.actor"),
@@ -622,9 +610,7 @@ fn a_disk_that_fills_up_during_the_build_leaves_yesterday_whole() {
             s.target.dbname
         ),
     );
-    let digest =
-        "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
-    let yesterday = s.target_psql(digest);
+    let yesterday = s.target_psql(DIGEST);
     new_backup(&s, 400_000);
     let out = s.run(&["run", "--force"]);
     let logs = stdout(&out) + &stderr(&out);
@@ -639,7 +625,7 @@ fn a_disk_that_fills_up_during_the_build_leaves_yesterday_whole() {
         "{logs}"
     );
     assert_eq!(
-        s.target_psql(digest),
+        s.target_psql(DIGEST),
         yesterday,
         "yesterday's replica changed"
     );
@@ -666,8 +652,6 @@ fn a_run_killed_in_any_phase_before_the_switch_leaves_yesterday_whole() {
     let mut s = Scenario::new("swap_phases", fill(1_000));
     s.set_env("USE_UNLOGGED_TABLES", "true");
     s.run_ok(&["run"]);
-    let digest =
-        "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
     let pause = replicator::engine::test_hooks::PAUSE_AT_VAR;
     let phases: [(&str, &str, Option<&str>); 6] = [
         ("extracting", "Extracting", None),
@@ -679,7 +663,7 @@ fn a_run_killed_in_any_phase_before_the_switch_leaves_yesterday_whole() {
     ];
     let mut rows = 1_000;
     for (i, (label, phase, section)) in phases.into_iter().enumerate() {
-        let yesterday = s.target_psql(digest);
+        let yesterday = s.target_psql(DIGEST);
         assert!(yesterday.starts_with(&format!("{rows}:")), "{yesterday}");
         new_backup(&s, 2_000 + i as u32 * 100);
         s.set_env(pause, &format!("{label}:60"));
@@ -689,7 +673,7 @@ fn a_run_killed_in_any_phase_before_the_switch_leaves_yesterday_whole() {
         });
         kill_9(&mut child);
         assert_eq!(
-            s.target_psql(digest),
+            s.target_psql(DIGEST),
             yesterday,
             "killed in {label}: yesterday's replica changed"
         );
@@ -719,11 +703,9 @@ fn a_run_killed_in_any_phase_before_the_switch_leaves_yesterday_whole() {
 fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
     let mut s = Scenario::new("swap_midswitch", fill(4_000));
     s.run_ok(&["run"]);
-    let digest =
-        "SELECT count(*) || ':' || md5(string_agg(id || name, ',' ORDER BY id)) FROM actor";
     let sleep = replicator::engine::test_hooks::SLEEP_IN_SWITCH_VAR;
     for (night, end_session) in [(1u32, false), (2, true)] {
-        let yesterday = s.target_psql(digest);
+        let yesterday = s.target_psql(DIGEST);
         let rows = 4_000 + night * 1_000;
         new_backup(&s, rows);
         s.set_env(sleep, "30");
@@ -750,7 +732,7 @@ fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
         );
         // One snapshot for both: the digest and whether the shadow is still there.
         let state = s.target_psql(&format!(
-            "SELECT ({digest}) || ' ' || (SELECT count(*) FROM pg_namespace
+            "SELECT ({DIGEST}) || ' ' || (SELECT count(*) FROM pg_namespace
                                            WHERE nspname = 'replicator_next_public')"
         ));
         let (now, shadow) = state.rsplit_once(' ').unwrap();
@@ -770,14 +752,9 @@ fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
         assert_eq!(switched, !end_session, "night {night}");
         s.env.retain(|(k, _)| k != sleep);
         s.run_ok(&["resume"]);
-        assert!(s.target_psql(digest).starts_with(&format!("{rows}:")));
+        assert!(s.target_psql(DIGEST).starts_with(&format!("{rows}:")));
         assert_eq!(s.status_json()["phase"], "Done");
-        assert_eq!(
-            s.target_psql(
-                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'replicator\\_%' AND nspname <> 'replicator'"
-            ),
-            "0"
-        );
+        assert_eq!(s.target_psql(LEFT_BEHIND), "0");
     }
 }
 
