@@ -65,44 +65,39 @@ pub async fn read(
 ) -> Result<Vec<KeptView>, StepError> {
     let q = |e| target.query_error("reading the views readers keep over the replica", e);
     // Definitions with every name qualified: they are re-created from another session.
-    client
-        .batch_execute("SET search_path = ''")
-        .await
-        .map_err(q)?;
-    let rows = client
-        .query(DEPENDENTS_SQL, &[&schemas, &schemas.is_some()])
-        .await;
-    client.batch_execute("RESET search_path").await.map_err(q)?;
-    Ok(rows
-        .map_err(q)?
-        .iter()
-        .map(|r| {
-            let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-            let body: String = r.get(6);
-            let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-            let mut extras: Vec<String> = r.get(8);
-            if let Some(c) = r.get::<_, Option<String>>(7) {
-                extras.push(format!(
-                    "COMMENT ON {kind} {qualified} IS '{}'",
-                    c.replace('\'', "''")
-                ));
-            }
-            KeptView {
-                definition: format!(
-                    "CREATE {kind} {qualified} AS {}",
-                    body.trim().trim_end_matches(';')
-                ),
-                schema,
-                name,
-                kind,
-                owner: r.get(3),
-                recreated: r.get(4),
-                reads: r.get::<_, Option<String>>(5).unwrap_or_default(),
-                extras,
-                depth: r.get(9),
-            }
-        })
-        .collect())
+    Ok(
+        super::swap::objects::qualified(client, DEPENDENTS_SQL, &[&schemas, &schemas.is_some()])
+            .await
+            .map_err(q)?
+            .iter()
+            .map(|r| {
+                let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+                let body: String = r.get(6);
+                let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+                let mut extras: Vec<String> = r.get(8);
+                if let Some(c) = r.get::<_, Option<String>>(7) {
+                    extras.push(format!(
+                        "COMMENT ON {kind} {qualified} IS '{}'",
+                        c.replace('\'', "''")
+                    ));
+                }
+                KeptView {
+                    definition: format!(
+                        "CREATE {kind} {qualified} AS {}",
+                        body.trim().trim_end_matches(';')
+                    ),
+                    schema,
+                    name,
+                    kind,
+                    owner: r.get(3),
+                    recreated: r.get(4),
+                    reads: r.get::<_, Option<String>>(5).unwrap_or_default(),
+                    extras,
+                    depth: r.get(9),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The statements that record `views` for run `run_id` in `replicator.kept_definitions` (run

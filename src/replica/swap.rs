@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 
 use tokio_postgres::Client;
 
-mod objects;
+pub(super) mod objects;
 
 use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
 use crate::dump::plan::SwitchedSchema;

@@ -98,16 +98,28 @@ pub async fn moves(
     from: &str,
     to: &str,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    client.batch_execute("SET search_path = ''").await?;
-    let rows = client.query(OBJECTS_SQL, &[&from]).await;
-    client.batch_execute("RESET search_path").await?;
-    Ok(rows?
+    Ok(qualified(client, OBJECTS_SQL, &[&from])
+        .await?
         .iter()
         .map(|r| {
             let (kind, ident): (String, String) = (r.get(0), r.get(1));
             format!("ALTER {kind} {ident} SET SCHEMA {}", quote_ident(to))
         })
         .collect())
+}
+
+/// `sql`'s rows read with `search_path` empty, so that every name the catalog functions print
+/// (`format_type`, `pg_get_viewdef`, identity arguments) is schema-qualified and means the same
+/// from any session; the session's `search_path` is reset after.
+pub(in crate::replica) async fn qualified(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    client.batch_execute("SET search_path = ''").await?;
+    let rows = client.query(sql, params).await;
+    client.batch_execute("RESET search_path").await?;
+    rows
 }
 
 /// The range types the role owns in `schemas` (`schema.name`): a schema holding one cannot be
