@@ -771,20 +771,22 @@ fn many_relations_by_hand() {
     let n: Vec<u32> = spec.split('x').map(|v| v.parse().unwrap()).collect();
     let (schemas, tables, nights) = (n[0], n[1], n[2]);
     let mut s = Scenario::new("many_hand", |c, db| {
-        c.superuser_psql(
-            db,
-            &format!(
-                "DO $$ BEGIN
-                   FOR s IN 1..{schemas} LOOP
-                     EXECUTE format('CREATE SCHEMA tenant_%s', s);
-                     FOR t IN 1..{tables} LOOP
-                       EXECUTE format('CREATE TABLE tenant_%s.t%s (id serial PRIMARY KEY, v text)', s, t);
-                       EXECUTE format('INSERT INTO tenant_%s.t%s (v) VALUES (''x'')', s, t);
-                     END LOOP;
-                   END LOOP;
-                 END $$;"
-            ),
-        );
+        // One transaction per schema: the source's lock table cannot hold them all at once
+        // either.
+        let script: String = (1..=schemas)
+            .map(|s| {
+                format!(
+                    "DO $$ BEGIN
+                       EXECUTE 'CREATE SCHEMA tenant_{s}';
+                       FOR t IN 1..{tables} LOOP
+                         EXECUTE format('CREATE TABLE tenant_{s}.t%s (id serial PRIMARY KEY, v text)', t);
+                         EXECUTE format('INSERT INTO tenant_{s}.t%s (v) VALUES (''x'')', t);
+                       END LOOP;
+                     END $$;\n"
+                )
+            })
+            .collect();
+        c.superuser_psql(db, &script);
     });
     let count = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname LIKE 'tenant\\_%' AND c.relkind = 'r'";
