@@ -242,20 +242,25 @@ async fn decide_refresh(
         return Ok(Refresh::default());
     }
     let mut schemas = crate::replica::swap::switched(&restored_schemas(plan));
-    let blob = plan.entries.iter().any(|e| {
-        matches!(e.fate, crate::dump::plan::Fate::Restored { .. })
-            && matches!(
-                e.kind.as_str(),
-                "BLOB" | "BLOBS" | "BLOB METADATA" | "LARGE OBJECT"
-            )
-    });
-    let why = if blob {
-        Some("the dump holds large objects, which belong to the whole database and are not switched yet".to_string())
-    } else {
-        let (pinned, ranges) = pinned_and_ranges(target, dump, toc, plan, &schemas).await?;
-        crate::replica::swap::assess(target, &mut schemas, &pinned, &ranges)
-            .await?
-            .err()
+    // Large objects belong to the whole database: the switch replaces them in its
+    // transaction (`replica::swap::large_objects`), if the lock table holds that.
+    let large_objects: u64 = plan
+        .entries
+        .iter()
+        .filter(|e| matches!(e.fate, crate::dump::plan::Fate::Restored { .. }))
+        .map(|e| crate::replica::swap::large_objects::created_by(&e.kind, &e.name))
+        .sum();
+    let why = match crate::replica::swap::large_objects::fit(target, large_objects)
+        .await?
+        .err()
+    {
+        Some(why) => Some(why),
+        None => {
+            let (pinned, ranges) = pinned_and_ranges(target, dump, toc, plan, &schemas).await?;
+            crate::replica::swap::assess(target, &mut schemas, &pinned, &ranges)
+                .await?
+                .err()
+        }
     };
     match (why, asked) {
         (None, _) => {
@@ -266,6 +271,12 @@ async fn decide_refresh(
                 .map_err(|e| target.query_error("reading the database's size", e))?
                 .get(0);
             let dump_len = std::fs::metadata(dump).map(|m| m.len()).unwrap_or(0);
+            if large_objects > 0 {
+                info!(
+                    large_objects,
+                    "the dump's large objects (about {large_objects}) belong to the whole database: they are kept in replicator.staged_large_objects during the build and replace yesterday's in the switch's transaction"
+                );
+            }
             info!(
                 dump_bytes = dump_len,
                 database_bytes = db,

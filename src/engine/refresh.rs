@@ -145,6 +145,7 @@ impl RealSteps {
                         replica::swap::carry_schemas(&self.target, &client, &plan.refresh.schemas)
                             .await?,
                     );
+                    carried.extend(replica::readers::large_object_grants_sql(&plan.readers));
                     carried.extend(replica::dependents::keep_sql(
                         &run.run_id,
                         &plan.readers.views,

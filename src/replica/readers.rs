@@ -14,8 +14,12 @@ use crate::dump::plan::{Grant, Readers};
 use crate::dump::rewrite::quote_ident;
 use crate::error::StepError;
 
+/// The most privileges on large objects kept (each is one object's: a database of millions
+/// of large objects each granted to a reader would not fit in the run's record).
+const MAX_LARGE_OBJECT_GRANTS: usize = 10_000;
+
 /// What the role granted to other roles on the objects it owns in `schemas` (and on the
-/// schemas), and its default privileges.
+/// schemas, and on its large objects), and its default privileges.
 pub async fn read(target: &PgEndpoint, schemas: &[String]) -> Result<Readers, StepError> {
     let client = target.connect_as(CONTROL_APPLICATION_NAME).await?;
     let q = |e| target.query_error("reading the privileges readers hold", e);
@@ -35,6 +39,11 @@ pub async fn read(target: &PgEndpoint, schemas: &[String]) -> Result<Readers, St
                      SELECT 'SCHEMA', NULL, n.nspname::text, a.*
                        FROM pg_namespace n, LATERAL aclexplode(n.nspacl) a
                       WHERE n.nspname = ANY($1::text[])
+                     UNION ALL
+                     (SELECT 'LARGE OBJECT', NULL, m.oid::text, a.*
+                        FROM pg_largeobject_metadata m, LATERAL aclexplode(m.lomacl) a
+                       WHERE m.lomowner = {me} AND a.grantee <> {me}
+                       ORDER BY m.oid LIMIT {MAX_LARGE_OBJECT_GRANTS})
                    ) g(kind, schema, name, grantor, grantee_oid, privilege_type, is_grantable)
                    CROSS JOIN LATERAL (SELECT CASE WHEN grantee_oid = 0 THEN 'PUBLIC'
                                                    ELSE pg_get_userbyid(grantee_oid)::text END) r(grantee)
@@ -62,7 +71,8 @@ pub async fn read(target: &PgEndpoint, schemas: &[String]) -> Result<Readers, St
         .query(
             &format!(
                 "SELECT CASE d.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
-                            WHEN 'f' THEN 'FUNCTIONS' WHEN 'T' THEN 'TYPES' ELSE 'SCHEMAS' END,
+                            WHEN 'f' THEN 'FUNCTIONS' WHEN 'T' THEN 'TYPES'
+                            WHEN 'L' THEN 'LARGE OBJECTS' ELSE 'SCHEMAS' END,
                         n.nspname::text,
                         CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END,
                         string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type),
@@ -103,6 +113,7 @@ fn grant_sql(g: &Grant, schema: Option<&str>) -> String {
     };
     let object = match (g.kind.as_str(), schema) {
         ("SCHEMA", _) => format!("SCHEMA {}", quote_ident(schema.unwrap_or(&g.name))),
+        ("LARGE OBJECT", _) => format!("LARGE OBJECT {}", g.name.parse::<u32>().unwrap_or(0)),
         (kind, Some(s)) => format!("{kind} {}.{}", quote_ident(s), quote_ident(&g.name)),
         (kind, None) => format!("{kind} {}", quote_ident(&g.name)),
     };
@@ -140,11 +151,29 @@ pub fn default_sql(d: &Grant) -> String {
     )
 }
 
+/// The privileges on large objects, as statements for the switch's transaction (swap mode:
+/// tonight's large objects exist only from the switch on). One whose object is not in
+/// tonight's copy is skipped there.
+pub fn large_object_grants_sql(readers: &Readers) -> Vec<String> {
+    readers
+        .grants
+        .iter()
+        .filter(|g| g.kind == "LARGE OBJECT")
+        .map(|g| {
+            format!(
+                "DO $replicator$ BEGIN {}; EXCEPTION WHEN undefined_object THEN NULL; END $replicator$",
+                grant_sql(g, None)
+            )
+        })
+        .collect()
+}
+
 /// Grants `readers`' privileges again on tonight's objects; `schema_of` says in which schema
 /// tonight's copy of a live schema's objects is (its shadow before a switch, itself after a
 /// wipe). Default privileges are given again too (`with_defaults`: in wipe mode, where the
-/// wipe dropped them). A grant whose object is gone is reported, not an error. Returns the
-/// grants given.
+/// wipe dropped them), and the privileges on large objects (in swap mode the switch gives
+/// those: [`large_object_grants_sql`]). A grant whose object is gone is reported, not an
+/// error. Returns the grants given.
 pub async fn grant_again(
     target: &PgEndpoint,
     readers: &Readers,
@@ -155,6 +184,9 @@ pub async fn grant_again(
     let mut given = 0;
     let mut gone = Vec::new();
     for g in &readers.grants {
+        if g.kind == "LARGE OBJECT" && !with_defaults {
+            continue;
+        }
         let schema = match g.kind.as_str() {
             "SCHEMA" => Some(schema_of(&g.name)),
             _ => g.schema.as_deref().map(schema_of),

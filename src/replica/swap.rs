@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 use tokio_postgres::Client;
 
+pub mod large_objects;
 pub(super) mod objects;
 
 use super::url::{CONTROL_APPLICATION_NAME, PgEndpoint};
@@ -307,7 +308,8 @@ pub async fn prepare(
 }
 
 /// Drops every schema of a swap's names the role owns (shadows of a run that did not switch,
-/// yesterday's schemas a switch could not drop). Returns how many.
+/// yesterday's schemas a switch could not drop), and empties the large objects an earlier
+/// build kept for its switch. Returns how many schemas.
 pub async fn drop_leftovers(target: &PgEndpoint, client: &Client) -> Result<usize, StepError> {
     let rows = client
         .query(
@@ -324,6 +326,15 @@ pub async fn drop_leftovers(target: &PgEndpoint, client: &Client) -> Result<usiz
         drop_schema(target, client, &name).await?;
         tracing::info!(schema = %name, "dropped {name}, left by an earlier run");
     }
+    // The large objects an earlier build kept for its switch go with its shadows.
+    client
+        .batch_execute(&format!(
+            "{}; {}",
+            large_objects::CREATE_SQL,
+            large_objects::CLEAR_SQL
+        ))
+        .await
+        .map_err(|e| target.query_error("emptying replicator.staged_large_objects", e))?;
     Ok(rows.len())
 }
 
@@ -461,6 +472,74 @@ async fn with_lock_retries(
     }
 }
 
+/// The switch's transaction: `first` (from `BEGIN` to a `SAVEPOINT switch`) once, then
+/// `body` again while it fails on a lock timeout, from the savepoint: a reader's long query
+/// delays the renames, never fails them and is never cancelled, and what `first` did (the
+/// large objects) is not done again for each try. After [`SWITCH_PATIENCE`], a transient
+/// failure.
+async fn switch_transaction(
+    target: &PgEndpoint,
+    client: &Client,
+    first: &str,
+    body: &str,
+) -> Result<(), StepError> {
+    const WHAT: &str = "switching to tonight's copy";
+    let started = std::time::Instant::now();
+    let mut said = false;
+    let mut begun = false;
+    let failed = |e: tokio_postgres::Error| -> StepError { target.query_error(WHAT, e).into() };
+    // The commit goes with the body, in one message: a replicator killed after sending it
+    // leaves the server to finish the switch (a resumed run finds it in
+    // `replicator.switches`), one killed before leaves it to roll back.
+    let body = format!("{body};\nCOMMIT");
+    loop {
+        let tried = if begun {
+            client.batch_execute(&body).await
+        } else {
+            match client.batch_execute(first).await {
+                Ok(()) => {
+                    begun = true;
+                    client.batch_execute(&body).await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match tried {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code().is_some_and(|c| c.code() == "55P03") => {
+                let undo = if begun {
+                    "ROLLBACK TO SAVEPOINT switch"
+                } else {
+                    "ROLLBACK"
+                };
+                if let Err(e) = client.batch_execute(undo).await {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(failed(e));
+                }
+                if started.elapsed() > SWITCH_PATIENCE {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(StepError::transient(format!(
+                        "{WHAT} on {}: readers held their locks for {} minutes; will retry",
+                        target.describe(),
+                        SWITCH_PATIENCE.as_secs() / 60
+                    )));
+                }
+                if !said {
+                    tracing::info!(
+                        "{WHAT}: waiting for readers' queries to end (they are not cancelled)"
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(failed(e));
+            }
+        }
+    }
+}
+
 /// The table that says a run's switch committed: written in the switch's transaction, so a
 /// run resumed in `Switching` knows whether it happened.
 const SWITCHES_TABLE: &str = "SET client_min_messages = warning;
@@ -520,7 +599,20 @@ pub async fn switch(
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let mut sql = format!("BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}';\n");
+        // Large objects first (they take no lock a reader holds): yesterday's of the role
+        // unlinked, tonight's created from what the build kept. Done once; the renames after
+        // the savepoint are what a reader's lock may make wait.
+        let (yesterday, tonight) = large_objects::counts(target, &client).await?;
+        let mut first = format!("BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}';\n");
+        if yesterday > 0 || tonight > 0 {
+            first.push_str(&format!(
+                "{}; {};\n",
+                large_objects::REPLACE_SQL,
+                large_objects::CLEAR_SQL
+            ));
+        }
+        first.push_str("SAVEPOINT switch");
+        let mut sql = String::new();
         // The moves go first: their identities name the schemas as they are before the
         // renames.
         for s in schemas.iter().filter(|s| s.by_objects) {
@@ -561,14 +653,20 @@ pub async fn switch(
         // The statement's own clock, not the transaction's start (`now()`): the closest to
         // the commit, which a lock wait may delay.
         sql.push_str(&format!(
-            "INSERT INTO replicator.switches (run_id, switched_at) VALUES ('{}', clock_timestamp());\nCOMMIT",
+            "INSERT INTO replicator.switches (run_id, switched_at) VALUES ('{}', clock_timestamp())",
             run_id.replace('\'', "''")
         ));
-        with_lock_retries(target, &client, &sql, "switching to tonight's copy").await?;
+        switch_transaction(target, &client, &first, &sql).await?;
         tracing::info!(
             schemas = %live.join(","),
-            "switched: readers see tonight's copy from now on ({})",
-            live.join(", ")
+            large_objects = tonight,
+            "switched: readers see tonight's copy from now on ({}{})",
+            live.join(", "),
+            if yesterday > 0 || tonight > 0 {
+                format!("; large objects: {yesterday} of yesterday's replaced by {tonight}")
+            } else {
+                String::new()
+            }
         );
     }
     let switched_at = switched_already(target, &client, run_id)

@@ -29,6 +29,7 @@ mod settings;
 mod shaping;
 mod streaming;
 mod swap;
+mod swap_large_objects;
 mod terminal;
 mod tls;
 mod toc_progress;

@@ -25,6 +25,7 @@ use std::collections::HashSet;
 use crate::dump::plan::{Rehearsed, RestorePlan, RestoreSection, SwitchedSchema};
 use crate::dump::toc::Toc;
 use crate::masking::Masker;
+use crate::replica::swap::large_objects;
 
 /// What the rehearsal tries.
 pub struct RehearsalSpec {
@@ -119,6 +120,17 @@ impl Applier {
                         .await?;
                 }
             }
+            // Large objects are kept for the switch, as the build keeps them; the switch's
+            // replacement of them is tried after the post-data section.
+            session
+                .execute(
+                    "the swap's large objects (rehearsed)",
+                    &format!(
+                        "{}; DELETE FROM replicator.staged_large_objects",
+                        large_objects::CREATE_SQL
+                    ),
+                )
+                .await?;
             for stmt in crate::replica::swap::create_schemas_sql(schemas, created) {
                 session
                     .execute("the swap's schemas (rehearsed)", &stmt)
@@ -178,6 +190,14 @@ impl Applier {
         done.post_data = self
             .rehearse_script(session, lines(RestoreSection::PostData, None))
             .await?;
+        if spec.swap.is_some() {
+            session
+                .execute(
+                    "the switch's replacement of the large objects (rehearsed)",
+                    large_objects::REPLACE_SQL,
+                )
+                .await?;
+        }
         Ok(done)
     }
 

@@ -3,6 +3,7 @@
 //! record.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use super::stream::{Item, ScriptStream};
 use crate::dump::rewrite::Rewriter;
 use crate::masking::transform::Rows;
 use crate::replica::sqlstate::classify;
+use crate::replica::swap::large_objects;
 use crate::replica::{PgEndpoint, RESTORE_APPLICATION_NAME};
 
 /// What a session of the restore needs to open, owned (sessions open in spawned tasks too).
@@ -78,6 +80,9 @@ pub(super) struct Session {
     /// The session settings (the script's preamble) this session last ran.
     preamble: Vec<String>,
     rewriter: Option<Arc<Rewriter>>,
+    /// Swap mode: the large object this session's script opened last (`0`: none), which the
+    /// writes after it name only as descriptor 0.
+    open_lo: AtomicU32,
 }
 
 impl Session {
@@ -94,6 +99,7 @@ impl Session {
             said: spec.said.clone(),
             preamble: Vec::new(),
             rewriter: spec.rewriter.clone(),
+            open_lo: AtomicU32::new(0),
         })
     }
 
@@ -162,6 +168,22 @@ impl Session {
                 );
             }
             return Ok(());
+        }
+        if self.rewriter.is_some() {
+            // Swap mode: a large object's statement is kept for the switch, not run (see
+            // `replica::swap::large_objects`).
+            let open = Some(self.open_lo.load(Ordering::Relaxed)).filter(|o| *o != 0);
+            if let Some(k) = large_objects::staged(stmt, open) {
+                if k.opens {
+                    self.open_lo.store(k.loid, Ordering::Relaxed);
+                }
+                return self
+                    .client
+                    .execute(large_objects::STAGE_SQL, &[&k.phase, &k.loid, &stmt])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error(entry, &e));
+            }
         }
         self.client
             .batch_execute(&self.sent(stmt))
