@@ -64,6 +64,12 @@ cargo bench --bench replicate -- [options]
   --seed-jobs N      pg_restore -j of the seed (default 4)
   --no-verify        skip the content check after each run
   --shared-buffers S the server's shared_buffers (default 512MB)
+  --default-settings the server with PostgreSQL's defaults (shared_buffers 128MB,
+                     max_wal_size 1GB, max_connections 100), fsync on
+  --no-ready         do not wait, after A and B, until the replica is ready for its readers
+                     (every table with rows analyzed, no autovacuum worker on the target's
+                     database, no table above autovacuum's vacuum, insert or analyze
+                     thresholds): the time to ready is reported by default
   --replicator PATH  the binary to time (default: the one cargo just built)
   --b-replicator P   B is this replicator binary instead of the seed (measures one lever
                      against another, alternated)
@@ -117,6 +123,8 @@ struct Args {
     throttle_mb: Option<u64>,
     floor: bool,
     reader: bool,
+    default_settings: bool,
+    ready: bool,
 }
 
 fn parse_args() -> Args {
@@ -138,6 +146,8 @@ fn parse_args() -> Args {
         throttle_mb: None,
         floor: false,
         reader: false,
+        default_settings: false,
+        ready: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -170,6 +180,8 @@ fn parse_args() -> Args {
             "--rules" => a.rules = true,
             "--floor" => a.floor = true,
             "--reader" => a.reader = true,
+            "--default-settings" => a.default_settings = true,
+            "--no-ready" => a.ready = false,
             "--throttle-mb" => a.throttle_mb = Some(number(&value("--throttle-mb"))),
             "--shared-buffers" => a.shared_buffers = value("--shared-buffers"),
             "--replicator" => a.bin = PathBuf::from(value("--replicator")),
@@ -506,6 +518,8 @@ struct RunResult {
     total: f64,
     peak_rss_kib: Option<u64>,
     disk_high_water: u64,
+    /// Seconds from the start until the replica was ready for its readers ([`wait_ready`]).
+    ready: Option<f64>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -668,6 +682,7 @@ fn run_replicator(
         total,
         peak_rss_kib: Some(rss),
         disk_high_water: disk,
+        ready: None,
     }
 }
 
@@ -807,6 +822,7 @@ fn run_seed(
         total,
         peak_rss_kib: None,
         disk_high_water: disk,
+        ready: None,
     }
 }
 
@@ -960,6 +976,7 @@ fn run_floor(cluster: &PgCluster, target: &TargetDb, dump: &Path, tables: &[Stri
         total: t0.elapsed().as_secs_f64(),
         peak_rss_kib: None,
         disk_high_water: 0,
+        ready: None,
     }
 }
 
@@ -993,17 +1010,53 @@ fn settle(cluster: &PgCluster) {
     }
 }
 
-fn tune(cluster: &PgCluster, shared_buffers: &str) {
-    // A production-like server, not the test harness's (fsync off, 16 MB of buffers).
+/// Issue 23's readiness: every table of the target with rows has planner statistics, no
+/// autovacuum worker is on the target's database, and no table is above autovacuum's vacuum,
+/// insert or analyze thresholds (the server's settings; per-table options are not read).
+const NOT_READY_SQL: &str = "SELECT
+    (SELECT count(*) FROM pg_stat_activity
+      WHERE backend_type = 'autovacuum worker' AND datname = current_database())
+  + (SELECT count(*) FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+      WHERE c.relkind IN ('r', 'm') AND s.schemaname <> 'replicator'
+        AND ((s.n_live_tup > 0 AND s.last_analyze IS NULL AND s.last_autoanalyze IS NULL)
+          OR s.n_dead_tup > current_setting('autovacuum_vacuum_threshold')::float8
+               + current_setting('autovacuum_vacuum_scale_factor')::float8 * greatest(c.reltuples, 0)
+          OR s.n_ins_since_vacuum > current_setting('autovacuum_vacuum_insert_threshold')::float8
+               + current_setting('autovacuum_vacuum_insert_scale_factor')::float8 * greatest(c.reltuples, 0)
+          OR s.n_mod_since_analyze > current_setting('autovacuum_analyze_threshold')::float8
+               + current_setting('autovacuum_analyze_scale_factor')::float8 * greatest(c.reltuples, 0)))";
+
+/// Waits (at most 15 minutes) until the target is ready for its readers ([`NOT_READY_SQL`]);
+/// returns how long it waited.
+fn wait_ready(cluster: &PgCluster, target: &TargetDb) -> f64 {
+    let t = Instant::now();
+    loop {
+        let left = cluster.superuser_psql(&target.dbname, NOT_READY_SQL);
+        if left.trim() == "0" || t.elapsed() > Duration::from_secs(900) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn tune(cluster: &PgCluster, shared_buffers: &str, defaults: bool) {
+    // A production-like server, not the test harness's (fsync off, 16 MB of buffers); with
+    // `defaults`, PostgreSQL's own settings.
+    let (buffers, wal, connections) = if defaults {
+        ("128MB", "1GB", 100)
+    } else {
+        (shared_buffers, "2GB", 40)
+    };
     cluster.superuser_psql(
         "postgres",
         &format!(
             "ALTER SYSTEM SET fsync = on;\n\
              ALTER SYSTEM SET synchronous_commit = on;\n\
              ALTER SYSTEM SET full_page_writes = on;\n\
-             ALTER SYSTEM SET shared_buffers = '{shared_buffers}';\n\
-             ALTER SYSTEM SET max_wal_size = '2GB';\n\
-             ALTER SYSTEM SET max_connections = 40;"
+             ALTER SYSTEM SET shared_buffers = '{buffers}';\n\
+             ALTER SYSTEM SET max_wal_size = '{wal}';\n\
+             ALTER SYSTEM SET max_connections = {connections};"
         ),
     );
     cluster.stop();
@@ -1023,7 +1076,10 @@ fn main() {
     ));
     let cluster = PgCluster::start();
     let source = cached_source(&cluster, &args);
-    tune(&cluster, &args.shared_buffers);
+    tune(&cluster, &args.shared_buffers, args.default_settings);
+    if args.default_settings {
+        log("the server runs with PostgreSQL's default settings (shared_buffers 128MB)");
+    }
     let archive_len = fs::metadata(&source.archive).unwrap().len();
     let dump_len = fs::metadata(&source.dump).unwrap().len();
     log(&format!(
@@ -1098,6 +1154,16 @@ fn main() {
             } else {
                 run_seed(&cluster, &fake, &target, &work, &args)
             };
+            let mut r = r;
+            if args.ready && side != 'f' {
+                let waited = wait_ready(&cluster, &target);
+                r.ready = Some(r.total + waited);
+                log(&format!(
+                    "round {round}: {} ready for its readers {waited:.1}s after it ended ({:.1}s from its start)",
+                    r.label,
+                    r.total + waited
+                ));
+            }
             log(&format!(
                 "round {round}: {} took {:.1}s ({})",
                 r.label,
@@ -1199,8 +1265,8 @@ fn report(args: &Args, source: &Cached, archive_len: u64, dump_len: u64, results
     }
     out.push_str("\n| run | ");
     out.push_str(&order.join(" | "));
-    out.push_str(" | total (s) | peak RSS (MiB) | disk high-water (MiB) |\n|---|");
-    out.push_str(&"---|".repeat(order.len() + 3));
+    out.push_str(" | total (s) | ready (s) | peak RSS (MiB) | disk high-water (MiB) |\n|---|");
+    out.push_str(&"---|".repeat(order.len() + 4));
     out.push('\n');
     for r in results {
         let by: BTreeMap<&str, f64> = r.phases.iter().map(|(p, s)| (p.as_str(), *s)).collect();
@@ -1212,8 +1278,11 @@ fn report(args: &Args, source: &Cached, archive_len: u64, dump_len: u64, results
             }
         }
         out.push_str(&format!(
-            " {:.1} | {} | {} |\n",
+            " {:.1} | {} | {} | {} |\n",
             r.total,
+            r.ready
+                .map(|s| format!("{s:.1}"))
+                .unwrap_or_else(|| "-".into()),
             r.peak_rss_kib
                 .map(|k| format!("{:.1}", k as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into()),
@@ -1235,6 +1304,28 @@ fn report(args: &Args, source: &Cached, archive_len: u64, dump_len: u64, results
         out.push_str(&format!(
             "\nend to end, median: A {ma:.1}s, B {mb:.1}s, ratio A / B = {:.2} (targets against the seed: <= 0.60 on loopback with the defaults, <= 0.55 streamed with --throttle-mb 25 --env MAX_WORK_DISK=64MiB; <= 1.10 with --rules)\n",
             ma / mb
+        ));
+    }
+    let ready = |side: char| -> Vec<f64> {
+        results
+            .iter()
+            .filter(|r| r.label.starts_with(side))
+            .filter_map(|r| r.ready)
+            .collect()
+    };
+    let (ra, rb) = (ready('A'), ready('B'));
+    if !ra.is_empty() && !rb.is_empty() {
+        let pairs: Vec<String> = ra
+            .iter()
+            .zip(&rb)
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect();
+        out.push_str(&format!(
+            "time to ready, median: A {:.1}s, B {:.1}s, ratio A / B = {:.2} (pairs {}; target <= 0.50)\n",
+            median(ra.clone()),
+            median(rb.clone()),
+            median(ra) / median(rb),
+            pairs.join(", ")
         ));
     }
     let f: Vec<f64> = results
