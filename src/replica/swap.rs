@@ -656,11 +656,14 @@ pub async fn switch(
             "INSERT INTO replicator.switches (run_id, switched_at) VALUES ('{}', clock_timestamp())",
             run_id.replace('\'', "''")
         ));
+        let began = std::time::Instant::now();
         switch_transaction(target, &client, &first, &sql).await?;
+        let seconds = began.elapsed().as_secs_f64();
         tracing::info!(
             schemas = %live.join(","),
             large_objects = tonight,
-            "switched: readers see tonight's copy from now on ({}{})",
+            seconds,
+            "switched in {seconds:.1}s: readers see tonight's copy from now on ({}{})",
             live.join(", "),
             if yesterday > 0 || tonight > 0 {
                 format!("; large objects: {yesterday} of yesterday's replaced by {tonight}")

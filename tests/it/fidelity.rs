@@ -273,7 +273,7 @@ fn gitlab_schema_with_five_extensions_the_role_created_restores_twice_in_a_row()
         // them, and is switched object by object.
         let log = format!("{}{}", stdout(&out), stderr(&out));
         assert!(
-            log.contains("switched: readers see tonight's copy"),
+            log.contains("readers see tonight's copy from now on"),
             "night {night} did not swap:\n{log}"
         );
         assert_exact(&s);

@@ -128,7 +128,7 @@ fn readers_see_yesterday_then_tonight_never_an_empty_or_partial_table() {
         let out = s.run_ok(&["run", "--force"]);
         let logs = stdout(&out) + &stderr(&out);
         assert!(
-            logs.contains("switched: readers see tonight's copy"),
+            logs.contains("readers see tonight's copy from now on"),
             "{logs}"
         );
         assert_eq!(s.target_psql("SELECT count(*) FROM actor"), n.to_string());

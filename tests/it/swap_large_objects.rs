@@ -336,3 +336,56 @@ fn a_kill_during_the_switch_keeps_yesterdays_large_objects_or_tonights_never_hal
     assert_eq!(s.target_psql(&role_digest), tonight);
     assert_eq!(s.status_json()["phase"], "Done");
 }
+
+/// The cost of large objects in the switch, by hand (not for the suite):
+/// `REPLICATOR_LO=200x512 cargo test --test it -- --ignored swap_large_objects::replay_cost_by_hand`
+/// (objects x KiB each): two nights in swap mode, then two in wipe mode, each printing the
+/// run's time and, in swap mode, how long the switch's transaction took (from the JSON log).
+#[test]
+#[ignore]
+fn replay_cost_by_hand() {
+    let spec = std::env::var("REPLICATOR_LO").unwrap_or_else(|_| "200x512".into());
+    let (n, kib) = spec.split_once('x').unwrap();
+    let (n, kib): (u32, u32) = (n.parse().unwrap(), kib.parse().unwrap());
+    let mut s = Scenario::new("lo_cost", move |c, db| {
+        c.superuser_psql(
+            db,
+            &format!(
+                "CREATE TABLE documents (id int PRIMARY KEY, content oid NOT NULL);
+                 INSERT INTO documents
+                 SELECT i, lo_from_bytea(0, convert_to(
+                          (SELECT string_agg(md5(i::text || j::text), '') FROM generate_series(1, {kib} * 32) j),
+                          'UTF8'))
+                   FROM generate_series(1, {n}) i;"
+            ),
+        );
+    });
+    s.set_env("LOG_FORMAT", "json");
+    let switch_seconds = |logs: &str| -> Option<f64> {
+        logs.lines()
+            .find(|l| l.contains("switched in"))
+            .and_then(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v["seconds"].as_f64()
+            })
+    };
+    for mode in ["swap", "wipe"] {
+        s.set_env("REFRESH_MODE", mode);
+        for night in 1..=2 {
+            let t0 = std::time::Instant::now();
+            let out = s.run_ok(&["run", "--force"]);
+            let logs = stdout(&out) + &stderr(&out);
+            let switch = switch_seconds(&logs)
+                .map(|x| format!(", switch {x:.2} s"))
+                .unwrap_or_default();
+            eprintln!(
+                "[lo_cost] {n} x {kib} KiB, {mode} night {night}: {:.1} s{switch}",
+                t0.elapsed().as_secs_f64()
+            );
+            assert_eq!(
+                s.target_psql("SELECT count(*) FROM pg_largeobject_metadata"),
+                n.to_string()
+            );
+        }
+    }
+}
