@@ -14,10 +14,14 @@ use tracing::{info, warn};
 
 use crate::config::RetryConfig;
 use crate::error::StepError;
-use crate::machine::{Backup, Event, LeftOut, Phase, Progress, Run, Section, WorkMode, transition};
+use crate::machine::{
+    Backup, Event, LeftOut, MaskingCounts, Phase, Progress, Run, Section, WorkMode, transition,
+};
+use crate::replica::LockHandle;
 use crate::state::remote::{RemoteWriter, Write};
 use crate::state::store::{Store, StoreError};
 
+mod attempt;
 mod bar;
 pub mod planning;
 mod progress;
@@ -28,8 +32,9 @@ mod steps;
 pub mod test_hooks;
 pub(crate) mod workdir;
 
+pub use attempt::Attempt;
 use progress::{ProgressLogger, log_phase, log_summary};
-pub use steps::{LockSlot, RealSteps, live_feed, pg_dump_connection, target_is_source_message};
+pub use steps::{RealSteps, live_feed, pg_dump_connection, target_is_source_message};
 use workdir::WorkDir;
 
 /// How often progress is persisted while a step runs.
@@ -57,7 +62,9 @@ pub enum Outcome {
 
 /// The IO of each phase. [`RealSteps`] talks to Scalingo, the disk and PostgreSQL; the
 /// model-based tests substitute one that injects faults and crashes. Steps know neither the
-/// store nor the machine: they take inputs and return results.
+/// store nor the machine: they take inputs and return results. What a process holds while it
+/// drives a run (the stream, the lock, the work dir) is the driver's [`Attempt`], lent to
+/// each step; the steps keep nothing of a run between two calls.
 pub trait Steps: Send + Sync {
     /// The newest `done` backup (and any check that must pass before downloading it).
     fn fetch_backup(&self) -> impl Future<Output = Result<Backup, StepError>> + Send;
@@ -66,6 +73,7 @@ pub trait Steps: Send + Sync {
         &self,
         run: &Run,
         backup: &Backup,
+        attempt: &mut Attempt,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// The dump out of the archive, read by `pg_restore --list`; the target answers.
@@ -73,52 +81,53 @@ pub trait Steps: Send + Sync {
     fn extract_and_check(
         &self,
         run: &Run,
+        attempt: &mut Attempt,
     ) -> impl Future<Output = Result<DumpChecked, StepError>> + Send;
     /// `DROP OWNED BY CURRENT_USER CASCADE` (after ending leftover restore sessions).
-    fn drop_target(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn drop_target(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Whole or streamed, for `run` (before its first byte).
     fn plan(&self, run: &Run) -> impl Future<Output = Result<WorkMode, StepError>> + Send;
     /// One section. `events` gets the run's events of the rows' section as they happen
-    /// (`LoadStarted`, `TableLoaded`).
+    /// (`LoadStarted`, `TableLoaded`). Returns what `REPLICA_RULES` did to the rows (`None`
+    /// without rules, and for the schema).
     fn restore(
         &self,
         run: &Run,
         section: Section,
+        attempt: &mut Attempt,
         progress: &(dyn Fn(Progress) + Send + Sync),
         events: &(dyn Fn(Event) + Send + Sync),
+    ) -> impl Future<Output = Result<Option<MaskingCounts>, StepError>> + Send;
+    fn unlog(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
-    fn unlog(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Swap mode: tonight's schemas take the live names in one transaction, then yesterday's
     /// are dropped; returns when the switch committed (`None`: nothing was switched, wipe
     /// mode, the default here).
     fn switch(
         &self,
         _run: &Run,
+        _attempt: &mut Attempt,
     ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StepError>> + Send {
         async { Ok(None) }
     }
-    fn post_restore(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn post_restore(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// `run` just became `Done` or `Failed` (notifications). Must not fail, nor take long.
     fn finished(&self, _run: &Run) -> impl Future<Output = ()> + Send {
         async {}
     }
     /// Shutdown in the middle of `run`'s current step: end what the step left running.
     fn on_interrupt(&self, run: &Run) -> impl Future<Output = ()> + Send;
-    /// What `REPLICA_RULES` did in the last restore of the rows (`None` without rules).
-    fn masking_counts(&self) -> Option<crate::machine::MaskingCounts> {
-        None
-    }
-    /// Proves this run still holds the target's lock (taking it again on a new session if its
-    /// session was lost): before the wipe, each section and `Done`. Another replicator
-    /// holding it is a transient failure.
-    fn hold_target(&self) -> impl Future<Output = Result<(), StepError>> + Send {
-        async { Ok(()) }
-    }
-    /// Completes when another replicator took the target's lock: the current step is dropped
-    /// at once and the run retries later.
-    fn target_lost(&self) -> impl Future<Output = StepError> + Send + 'static {
-        std::future::pending()
-    }
     /// Just before the step of `run`'s phase starts (the reliability suite's pause).
     fn before_step(&self, _run: &Run) -> impl Future<Output = ()> + Send {
         async {}
@@ -152,6 +161,9 @@ pub struct Driver<S: Steps = RealSteps> {
 /// What a step produced.
 enum StepOutcome {
     Event(Event),
+    /// The rows are in (`Restoring{DataAndPostData}` succeeded), and what `REPLICA_RULES`
+    /// did to them.
+    RowsIn(Option<MaskingCounts>),
     AlreadyRestored(Backup),
 }
 
@@ -224,8 +236,14 @@ impl<S: Steps> Driver<S> {
     }
 
     /// Drives `run` until it finishes or shutdown is asked. `run` may be new (`Idle`) or
-    /// resumed; every transition is persisted before its step starts.
-    pub async fn drive(&self, mut run: Run) -> Result<Outcome, DriverError> {
+    /// resumed; every transition is persisted before its step starts. `lock`: the target's
+    /// lock this process holds (`app::lock`), proven before each step that touches the
+    /// target and watched during every step (`None`: no lock to watch).
+    pub async fn drive(
+        &self,
+        mut run: Run,
+        lock: Option<LockHandle>,
+    ) -> Result<Outcome, DriverError> {
         // What `status` showed before this run, put back if the run turns out to be a skip.
         let previous_current = self.store.current()?.filter(|r| r.run_id != run.run_id);
         if matches!(run.phase, Phase::Idle) {
@@ -248,10 +266,16 @@ impl<S: Steps> Driver<S> {
             b.phase(&run);
         }
         self.publish(&run, Write::Transition).await;
+        // What this process holds of the run while it drives it: never persisted.
+        let mut attempt = Attempt::new(WorkDir::of(&self.state_dir, &run.run_id), lock);
 
         loop {
             if run.is_terminal() {
                 drop(std::mem::replace(&mut bar, bar::BarGuard(None)));
+                // A stream kept for a later step ends with its run: a live source's pg_dump
+                // would otherwise keep its snapshot open, and its locks on every table of the
+                // source (a download, its task).
+                drop(attempt);
                 self.remove_working_files(&run);
                 log_summary(&run);
                 self.steps.finished(&run).await;
@@ -299,8 +323,18 @@ impl<S: Steps> Driver<S> {
             let cell = ProgressCell::new(bar.0.clone());
             // The step works on a snapshot: progress updates replace `run` meanwhile.
             let snapshot = run.clone();
+            // Completes when another replicator took the target's lock: the step is dropped
+            // at once and the run retries later.
+            let lost = attempt.lock.as_ref().map(LockHandle::lost);
+            let target_lost = async move {
+                match lost {
+                    Some(lost) => lost.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(target_lost);
             let result = {
-                let step = self.step(&snapshot, &cell);
+                let step = self.step(&snapshot, &mut attempt, &cell);
                 tokio::pin!(step);
                 let mut ticker = tokio::time::interval(PROGRESS_EVERY);
                 ticker.tick().await;
@@ -308,7 +342,7 @@ impl<S: Steps> Driver<S> {
                 loop {
                     tokio::select! {
                         r = &mut step => break Some(r),
-                        e = self.steps.target_lost() => break Some(Err(e)),
+                        e = &mut target_lost => break Some(Err(e)),
                         _ = ticker.tick() => {
                             let events = cell.take_events();
                             let progressed = cell.take();
@@ -335,19 +369,12 @@ impl<S: Steps> Driver<S> {
                 return self.interrupt(run).await;
             };
 
-            if matches!(result, Ok(StepOutcome::Event(Event::Succeeded)))
-                && matches!(
-                    snapshot.phase,
-                    Phase::Restoring {
-                        section: Section::DataAndPostData,
-                        ..
-                    }
-                )
-            {
-                run.masking = self.steps.masking_counts();
-            }
             let event = match result {
                 Ok(StepOutcome::Event(event)) => event,
+                Ok(StepOutcome::RowsIn(masking)) => {
+                    run.masking = masking;
+                    Event::Succeeded
+                }
                 Ok(StepOutcome::AlreadyRestored(backup)) => {
                     // Put the last run back as the current one: a skip is not a run.
                     match &previous_current {
@@ -456,10 +483,15 @@ impl<S: Steps> Driver<S> {
         }
     }
 
-    async fn step(&self, run: &Run, progress: &ProgressCell) -> Result<StepOutcome, StepError> {
+    async fn step(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+        progress: &ProgressCell,
+    ) -> Result<StepOutcome, StepError> {
         self.steps.before_step(run).await;
         if run.phase.touches_target() {
-            self.steps.hold_target().await?;
+            hold_target(attempt).await?;
         }
         let report = |p: Progress| progress.set(p);
         let events = |e: Event| progress.event(e);
@@ -476,29 +508,34 @@ impl<S: Steps> Driver<S> {
         match &run.phase {
             Phase::FetchingUrl => return self.fetch_backup().await,
             Phase::Downloading { backup, .. } => {
-                self.steps.download(run, backup, &report).await?;
+                self.steps.download(run, backup, attempt, &report).await?;
             }
             Phase::Extracting { .. } => {
-                let checked = self.steps.extract_and_check(run).await?;
+                let checked = self.steps.extract_and_check(run, attempt).await?;
                 return Ok(StepOutcome::Event(Event::Checked {
                     left_out: checked.left_out,
                     refresh: checked.refresh,
                 }));
             }
-            Phase::Dropping { .. } => self.steps.drop_target(run).await?,
+            Phase::Dropping { .. } => self.steps.drop_target(run, attempt).await?,
             Phase::Restoring { section, .. } => {
-                self.steps.restore(run, *section, &report, &events).await?;
+                let masking = (self.steps)
+                    .restore(run, *section, attempt, &report, &events)
+                    .await?;
+                if *section == Section::DataAndPostData {
+                    return Ok(StepOutcome::RowsIn(masking));
+                }
             }
-            Phase::Unlogging { .. } => self.steps.unlog(run).await?,
+            Phase::Unlogging { .. } => self.steps.unlog(run, attempt).await?,
             Phase::Switching { .. } => {
-                if let Some(at) = self.steps.switch(run).await? {
+                if let Some(at) = self.steps.switch(run, attempt).await? {
                     return Ok(StepOutcome::Event(Event::Switched { at }));
                 }
             }
             Phase::PostRestoreSql { .. } => {
-                self.steps.post_restore(run).await?;
+                self.steps.post_restore(run, attempt).await?;
                 // `Done` says the target is this run's: the lock must still be ours.
-                self.steps.hold_target().await?;
+                hold_target(attempt).await?;
             }
             Phase::Idle | Phase::Done { .. } | Phase::Failed { .. } => {
                 unreachable!("no step runs in {:?}", run.phase.name())
@@ -549,5 +586,15 @@ impl<S: Steps> Driver<S> {
             )));
         }
         Ok(StepOutcome::Event(Event::Fetched(backup)))
+    }
+}
+
+/// Proves this run still holds the target's lock (taking it again on a new session if its
+/// session was lost): before the wipe, each section and `Done`. Another replicator holding
+/// it is a transient failure.
+async fn hold_target(attempt: &mut Attempt) -> Result<(), StepError> {
+    match &attempt.lock {
+        Some(lock) => lock.ensure().await,
+        None => Ok(()),
     }
 }
