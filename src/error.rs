@@ -52,4 +52,33 @@ impl StepError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StepError::Transient(_) | StepError::StreamCut(_))
     }
+
+    /// How the step failed: what the retry policy (`machine::failure_event`) acts on.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StepError::Transient(_) => FailureKind::Transient,
+            StepError::Permanent(_) => FailureKind::Permanent,
+            StepError::StreamCut(_) => FailureKind::StreamCut,
+        }
+    }
+
+    /// What the server asked for (`Retry-After`), if anything.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            StepError::Transient(t) | StepError::StreamCut(t) => t.retry_after,
+            StepError::Permanent(_) => None,
+        }
+    }
+}
+
+/// How a step failed. Only a transient failure (or a cut stream, which is one) is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// It may go away by itself: retried after the backoff.
+    Transient,
+    /// The archive's stream broke while the run streams it: retried, the stream read again
+    /// from its start.
+    StreamCut,
+    /// No retry can fix it: the run fails at once.
+    Permanent,
 }

@@ -1,8 +1,10 @@
-//! Runs a replication: does the IO of the current phase, turns its outcome into an event,
-//! asks the machine for the next phase, persists it, and goes on until `Done` or `Failed`.
+//! Runs a replication: asks the machine what to do next (`machine::next_action`), does it,
+//! turns its outcome into the action's event (or the failure's, `machine::failure_event`),
+//! asks the machine for the next state, persists it, and goes on until `Done` or `Failed`.
 //!
 //! This is the only module that knows both the machine and the steps: the steps (Scalingo,
 //! fetch, postgres) take inputs and return results, the machine decides, the store keeps.
+//! The driver decides nothing about the order of the steps: it executes.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::RetryConfig;
-use crate::error::StepError;
+use crate::error::{FailureKind, StepError};
 use crate::machine::{
-    Backup, Event, LeftOut, MaskingCounts, Phase, Progress, Run, Section, WorkMode, transition,
+    Action, Backup, Event, LeftOut, MaskingCounts, Progress, Run, Section, WorkMode, failure_event,
+    next_action, transition, will_retry,
 };
 use crate::replica::LockHandle;
 use crate::state::remote::{RemoteWriter, Write};
@@ -246,7 +249,7 @@ impl<S: Steps> Driver<S> {
     ) -> Result<Outcome, DriverError> {
         // What `status` showed before this run, put back if the run turns out to be a skip.
         let previous_current = self.store.current()?.filter(|r| r.run_id != run.run_id);
-        if matches!(run.phase, Phase::Idle) {
+        if next_action(&run) == Some(Action::Start) {
             self.store.save(&run)?;
             run = self.apply(&run, Event::Start)?;
         } else {
@@ -270,7 +273,7 @@ impl<S: Steps> Driver<S> {
         let mut attempt = Attempt::new(WorkDir::of(&self.state_dir, &run.run_id), lock);
 
         loop {
-            if run.is_terminal() {
+            let Some(action) = next_action(&run) else {
                 drop(std::mem::replace(&mut bar, bar::BarGuard(None)));
                 // A stream kept for a later step ends with its run: a live source's pg_dump
                 // would otherwise keep its snapshot open, and its locks on every table of the
@@ -280,7 +283,7 @@ impl<S: Steps> Driver<S> {
                 log_summary(&run);
                 self.steps.finished(&run).await;
                 return Ok(Outcome::Finished(run));
-            }
+            };
             if let Some(at) = run.next_attempt_at {
                 let wait = (at - Utc::now()).to_std().unwrap_or_default();
                 if !wait.is_zero() {
@@ -334,7 +337,7 @@ impl<S: Steps> Driver<S> {
             };
             tokio::pin!(target_lost);
             let result = {
-                let step = self.step(&snapshot, &mut attempt, &cell);
+                let step = self.step(&snapshot, &action, &mut attempt, &cell);
                 tokio::pin!(step);
                 let mut ticker = tokio::time::interval(PROGRESS_EVERY);
                 ticker.tick().await;
@@ -384,45 +387,25 @@ impl<S: Steps> Driver<S> {
                     self.remove_working_files(&run);
                     return Ok(Outcome::AlreadyRestored(backup));
                 }
-                Err(e @ (StepError::Transient(_) | StepError::StreamCut(_))) => {
-                    let cut = matches!(e, StepError::StreamCut(_));
-                    let (StepError::Transient(mut t) | StepError::StreamCut(mut t)) = e else {
-                        unreachable!("matched above")
-                    };
-                    t.message = crate::secret::redact_row_data(&t.message);
-                    let delay = retry::delay_after(&self.retry, run.attempt, t.retry_after);
-                    if run.attempt < run.max_attempts {
+                Err(e) => {
+                    let kind = e.kind();
+                    let message = crate::secret::redact_row_data(&e.to_string());
+                    let delay = retry::delay_after(&self.retry, run.attempt, e.retry_after());
+                    if kind != FailureKind::Permanent && will_retry(&run) {
                         warn!(
                             phase = %run.phase.name(),
                             attempt = run.attempt,
                             max_attempts = run.max_attempts,
                             retry_in_seconds = delay.as_secs(),
                             "{} in {}: {}; retrying in {}s",
-                            if cut { "stream cut" } else { "transient failure" },
-                            run.phase.name(), t.message, delay.as_secs()
+                            if kind == FailureKind::StreamCut { "stream cut" } else { "transient failure" },
+                            run.phase.name(), message, delay.as_secs()
                         );
                     }
                     let retry_at =
                         Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                    // A cut stream is its own event only where the run streams.
-                    if cut
-                        && run
-                            .mode
-                            .as_ref()
-                            .is_some_and(crate::machine::WorkMode::streams)
-                    {
-                        Event::StreamCut {
-                            error: t.message,
-                            retry_at,
-                        }
-                    } else {
-                        Event::TransientFailure {
-                            error: t.message,
-                            retry_at,
-                        }
-                    }
+                    failure_event(&run, kind, message, retry_at)
                 }
-                Err(StepError::Permanent(p)) => Event::PermanentFailure { error: p.message },
             };
             let before = run.phase.clone();
             let elapsed = phase_clock.elapsed();
@@ -483,65 +466,67 @@ impl<S: Steps> Driver<S> {
         }
     }
 
+    /// Does `action` (what the machine said `run` needs next) and returns its outcome.
     async fn step(
         &self,
         run: &Run,
+        action: &Action,
         attempt: &mut Attempt,
         progress: &ProgressCell,
     ) -> Result<StepOutcome, StepError> {
-        self.steps.before_step(run).await;
-        if run.phase.touches_target() {
+        if action.is_step() {
+            self.steps.before_step(run).await;
+        }
+        if action.touches_target() {
             hold_target(attempt).await?;
         }
         let report = |p: Progress| progress.set(p);
         let events = |e: Event| progress.event(e);
-        // Whole or streamed is decided once, before the archive's first byte.
-        if run.mode.is_none()
-            && matches!(
-                run.phase,
-                Phase::Downloading { .. } | Phase::Extracting { .. }
-            )
-        {
-            let mode = self.steps.plan(run).await?;
-            return Ok(StepOutcome::Event(Event::Planned(mode)));
-        }
-        match &run.phase {
-            Phase::FetchingUrl => return self.fetch_backup().await,
-            Phase::Downloading { backup, .. } => {
+        let event = match action {
+            Action::Start => Event::Start,
+            Action::FetchBackup => return self.fetch_backup().await,
+            Action::Plan => Event::Planned(self.steps.plan(run).await?),
+            Action::Download { backup } => {
                 self.steps.download(run, backup, attempt, &report).await?;
+                Event::Succeeded
             }
-            Phase::Extracting { .. } => {
+            Action::ExtractAndCheck => {
                 let checked = self.steps.extract_and_check(run, attempt).await?;
-                return Ok(StepOutcome::Event(Event::Checked {
+                Event::Checked {
                     left_out: checked.left_out,
                     refresh: checked.refresh,
-                }));
+                }
             }
-            Phase::Dropping { .. } => self.steps.drop_target(run, attempt).await?,
-            Phase::Restoring { section, .. } => {
+            Action::Drop => {
+                self.steps.drop_target(run, attempt).await?;
+                Event::Succeeded
+            }
+            Action::Restore { section } => {
                 let masking = (self.steps)
                     .restore(run, *section, attempt, &report, &events)
                     .await?;
                 if *section == Section::DataAndPostData {
                     return Ok(StepOutcome::RowsIn(masking));
                 }
+                Event::Succeeded
             }
-            Phase::Unlogging { .. } => self.steps.unlog(run, attempt).await?,
-            Phase::Switching { .. } => {
-                if let Some(at) = self.steps.switch(run, attempt).await? {
-                    return Ok(StepOutcome::Event(Event::Switched { at }));
-                }
+            Action::Unlog => {
+                self.steps.unlog(run, attempt).await?;
+                Event::Succeeded
             }
-            Phase::PostRestoreSql { .. } => {
+            Action::Switch => match self.steps.switch(run, attempt).await? {
+                Some(at) => Event::Switched { at },
+                None => Event::Succeeded,
+            },
+            Action::PostRestore => {
                 self.steps.post_restore(run, attempt).await?;
-                // `Done` says the target is this run's: the lock must still be ours.
-                hold_target(attempt).await?;
+                Event::Succeeded
             }
-            Phase::Idle | Phase::Done { .. } | Phase::Failed { .. } => {
-                unreachable!("no step runs in {:?}", run.phase.name())
-            }
+        };
+        if action.proves_lock_after() {
+            hold_target(attempt).await?;
         }
-        Ok(StepOutcome::Event(Event::Succeeded))
+        Ok(StepOutcome::Event(event))
     }
 
     /// The backup to restore, unless it is the one already restored or not tonight's yet.

@@ -6,7 +6,9 @@
 //! what lets the property tests (`tests.rs`) drive thousands of event sequences through it.
 //!
 //! The state diagram, with the event of each edge, is in `docs/architecture.md` (its one
-//! copy). The decisions around a run that are not one transition (skip, too old, disk budget,
+//! copy). What the driver does next in each state, and which event a failed step is, is
+//! [`next_action`] and [`failure_event`] (`action.rs`): the driver only executes. The
+//! decisions around a run that are not one transition (skip, too old, disk budget,
 //! interrupted, abandon, recover) are pure functions too, in `rules.rs`.
 //!
 //! # Invariants (checked by the property tests)
@@ -41,12 +43,14 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod action;
 mod load;
 mod masking_counts;
 mod refresh;
 mod rules;
 pub mod start;
 
+pub use action::{Action, failure_event, next_action, will_retry};
 pub use load::{LoadCounts, TableLoad, WorkMode};
 pub use masking_counts::MaskingCounts;
 pub use refresh::{ReaderKept, RefreshMode, RunRefresh};
