@@ -541,10 +541,7 @@ impl<S: Steps> Driver<S> {
         );
         // This state directory's history first; a new container (Scalingo's disk does not
         // survive a restart) knows the last restore from the records kept in the target.
-        let mut last_done = self
-            .store
-            .last_done()
-            .map_err(|e| StepError::permanent(e.to_string()))?;
+        let mut last_done = self.store.last_done()?;
         if last_done.is_none()
             && let Some(remote) = &self.remote
         {

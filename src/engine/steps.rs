@@ -270,8 +270,7 @@ impl Steps for RealSteps {
             _ => run.backup().and_then(|b| b.size),
         };
         let budget = self.budget();
-        crate::machine::enough_disk(&run.origin, budget, &self.state_dir)
-            .map_err(|e| StepError::permanent(e.to_string()))?;
+        crate::machine::enough_disk(&run.origin, budget, &self.state_dir)?;
         let mode = crate::machine::work_mode(&run.origin, size, budget);
         info!(mode = mode.label(), "this run is {}", mode.describe());
         Ok(mode)
@@ -399,8 +398,7 @@ impl Steps for RealSteps {
         let _ = std::fs::remove_file(&saved);
         let (toc, _) = replica::check_dump_toc(&dump, Some(&saved)).await?;
         let info = replica::check_target(&self.target).await?;
-        crate::machine::first_wipe(&info.contents, self.target.confirm())
-            .map_err(|e| StepError::permanent(e.to_string()))?;
+        crate::machine::first_wipe(&info.contents, self.target.confirm())?;
         // Before Dropping: a dump cut in its data, a restriction that cuts objects from what
         // they need, an extension the role cannot create or objects the wipe cannot remove
         // would fail the restore only after the target is gone (docs/reliability.md).
