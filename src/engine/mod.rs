@@ -1,4 +1,4 @@
-//! Runs a replication: asks the machine what to do next (`machine::next_action`), does it,
+//! Runs a replication: asks the machine what to do next (`machine::next_step`), does it,
 //! turns its outcome into the action's event (or the failure's, `machine::failure_event`),
 //! asks the machine for the next state, persists it, and goes on until `Done` or `Failed`.
 //!
@@ -17,8 +17,8 @@ use tracing::{info, warn};
 use crate::config::RetryConfig;
 use crate::error::{FailureKind, StepError};
 use crate::machine::{
-    Action, Backup, Event, LeftOut, MaskingCounts, Progress, Run, Section, WorkMode, failure_event,
-    next_action, transition, will_retry,
+    Backup, Event, LeftOut, MaskingCounts, NextStep, Progress, Run, Section, WorkMode,
+    failure_event, next_step, transition, will_retry,
 };
 use crate::replica::LockHandle;
 use crate::state::remote::{RemoteWriter, Write};
@@ -164,9 +164,6 @@ pub struct Driver<S: Steps = RealSteps> {
 /// What a step produced.
 enum StepOutcome {
     Event(Event),
-    /// The rows are in (`Restoring{DataAndPostData}` succeeded), and what `REPLICA_RULES`
-    /// did to them.
-    RowsIn(Option<MaskingCounts>),
     AlreadyRestored(Backup),
 }
 
@@ -249,7 +246,7 @@ impl<S: Steps> Driver<S> {
     ) -> Result<Outcome, DriverError> {
         // What `status` showed before this run, put back if the run turns out to be a skip.
         let previous_current = self.store.current()?.filter(|r| r.run_id != run.run_id);
-        if next_action(&run) == Some(Action::Start) {
+        if next_step(&run) == Some(NextStep::Start) {
             self.store.save(&run)?;
             run = self.apply(&run, Event::Start)?;
         } else {
@@ -273,7 +270,7 @@ impl<S: Steps> Driver<S> {
         let mut attempt = Attempt::new(WorkDir::of(&self.state_dir, &run.run_id), lock);
 
         loop {
-            let Some(action) = next_action(&run) else {
+            let Some(action) = next_step(&run) else {
                 drop(std::mem::replace(&mut bar, bar::BarGuard(None)));
                 // A stream kept for a later step ends with its run: a live source's pg_dump
                 // would otherwise keep its snapshot open, and its locks on every table of the
@@ -374,10 +371,6 @@ impl<S: Steps> Driver<S> {
 
             let event = match result {
                 Ok(StepOutcome::Event(event)) => event,
-                Ok(StepOutcome::RowsIn(masking)) => {
-                    run.masking = masking;
-                    Event::Succeeded
-                }
                 Ok(StepOutcome::AlreadyRestored(backup)) => {
                     // Put the last run back as the current one: a skip is not a run.
                     match &previous_current {
@@ -470,7 +463,7 @@ impl<S: Steps> Driver<S> {
     async fn step(
         &self,
         run: &Run,
-        action: &Action,
+        action: &NextStep,
         attempt: &mut Attempt,
         progress: &ProgressCell,
     ) -> Result<StepOutcome, StepError> {
@@ -483,42 +476,42 @@ impl<S: Steps> Driver<S> {
         let report = |p: Progress| progress.set(p);
         let events = |e: Event| progress.event(e);
         let event = match action {
-            Action::Start => Event::Start,
-            Action::FetchBackup => return self.fetch_backup().await,
-            Action::Plan => Event::Planned(self.steps.plan(run).await?),
-            Action::Download { backup } => {
+            NextStep::Start => Event::Start,
+            NextStep::FetchBackup => return self.fetch_backup().await,
+            NextStep::Plan => Event::Planned(self.steps.plan(run).await?),
+            NextStep::Download { backup } => {
                 self.steps.download(run, backup, attempt, &report).await?;
                 Event::Succeeded
             }
-            Action::ExtractAndCheck => {
+            NextStep::ExtractAndCheck => {
                 let checked = self.steps.extract_and_check(run, attempt).await?;
                 Event::Checked {
                     left_out: checked.left_out,
                     refresh: checked.refresh,
                 }
             }
-            Action::Drop => {
+            NextStep::Drop => {
                 self.steps.drop_target(run, attempt).await?;
                 Event::Succeeded
             }
-            Action::Restore { section } => {
+            NextStep::Restore { section } => {
                 let masking = (self.steps)
                     .restore(run, *section, attempt, &report, &events)
                     .await?;
-                if *section == Section::DataAndPostData {
-                    return Ok(StepOutcome::RowsIn(masking));
+                match section {
+                    Section::DataAndPostData => Event::RowsLoaded { masking },
+                    Section::PreData => Event::Succeeded,
                 }
-                Event::Succeeded
             }
-            Action::Unlog => {
+            NextStep::Unlog => {
                 self.steps.unlog(run, attempt).await?;
                 Event::Succeeded
             }
-            Action::Switch => match self.steps.switch(run, attempt).await? {
+            NextStep::Switch => match self.steps.switch(run, attempt).await? {
                 Some(at) => Event::Switched { at },
                 None => Event::Succeeded,
             },
-            Action::PostRestore => {
+            NextStep::PostRestore => {
                 self.steps.post_restore(run, attempt).await?;
                 Event::Succeeded
             }

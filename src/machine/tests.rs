@@ -527,11 +527,11 @@ proptest! {
 
 /// The events the driver sends when `action` succeeds in `run` (a switch in swap mode says
 /// when it committed; in wipe mode it succeeds).
-fn successes(action: &Action, now: DateTime<Utc>) -> Vec<Event> {
+fn successes(action: &NextStep, now: DateTime<Utc>) -> Vec<Event> {
     match action {
-        Action::Start => vec![Event::Start],
-        Action::FetchBackup => vec![Event::Fetched(backup())],
-        Action::Plan => vec![
+        NextStep::Start => vec![Event::Start],
+        NextStep::FetchBackup => vec![Event::Fetched(backup())],
+        NextStep::Plan => vec![
             Event::Planned(WorkMode::Whole {
                 needed: Some(100),
                 budget: Some(1000),
@@ -541,7 +541,7 @@ fn successes(action: &Action, now: DateTime<Utc>) -> Vec<Event> {
                 budget: 100,
             }),
         ],
-        Action::ExtractAndCheck => vec![
+        NextStep::ExtractAndCheck => vec![
             Event::Checked {
                 left_out: Vec::new(),
                 refresh: Some(refresh(true)),
@@ -551,12 +551,23 @@ fn successes(action: &Action, now: DateTime<Utc>) -> Vec<Event> {
                 refresh: None,
             },
         ],
-        Action::Switch => vec![Event::Switched { at: now }, Event::Succeeded],
-        Action::Download { .. }
-        | Action::Drop
-        | Action::Restore { .. }
-        | Action::Unlog
-        | Action::PostRestore => vec![Event::Succeeded],
+        NextStep::Switch => vec![Event::Switched { at: now }, Event::Succeeded],
+        NextStep::Restore {
+            section: Section::DataAndPostData,
+        } => vec![
+            Event::RowsLoaded { masking: None },
+            Event::RowsLoaded {
+                masking: Some(MaskingCounts {
+                    rewritten: [("public.users".to_string(), 3)].into(),
+                    ..Default::default()
+                }),
+            },
+        ],
+        NextStep::Download { .. }
+        | NextStep::Drop
+        | NextStep::Restore { .. }
+        | NextStep::Unlog
+        | NextStep::PostRestore => vec![Event::Succeeded],
     }
 }
 
@@ -578,7 +589,7 @@ fn following_the_actions_from_start_reaches_done_for_every_origin_and_mode() {
         for pick in 0..2 {
             let mut run = Run::new("r".into(), origin.clone(), 0, t0());
             let mut actions = Vec::new();
-            while let Some(action) = next_action(&run) {
+            while let Some(action) = next_step(&run) {
                 let all = successes(&action, t0());
                 let event = all[pick.min(all.len() - 1)].clone();
                 run = transition(&run, event, t0()).unwrap();
@@ -588,20 +599,20 @@ fn following_the_actions_from_start_reaches_done_for_every_origin_and_mode() {
             assert_eq!(run.phase.name(), PhaseName::Done, "{origin:?}: {actions:?}");
             // The order of the night, whatever the origin: the plan before the archive's
             // first byte, the checks before the wipe, the schema before the rows.
-            let at = |a: &Action| actions.iter().position(|x| x == a).unwrap();
-            assert!(at(&Action::Plan) < at(&Action::ExtractAndCheck));
-            assert!(at(&Action::ExtractAndCheck) < at(&Action::Drop));
+            let at = |a: &NextStep| actions.iter().position(|x| x == a).unwrap();
+            assert!(at(&NextStep::Plan) < at(&NextStep::ExtractAndCheck));
+            assert!(at(&NextStep::ExtractAndCheck) < at(&NextStep::Drop));
             let (pre, rows) = (
-                at(&Action::Restore {
+                at(&NextStep::Restore {
                     section: Section::PreData,
                 }),
-                at(&Action::Restore {
+                at(&NextStep::Restore {
                     section: Section::DataAndPostData,
                 }),
             );
-            assert!(at(&Action::Drop) < pre && pre < at(&Action::Unlog));
-            assert!(at(&Action::Unlog) < rows && rows < at(&Action::Switch));
-            assert_eq!(actions.last(), Some(&Action::PostRestore));
+            assert!(at(&NextStep::Drop) < pre && pre < at(&NextStep::Unlog));
+            assert!(at(&NextStep::Unlog) < rows && rows < at(&NextStep::Switch));
+            assert_eq!(actions.last(), Some(&NextStep::PostRestore));
         }
     }
 }
@@ -629,19 +640,19 @@ proptest! {
             }
         }
         for run in states {
-            let action = next_action(&run);
+            let action = next_step(&run);
             prop_assert_eq!(action.is_none(), run.is_terminal(), "{:?}", run.phase);
             let Some(action) = action else { continue };
-            prop_assert_eq!(action == Action::Start, run.phase == Phase::Idle);
+            prop_assert_eq!(action == NextStep::Start, run.phase == Phase::Idle);
             // Whole or streamed before anything else of the archive, and once.
             let unplanned = run.mode.is_none()
                 && matches!(run.phase, Phase::Downloading { .. } | Phase::Extracting { .. });
-            prop_assert_eq!(action == Action::Plan, unplanned, "{:?}", run.phase);
+            prop_assert_eq!(action == NextStep::Plan, unplanned, "{:?}", run.phase);
             prop_assert_eq!(action.touches_target(), run.phase.touches_target());
-            if let Action::Download { backup } = &action {
+            if let NextStep::Download { backup } = &action {
                 prop_assert_eq!(Some(backup), run.backup());
             }
-            if let Action::Restore { section } = &action {
+            if let NextStep::Restore { section } = &action {
                 let in_section = matches!(&run.phase, Phase::Restoring { section: s, .. } if s == section);
                 prop_assert!(in_section);
             }
@@ -650,8 +661,13 @@ proptest! {
                 prop_assert!(after.is_ok(), "{:?} refused {:?} in {:?}", action, event, run.phase);
                 let after = after.unwrap();
                 // A success moves the run on: the same action is never asked twice in a row.
-                prop_assert_ne!(next_action(&after), Some(action.clone()), "{:?}", run.phase);
+                prop_assert_ne!(next_step(&after), Some(action.clone()), "{:?}", run.phase);
                 prop_assert_eq!(after.attempt, run.attempt);
+                // What the rules did to the rows is the run's once they are in.
+                match &event {
+                    Event::RowsLoaded { masking } => prop_assert_eq!(&after.masking, masking),
+                    _ => prop_assert_eq!(&after.masking, &run.masking),
+                }
             }
             if !action.is_step() {
                 continue;

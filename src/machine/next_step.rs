@@ -1,5 +1,5 @@
 //! What the driver does next: given the persisted [`Run`], the machine says which step to run
-//! ([`next_action`]), and, when the step failed, which event that failure is
+//! ([`next_step`]), and, when the step failed, which event that failure is
 //! ([`failure_event`]). The driver (`engine/`) only does what it is told and reports the
 //! outcome as the action's event, in the manner of quinn-proto's pure core and its driver:
 //! every decision about the order of the steps is here, pure, and property-tested
@@ -13,7 +13,7 @@ use crate::error::FailureKind;
 /// The step a run needs next. Each names the event its success is (the property tests check
 /// that [`super::transition`] accepts it in every state that asks for it).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum NextStep {
     /// `Idle`: no IO, the run starts (`Event::Start`).
     Start,
     /// `FetchingUrl`: the newest done backup, unless it is the one already restored or not
@@ -30,7 +30,8 @@ pub enum Action {
     ExtractAndCheck,
     /// The wipe, or a swap's shadows (`Event::Succeeded`).
     Drop,
-    /// One section of the dump (`Event::Succeeded`).
+    /// One section of the dump (`Event::Succeeded` for the schema, `Event::RowsLoaded` with
+    /// what the rules did for the rows).
     Restore { section: Section },
     /// `SET UNLOGGED` when asked (`Event::Succeeded`).
     Unlog,
@@ -42,50 +43,50 @@ pub enum Action {
     PostRestore,
 }
 
-impl Action {
+impl NextStep {
     /// Whether the target's lock must be proven this run's before the step starts: every
     /// step from the wipe on changes the target.
     pub fn touches_target(&self) -> bool {
         matches!(
             self,
-            Action::Drop
-                | Action::Restore { .. }
-                | Action::Unlog
-                | Action::Switch
-                | Action::PostRestore
+            NextStep::Drop
+                | NextStep::Restore { .. }
+                | NextStep::Unlog
+                | NextStep::Switch
+                | NextStep::PostRestore
         )
     }
 
     /// Whether the lock must be proven again once the step succeeded (the step's success
     /// makes the run `Done`).
     pub fn proves_lock_after(&self) -> bool {
-        matches!(self, Action::PostRestore)
+        matches!(self, NextStep::PostRestore)
     }
 
     /// Whether the step is IO the driver runs (every action but `Start`).
     pub fn is_step(&self) -> bool {
-        !matches!(self, Action::Start)
+        !matches!(self, NextStep::Start)
     }
 }
 
 /// What to do next for `run`; `None` once it is finished (`Done`, `Failed`): nothing runs
 /// in a terminal state.
-pub fn next_action(run: &Run) -> Option<Action> {
+pub fn next_step(run: &Run) -> Option<NextStep> {
     // Whole or streamed is decided once per run, before the archive's first byte.
     let planned = run.mode.is_some();
     Some(match &run.phase {
-        Phase::Idle => Action::Start,
-        Phase::FetchingUrl => Action::FetchBackup,
-        Phase::Downloading { .. } | Phase::Extracting { .. } if !planned => Action::Plan,
-        Phase::Downloading { backup, .. } => Action::Download {
+        Phase::Idle => NextStep::Start,
+        Phase::FetchingUrl => NextStep::FetchBackup,
+        Phase::Downloading { .. } | Phase::Extracting { .. } if !planned => NextStep::Plan,
+        Phase::Downloading { backup, .. } => NextStep::Download {
             backup: backup.clone(),
         },
-        Phase::Extracting { .. } => Action::ExtractAndCheck,
-        Phase::Dropping { .. } => Action::Drop,
-        Phase::Restoring { section, .. } => Action::Restore { section: *section },
-        Phase::Unlogging { .. } => Action::Unlog,
-        Phase::Switching { .. } => Action::Switch,
-        Phase::PostRestoreSql { .. } => Action::PostRestore,
+        Phase::Extracting { .. } => NextStep::ExtractAndCheck,
+        Phase::Dropping { .. } => NextStep::Drop,
+        Phase::Restoring { section, .. } => NextStep::Restore { section: *section },
+        Phase::Unlogging { .. } => NextStep::Unlog,
+        Phase::Switching { .. } => NextStep::Switch,
+        Phase::PostRestoreSql { .. } => NextStep::PostRestore,
         Phase::Done { .. } | Phase::Failed { .. } => return None,
     })
 }
