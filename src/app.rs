@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::config::{ConfigError, ConfigErrors, EngineConfig};
 use crate::engine::new_run_id;
 use crate::engine::workdir::WorkDir;
-use crate::engine::{Driver, LockSlot, RealSteps};
+use crate::engine::{Driver, RealSteps};
 use crate::machine::start::{self, Asked, Choice, Recorded, Refusal};
 use crate::machine::{Origin, Run};
 use crate::replica::{self, LockOutcome, PgEndpoint};
@@ -90,9 +90,6 @@ pub fn driver(
             restore: config.restore,
             #[cfg(feature = "test-hooks")]
             pause_at: crate::engine::test_hooks::PauseAt::from_env(),
-            masking: std::sync::Mutex::new(None),
-            lock: LockSlot::default(),
-            feed: std::sync::Mutex::new(None),
         },
         state_dir,
         retry: config.retry,
@@ -111,12 +108,18 @@ pub struct Locks {
     pub _target_lock: replica::LockWatch,
 }
 
-/// Takes the two locks of `driver`'s runs and gives the driver the target lock's watch.
-/// Nothing in the target is touched before both are held.
+impl Locks {
+    /// What the driver holds of the target's lock while it drives a run
+    /// ([`Driver::drive`]).
+    pub fn target(&self) -> replica::LockHandle {
+        self._target_lock.handle()
+    }
+}
+
+/// Takes the two locks of `driver`'s runs. Nothing in the target is touched before both are
+/// held; the driver is given the target's ([`Locks::target`]) with the run it drives.
 pub async fn lock(driver: &Driver) -> Result<Locks, CliError> {
-    let locks = lock_target(&driver.state_dir, &driver.steps.target).await?;
-    driver.steps.lock.set(Some(locks._target_lock.handle()));
-    Ok(locks)
+    lock_target(&driver.state_dir, &driver.steps.target).await
 }
 
 async fn lock_target(state_dir: &Path, target: &PgEndpoint) -> Result<Locks, CliError> {

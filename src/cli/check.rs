@@ -44,16 +44,9 @@ pub struct CheckArgs {
 pub async fn run(state_dir: PathBuf, args: CheckArgs) -> Result<u8, CliError> {
     let checks = gather(&state_dir, &args.engine, args.dump.as_deref()).await;
     let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
-    let config_failed = checks
-        .iter()
-        .any(|c| c.name == "configuration" && c.verdict == Verdict::Fail);
-    let code = if config_failed {
-        exit::CONFIG
-    } else if failed > 0 {
-        exit::FAILED
-    } else {
-        exit::OK
-    };
+    // A setting `run` refuses is a check that failed, like any other (its `FAIL` line names
+    // it): `check` exits 1. `run` exits 2 for it, a usage error.
+    let code = if failed > 0 { exit::FAILED } else { exit::OK };
     let summary = if failed == 0 {
         format!(
             "all {} checks passed: `replicator run` would work now",

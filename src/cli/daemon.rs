@@ -296,7 +296,7 @@ fn stop_if_asked(driver: &Driver) -> After {
 }
 
 async fn try_attempt(driver: &Driver, trigger: Trigger) -> Result<After, CliError> {
-    let _locks = app::lock(driver).await?;
+    let locks = app::lock(driver).await?;
     // A SIGTERM that came while the locks were being taken: start nothing.
     if driver.shutdown.is_cancelled() {
         return Ok(After::Stop);
@@ -309,7 +309,7 @@ async fn try_attempt(driver: &Driver, trigger: Trigger) -> Result<After, CliErro
     let origin = origin_of(driver.steps.source.as_ref());
     let run = app::run_to_drive(driver, asked, origin).await?;
     let outcome = driver
-        .drive(run)
+        .drive(run, Some(locks.target()))
         .await
         .map_err(|e| CliError::Fatal(e.to_string()))?;
     Ok(match outcome {

@@ -73,9 +73,9 @@ async fn start(
     shutdown: CancellationToken,
 ) -> Result<u8, CliError> {
     let driver = Arc::new(app::driver(state_dir, config, force, shutdown));
-    let _locks = app::lock(&driver).await?;
+    let locks = app::lock(&driver).await?;
     let run = app::run_to_drive(&driver, asked, origin).await?;
-    let outcome = drive_in_task(driver, run).await?;
+    let outcome = drive_in_task(driver, run, &locks).await?;
     Ok(finish(outcome))
 }
 
@@ -114,10 +114,10 @@ pub async fn resume(
     }
     let origin = found.origin.clone();
     let driver = Arc::new(app::driver(state_dir, config, false, shutdown));
-    let _locks = app::lock(&driver).await?;
+    let locks = app::lock(&driver).await?;
     // Chosen again under the locks: the run may have moved since.
     let run = app::run_to_drive(&driver, Asked::Resume, origin).await?;
-    let outcome = drive_in_task(driver, run).await?;
+    let outcome = drive_in_task(driver, run, &locks).await?;
     Ok(finish(outcome))
 }
 
@@ -125,8 +125,13 @@ pub async fn resume(
 /// `pg_restore` children are then spawned from worker threads, and their `PR_SET_PDEATHSIG`
 /// (which fires when the spawning *thread* ends) must still tie them to the process alone
 /// (`hardening::pg_restore_children_die_with_a_killed_replicator`).
-async fn drive_in_task(driver: Arc<crate::engine::Driver>, run: Run) -> Result<Outcome, CliError> {
-    tokio::spawn(async move { driver.drive(run).await })
+async fn drive_in_task(
+    driver: Arc<crate::engine::Driver>,
+    run: Run,
+    locks: &app::Locks,
+) -> Result<Outcome, CliError> {
+    let lock = locks.target();
+    tokio::spawn(async move { driver.drive(run, Some(lock)).await })
         .await
         .map_err(|e| fatal(format!("the run's task failed: {e}")))?
         .map_err(fatal)

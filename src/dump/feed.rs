@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::error::StepError;
-
 /// The most a table of contents may take: a dump whose header and table of contents do not
 /// fit is not one this replicator streams.
 const MAX_HEAD: u64 = 512 << 20;
@@ -57,15 +55,13 @@ impl FeedError {
     }
 }
 
-impl From<FeedError> for StepError {
-    fn from(e: FeedError) -> StepError {
-        if e.is_permanent() {
-            return StepError::permanent(e.to_string());
+impl crate::error::Classify for FeedError {
+    fn kind(&self) -> crate::error::FailureKind {
+        if self.is_permanent() {
+            crate::error::FailureKind::Permanent
+        } else {
+            crate::error::FailureKind::StreamCut
         }
-        StepError::StreamCut(crate::error::Transient {
-            message: e.to_string(),
-            retry_after: None,
-        })
     }
 }
 

@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::StepError;
-
 /// Why the table of contents could not be read or a list written.
 #[derive(Debug, thiserror::Error)]
 pub enum TocError {
@@ -54,10 +52,10 @@ pub enum TocError {
     },
 }
 
-impl From<TocError> for StepError {
-    fn from(e: TocError) -> StepError {
+impl crate::error::Classify for TocError {
+    fn kind(&self) -> crate::error::FailureKind {
         // A missing binary, an unreadable dump or a full disk: none goes away by waiting.
-        StepError::permanent(e.to_string())
+        crate::error::FailureKind::Permanent
     }
 }
 

@@ -25,9 +25,9 @@ pub enum PreflightError {
     },
 }
 
-impl From<PreflightError> for StepError {
-    fn from(e: PreflightError) -> StepError {
-        StepError::permanent(e.to_string())
+impl crate::error::Classify for PreflightError {
+    fn kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::Permanent
     }
 }
 

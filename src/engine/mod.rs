@@ -1,8 +1,10 @@
-//! Runs a replication: does the IO of the current phase, turns its outcome into an event,
-//! asks the machine for the next phase, persists it, and goes on until `Done` or `Failed`.
+//! Runs a replication: asks the machine what to do next (`machine::next_step`), does it,
+//! turns its outcome into the action's event (or the failure's, `machine::failure_event`),
+//! asks the machine for the next state, persists it, and goes on until `Done` or `Failed`.
 //!
 //! This is the only module that knows both the machine and the steps: the steps (Scalingo,
 //! fetch, postgres) take inputs and return results, the machine decides, the store keeps.
+//! The driver decides nothing about the order of the steps: it executes.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,11 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::RetryConfig;
-use crate::error::StepError;
-use crate::machine::{Backup, Event, LeftOut, Phase, Progress, Run, Section, WorkMode, transition};
+use crate::error::{FailureKind, StepError};
+use crate::machine::{
+    Backup, Event, LeftOut, MaskingCounts, NextStep, Progress, Run, Section, WorkMode,
+    failure_event, next_step, transition, will_retry,
+};
+use crate::replica::LockHandle;
 use crate::state::remote::{RemoteWriter, Write};
 use crate::state::store::{Store, StoreError};
 
+mod attempt;
 mod bar;
 pub mod planning;
 mod progress;
@@ -28,8 +35,9 @@ mod steps;
 pub mod test_hooks;
 pub(crate) mod workdir;
 
+pub use attempt::Attempt;
 use progress::{ProgressLogger, log_phase, log_summary};
-pub use steps::{LockSlot, RealSteps, live_feed, pg_dump_connection, target_is_source_message};
+pub use steps::{RealSteps, live_feed, pg_dump_connection, target_is_source_message};
 use workdir::WorkDir;
 
 /// How often progress is persisted while a step runs.
@@ -57,7 +65,9 @@ pub enum Outcome {
 
 /// The IO of each phase. [`RealSteps`] talks to Scalingo, the disk and PostgreSQL; the
 /// model-based tests substitute one that injects faults and crashes. Steps know neither the
-/// store nor the machine: they take inputs and return results.
+/// store nor the machine: they take inputs and return results. What a process holds while it
+/// drives a run (the stream, the lock, the work dir) is the driver's [`Attempt`], lent to
+/// each step; the steps keep nothing of a run between two calls.
 pub trait Steps: Send + Sync {
     /// The newest `done` backup (and any check that must pass before downloading it).
     fn fetch_backup(&self) -> impl Future<Output = Result<Backup, StepError>> + Send;
@@ -66,6 +76,7 @@ pub trait Steps: Send + Sync {
         &self,
         run: &Run,
         backup: &Backup,
+        attempt: &mut Attempt,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// The dump out of the archive, read by `pg_restore --list`; the target answers.
@@ -73,52 +84,53 @@ pub trait Steps: Send + Sync {
     fn extract_and_check(
         &self,
         run: &Run,
+        attempt: &mut Attempt,
     ) -> impl Future<Output = Result<DumpChecked, StepError>> + Send;
     /// `DROP OWNED BY CURRENT_USER CASCADE` (after ending leftover restore sessions).
-    fn drop_target(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn drop_target(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Whole or streamed, for `run` (before its first byte).
     fn plan(&self, run: &Run) -> impl Future<Output = Result<WorkMode, StepError>> + Send;
     /// One section. `events` gets the run's events of the rows' section as they happen
-    /// (`LoadStarted`, `TableLoaded`).
+    /// (`LoadStarted`, `TableLoaded`). Returns what `REPLICA_RULES` did to the rows (`None`
+    /// without rules, and for the schema).
     fn restore(
         &self,
         run: &Run,
         section: Section,
+        attempt: &mut Attempt,
         progress: &(dyn Fn(Progress) + Send + Sync),
         events: &(dyn Fn(Event) + Send + Sync),
+    ) -> impl Future<Output = Result<Option<MaskingCounts>, StepError>> + Send;
+    fn unlog(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
-    fn unlog(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
     /// Swap mode: tonight's schemas take the live names in one transaction, then yesterday's
     /// are dropped; returns when the switch committed (`None`: nothing was switched, wipe
     /// mode, the default here).
     fn switch(
         &self,
         _run: &Run,
+        _attempt: &mut Attempt,
     ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StepError>> + Send {
         async { Ok(None) }
     }
-    fn post_restore(&self, run: &Run) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn post_restore(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
     /// `run` just became `Done` or `Failed` (notifications). Must not fail, nor take long.
     fn finished(&self, _run: &Run) -> impl Future<Output = ()> + Send {
         async {}
     }
     /// Shutdown in the middle of `run`'s current step: end what the step left running.
     fn on_interrupt(&self, run: &Run) -> impl Future<Output = ()> + Send;
-    /// What `REPLICA_RULES` did in the last restore of the rows (`None` without rules).
-    fn masking_counts(&self) -> Option<crate::machine::MaskingCounts> {
-        None
-    }
-    /// Proves this run still holds the target's lock (taking it again on a new session if its
-    /// session was lost): before the wipe, each section and `Done`. Another replicator
-    /// holding it is a transient failure.
-    fn hold_target(&self) -> impl Future<Output = Result<(), StepError>> + Send {
-        async { Ok(()) }
-    }
-    /// Completes when another replicator took the target's lock: the current step is dropped
-    /// at once and the run retries later.
-    fn target_lost(&self) -> impl Future<Output = StepError> + Send + 'static {
-        std::future::pending()
-    }
     /// Just before the step of `run`'s phase starts (the reliability suite's pause).
     fn before_step(&self, _run: &Run) -> impl Future<Output = ()> + Send {
         async {}
@@ -224,11 +236,17 @@ impl<S: Steps> Driver<S> {
     }
 
     /// Drives `run` until it finishes or shutdown is asked. `run` may be new (`Idle`) or
-    /// resumed; every transition is persisted before its step starts.
-    pub async fn drive(&self, mut run: Run) -> Result<Outcome, DriverError> {
+    /// resumed; every transition is persisted before its step starts. `lock`: the target's
+    /// lock this process holds (`app::lock`), proven before each step that touches the
+    /// target and watched during every step (`None`: no lock to watch).
+    pub async fn drive(
+        &self,
+        mut run: Run,
+        lock: Option<LockHandle>,
+    ) -> Result<Outcome, DriverError> {
         // What `status` showed before this run, put back if the run turns out to be a skip.
         let previous_current = self.store.current()?.filter(|r| r.run_id != run.run_id);
-        if matches!(run.phase, Phase::Idle) {
+        if next_step(&run) == Some(NextStep::Start) {
             self.store.save(&run)?;
             run = self.apply(&run, Event::Start)?;
         } else {
@@ -248,15 +266,21 @@ impl<S: Steps> Driver<S> {
             b.phase(&run);
         }
         self.publish(&run, Write::Transition).await;
+        // What this process holds of the run while it drives it: never persisted.
+        let mut attempt = Attempt::new(WorkDir::of(&self.state_dir, &run.run_id), lock);
 
         loop {
-            if run.is_terminal() {
+            let Some(action) = next_step(&run) else {
                 drop(std::mem::replace(&mut bar, bar::BarGuard(None)));
+                // A stream kept for a later step ends with its run: a live source's pg_dump
+                // would otherwise keep its snapshot open, and its locks on every table of the
+                // source (a download, its task).
+                drop(attempt);
                 self.remove_working_files(&run);
                 log_summary(&run);
                 self.steps.finished(&run).await;
                 return Ok(Outcome::Finished(run));
-            }
+            };
             if let Some(at) = run.next_attempt_at {
                 let wait = (at - Utc::now()).to_std().unwrap_or_default();
                 if !wait.is_zero() {
@@ -299,8 +323,18 @@ impl<S: Steps> Driver<S> {
             let cell = ProgressCell::new(bar.0.clone());
             // The step works on a snapshot: progress updates replace `run` meanwhile.
             let snapshot = run.clone();
+            // Completes when another replicator took the target's lock: the step is dropped
+            // at once and the run retries later.
+            let lost = attempt.lock.as_ref().map(LockHandle::lost);
+            let target_lost = async move {
+                match lost {
+                    Some(lost) => lost.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(target_lost);
             let result = {
-                let step = self.step(&snapshot, &cell);
+                let step = self.step(&snapshot, &action, &mut attempt, &cell);
                 tokio::pin!(step);
                 let mut ticker = tokio::time::interval(PROGRESS_EVERY);
                 ticker.tick().await;
@@ -308,7 +342,7 @@ impl<S: Steps> Driver<S> {
                 loop {
                     tokio::select! {
                         r = &mut step => break Some(r),
-                        e = self.steps.target_lost() => break Some(Err(e)),
+                        e = &mut target_lost => break Some(Err(e)),
                         _ = ticker.tick() => {
                             let events = cell.take_events();
                             let progressed = cell.take();
@@ -335,17 +369,6 @@ impl<S: Steps> Driver<S> {
                 return self.interrupt(run).await;
             };
 
-            if matches!(result, Ok(StepOutcome::Event(Event::Succeeded)))
-                && matches!(
-                    snapshot.phase,
-                    Phase::Restoring {
-                        section: Section::DataAndPostData,
-                        ..
-                    }
-                )
-            {
-                run.masking = self.steps.masking_counts();
-            }
             let event = match result {
                 Ok(StepOutcome::Event(event)) => event,
                 Ok(StepOutcome::AlreadyRestored(backup)) => {
@@ -357,45 +380,25 @@ impl<S: Steps> Driver<S> {
                     self.remove_working_files(&run);
                     return Ok(Outcome::AlreadyRestored(backup));
                 }
-                Err(e @ (StepError::Transient(_) | StepError::StreamCut(_))) => {
-                    let cut = matches!(e, StepError::StreamCut(_));
-                    let (StepError::Transient(mut t) | StepError::StreamCut(mut t)) = e else {
-                        unreachable!("matched above")
-                    };
-                    t.message = crate::secret::redact_row_data(&t.message);
-                    let delay = retry::delay_after(&self.retry, run.attempt, t.retry_after);
-                    if run.attempt < run.max_attempts {
+                Err(e) => {
+                    let kind = e.kind();
+                    let message = crate::secret::redact_row_data(&e.to_string());
+                    let delay = retry::delay_after(&self.retry, run.attempt, e.retry_after());
+                    if kind != FailureKind::Permanent && will_retry(&run) {
                         warn!(
                             phase = %run.phase.name(),
                             attempt = run.attempt,
                             max_attempts = run.max_attempts,
                             retry_in_seconds = delay.as_secs(),
                             "{} in {}: {}; retrying in {}s",
-                            if cut { "stream cut" } else { "transient failure" },
-                            run.phase.name(), t.message, delay.as_secs()
+                            if kind == FailureKind::StreamCut { "stream cut" } else { "transient failure" },
+                            run.phase.name(), message, delay.as_secs()
                         );
                     }
                     let retry_at =
                         Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                    // A cut stream is its own event only where the run streams.
-                    if cut
-                        && run
-                            .mode
-                            .as_ref()
-                            .is_some_and(crate::machine::WorkMode::streams)
-                    {
-                        Event::StreamCut {
-                            error: t.message,
-                            retry_at,
-                        }
-                    } else {
-                        Event::TransientFailure {
-                            error: t.message,
-                            retry_at,
-                        }
-                    }
+                    failure_event(&run, kind, message, retry_at)
                 }
-                Err(StepError::Permanent(p)) => Event::PermanentFailure { error: p.message },
             };
             let before = run.phase.clone();
             let elapsed = phase_clock.elapsed();
@@ -456,55 +459,67 @@ impl<S: Steps> Driver<S> {
         }
     }
 
-    async fn step(&self, run: &Run, progress: &ProgressCell) -> Result<StepOutcome, StepError> {
-        self.steps.before_step(run).await;
-        if run.phase.touches_target() {
-            self.steps.hold_target().await?;
+    /// Does `action` (what the machine said `run` needs next) and returns its outcome.
+    async fn step(
+        &self,
+        run: &Run,
+        action: &NextStep,
+        attempt: &mut Attempt,
+        progress: &ProgressCell,
+    ) -> Result<StepOutcome, StepError> {
+        if action.is_step() {
+            self.steps.before_step(run).await;
+        }
+        if action.touches_target() {
+            hold_target(attempt).await?;
         }
         let report = |p: Progress| progress.set(p);
         let events = |e: Event| progress.event(e);
-        // Whole or streamed is decided once, before the archive's first byte.
-        if run.mode.is_none()
-            && matches!(
-                run.phase,
-                Phase::Downloading { .. } | Phase::Extracting { .. }
-            )
-        {
-            let mode = self.steps.plan(run).await?;
-            return Ok(StepOutcome::Event(Event::Planned(mode)));
-        }
-        match &run.phase {
-            Phase::FetchingUrl => return self.fetch_backup().await,
-            Phase::Downloading { backup, .. } => {
-                self.steps.download(run, backup, &report).await?;
+        let event = match action {
+            NextStep::Start => Event::Start,
+            NextStep::FetchBackup => return self.fetch_backup().await,
+            NextStep::Plan => Event::Planned(self.steps.plan(run).await?),
+            NextStep::Download { backup } => {
+                self.steps.download(run, backup, attempt, &report).await?;
+                Event::Succeeded
             }
-            Phase::Extracting { .. } => {
-                let checked = self.steps.extract_and_check(run).await?;
-                return Ok(StepOutcome::Event(Event::Checked {
+            NextStep::ExtractAndCheck => {
+                let checked = self.steps.extract_and_check(run, attempt).await?;
+                Event::Checked {
                     left_out: checked.left_out,
                     refresh: checked.refresh,
-                }));
-            }
-            Phase::Dropping { .. } => self.steps.drop_target(run).await?,
-            Phase::Restoring { section, .. } => {
-                self.steps.restore(run, *section, &report, &events).await?;
-            }
-            Phase::Unlogging { .. } => self.steps.unlog(run).await?,
-            Phase::Switching { .. } => {
-                if let Some(at) = self.steps.switch(run).await? {
-                    return Ok(StepOutcome::Event(Event::Switched { at }));
                 }
             }
-            Phase::PostRestoreSql { .. } => {
-                self.steps.post_restore(run).await?;
-                // `Done` says the target is this run's: the lock must still be ours.
-                self.steps.hold_target().await?;
+            NextStep::Drop => {
+                self.steps.drop_target(run, attempt).await?;
+                Event::Succeeded
             }
-            Phase::Idle | Phase::Done { .. } | Phase::Failed { .. } => {
-                unreachable!("no step runs in {:?}", run.phase.name())
+            NextStep::Restore { section } => {
+                let masking = (self.steps)
+                    .restore(run, *section, attempt, &report, &events)
+                    .await?;
+                match section {
+                    Section::DataAndPostData => Event::RowsLoaded { masking },
+                    Section::PreData => Event::Succeeded,
+                }
             }
+            NextStep::Unlog => {
+                self.steps.unlog(run, attempt).await?;
+                Event::Succeeded
+            }
+            NextStep::Switch => match self.steps.switch(run, attempt).await? {
+                Some(at) => Event::Switched { at },
+                None => Event::Succeeded,
+            },
+            NextStep::PostRestore => {
+                self.steps.post_restore(run, attempt).await?;
+                Event::Succeeded
+            }
+        };
+        if action.proves_lock_after() {
+            hold_target(attempt).await?;
         }
-        Ok(StepOutcome::Event(Event::Succeeded))
+        Ok(StepOutcome::Event(event))
     }
 
     /// The backup to restore, unless it is the one already restored or not tonight's yet.
@@ -519,10 +534,7 @@ impl<S: Steps> Driver<S> {
         );
         // This state directory's history first; a new container (Scalingo's disk does not
         // survive a restart) knows the last restore from the records kept in the target.
-        let mut last_done = self
-            .store
-            .last_done()
-            .map_err(|e| StepError::permanent(e.to_string()))?;
+        let mut last_done = self.store.last_done()?;
         if last_done.is_none()
             && let Some(remote) = &self.remote
         {
@@ -549,5 +561,15 @@ impl<S: Steps> Driver<S> {
             )));
         }
         Ok(StepOutcome::Event(Event::Fetched(backup)))
+    }
+}
+
+/// Proves this run still holds the target's lock (taking it again on a new session if its
+/// session was lost): before the wipe, each section and `Done`. Another replicator holding
+/// it is a transient failure.
+async fn hold_target(attempt: &mut Attempt) -> Result<(), StepError> {
+    match &attempt.lock {
+        Some(lock) => lock.ensure().await,
+        None => Ok(()),
     }
 }

@@ -470,15 +470,11 @@ pub async fn rehearse(
 /// A failed rehearsal as the run's error: permanent unless the server said it was passing
 /// (a lock timeout, a lost connection).
 fn rehearsal_failed(target: &PgEndpoint, e: crate::replica::apply::ApplyError) -> StepError {
-    let text = format!(
-        "the restore would fail on {}: rehearsed in a transaction that was rolled back (nothing was touched), {e}",
+    let context = format!(
+        "the restore would fail on {}: rehearsed in a transaction that was rolled back (nothing was touched), ",
         target.describe()
     );
-    if e.is_transient() {
-        StepError::transient(text)
-    } else {
-        StepError::permanent(text)
-    }
+    StepError::context(context, e)
 }
 
 /// The rewriting of a swap run's statements, with the extension members the target holds

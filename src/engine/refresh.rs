@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use tracing::info;
 
+use super::attempt::Attempt;
 use super::steps::RealSteps;
 use crate::dump::plan::{RefreshMode, RestorePlan, RestoreSection};
 use crate::error::StepError;
@@ -47,19 +48,27 @@ pub fn extension_lines(plan: &RestorePlan, toc: &crate::dump::toc::Toc) -> Strin
 
 impl RealSteps {
     /// The plan this run obeys (`Extracting` wrote it).
-    pub(super) async fn plan_of(&self, run: &Run) -> Result<RestorePlan, StepError> {
-        let dump = self.dump_path(run);
-        let toc = self.toc(run, &dump).await?;
-        self.restore_plan(run, &toc, &dump).await
+    pub(super) async fn plan_of(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> Result<RestorePlan, StepError> {
+        let dump = attempt.dump_path(run);
+        let toc = self.toc(&attempt.work, &dump).await?;
+        self.restore_plan(&attempt.work, &toc, &dump).await
     }
 
     /// `Dropping`: the wipe, or a swap's preparation.
-    pub(super) async fn drop_or_prepare(&self, run: &Run) -> Result<(), StepError> {
+    pub(super) async fn drop_or_prepare(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> Result<(), StepError> {
         let ended = replica::terminate_leftover_restores(&self.target).await?;
         if ended > 0 {
             info!("ended {ended} leftover pg_restore session(s) on the target");
         }
-        let plan = self.plan_of(run).await?;
+        let plan = self.plan_of(run, attempt).await?;
         match plan.refresh.mode {
             RefreshMode::Wipe => {
                 let client = self.target.connect().await?;
@@ -75,8 +84,8 @@ impl RealSteps {
                     &created_by_dump(&plan),
                 )
                 .await?;
-                let dump = self.dump_path(run);
-                let toc = self.toc(run, &dump).await?;
+                let dump = attempt.dump_path(run);
+                let toc = self.toc(&attempt.work, &dump).await?;
                 let list = extension_lines(&plan, &toc);
                 if !list.is_empty() {
                     let applier = replica::apply::Applier::new(&self.target, &dump, 1).await?;
@@ -89,8 +98,12 @@ impl RealSteps {
 
     /// `Switching`: readers' privileges given again; in swap mode, the switch, and when it
     /// committed.
-    pub(super) async fn switch_step(&self, run: &Run) -> Result<Option<DateTime<Utc>>, StepError> {
-        let plan = self.plan_of(run).await?;
+    pub(super) async fn switch_step(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> Result<Option<DateTime<Utc>>, StepError> {
+        let plan = self.plan_of(run, attempt).await?;
         match plan.refresh.mode {
             RefreshMode::Wipe => {
                 let n = replica::readers::grant_again(

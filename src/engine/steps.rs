@@ -1,12 +1,13 @@
 //! The real steps: Scalingo, the disk and PostgreSQL, each phase's IO behind [`Steps`].
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::Steps;
+use super::attempt::Attempt;
 #[cfg(feature = "test-hooks")]
 use super::test_hooks::PauseAt;
 use super::workdir::WorkDir;
@@ -15,9 +16,11 @@ use crate::dump::feed::Feed;
 use crate::dump::plan::RestorePlan;
 use crate::dump::toc::Toc;
 use crate::error::StepError;
-use crate::machine::{Backup, Event, LoadCounts, Origin, Phase, Progress, Run, Section, WorkMode};
+use crate::machine::{
+    Backup, Event, LoadCounts, MaskingCounts, Origin, Phase, Progress, Run, Section, WorkMode,
+};
 use crate::replica::records::{FOREIGN_KEYS_ID, Recorder};
-use crate::replica::{self, LockHandle, PgEndpoint};
+use crate::replica::{self, PgEndpoint};
 use crate::replica::{LoadSetup, TablesLoaded};
 use crate::source::feed::UrlSource;
 use crate::source::scalingo::ScalingoClient;
@@ -36,48 +39,9 @@ pub struct RealSteps {
     /// with the `test-hooks` feature, which the tests enable).
     #[cfg(feature = "test-hooks")]
     pub pause_at: Option<PauseAt>,
-    /// What `REPLICA_RULES` did in the last restore of the rows.
-    pub masking: std::sync::Mutex<Option<crate::machine::MaskingCounts>>,
-    /// The target's lock, watched while a run holds it (set by `app::lock`).
-    pub lock: LockSlot,
-    /// The stream of a run that streams, between the step that read its head and the one
-    /// that loads its rows (run id, feed).
-    pub feed: Mutex<Option<(String, Feed)>>,
-}
-
-/// Where the run's [`LockHandle`] is put once the lock is taken.
-#[derive(Clone, Default)]
-pub struct LockSlot(Arc<Mutex<Option<LockHandle>>>);
-
-impl LockSlot {
-    pub fn set(&self, handle: Option<LockHandle>) {
-        *self.0.lock().expect("lock slot") = handle;
-    }
-    fn get(&self) -> Option<LockHandle> {
-        self.0.lock().expect("lock slot").clone()
-    }
 }
 
 impl RealSteps {
-    fn archive_path(&self, run: &Run) -> PathBuf {
-        match &run.origin {
-            Origin::Archive { path } => path.clone(),
-            _ => WorkDir::of(&self.state_dir, &run.run_id).archive(),
-        }
-    }
-
-    /// Where the dump of `run` is (a file the user gave, the one extracted in the state dir,
-    /// or the head of a streamed one: every step before the rows reads only its head).
-    pub fn dump_path(&self, run: &Run) -> PathBuf {
-        if run.mode.as_ref().is_some_and(WorkMode::streams) {
-            return WorkDir::of(&self.state_dir, &run.run_id).head();
-        }
-        match &run.origin {
-            Origin::Dump { path } => path.clone(),
-            _ => WorkDir::of(&self.state_dir, &run.run_id).dump(),
-        }
-    }
-
     /// The disk the working files may use: `MAX_WORK_DISK`, within 90% of the state
     /// directory's free space (`None`: neither is known).
     fn budget(&self) -> Option<u64> {
@@ -86,8 +50,7 @@ impl RealSteps {
     }
 
     /// A new stream of `run`'s archive, from its first byte.
-    async fn open_feed(&self, run: &Run) -> Result<Feed, StepError> {
-        let work = WorkDir::of(&self.state_dir, &run.run_id);
+    async fn open_feed(&self, run: &Run, work: &WorkDir) -> Result<Feed, StepError> {
         create_dir_for(&work.head())?;
         match &run.origin {
             Origin::Scalingo => {
@@ -115,7 +78,7 @@ impl RealSteps {
                 )?)
             }
             Origin::Archive { path } => Ok(crate::source::feed::archive_file(path)?),
-            Origin::Live { source } => self.live_feed(run, source).await,
+            Origin::Live { source } => self.live_feed(source, work).await,
             Origin::Dump { path } => Err(StepError::permanent(format!(
                 "internal error: the dump {} is a file, it is not streamed",
                 path.display()
@@ -125,7 +88,7 @@ impl RealSteps {
 
     /// `pg_dump` of `SOURCE_DATABASE_URL`, streamed; `named` is the source the run was
     /// started with (a resumed run must still name it).
-    async fn live_feed(&self, run: &Run, named: &str) -> Result<Feed, StepError> {
+    async fn live_feed(&self, named: &str, work: &WorkDir) -> Result<Feed, StepError> {
         let source = self.source.as_ref().ok_or_else(|| {
             StepError::permanent(format!(
                 "this run copies the live database {named}, but SOURCE_DATABASE_URL is not set now: set it again to continue the run, or `replicator run --restart` to abandon it"
@@ -137,7 +100,6 @@ impl RealSteps {
                 source.describe()
             )));
         }
-        let work = WorkDir::of(&self.state_dir, &run.run_id);
         let (feed, identity) = live_feed(
             source,
             &self.target,
@@ -155,9 +117,9 @@ impl RealSteps {
     }
 
     /// A new stream of `run`'s archive with its head read into the work dir.
-    async fn feed_with_head(&self, run: &Run) -> Result<Feed, StepError> {
-        let mut feed = self.open_feed(run).await?;
-        let head = WorkDir::of(&self.state_dir, &run.run_id).head();
+    async fn feed_with_head(&self, run: &Run, work: &WorkDir) -> Result<Feed, StepError> {
+        let mut feed = self.open_feed(run, work).await?;
+        let head = work.head();
         let (feed, bytes) = tokio::task::spawn_blocking(move || {
             let r = feed.read_head(&head);
             (feed, r)
@@ -173,29 +135,19 @@ impl RealSteps {
         Ok(feed)
     }
 
-    /// Keeps `feed` for `run`'s later steps.
-    fn keep_feed(&self, run: &Run, feed: Feed) {
-        *self.feed.lock().expect("feed lock") = Some((run.run_id.clone(), feed));
-    }
-
-    /// The feed this process keeps for `run`, if any.
-    fn take_feed(&self, run: &Run) -> Option<Feed> {
-        let mut slot = self.feed.lock().expect("feed lock");
-        match slot.take() {
-            Some((id, feed)) if id == run.run_id => Some(feed),
-            _ => None,
-        }
-    }
-
     /// Where the rows of `run` come from: the dump on disk (`None`), or a stream whose head
     /// is in the work dir. A stream is read again from its start when this process holds none
     /// (a resumed run, a new container).
-    async fn rows_source(&self, run: &Run) -> Result<Option<Feed>, StepError> {
+    async fn rows_source(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> Result<Option<Feed>, StepError> {
         let streams = run.mode.as_ref().is_some_and(WorkMode::streams);
-        if !streams && self.dump_path(run).exists() {
+        if !streams && attempt.dump_path(run).exists() {
             return Ok(None);
         }
-        if let Some(feed) = self.take_feed(run) {
+        if let Some(feed) = attempt.take_feed() {
             return Ok(Some(feed));
         }
         if !streams {
@@ -203,18 +155,17 @@ impl RealSteps {
                 "the dump is not on this disk any more (a new container, or the state directory was emptied): streaming it from its start, the tables already in the target are not loaded again"
             );
         }
-        Ok(Some(self.feed_with_head(run).await?))
+        Ok(Some(self.feed_with_head(run, &attempt.work).await?))
     }
 
     /// The restore plan `Extracting` decided for this run (decided again, and kept, only when
     /// a resumed run's work dir lacks it: a new container).
     pub(super) async fn restore_plan(
         &self,
-        run: &Run,
+        work: &WorkDir,
         toc: &Toc,
         dump: &Path,
     ) -> Result<RestorePlan, StepError> {
-        let work = WorkDir::of(&self.state_dir, &run.run_id);
         if let Some(plan) = RestorePlan::load(&work.plan()).filter(|p| p.fits(toc)) {
             return Ok(plan);
         }
@@ -241,9 +192,8 @@ impl RealSteps {
 
     /// The table of contents `Extracting` read for this run (read again, and kept, only when a
     /// resumed run's work dir lacks it).
-    pub(super) async fn toc(&self, run: &Run, dump: &Path) -> Result<Toc, StepError> {
-        let saved = WorkDir::of(&self.state_dir, &run.run_id).toc();
-        Ok(Toc::load_or_read(dump, &saved).await?)
+    pub(super) async fn toc(&self, work: &WorkDir, dump: &Path) -> Result<Toc, StepError> {
+        Ok(Toc::load_or_read(dump, &work.toc()).await?)
     }
 
     fn scalingo(&self) -> Result<&Arc<ScalingoClient>, StepError> {
@@ -320,8 +270,7 @@ impl Steps for RealSteps {
             _ => run.backup().and_then(|b| b.size),
         };
         let budget = self.budget();
-        crate::machine::enough_disk(&run.origin, budget, &self.state_dir)
-            .map_err(|e| StepError::permanent(e.to_string()))?;
+        crate::machine::enough_disk(&run.origin, budget, &self.state_dir)?;
         let mode = crate::machine::work_mode(&run.origin, size, budget);
         info!(mode = mode.label(), "this run is {}", mode.describe());
         Ok(mode)
@@ -331,22 +280,23 @@ impl Steps for RealSteps {
         &self,
         run: &Run,
         backup: &Backup,
+        attempt: &mut Attempt,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), StepError> {
         if run.mode.as_ref().is_some_and(WorkMode::streams) {
             // Only the head now: the rest flows while the checks, the wipe and the schema run,
             // into the spool, and on into the target with the rows.
-            let feed = self.feed_with_head(run).await?;
+            let feed = self.feed_with_head(run, &attempt.work).await?;
             if let Some((done, _)) = feed.download_counts() {
                 progress(Progress::Bytes {
                     done,
                     total: backup.size,
                 });
             }
-            *self.feed.lock().expect("feed lock") = Some((run.run_id.clone(), feed));
+            attempt.keep_feed(feed);
             return Ok(());
         }
-        let archive = self.archive_path(run);
+        let archive = attempt.archive_path(run);
         create_dir_for(&archive)?;
         let url = self.scalingo()?.download_url(&backup.id).await?;
         let secure = reqwest::Url::parse(url.0.expose())
@@ -359,7 +309,7 @@ impl Steps for RealSteps {
         }
         let total = backup.size;
         let report = |done: u64| progress(Progress::Bytes { done, total });
-        let dump = self.dump_path(run);
+        let dump = attempt.dump_path(run);
         let cap = crate::machine::dump_cap(&run.origin, run.mode.as_ref(), backup.size);
         let fetched = download::download_extracting(
             &self.http,
@@ -392,21 +342,20 @@ impl Steps for RealSteps {
         Ok(())
     }
 
-    async fn extract_and_check(&self, run: &Run) -> Result<super::DumpChecked, StepError> {
-        let dump = self.dump_path(run);
+    async fn extract_and_check(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> Result<super::DumpChecked, StepError> {
+        let dump = attempt.dump_path(run);
         let streams = run.mode.as_ref().is_some_and(WorkMode::streams);
-        if streams
-            && self
-                .take_feed(run)
-                .map(|f| self.keep_feed(run, f))
-                .is_none()
-        {
+        if streams && !attempt.has_feed() {
             // A local archive streams from here; a download's head was read by `Downloading`
             // in this process, or is read again.
-            let feed = self.feed_with_head(run).await?;
-            self.keep_feed(run, feed);
+            let feed = self.feed_with_head(run, &attempt.work).await?;
+            attempt.keep_feed(feed);
         } else if !streams && !matches!(run.origin, Origin::Dump { .. }) {
-            let archive = self.archive_path(run);
+            let archive = attempt.archive_path(run);
             create_dir_for(&dump)?;
             // A dump from the download step (or an earlier attempt of this one) is used only
             // when its marker proves it whole; a file the user gave is always extracted.
@@ -444,12 +393,12 @@ impl Steps for RealSteps {
         }
         // The run's one `pg_restore --list`: read afresh here, kept in the work dir for the
         // steps that follow (and for a resume).
-        let saved = WorkDir::of(&self.state_dir, &run.run_id).toc();
+        let work = &attempt.work;
+        let saved = work.toc();
         let _ = std::fs::remove_file(&saved);
         let (toc, _) = replica::check_dump_toc(&dump, Some(&saved)).await?;
         let info = replica::check_target(&self.target).await?;
-        crate::machine::first_wipe(&info.contents, self.target.confirm())
-            .map_err(|e| StepError::permanent(e.to_string()))?;
+        crate::machine::first_wipe(&info.contents, self.target.confirm())?;
         // Before Dropping: a dump cut in its data, a restriction that cuts objects from what
         // they need, an extension the role cannot create or objects the wipe cannot remove
         // would fail the restore only after the target is gone (docs/reliability.md).
@@ -463,7 +412,6 @@ impl Steps for RealSteps {
         // An abandoned run's shadow schemas take the target's disk: gone before this run
         // rehearses and builds (they are nobody's replica; this run's own are made later).
         replica::swap::drop_abandoned(&self.target, &run.run_id).await?;
-        let work = WorkDir::of(&self.state_dir, &run.run_id);
         let decided = super::planning::decide(
             &self.target,
             &toc,
@@ -501,31 +449,37 @@ impl Steps for RealSteps {
         })
     }
 
-    async fn drop_target(&self, run: &Run) -> Result<(), StepError> {
-        self.drop_or_prepare(run).await
+    async fn drop_target(&self, run: &Run, attempt: &mut Attempt) -> Result<(), StepError> {
+        self.drop_or_prepare(run, attempt).await
     }
 
-    async fn switch(&self, run: &Run) -> Result<Option<chrono::DateTime<chrono::Utc>>, StepError> {
-        self.switch_step(run).await
+    async fn switch(
+        &self,
+        run: &Run,
+        attempt: &mut Attempt,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StepError> {
+        self.switch_step(run, attempt).await
     }
 
     async fn restore(
         &self,
         run: &Run,
         section: Section,
+        attempt: &mut Attempt,
         progress: &(dyn Fn(Progress) + Send + Sync),
         events: &(dyn Fn(Event) + Send + Sync),
-    ) -> Result<(), StepError> {
+    ) -> Result<Option<MaskingCounts>, StepError> {
         // The rows' source first: a resumed run whose dump is gone reads the head again.
         let feed = match section {
-            Section::DataAndPostData => self.rows_source(run).await?,
+            Section::DataAndPostData => self.rows_source(run, attempt).await?,
             Section::PreData => None,
         };
+        let work = &attempt.work;
         let dump = match &feed {
-            Some(_) => WorkDir::of(&self.state_dir, &run.run_id).head(),
-            None => self.dump_path(run),
+            Some(_) => work.head(),
+            None => attempt.dump_path(run),
         };
-        let toc = self.toc(run, &dump).await?;
+        let toc = self.toc(work, &dump).await?;
         let jobs = match section {
             Section::DataAndPostData => {
                 crate::replica::sessions::jobs_for_restore(&self.target, self.restore.jobs).await?
@@ -534,7 +488,7 @@ impl Steps for RealSteps {
         };
         let mut applier = crate::replica::apply::Applier::new(&self.target, &dump, jobs).await?;
         // The plan decided before the wipe says what is sent; nothing is selected again here.
-        let plan = self.restore_plan(run, &toc, &dump).await?;
+        let plan = self.restore_plan(work, &toc, &dump).await?;
         let rewriter = super::planning::rewriter(&self.target, &plan).await?;
         applier = applier.with_rewriter(rewriter.clone());
         let skip = plan.skip();
@@ -596,7 +550,7 @@ impl Steps for RealSteps {
                 done.extend(loaded.entries());
                 // The rows come in the archive's order from one pg_restore, from the stream or
                 // the dump on disk, each table's in one transaction (COPY ... FREEZE).
-                let stream = Some((feed, WorkDir::of(&self.state_dir, &run.run_id).data_list()));
+                let stream = Some((feed, work.data_list()));
                 // Where the relations are analyzed: the shadows a swap builds, else the
                 // schemas the plan restores into.
                 let schemas = match &rewriter {
@@ -648,7 +602,7 @@ impl Steps for RealSteps {
             && self.restore.fk_mode == crate::replica::fk::FkMode::Trust
             && !fks_done
         {
-            let fk_list = WorkDir::of(&self.state_dir, &run.run_id).fk_list();
+            let fk_list = work.fk_list();
             let record = Recorder::new(&run.run_id).insert_sql(
                 FOREIGN_KEYS_ID,
                 "FK CONSTRAINT",
@@ -675,26 +629,25 @@ impl Steps for RealSteps {
                 }
             );
         }
-        if let Some(p) = prepared
-            && let Some(counts) =
-                crate::replica::masking::after_rows(&self.target, p, rewriter.as_deref()).await?
-        {
-            *self.masking.lock().expect("masking lock") = Some(counts);
+        // What REPLICA_RULES did, for the run's record.
+        match prepared {
+            Some(p) => {
+                Ok(
+                    crate::replica::masking::after_rows(&self.target, p, rewriter.as_deref())
+                        .await?,
+                )
+            }
+            None => Ok(None),
         }
-        Ok(())
     }
 
-    fn masking_counts(&self) -> Option<crate::machine::MaskingCounts> {
-        self.masking.lock().expect("masking lock").clone()
-    }
-
-    async fn unlog(&self, run: &Run) -> Result<(), StepError> {
+    async fn unlog(&self, run: &Run, attempt: &mut Attempt) -> Result<(), StepError> {
         if self.restore.use_unlogged_tables {
-            let plan = self.plan_of(run).await?;
+            let plan = self.plan_of(run, attempt).await?;
             let rewriter = super::planning::rewriter(&self.target, &plan).await?;
             let n = replica::set_unlogged_with_dump(
                 &self.target,
-                &self.dump_path(run),
+                &attempt.dump_path(run),
                 rewriter.as_deref(),
             )
             .await?;
@@ -703,7 +656,7 @@ impl Steps for RealSteps {
         Ok(())
     }
 
-    async fn post_restore(&self, _run: &Run) -> Result<(), StepError> {
+    async fn post_restore(&self, _run: &Run, _attempt: &mut Attempt) -> Result<(), StepError> {
         if let Some(path) = &self.restore.post_restore_sql {
             let n = crate::replica::post_restore::run(&self.target, path).await?;
             info!(files = n, "post-restore SQL: {n} file(s) applied");
@@ -712,10 +665,6 @@ impl Steps for RealSteps {
     }
 
     async fn finished(&self, run: &Run) {
-        // A stream kept for a later step ends with its run: a live source's pg_dump would
-        // otherwise keep its snapshot open, and its locks on every table of the source, until
-        // the daemon's next run replaced it (a download, its task).
-        drop(self.feed.lock().expect("feed lock").take());
         crate::notify::notify(&self.http, &self.restore.notify, run).await;
     }
 
@@ -723,23 +672,6 @@ impl Steps for RealSteps {
     async fn before_step(&self, run: &Run) {
         if let Some(pause) = &self.pause_at {
             pause.before_step(run).await;
-        }
-    }
-
-    async fn hold_target(&self) -> Result<(), StepError> {
-        match self.lock.get() {
-            Some(lock) => lock.ensure().await,
-            None => Ok(()),
-        }
-    }
-
-    fn target_lost(&self) -> impl Future<Output = StepError> + Send + 'static {
-        let lost = self.lock.get().map(|l| l.lost());
-        async move {
-            match lost {
-                Some(lost) => lost.await,
-                None => std::future::pending().await,
-            }
         }
     }
 

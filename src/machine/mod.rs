@@ -6,7 +6,9 @@
 //! what lets the property tests (`tests.rs`) drive thousands of event sequences through it.
 //!
 //! The state diagram, with the event of each edge, is in `docs/architecture.md` (its one
-//! copy). The decisions around a run that are not one transition (skip, too old, disk budget,
+//! copy). What the driver does next in each state, and which event a failed step is, is
+//! [`next_step`] and [`failure_event`] (`next_step.rs`): the driver only executes. The
+//! decisions around a run that are not one transition (skip, too old, disk budget,
 //! interrupted, abandon, recover) are pure functions too, in `rules.rs`.
 //!
 //! # Invariants (checked by the property tests)
@@ -43,12 +45,14 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 mod masking_counts;
+mod next_step;
 mod refresh;
 mod rules;
 pub mod start;
 
 pub use load::{LoadCounts, TableLoad, WorkMode};
 pub use masking_counts::MaskingCounts;
+pub use next_step::{NextStep, failure_event, next_step, will_retry};
 pub use refresh::{ReaderKept, RefreshMode, RunRefresh};
 pub use rules::{
     DiskTooSmall, MIN_WORK_DISK, TARGET_CONFIRM_VAR, TargetContents, TooOld, UnconfirmedWipe,
@@ -267,6 +271,9 @@ pub enum Event {
     Fetched(Backup),
     /// The current step did all its work.
     Succeeded,
+    /// `Restoring{DataAndPostData}` did all its work (a success), and `REPLICA_RULES` did
+    /// this to the rows (`None`: no rules), which the run keeps.
+    RowsLoaded { masking: Option<MaskingCounts> },
     /// `Extracting` did all its work, and the restore will leave out these (the dump's
     /// entries a replica does not get); `refresh` is how the run replaces yesterday's copy,
     /// and whose privileges it carries over (`None`: not said).
@@ -329,6 +336,7 @@ impl Event {
             Event::Start => "Start",
             Event::Fetched(_) => "Fetched",
             Event::Succeeded => "Succeeded",
+            Event::RowsLoaded { .. } => "RowsLoaded",
             Event::Checked { .. } => "Checked",
             Event::Switched { .. } => "Switched",
             Event::Progress(_) => "Progress",
@@ -465,6 +473,21 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
     if run.is_terminal() {
         return Err(not_applicable());
     }
+    // The rows' success, with what the rules did to them.
+    if let Event::RowsLoaded { masking } = &event {
+        if !matches!(
+            run.phase,
+            Phase::Restoring {
+                section: Section::DataAndPostData,
+                ..
+            }
+        ) {
+            return Err(not_applicable());
+        }
+        let mut after = transition(run, Event::Succeeded, now)?;
+        after.masking = masking.clone();
+        return Ok(after);
+    }
 
     match (&run.phase, &event) {
         (Phase::Idle, Event::Start) => {
@@ -584,6 +607,8 @@ pub fn transition(run: &Run, event: Event, now: DateTime<Utc>) -> Result<Run, Tr
             next.enter(point, now);
             next.interrupted = false;
         }
+
+        (_, Event::RowsLoaded { .. }) => unreachable!("handled above"),
 
         (phase, Event::Succeeded) => {
             let after = match phase {

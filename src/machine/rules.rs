@@ -171,6 +171,20 @@ fn interrupted_then(run: Run, resume: Event, now: DateTime<Utc>) -> Result<Run, 
     transition(&run, resume, now)
 }
 
+/// No new attempt gives the disk more room.
+impl crate::error::Classify for DiskTooSmall {
+    fn kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::Permanent
+    }
+}
+
+/// Only the operator can confirm the first wipe.
+impl crate::error::Classify for UnconfirmedWipe {
+    fn kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::Permanent
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::error::FailureKind;
 use proptest::prelude::*;
 
 fn t0() -> DateTime<Utc> {
@@ -518,6 +519,172 @@ proptest! {
                 run = transition(&run, e, now).unwrap();
             }
             prop_assert_eq!(run.phase.name(), PhaseName::Done);
+        }
+    }
+}
+
+// ---- what the machine tells the driver to do ----
+
+/// The events the driver sends when `action` succeeds in `run` (a switch in swap mode says
+/// when it committed; in wipe mode it succeeds).
+fn successes(action: &NextStep, now: DateTime<Utc>) -> Vec<Event> {
+    match action {
+        NextStep::Start => vec![Event::Start],
+        NextStep::FetchBackup => vec![Event::Fetched(backup())],
+        NextStep::Plan => vec![
+            Event::Planned(WorkMode::Whole {
+                needed: Some(100),
+                budget: Some(1000),
+            }),
+            Event::Planned(WorkMode::Streaming {
+                needed: 1000,
+                budget: 100,
+            }),
+        ],
+        NextStep::ExtractAndCheck => vec![
+            Event::Checked {
+                left_out: Vec::new(),
+                refresh: Some(refresh(true)),
+            },
+            Event::Checked {
+                left_out: Vec::new(),
+                refresh: None,
+            },
+        ],
+        NextStep::Switch => vec![Event::Switched { at: now }, Event::Succeeded],
+        NextStep::Restore {
+            section: Section::DataAndPostData,
+        } => vec![
+            Event::RowsLoaded { masking: None },
+            Event::RowsLoaded {
+                masking: Some(MaskingCounts {
+                    rewritten: [("public.users".to_string(), 3)].into(),
+                    ..Default::default()
+                }),
+            },
+        ],
+        NextStep::Download { .. }
+        | NextStep::Drop
+        | NextStep::Restore { .. }
+        | NextStep::Unlog
+        | NextStep::PostRestore => vec![Event::Succeeded],
+    }
+}
+
+#[test]
+fn following_the_actions_from_start_reaches_done_for_every_origin_and_mode() {
+    let origins = [
+        Origin::Scalingo,
+        Origin::Archive {
+            path: "/data/b.tar.gz".into(),
+        },
+        Origin::Dump {
+            path: "/data/d.pgsql".into(),
+        },
+        Origin::Live {
+            source: "app@db:5432/prod".into(),
+        },
+    ];
+    for origin in origins {
+        for pick in 0..2 {
+            let mut run = Run::new("r".into(), origin.clone(), 0, t0());
+            let mut actions = Vec::new();
+            while let Some(action) = next_step(&run) {
+                let all = successes(&action, t0());
+                let event = all[pick.min(all.len() - 1)].clone();
+                run = transition(&run, event, t0()).unwrap();
+                actions.push(action);
+                assert!(actions.len() < 20, "{origin:?}: no end: {actions:?}");
+            }
+            assert_eq!(run.phase.name(), PhaseName::Done, "{origin:?}: {actions:?}");
+            // The order of the night, whatever the origin: the plan before the archive's
+            // first byte, the checks before the wipe, the schema before the rows.
+            let at = |a: &NextStep| actions.iter().position(|x| x == a).unwrap();
+            assert!(at(&NextStep::Plan) < at(&NextStep::ExtractAndCheck));
+            assert!(at(&NextStep::ExtractAndCheck) < at(&NextStep::Drop));
+            let (pre, rows) = (
+                at(&NextStep::Restore {
+                    section: Section::PreData,
+                }),
+                at(&NextStep::Restore {
+                    section: Section::DataAndPostData,
+                }),
+            );
+            assert!(at(&NextStep::Drop) < pre && pre < at(&NextStep::Unlog));
+            assert!(at(&NextStep::Unlog) < rows && rows < at(&NextStep::Switch));
+            assert_eq!(actions.last(), Some(&NextStep::PostRestore));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// In every state a run can reach, the machine says what to do, or that nothing is left
+    /// to do (only when the run is finished); what it says is what the state needs, and each
+    /// outcome of it (its success events, every failure) is an event the machine accepts.
+    #[test]
+    fn every_reachable_state_has_one_consistent_action(
+        origin in origin(),
+        retries in 0u32..6,
+        events in proptest::collection::vec(ev(), 0..80),
+    ) {
+        let mut now = t0();
+        let mut run = Run::new("prop".into(), origin, retries, now);
+        let mut states = vec![run.clone()];
+        for ev in events {
+            now += chrono::Duration::seconds(7);
+            if let Ok(next) = transition(&run, concrete(&run, &ev, now), now) {
+                run = next;
+                states.push(run.clone());
+            }
+        }
+        for run in states {
+            let action = next_step(&run);
+            prop_assert_eq!(action.is_none(), run.is_terminal(), "{:?}", run.phase);
+            let Some(action) = action else { continue };
+            prop_assert_eq!(action == NextStep::Start, run.phase == Phase::Idle);
+            // Whole or streamed before anything else of the archive, and once.
+            let unplanned = run.mode.is_none()
+                && matches!(run.phase, Phase::Downloading { .. } | Phase::Extracting { .. });
+            prop_assert_eq!(action == NextStep::Plan, unplanned, "{:?}", run.phase);
+            prop_assert_eq!(action.touches_target(), run.phase.touches_target());
+            if let NextStep::Download { backup } = &action {
+                prop_assert_eq!(Some(backup), run.backup());
+            }
+            if let NextStep::Restore { section } = &action {
+                let in_section = matches!(&run.phase, Phase::Restoring { section: s, .. } if s == section);
+                prop_assert!(in_section);
+            }
+            for event in successes(&action, now) {
+                let after = transition(&run, event.clone(), now);
+                prop_assert!(after.is_ok(), "{:?} refused {:?} in {:?}", action, event, run.phase);
+                let after = after.unwrap();
+                // A success moves the run on: the same action is never asked twice in a row.
+                prop_assert_ne!(next_step(&after), Some(action.clone()), "{:?}", run.phase);
+                prop_assert_eq!(after.attempt, run.attempt);
+                // What the rules did to the rows is the run's once they are in.
+                match &event {
+                    Event::RowsLoaded { masking } => prop_assert_eq!(&after.masking, masking),
+                    _ => prop_assert_eq!(&after.masking, &run.masking),
+                }
+            }
+            if !action.is_step() {
+                continue;
+            }
+            for kind in [FailureKind::Transient, FailureKind::StreamCut, FailureKind::Permanent] {
+                let event = failure_event(&run, kind, "boom".into(), now);
+                // A cut stream is its own event where the run streams, a transient one else.
+                if kind == FailureKind::StreamCut {
+                    let streams = run.mode.as_ref().is_some_and(WorkMode::streams);
+                    prop_assert_eq!(matches!(event, Event::StreamCut { .. }), streams);
+                }
+                let after = transition(&run, event.clone(), now);
+                prop_assert!(after.is_ok(), "{:?} refused in {:?}", event, run.phase);
+                let after = after.unwrap();
+                let retried = kind != FailureKind::Permanent && will_retry(&run);
+                prop_assert_eq!(!after.is_terminal(), retried, "{:?} in {:?}", kind, run.phase);
+            }
         }
     }
 }

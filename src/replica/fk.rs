@@ -73,15 +73,15 @@ pub enum FkError {
     },
 }
 
-impl From<FkError> for StepError {
-    fn from(e: FkError) -> StepError {
-        match e {
+impl crate::error::Classify for FkError {
+    fn kind(&self) -> crate::error::FailureKind {
+        match self {
             // A lost connection or a lock timeout is worth a new attempt (from Dropping); an
             // error in the keys themselves would come back at every attempt.
             FkError::Add {
                 transient: true, ..
-            } => StepError::transient(e.to_string()),
-            other => StepError::permanent(other.to_string()),
+            } => crate::error::FailureKind::Transient,
+            _ => crate::error::FailureKind::Permanent,
         }
     }
 }
@@ -231,14 +231,14 @@ mod tests {
             detail: "ERROR 42P01: relation \"t\" does not exist".into(),
             transient,
         };
-        assert!(matches!(
-            StepError::from(add(false)),
-            StepError::Permanent(_)
-        ));
-        assert!(matches!(
-            StepError::from(add(true)),
-            StepError::Transient(_)
-        ));
+        assert_eq!(
+            StepError::from(add(false)).kind(),
+            crate::error::FailureKind::Permanent
+        );
+        assert_eq!(
+            StepError::from(add(true)).kind(),
+            crate::error::FailureKind::Transient
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 
 use super::sqlstate::PostgresError;
 use super::url::PgEndpoint;
-use crate::error::StepError;
 
 /// What a server says about itself and the database a session is in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,11 +41,11 @@ pub enum IdentityError {
     Postgres(#[from] PostgresError),
 }
 
-impl From<IdentityError> for StepError {
-    fn from(e: IdentityError) -> StepError {
-        match e {
-            IdentityError::Postgres(e) => e.into(),
-            IdentityError::SameDatabase { .. } => StepError::permanent(e.to_string()),
+impl crate::error::Classify for IdentityError {
+    fn kind(&self) -> crate::error::FailureKind {
+        match self {
+            IdentityError::Postgres(e) => e.kind(),
+            IdentityError::SameDatabase { .. } => crate::error::FailureKind::Permanent,
         }
     }
 }

@@ -66,13 +66,13 @@ impl PostRestoreError {
     }
 }
 
-impl From<PostRestoreError> for StepError {
-    fn from(e: PostRestoreError) -> StepError {
-        match e {
+impl crate::error::Classify for PostRestoreError {
+    fn kind(&self) -> crate::error::FailureKind {
+        match self {
             PostRestoreError::Sql {
                 transient: true, ..
-            } => StepError::transient(e.to_string()),
-            _ => StepError::permanent(e.to_string()),
+            } => crate::error::FailureKind::Transient,
+            _ => crate::error::FailureKind::Permanent,
         }
     }
 }

@@ -88,11 +88,11 @@ pub enum PreWipeError {
     Query { target: String, detail: String },
 }
 
-impl From<PreWipeError> for StepError {
-    fn from(e: PreWipeError) -> StepError {
-        match e {
-            PreWipeError::Query { .. } => StepError::transient(e.to_string()),
-            _ => StepError::permanent(e.to_string()),
+impl crate::error::Classify for PreWipeError {
+    fn kind(&self) -> crate::error::FailureKind {
+        match self {
+            PreWipeError::Query { .. } => crate::error::FailureKind::Transient,
+            _ => crate::error::FailureKind::Permanent,
         }
     }
 }

@@ -76,12 +76,12 @@ pub enum SessionsError {
     },
 }
 
-impl From<SessionsError> for StepError {
-    fn from(e: SessionsError) -> StepError {
-        match e {
-            SessionsError::TooFewAllowed { .. } => StepError::permanent(e.to_string()),
+impl crate::error::Classify for SessionsError {
+    fn kind(&self) -> crate::error::FailureKind {
+        match self {
+            SessionsError::TooFewAllowed { .. } => crate::error::FailureKind::Permanent,
             // Other clients come and go: the next attempt may find the room.
-            SessionsError::HeldByOthers { .. } => StepError::transient(e.to_string()),
+            SessionsError::HeldByOthers { .. } => crate::error::FailureKind::Transient,
         }
     }
 }

@@ -6,8 +6,6 @@ use std::path::PathBuf;
 
 use tokio_postgres::error::SqlState;
 
-use crate::error::StepError;
-
 /// Which database a URL names: the target (`DATABASE_URL`, wiped and restored) or a live
 /// source (`SOURCE_DATABASE_URL`, only read by `pg_dump` and by the replicator's checks). Their
 /// sessions are the same code; their messages name the right variable and say the right fix.
@@ -144,12 +142,12 @@ impl PostgresError {
     }
 }
 
-impl From<PostgresError> for StepError {
-    fn from(e: PostgresError) -> StepError {
-        if e.is_transient() {
-            StepError::transient(e.to_string())
+impl crate::error::Classify for PostgresError {
+    fn kind(&self) -> crate::error::FailureKind {
+        if self.is_transient() {
+            crate::error::FailureKind::Transient
         } else {
-            StepError::permanent(e.to_string())
+            crate::error::FailureKind::Permanent
         }
     }
 }

@@ -19,7 +19,7 @@ use reqwest::{StatusCode, header};
 use tokio::io::AsyncWriteExt;
 
 use super::disk::io_error_is_permanent;
-use crate::error::{StepError, Transient};
+use crate::error::{Classify, FailureKind, StepError};
 use crate::source::extract::discard_extracted;
 use crate::source::follow::Follower;
 use crate::source::http::{DownloadUrl, describe_reqwest_error, parse_retry_after};
@@ -110,25 +110,25 @@ pub enum DownloadError {
     },
 }
 
-impl From<DownloadError> for StepError {
-    fn from(e: DownloadError) -> Self {
-        let retry_after = match &e {
-            DownloadError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        };
-        let permanent = match &e {
+impl Classify for DownloadError {
+    fn kind(&self) -> FailureKind {
+        let permanent = match self {
             DownloadError::TooLong { .. } => true,
             DownloadError::Overflow { .. } => true,
             DownloadError::Disk { source, .. } => io_error_is_permanent(source),
             _ => false,
         };
         if permanent {
-            StepError::permanent(e.to_string())
+            FailureKind::Permanent
         } else {
-            StepError::Transient(Transient {
-                message: e.to_string(),
-                retry_after,
-            })
+            FailureKind::Transient
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            DownloadError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::disk::io_error_is_permanent;
-use crate::error::StepError;
+use crate::error::{Classify, FailureKind, StepError};
 
 fn marker_path(dump: &Path) -> PathBuf {
     with_suffix(dump, ".complete")
@@ -110,16 +110,13 @@ pub enum ExtractError {
     },
 }
 
-impl From<ExtractError> for StepError {
-    fn from(e: ExtractError) -> Self {
-        let transient = match &e {
-            ExtractError::Disk { source, .. } => !io_error_is_permanent(source),
-            _ => false,
-        };
-        if transient {
-            StepError::transient(e.to_string())
-        } else {
-            StepError::permanent(e.to_string())
+impl Classify for ExtractError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            ExtractError::Disk { source, .. } if !io_error_is_permanent(source) => {
+                FailureKind::Transient
+            }
+            _ => FailureKind::Permanent,
         }
     }
 }

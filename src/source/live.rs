@@ -14,7 +14,6 @@ use std::process::{Child, ChildStdout, Stdio};
 use std::thread::JoinHandle;
 
 use crate::dump::feed::{CutKind, CutReason, Feed};
-use crate::error::StepError;
 use crate::secret::Secret;
 
 /// How many lines of `pg_dump`'s stderr a failure keeps.
@@ -71,12 +70,12 @@ pub enum LiveError {
     },
 }
 
-impl From<LiveError> for StepError {
-    fn from(e: LiveError) -> StepError {
-        match e {
-            LiveError::Spawn { .. } => StepError::permanent(e.to_string()),
+impl crate::error::Classify for LiveError {
+    fn kind(&self) -> crate::error::FailureKind {
+        match self {
+            LiveError::Spawn { .. } => crate::error::FailureKind::Permanent,
             // A full disk may be freed before the next attempt.
-            LiveError::PassFile { .. } => StepError::transient(e.to_string()),
+            LiveError::PassFile { .. } => crate::error::FailureKind::Transient,
         }
     }
 }

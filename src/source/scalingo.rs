@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{StepError, Transient};
+use crate::error::{Classify, FailureKind, StepError};
 use crate::machine::Backup;
 use crate::secret::Secret;
 use crate::source::http::{DownloadUrl, describe_reqwest_error, parse_retry_after};
@@ -206,16 +206,17 @@ impl ScalingoError {
     }
 }
 
-impl From<ScalingoError> for StepError {
-    fn from(e: ScalingoError) -> Self {
-        if e.is_transient() {
-            StepError::Transient(Transient {
-                retry_after: e.retry_after(),
-                message: e.to_string(),
-            })
+impl Classify for ScalingoError {
+    fn kind(&self) -> FailureKind {
+        if self.is_transient() {
+            FailureKind::Transient
         } else {
-            StepError::permanent(e.to_string())
+            FailureKind::Permanent
         }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        ScalingoError::retry_after(self)
     }
 }
 

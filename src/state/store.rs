@@ -45,6 +45,13 @@ pub enum StoreError {
     },
 }
 
+/// The local store failing is not a passing failure of the network: the run stops, saying so.
+impl crate::error::Classify for StoreError {
+    fn kind(&self) -> crate::error::FailureKind {
+        crate::error::FailureKind::Permanent
+    }
+}
+
 /// The store of one state directory.
 #[derive(Clone, Debug)]
 pub struct Store {

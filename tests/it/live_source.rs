@@ -458,8 +458,9 @@ fn a_source_that_is_the_target_is_refused_by_run_and_check() {
     assert!(s.table_exists("stale_leftover"));
 }
 
-/// `SOURCE_DATABASE_URL` with `SCALINGO_APP` is a configuration error (exit 2), and the
-/// flag is refused as the other secrets are; neither says the URL.
+/// `SOURCE_DATABASE_URL` with `SCALINGO_APP` is a configuration error (`run` exits 2,
+/// `check` fails its configuration line: exit 1), and the flag is refused as the other
+/// secrets are; neither says the URL.
 #[test]
 fn a_live_source_with_a_scalingo_app_or_as_a_flag_is_a_configuration_error() {
     let (s, src) = live_scenario("live_conf", 10);
@@ -468,7 +469,8 @@ fn a_live_source_with_a_scalingo_app_or_as_a_flag_is_a_configuration_error() {
         c.env("SOURCE_DATABASE_URL", &src.url);
         let out = output(c);
         let logs = all_output(&out);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {logs}");
+        let code = if args == ["check"] { 1 } else { 2 };
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {logs}");
         assert!(
             logs.contains("SOURCE_DATABASE_URL and SCALINGO_APP are both set"),
             "{args:?}: {logs}"

@@ -21,10 +21,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use replicator::config::RetryConfig;
-use replicator::engine::{Driver, DumpChecked, Outcome, Steps};
+use replicator::engine::{Attempt, Driver, DumpChecked, Outcome, Steps};
 use replicator::error::StepError;
 use replicator::machine::{
-    Backup, Event, Origin, Phase, Progress, Run, Section, TableLoad, WorkMode,
+    Backup, Event, MaskingCounts, Origin, Phase, Progress, Run, Section, TableLoad, WorkMode,
 };
 use replicator::state::store::Store;
 
@@ -165,6 +165,7 @@ impl Steps for ModelSteps {
         &self,
         run: &Run,
         _backup: &Backup,
+        _attempt: &mut Attempt,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), StepError> {
         let id = run.run_id.clone();
@@ -188,7 +189,11 @@ impl Steps for ModelSteps {
         }
     }
 
-    async fn extract_and_check(&self, run: &Run) -> Result<DumpChecked, StepError> {
+    async fn extract_and_check(
+        &self,
+        run: &Run,
+        _attempt: &mut Attempt,
+    ) -> Result<DumpChecked, StepError> {
         let on_disk = self.world.lock().unwrap().archive.get(&run.run_id).copied();
         if on_disk != Some(SIZE) {
             self.violation(format!(
@@ -209,7 +214,7 @@ impl Steps for ModelSteps {
         }
     }
 
-    async fn drop_target(&self, run: &Run) -> Result<(), StepError> {
+    async fn drop_target(&self, run: &Run, _attempt: &mut Attempt) -> Result<(), StepError> {
         if !self.world.lock().unwrap().checked.contains_key(&run.run_id) {
             self.violation("Dropping before the dump and the target were checked".into());
         }
@@ -234,9 +239,10 @@ impl Steps for ModelSteps {
         &self,
         _run: &Run,
         section: Section,
+        _attempt: &mut Attempt,
         progress: &(dyn Fn(Progress) + Send + Sync),
         events: &(dyn Fn(Event) + Send + Sync),
-    ) -> Result<(), StepError> {
+    ) -> Result<Option<MaskingCounts>, StepError> {
         // The rows' section resumes from the target's records: a load a crash cut short
         // (tables committed with their records) is continued, not redone.
         let (needs, gives, cut): (&[Target], _, _) = match section {
@@ -259,14 +265,14 @@ impl Steps for ModelSteps {
         match self.act(self.next_fault(), |w| w.target = cut) {
             Act::Go => {
                 self.world.lock().unwrap().target = gives;
-                Ok(())
+                Ok(None)
             }
             Act::Fail(e) => Err(e),
             Act::Crash => self.die().await,
         }
     }
 
-    async fn unlog(&self, _run: &Run) -> Result<(), StepError> {
+    async fn unlog(&self, _run: &Run, _attempt: &mut Attempt) -> Result<(), StepError> {
         self.expect_target("Unlogging", &[Target::PreData]);
         match self.act(self.next_fault(), |w| w.target = Target::Partial) {
             Act::Go => {
@@ -278,7 +284,7 @@ impl Steps for ModelSteps {
         }
     }
 
-    async fn post_restore(&self, _run: &Run) -> Result<(), StepError> {
+    async fn post_restore(&self, _run: &Run, _attempt: &mut Attempt) -> Result<(), StepError> {
         self.expect_target("post-restore SQL", &[Target::Loaded]);
         match self.act(self.next_fault(), |_| {}) {
             Act::Go => Ok(()),
@@ -345,7 +351,7 @@ async fn play(faults: Vec<Fault>, max_retry_count: u32) -> Result<String, String
             ),
         };
         let outcome = tokio::select! {
-            r = d.drive(run) => Some(r.map_err(|e| format!("driver error: {e}"))?),
+            r = d.drive(run, None) => Some(r.map_err(|e| format!("driver error: {e}"))?),
             _ = crash.notified() => None,
         };
         drop(d);

@@ -306,9 +306,9 @@ fn help_lists_the_commands_the_variables_and_their_defaults_and_flags_win() {
         .unwrap()
         .to_string();
     assert!(config.contains("MAX_RETRY_COUNT=5"), "{config}");
-    // A bad value is a configuration failure: exit 2, naming the variable.
+    // A bad value is a failed check of the configuration: exit 1, naming the variable.
     let out = s.run(&["check", "--pg-restore-jobs", "zero"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stdout(&out).contains("PG_RESTORE_JOBS"), "{}", stdout(&out));
 }
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use replicator::error::StepError;
+use replicator::error::{FailureKind, StepError};
+use replicator::source::scalingo::ScalingoError;
 
 use crate::common::fake_scalingo::*;
 
@@ -159,10 +160,10 @@ async fn a_429_is_transient_and_carries_retry_after() {
     });
     let client = fake.client();
     let e = client.newest_done_backup().await.unwrap_err();
-    match &e {
-        StepError::Transient(t) => assert_eq!(t.retry_after, Some(Duration::from_secs(7))),
-        other => panic!("expected transient, got {other:?}"),
-    }
+    assert_eq!(e.kind(), FailureKind::Transient, "{e:?}");
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+    // The client's own error reaches the caller whole, not only its message.
+    assert!(e.downcast_ref::<ScalingoError>().is_some(), "{e:?}");
     assert!(message(&e).contains("429"), "{e}");
     // The fault is over: the next attempt works.
     assert_eq!(

@@ -1,6 +1,6 @@
 //! Every setting is validated once (`EngineConfig::from_args`), by every command that uses
-//! it: a value `run` refuses with exit 2 is a `FAIL` line of `check` (exit 2 as well), and
-//! neither touches the target.
+//! it: a value `run` refuses with exit 2 (a usage error) is a `FAIL` line of `check`, which
+//! exits 1 as for any failed check, and neither touches the target.
 
 use crate::common::scenario::{Scenario, stderr, stdout};
 
@@ -22,14 +22,14 @@ fn config_fails(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// `check` says FAIL on the configuration, naming `var` (exit 2); `run` exits 2 naming it;
+/// `check` says FAIL on the configuration, naming `var` (exit 1); `run` exits 2 naming it;
 /// the target is as it was.
 fn check_and_run_refuse(s: &Scenario, var: &str) {
     let out = s.run(&["check"]);
     let text = stdout(&out);
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(1),
         "check with a bad {var}:\n{text}"
     );
     assert!(
@@ -84,10 +84,10 @@ fn every_command_says_every_invalid_setting_at_once_and_touches_nothing() {
     }
     let all: Vec<&str> = BAD.iter().map(|(v, _)| *v).collect();
 
-    // check: one FAIL line per setting, exit 2.
+    // check: one FAIL line per setting, exit 1 (a check failed).
     let out = s.run(&["check"]);
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
     let fails = config_fails(&text);
     assert_eq!(fails.len(), BAD.len(), "{text}");
     for (var, _) in BAD {
@@ -148,7 +148,7 @@ fn an_invalid_target_or_live_source_is_said_with_the_rest() {
     s.set_env("PG_RESTORE_JOBS", "65");
     let out = s.run(&["check"]);
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
     let fails = config_fails(&text);
     assert_eq!(fails.len(), 3, "{text}");
     for var in ["DATABASE_URL", "SOURCE_DATABASE_URL", "PG_RESTORE_JOBS"] {

@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
-use crate::error::StepError;
 use crate::masking::Masker;
 use crate::replica::sqlstate::classify;
 use crate::replica::{PgEndpoint, PostgresError, RESTORE_APPLICATION_NAME};
@@ -115,15 +114,13 @@ impl ApplyError {
     }
 }
 
-impl From<ApplyError> for StepError {
-    fn from(e: ApplyError) -> StepError {
-        if let ApplyError::Stream(e) = e {
-            return e.into();
-        }
-        if e.is_transient() {
-            StepError::transient(e.to_string())
-        } else {
-            StepError::permanent(e.to_string())
+impl crate::error::Classify for ApplyError {
+    fn kind(&self) -> crate::error::FailureKind {
+        use crate::error::FailureKind;
+        match self {
+            ApplyError::Stream(e) => e.kind(),
+            e if e.is_transient() => FailureKind::Transient,
+            _ => FailureKind::Permanent,
         }
     }
 }
