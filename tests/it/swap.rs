@@ -710,25 +710,23 @@ fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
         new_backup(&s, rows);
         s.set_env(sleep, "30");
         let mut child = s.spawn(&["run", "--force"]);
-        let sleeping = "SELECT count(*) FROM pg_stat_activity
-                         WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()";
+        let sleeping = format!("SELECT count(*) {}", switch_sleeping(&s));
         crate::common::scenario::eventually(
             Duration::from_secs(120),
             "the switch's transaction sleeping",
-            || s.cluster.superuser_psql("postgres", sleeping).trim() == "1",
+            || s.cluster.superuser_psql("postgres", &sleeping).trim() == "1",
         );
         kill_9(&mut child);
         if end_session {
             s.cluster.superuser_psql(
                 "postgres",
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                  WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+                &format!("SELECT pg_terminate_backend(pid) {}", switch_sleeping(&s)),
             );
         }
         crate::common::scenario::eventually(
             Duration::from_secs(90),
             "the switch's session gone",
-            || s.cluster.superuser_psql("postgres", sleeping).trim() == "0",
+            || s.cluster.superuser_psql("postgres", &sleeping).trim() == "0",
         );
         // One snapshot for both: the digest and whether the shadow is still there.
         let state = s.target_psql(&format!(
@@ -756,6 +754,16 @@ fn a_kill_during_the_switch_ends_exactly_switched_or_exactly_not() {
         assert_eq!(s.status_json()["phase"], "Done");
         assert_eq!(s.target_psql(LEFT_BEHIND), "0");
     }
+}
+
+/// `FROM ... WHERE` the session of `s`'s switch sleeping in its transaction (the test hook's
+/// `pg_sleep(30)`), on `s`'s target only: two such tests may run at once on the cluster.
+pub(crate) fn switch_sleeping(s: &Scenario) -> String {
+    format!(
+        "FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()
+            AND datname = '{}'",
+        s.target.dbname
+    )
 }
 
 /// Issue 21's figure, run by hand (minutes, not for the suite):

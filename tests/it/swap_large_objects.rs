@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::common::pg::{PgCluster, shared_cluster_version};
 use crate::common::scenario::{Scenario, kill_9, stderr, stdout};
+use crate::swap::switch_sleeping;
 
 /// The reader role every source grants its large objects to (roles are the cluster's, so the
 /// dump's `GRANT ... ON LARGE OBJECT` names a role the target knows).
@@ -292,23 +293,21 @@ fn a_kill_during_the_switch_keeps_yesterdays_large_objects_or_tonights_never_hal
     s.set_env(sleep, "30");
     let switched_before = s.target_psql("SELECT count(*) FROM replicator.switches");
     let mut child = s.spawn(&["run", "--force"]);
-    let sleeping = "SELECT count(*) FROM pg_stat_activity
-                     WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()";
+    let sleeping = format!("SELECT count(*) {}", switch_sleeping(&s));
     crate::common::scenario::eventually(
         Duration::from_secs(120),
         "the switch's transaction sleeping",
-        || s.cluster.superuser_psql("postgres", sleeping).trim() == "1",
+        || s.cluster.superuser_psql("postgres", &sleeping).trim() == "1",
     );
     kill_9(&mut child);
     s.cluster.superuser_psql(
         "postgres",
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+        &format!("SELECT pg_terminate_backend(pid) {}", switch_sleeping(&s)),
     );
     crate::common::scenario::eventually(
         Duration::from_secs(90),
         "the switch's session gone",
-        || s.cluster.superuser_psql("postgres", sleeping).trim() == "0",
+        || s.cluster.superuser_psql("postgres", &sleeping).trim() == "0",
     );
     // One snapshot: the large objects, what is still kept, whether the switch committed (a
     // loaded host may let the sleep end before the session is ended: then it committed).
