@@ -34,6 +34,8 @@
 
 #[path = "../tests/it/common/fake_scalingo.rs"]
 mod fake_scalingo;
+#[path = "replicate/many.rs"]
+mod many;
 #[path = "../tests/it/common/pg.rs"]
 mod pg;
 
@@ -87,6 +89,13 @@ cargo bench --bench replicate -- [options]
                      statement at a time without parallel workers, foreign keys NOT VALID; its
                      statements' sum over the cores is the shortest any restore's rows section
                      can take on this host (needs a first run that leaves the source in place)
+  --many SxT         the source is S schemas of T small tables each (a serial key, an index and
+                     5 rows a table) instead of --size-mb's six tables; the seed restores every
+                     schema; the report gives each step's time per table. The server's
+                     max_locks_per_transaction is raised where the seed's DROP OWNED needs it
+  --no-fsync         the server runs with fsync, synchronous_commit and full_page_writes off
+                     (the test harness's settings) instead of a production server's: what is
+                     left is each object's CPU and round trips, no disk flush
 ";
 
 /// `--rules`: three masked columns on the two largest tables and a row filter on the largest.
@@ -117,6 +126,8 @@ struct Args {
     throttle_mb: Option<u64>,
     floor: bool,
     reader: bool,
+    many: Option<many::Many>,
+    no_fsync: bool,
 }
 
 fn parse_args() -> Args {
@@ -138,6 +149,8 @@ fn parse_args() -> Args {
         throttle_mb: None,
         floor: false,
         reader: false,
+        many: None,
+        no_fsync: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -170,6 +183,14 @@ fn parse_args() -> Args {
             "--rules" => a.rules = true,
             "--floor" => a.floor = true,
             "--reader" => a.reader = true,
+            "--no-fsync" => a.no_fsync = true,
+            "--many" => {
+                let v = value("--many");
+                a.many = Some(
+                    many::Many::parse(&v)
+                        .unwrap_or_else(|| die(&format!("--many {v}: expected SxT, e.g. 25x100"))),
+                );
+            }
             "--throttle-mb" => a.throttle_mb = Some(number(&value("--throttle-mb"))),
             "--shared-buffers" => a.shared_buffers = value("--shared-buffers"),
             "--replicator" => a.bin = PathBuf::from(value("--replicator")),
@@ -346,6 +367,14 @@ SELECT 'constraint', conrelid::regclass::text, conname, contype, convalidated, p
         .collect()
 }
 
+/// The fingerprint of the source's shape: schema public's six tables, or every schema.
+fn fingerprint_of(args: &Args, cluster: &PgCluster, db: &str) -> Vec<String> {
+    match args.many {
+        Some(_) => many::fingerprint(cluster, db),
+        None => fingerprint(cluster, db),
+    }
+}
+
 /// `Ok(n)`: the target is the source, except `n` foreign keys that are `NOT VALID` there.
 fn compare(source: &[String], target: &[String]) -> Result<usize, String> {
     let mut not_valid = 0;
@@ -391,23 +420,36 @@ struct Cached {
 
 /// Builds (or finds in the cache) the source's dump, archive and fingerprint.
 fn cached_source(cluster: &PgCluster, args: &Args) -> Cached {
-    let dir = args
-        .cache_dir
-        .join(format!("source-v{SOURCE_VERSION}-{}mb", args.size_mb));
+    let dir = match args.many {
+        Some(m) => args.cache_dir.join(m.cache_name(SOURCE_VERSION)),
+        None => args
+            .cache_dir
+            .join(format!("source-v{SOURCE_VERSION}-{}mb", args.size_mb)),
+    };
     let dump = dir.join(format!("{BACKUP_NAME}.pgsql"));
     let archive = dir.join(format!("{BACKUP_NAME}.tar.gz"));
     let fp_file = dir.join("fingerprint.txt");
     let size_file = dir.join("source_bytes.txt");
     if !(dump.exists() && archive.exists() && fp_file.exists() && size_file.exists()) {
         fs::create_dir_all(&dir).expect("create the cache directory");
-        let units = ((args.size_mb as f64) * UNITS_PER_MB).max(1000.0) as u64;
-        log(&format!(
-            "building a source of ~{} MiB ({units} users) in {}",
-            args.size_mb,
-            dir.display()
-        ));
         cluster.create_source("bench_source");
-        cluster.superuser_psql("bench_source", &source_sql(units));
+        if let Some(m) = args.many {
+            log(&format!(
+                "building a source of {} schemas x {} tables in {}",
+                m.schemas,
+                m.tables,
+                dir.display()
+            ));
+            cluster.superuser_psql("bench_source", &m.source_sql());
+        } else {
+            let units = ((args.size_mb as f64) * UNITS_PER_MB).max(1000.0) as u64;
+            log(&format!(
+                "building a source of ~{} MiB ({units} users) in {}",
+                args.size_mb,
+                dir.display()
+            ));
+            cluster.superuser_psql("bench_source", &source_sql(units));
+        }
         cluster.superuser_psql("bench_source", "VACUUM ANALYZE");
         let bytes: u64 = cluster
             .superuser_psql(
@@ -429,7 +471,7 @@ fn cached_source(cluster: &PgCluster, args: &Args) -> Cached {
         write_archive(&dump, &format!("{BACKUP_NAME}.pgsql"), &partial).expect("archive");
         fs::rename(&partial, &archive).unwrap();
         log("fingerprinting the source");
-        let fp = fingerprint(cluster, "bench_source");
+        let fp = fingerprint_of(args, cluster, "bench_source");
         fs::write(&fp_file, fp.join("\n")).unwrap();
         fs::write(&size_file, bytes.to_string()).unwrap();
         // Not needed any more: it would only take the target's place in the page cache.
@@ -720,10 +762,14 @@ fn pg_restore_into(
     dump: &Path,
     jobs: u32,
     sections: &[&str],
+    every_schema: bool,
 ) {
     let mut c = Command::new("pg_restore");
     c.arg(format!("-j{jobs}"))
-        .args(["--no-owner", "--no-comments", "--schema", "public"]);
+        .args(["--no-owner", "--no-comments"]);
+    if !every_schema {
+        c.args(["--schema", "public"]);
+    }
     for s in sections {
         c.arg(format!("--section={s}"));
     }
@@ -785,10 +831,21 @@ fn run_seed(
         psql("DROP OWNED BY CURRENT_USER CASCADE");
     });
     let restore = |sections: &[&str]| {
-        pg_restore_into(cluster, target, &dump, args.seed_jobs, sections);
+        pg_restore_into(
+            cluster,
+            target,
+            &dump,
+            args.seed_jobs,
+            sections,
+            args.many.is_some(),
+        );
     };
     timed(&mut phases, "restoring_pre_data", || restore(&["pre-data"]));
     timed(&mut phases, "unlogging", || {
+        if args.many.is_some() {
+            many::seed_unlogging(cluster, target);
+            return;
+        }
         let tables = psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'");
         for t in tables.lines().filter(|l| !l.is_empty()) {
             psql(&format!("ALTER TABLE \"{t}\" SET UNLOGGED"));
@@ -887,7 +944,7 @@ fn run_floor(cluster: &PgCluster, target: &TargetDb, dump: &Path, tables: &[Stri
         psql("DROP OWNED BY CURRENT_USER CASCADE");
     });
     timed(&mut phases, "restoring_pre_data", || {
-        pg_restore_into(cluster, target, dump, 1, &["pre-data"])
+        pg_restore_into(cluster, target, dump, 1, &["pre-data"], false)
     });
     timed(&mut phases, "unlogging", || {
         for table in tables {
@@ -993,17 +1050,20 @@ fn settle(cluster: &PgCluster) {
     }
 }
 
-fn tune(cluster: &PgCluster, shared_buffers: &str) {
-    // A production-like server, not the test harness's (fsync off, 16 MB of buffers).
+fn tune(cluster: &PgCluster, shared_buffers: &str, max_locks: u64, no_fsync: bool) {
+    // A production-like server, not the test harness's (fsync off, 16 MB of buffers), unless
+    // --no-fsync.
+    let durable = if no_fsync { "off" } else { "on" };
     cluster.superuser_psql(
         "postgres",
         &format!(
-            "ALTER SYSTEM SET fsync = on;\n\
-             ALTER SYSTEM SET synchronous_commit = on;\n\
-             ALTER SYSTEM SET full_page_writes = on;\n\
+            "ALTER SYSTEM SET fsync = {durable};\n\
+             ALTER SYSTEM SET synchronous_commit = {durable};\n\
+             ALTER SYSTEM SET full_page_writes = {durable};\n\
              ALTER SYSTEM SET shared_buffers = '{shared_buffers}';\n\
              ALTER SYSTEM SET max_wal_size = '2GB';\n\
-             ALTER SYSTEM SET max_connections = 40;"
+             ALTER SYSTEM SET max_connections = 40;\n\
+             ALTER SYSTEM SET max_locks_per_transaction = {max_locks};"
         ),
     );
     cluster.stop();
@@ -1021,9 +1081,26 @@ fn main() {
             .unwrap_or(1),
         args.cache_dir.display()
     ));
+    if args.many.is_some() && (args.floor || args.rules || args.reader) {
+        die("--many runs without --floor, --rules or --reader");
+    }
     let cluster = PgCluster::start();
+    let max_locks = args.many.map_or(64, |m| m.max_locks_per_transaction());
+    // pg_dump of a many-object source locks every table in one transaction.
+    if args.many.is_some() {
+        tune(&cluster, &args.shared_buffers, max_locks, args.no_fsync);
+    }
     let source = cached_source(&cluster, &args);
-    tune(&cluster, &args.shared_buffers);
+    tune(&cluster, &args.shared_buffers, max_locks, args.no_fsync);
+    if let Some(m) = args.many {
+        log(&format!(
+            "many objects: {} tables; max_locks_per_transaction = {max_locks}",
+            m.total()
+        ));
+    }
+    if args.no_fsync {
+        log("the server runs with fsync, synchronous_commit and full_page_writes off");
+    }
     let archive_len = fs::metadata(&source.archive).unwrap().len();
     let dump_len = fs::metadata(&source.dump).unwrap().len();
     log(&format!(
@@ -1115,7 +1192,7 @@ fn main() {
                 ));
             } else if args.verify {
                 let t = Instant::now();
-                let fp = fingerprint(&cluster, &target.dbname);
+                let fp = fingerprint_of(&args, &cluster, &target.dbname);
                 match compare(&source.fingerprint, &fp) {
                     Ok(n) => log(&format!(
                         "round {round}: {}: the target holds the source ({n} foreign key(s) NOT VALID; checked in {:.0}s)",
@@ -1268,6 +1345,12 @@ fn report(args: &Args, source: &Cached, archive_len: u64, dump_len: u64, results
                 0.6 * median(b.clone())
             ));
         }
+    }
+    if let Some(m) = args.many {
+        if args.no_fsync {
+            out.push_str("\nserver: fsync, synchronous_commit, full_page_writes off\n");
+        }
+        out.push_str(&many::per_table(results, m.total()));
     }
     let rss = results.iter().filter_map(|r| r.peak_rss_kib).max();
     let disk = results
