@@ -84,6 +84,8 @@ pub async fn restore_entries(
             progress(0, total);
             let report = |done: u64| progress(done.min(total), total);
             applier.run_serial(list(&pre), true, &report).await?;
+            // The schema the next steps build on is on disk before the step ends.
+            super::durable::flush(applier.endpoint()).await?;
             progress(total, total);
         }
         Section::DataAndPostData => {
@@ -201,6 +203,8 @@ pub async fn restore_entries(
                 )
                 .await?;
             }
+            // Every row, index and record on disk before the step ends.
+            super::durable::flush(applier.endpoint()).await?;
             progress(total, total);
         }
     }

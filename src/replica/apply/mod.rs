@@ -21,6 +21,7 @@
 //! post-data section, while the rest (foreign keys, triggers, index attachments, materialized
 //! view refreshes) runs in the archive's order once they are done.
 
+mod batch;
 pub mod early;
 mod keys;
 pub mod rehearsal;
@@ -412,7 +413,10 @@ impl Applier {
         }
         parser.finish()?;
         let session = Session::open(self).await?;
-        session.execute(what, "BEGIN").await?;
+        // Committed durably: the last work of its step (`replica/durable.rs`).
+        session
+            .execute(what, "BEGIN; SET LOCAL synchronous_commit = on")
+            .await?;
         for piece in pieces {
             match piece {
                 Piece::Statement(s) => session.execute(what, &s).await?,
@@ -560,7 +564,7 @@ impl Applier {
         // The current entry's dump id, while its record is still to write.
         let mut pending: Option<u32> = None;
         let log = self.log.as_deref().filter(|_| !batch);
-        let mut in_tx = 0usize;
+        let mut in_tx = batch::Batch::default();
         let what = |entry: &Option<EntryHeader>| {
             entry.as_ref().map_or_else(
                 || "the script's settings".to_string(),
@@ -587,20 +591,16 @@ impl Applier {
                         if is_transaction_control(&s) {
                             continue;
                         }
-                        if in_tx == 0 {
-                            session.execute(&what(&entry), "BEGIN").await?;
-                        }
-                        session.execute(&what(&entry), &s).await?;
-                        in_tx += 1;
-                        if in_tx >= PRE_DATA_BATCH {
-                            session.execute(&what(&entry), "COMMIT").await?;
-                            in_tx = 0;
+                        in_tx.push(what(&entry), s);
+                        if in_tx.len() >= PRE_DATA_BATCH {
+                            in_tx.commit(session).await?;
                         }
                     } else {
                         session.execute(&what(&entry), &s).await?;
                     }
                 }
                 Item::Piece(Piece::CopyStart(s)) => {
+                    in_tx.commit(session).await?;
                     let rows = match (&self.masker, &entry) {
                         (Some(m), Some(h)) if h.kind == "TABLE DATA" => m
                             .for_copy(&h.schema, &h.name, &s)
@@ -659,9 +659,7 @@ impl Applier {
                 }
             }
         }
-        if in_tx > 0 {
-            session.execute(&what(&entry), "COMMIT").await?;
-        }
+        in_tx.commit(session).await?;
         if entry.is_some() {
             self.entry_done(session, log, &entry, pending.take())
                 .await?;
