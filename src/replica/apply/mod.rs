@@ -21,6 +21,7 @@
 //! post-data section, while the rest (foreign keys, triggers, index attachments, materialized
 //! view refreshes) runs in the archive's order once they are done.
 
+mod analysis;
 mod batch;
 pub mod early;
 mod keys;
@@ -145,6 +146,8 @@ pub struct Applier {
     /// Settings already said to be left out (said once per process).
     left_out: Arc<Mutex<HashSet<String>>>,
     server_version_num: u32,
+    /// A table loaded with `FREEZE` with fewer rows than this is analyzed without a vacuum.
+    analyze_only_below: u64,
     /// `REPLICA_RULES`: what each table's rows become on their way to the target.
     masker: Option<Arc<Masker>>,
     /// The records of the load (the rows' section): each entry recorded in the target with
@@ -230,6 +233,7 @@ impl Applier {
             .await
             .map(|r| r.get::<_, i32>(0) as u32)
             .unwrap_or(0);
+        let analyze_only_below = analysis::analyze_only_below(&client, server_version_num).await;
         Ok(Applier {
             target: target.clone(),
             dump: dump.to_path_buf(),
@@ -237,6 +241,7 @@ impl Applier {
             known: Arc::new(known),
             left_out: said_settings(),
             server_version_num,
+            analyze_only_below,
             masker: None,
             log: None,
             rewriter: None,
@@ -337,6 +342,7 @@ impl Applier {
         analyzed: Arc<AtomicU64>,
     ) -> Early {
         Early::new(plan, preamble, width, self.spec(), recorder, analyzed)
+            .analyzing_only_below(self.analyze_only_below)
     }
 
     /// Runs the data entries of `list_file` from a streamed archive, in the archive's order, on
@@ -648,7 +654,7 @@ impl Applier {
                             .execute(&what(&entry), &format!("{sql}; {flush} COMMIT"))
                             .await?;
                         pending = None;
-                        l.table_loaded(id, h, n, bytes);
+                        l.table_loaded(id, h, (n, bytes), freeze);
                         if let Some(early) = &l.early {
                             early.check()?;
                         }
