@@ -32,16 +32,19 @@ impl Batch {
         if stmts.is_empty() {
             return Ok(());
         }
-        let sql = session.joined(stmts.iter().map(|(_, s)| s.as_str()));
-        if session
-            .execute_all(&format!("BEGIN;\n{sql}COMMIT"))
-            .await
-            .is_ok()
-        {
-            return Ok(());
+        // In swap mode a large object's statements are kept for the switch, one by one: a
+        // batch with one goes one statement at a time.
+        if let Some(sql) = session.joined(stmts.iter().map(|(_, s)| s.as_str())) {
+            if session
+                .execute_all(&format!("BEGIN;\n{sql}COMMIT"))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            // Rolled back whole: again one at a time, to name the statement that fails.
+            let _ = session.execute_all("ROLLBACK").await;
         }
-        // Rolled back whole: again one at a time, to name the statement that fails.
-        let _ = session.execute_all("ROLLBACK").await;
         let first = stmts.first().map(|(e, _)| e.as_str()).unwrap_or_default();
         session.execute(first, "BEGIN").await?;
         for (entry, stmt) in &stmts {

@@ -180,8 +180,20 @@ impl Session {
     }
 
     /// `stmts` as one script, as [`Session::execute`] would send each of them: pointed at the
-    /// shadow schemas, `SET`s the server does not know left out, each ended by its `;`.
-    pub(super) fn joined<'a>(&self, stmts: impl Iterator<Item = &'a str>) -> String {
+    /// shadow schemas, `SET`s the server does not know left out, each ended by its `;`. `None`
+    /// in swap mode when one of them is about a large object: those are kept for the switch
+    /// one by one ([`Session::execute`]), never sent.
+    pub(super) fn joined<'a>(
+        &self,
+        stmts: impl Iterator<Item = &'a str> + Clone,
+    ) -> Option<String> {
+        if self.rewriter.is_some()
+            && stmts
+                .clone()
+                .any(|s| large_objects::staged(s, Some(u32::MAX)).is_some())
+        {
+            return None;
+        }
         let mut out = String::new();
         for stmt in stmts.filter(|s| !self.left_out(s)) {
             out.push_str(&self.sent(stmt));
@@ -191,7 +203,7 @@ impl Session {
             }
             out.push('\n');
         }
-        out
+        Some(out)
     }
 
     /// Sends `sql` as it is (already [`Session::joined`]), in one round trip.
@@ -326,11 +338,19 @@ impl Session {
         // index of a small table costs little more than its round trips): an error names
         // this entry all the same, and nothing of it commits.
         let record = recorder.insert_sql(id as i32, &header.kind, &qualified(header), 0, 0);
-        let body = self.joined(stmts.iter().map(String::as_str).chain([record.as_str()]));
-        self.client
-            .batch_execute(&format!("BEGIN;\n{body}COMMIT"))
-            .await
-            .map_err(|e| self.error(&what, &e))
+        let all = stmts.iter().map(String::as_str).chain([record.as_str()]);
+        if let Some(body) = self.joined(all.clone()) {
+            return self
+                .client
+                .batch_execute(&format!("BEGIN;\n{body}COMMIT"))
+                .await
+                .map_err(|e| self.error(&what, &e));
+        }
+        self.execute(&what, "BEGIN").await?;
+        for stmt in all {
+            self.execute(&what, stmt).await?;
+        }
+        self.execute(&what, "COMMIT").await
     }
 }
 
