@@ -34,6 +34,8 @@
 
 #[path = "../tests/it/common/fake_scalingo.rs"]
 mod fake_scalingo;
+#[path = "replicate/many.rs"]
+mod many;
 #[path = "../tests/it/common/pg.rs"]
 mod pg;
 
@@ -93,6 +95,13 @@ cargo bench --bench replicate -- [options]
                      statement at a time without parallel workers, foreign keys NOT VALID; its
                      statements' sum over the cores is the shortest any restore's rows section
                      can take on this host (needs a first run that leaves the source in place)
+  --many SxT         the source is S schemas of T small tables each (a serial key, an index and
+                     5 rows a table) instead of --size-mb's six tables; the seed restores every
+                     schema; the report gives each step's time per table. The server's
+                     max_locks_per_transaction is raised where the seed's DROP OWNED needs it
+  --no-fsync         the server runs with fsync, synchronous_commit and full_page_writes off
+                     (the test harness's settings) instead of a production server's: what is
+                     left is each object's CPU and round trips, no disk flush
 ";
 
 /// `--rules`: three masked columns on the two largest tables and a row filter on the largest.
@@ -125,6 +134,8 @@ struct Args {
     reader: bool,
     default_settings: bool,
     ready: bool,
+    many: Option<many::Many>,
+    no_fsync: bool,
 }
 
 fn parse_args() -> Args {
@@ -148,6 +159,8 @@ fn parse_args() -> Args {
         reader: false,
         default_settings: false,
         ready: true,
+        many: None,
+        no_fsync: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -182,6 +195,14 @@ fn parse_args() -> Args {
             "--reader" => a.reader = true,
             "--default-settings" => a.default_settings = true,
             "--no-ready" => a.ready = false,
+            "--no-fsync" => a.no_fsync = true,
+            "--many" => {
+                let v = value("--many");
+                a.many = Some(
+                    many::Many::parse(&v)
+                        .unwrap_or_else(|| die(&format!("--many {v}: expected SxT, e.g. 25x100"))),
+                );
+            }
             "--throttle-mb" => a.throttle_mb = Some(number(&value("--throttle-mb"))),
             "--shared-buffers" => a.shared_buffers = value("--shared-buffers"),
             "--replicator" => a.bin = PathBuf::from(value("--replicator")),
@@ -358,6 +379,14 @@ SELECT 'constraint', conrelid::regclass::text, conname, contype, convalidated, p
         .collect()
 }
 
+/// The fingerprint of the source's shape: schema public's six tables, or every schema.
+fn fingerprint_of(args: &Args, cluster: &PgCluster, db: &str) -> Vec<String> {
+    match args.many {
+        Some(_) => many::fingerprint(cluster, db),
+        None => fingerprint(cluster, db),
+    }
+}
+
 /// `Ok(n)`: the target is the source, except `n` foreign keys that are `NOT VALID` there.
 fn compare(source: &[String], target: &[String]) -> Result<usize, String> {
     let mut not_valid = 0;
@@ -403,23 +432,36 @@ struct Cached {
 
 /// Builds (or finds in the cache) the source's dump, archive and fingerprint.
 fn cached_source(cluster: &PgCluster, args: &Args) -> Cached {
-    let dir = args
-        .cache_dir
-        .join(format!("source-v{SOURCE_VERSION}-{}mb", args.size_mb));
+    let dir = match args.many {
+        Some(m) => args.cache_dir.join(m.cache_name(SOURCE_VERSION)),
+        None => args
+            .cache_dir
+            .join(format!("source-v{SOURCE_VERSION}-{}mb", args.size_mb)),
+    };
     let dump = dir.join(format!("{BACKUP_NAME}.pgsql"));
     let archive = dir.join(format!("{BACKUP_NAME}.tar.gz"));
     let fp_file = dir.join("fingerprint.txt");
     let size_file = dir.join("source_bytes.txt");
     if !(dump.exists() && archive.exists() && fp_file.exists() && size_file.exists()) {
         fs::create_dir_all(&dir).expect("create the cache directory");
-        let units = ((args.size_mb as f64) * UNITS_PER_MB).max(1000.0) as u64;
-        log(&format!(
-            "building a source of ~{} MiB ({units} users) in {}",
-            args.size_mb,
-            dir.display()
-        ));
         cluster.create_source("bench_source");
-        cluster.superuser_psql("bench_source", &source_sql(units));
+        if let Some(m) = args.many {
+            log(&format!(
+                "building a source of {} schemas x {} tables in {}",
+                m.schemas,
+                m.tables,
+                dir.display()
+            ));
+            cluster.superuser_psql("bench_source", &m.source_sql());
+        } else {
+            let units = ((args.size_mb as f64) * UNITS_PER_MB).max(1000.0) as u64;
+            log(&format!(
+                "building a source of ~{} MiB ({units} users) in {}",
+                args.size_mb,
+                dir.display()
+            ));
+            cluster.superuser_psql("bench_source", &source_sql(units));
+        }
         cluster.superuser_psql("bench_source", "VACUUM ANALYZE");
         let bytes: u64 = cluster
             .superuser_psql(
@@ -441,7 +483,7 @@ fn cached_source(cluster: &PgCluster, args: &Args) -> Cached {
         write_archive(&dump, &format!("{BACKUP_NAME}.pgsql"), &partial).expect("archive");
         fs::rename(&partial, &archive).unwrap();
         log("fingerprinting the source");
-        let fp = fingerprint(cluster, "bench_source");
+        let fp = fingerprint_of(args, cluster, "bench_source");
         fs::write(&fp_file, fp.join("\n")).unwrap();
         fs::write(&size_file, bytes.to_string()).unwrap();
         // Not needed any more: it would only take the target's place in the page cache.
@@ -735,10 +777,14 @@ fn pg_restore_into(
     dump: &Path,
     jobs: u32,
     sections: &[&str],
+    every_schema: bool,
 ) {
     let mut c = Command::new("pg_restore");
     c.arg(format!("-j{jobs}"))
-        .args(["--no-owner", "--no-comments", "--schema", "public"]);
+        .args(["--no-owner", "--no-comments"]);
+    if !every_schema {
+        c.args(["--schema", "public"]);
+    }
     for s in sections {
         c.arg(format!("--section={s}"));
     }
@@ -800,10 +846,21 @@ fn run_seed(
         psql("DROP OWNED BY CURRENT_USER CASCADE");
     });
     let restore = |sections: &[&str]| {
-        pg_restore_into(cluster, target, &dump, args.seed_jobs, sections);
+        pg_restore_into(
+            cluster,
+            target,
+            &dump,
+            args.seed_jobs,
+            sections,
+            args.many.is_some(),
+        );
     };
     timed(&mut phases, "restoring_pre_data", || restore(&["pre-data"]));
     timed(&mut phases, "unlogging", || {
+        if args.many.is_some() {
+            many::seed_unlogging(cluster, target);
+            return;
+        }
         let tables = psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'");
         for t in tables.lines().filter(|l| !l.is_empty()) {
             psql(&format!("ALTER TABLE \"{t}\" SET UNLOGGED"));
@@ -903,7 +960,7 @@ fn run_floor(cluster: &PgCluster, target: &TargetDb, dump: &Path, tables: &[Stri
         psql("DROP OWNED BY CURRENT_USER CASCADE");
     });
     timed(&mut phases, "restoring_pre_data", || {
-        pg_restore_into(cluster, target, dump, 1, &["pre-data"])
+        pg_restore_into(cluster, target, dump, 1, &["pre-data"], false)
     });
     timed(&mut phases, "unlogging", || {
         for table in tables {
@@ -1040,9 +1097,10 @@ fn wait_ready(cluster: &PgCluster, target: &TargetDb) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn tune(cluster: &PgCluster, shared_buffers: &str, defaults: bool) {
-    // A production-like server, not the test harness's (fsync off, 16 MB of buffers); with
-    // `defaults`, PostgreSQL's own settings.
+fn tune(cluster: &PgCluster, shared_buffers: &str, max_locks: u64, no_fsync: bool, defaults: bool) {
+    // A production-like server, not the test harness's (fsync off, 16 MB of buffers), unless
+    // --no-fsync; with --default-settings, PostgreSQL's own settings.
+    let durable = if no_fsync { "off" } else { "on" };
     let (buffers, wal, connections) = if defaults {
         ("128MB", "1GB", 100)
     } else {
@@ -1051,12 +1109,13 @@ fn tune(cluster: &PgCluster, shared_buffers: &str, defaults: bool) {
     cluster.superuser_psql(
         "postgres",
         &format!(
-            "ALTER SYSTEM SET fsync = on;\n\
-             ALTER SYSTEM SET synchronous_commit = on;\n\
-             ALTER SYSTEM SET full_page_writes = on;\n\
+            "ALTER SYSTEM SET fsync = {durable};\n\
+             ALTER SYSTEM SET synchronous_commit = {durable};\n\
+             ALTER SYSTEM SET full_page_writes = {durable};\n\
              ALTER SYSTEM SET shared_buffers = '{buffers}';\n\
              ALTER SYSTEM SET max_wal_size = '{wal}';\n\
-             ALTER SYSTEM SET max_connections = {connections};"
+             ALTER SYSTEM SET max_connections = {connections};\n\
+             ALTER SYSTEM SET max_locks_per_transaction = {max_locks};"
         ),
     );
     cluster.stop();
@@ -1074,11 +1133,40 @@ fn main() {
             .unwrap_or(1),
         args.cache_dir.display()
     ));
+    if args.many.is_some() && (args.floor || args.rules || args.reader) {
+        die("--many runs without --floor, --rules or --reader");
+    }
     let cluster = PgCluster::start();
+    let max_locks = args.many.map_or(64, |m| m.max_locks_per_transaction());
+    // pg_dump of a many-object source locks every table in one transaction.
+    if args.many.is_some() {
+        tune(
+            &cluster,
+            &args.shared_buffers,
+            max_locks,
+            args.no_fsync,
+            args.default_settings,
+        );
+    }
     let source = cached_source(&cluster, &args);
-    tune(&cluster, &args.shared_buffers, args.default_settings);
+    tune(
+        &cluster,
+        &args.shared_buffers,
+        max_locks,
+        args.no_fsync,
+        args.default_settings,
+    );
     if args.default_settings {
         log("the server runs with PostgreSQL's default settings (shared_buffers 128MB)");
+    }
+    if let Some(m) = args.many {
+        log(&format!(
+            "many objects: {} tables; max_locks_per_transaction = {max_locks}",
+            m.total()
+        ));
+    }
+    if args.no_fsync {
+        log("the server runs with fsync, synchronous_commit and full_page_writes off");
     }
     let archive_len = fs::metadata(&source.archive).unwrap().len();
     let dump_len = fs::metadata(&source.dump).unwrap().len();
@@ -1181,7 +1269,7 @@ fn main() {
                 ));
             } else if args.verify {
                 let t = Instant::now();
-                let fp = fingerprint(&cluster, &target.dbname);
+                let fp = fingerprint_of(&args, &cluster, &target.dbname);
                 match compare(&source.fingerprint, &fp) {
                     Ok(n) => log(&format!(
                         "round {round}: {}: the target holds the source ({n} foreign key(s) NOT VALID; checked in {:.0}s)",
@@ -1359,6 +1447,12 @@ fn report(args: &Args, source: &Cached, archive_len: u64, dump_len: u64, results
                 0.6 * median(b.clone())
             ));
         }
+    }
+    if let Some(m) = args.many {
+        if args.no_fsync {
+            out.push_str("\nserver: fsync, synchronous_commit, full_page_writes off\n");
+        }
+        out.push_str(&many::per_table(results, m.total()));
     }
     let rss = results.iter().filter_map(|r| r.peak_rss_kib).max();
     let disk = results

@@ -16,6 +16,7 @@
 pub mod apply;
 mod checks;
 pub mod dependents;
+pub(crate) mod durable;
 pub mod fk;
 pub mod identity;
 mod lock;

@@ -7,7 +7,7 @@
 //!   order, from the dump file or the stream, each table's rows in one transaction with its
 //!   record (`COPY ... FREEZE`); each table's indexes and keys start as soon as its rows are in
 //!   ([`plan_early`]), a key as a unique index first ([`super::apply::key_as_index`]), then the
-//!   table is vacuumed and analyzed; what no load analyzed is analyzed once the post-data
+//!   table is vacuumed and analyzed (analyzed alone when small and loaded frozen); what no load analyzed is analyzed once the post-data
 //!   section is done ([`super::statistics::analyze_the_rest`]). Without records (a section
 //!   restored on its own): each table's rows from a `pg_restore` of their own entry.
 //! - **post-data**: what is left of the indexes and primary/unique/check constraints over
@@ -84,6 +84,8 @@ pub async fn restore_entries(
             progress(0, total);
             let report = |done: u64| progress(done.min(total), total);
             applier.run_serial(list(&pre), true, &report).await?;
+            // The schema the next steps build on is on disk before the step ends.
+            super::durable::flush(applier.endpoint()).await?;
             progress(total, total);
         }
         Section::DataAndPostData => {
@@ -175,7 +177,7 @@ pub async fn restore_entries(
                 tracing::info!(
                     tables = n,
                     analyze_seconds = early.analyzing_seconds(),
-                    "{n} table(s) vacuumed and analyzed as soon as their rows and indexes were in ({:.1}s of VACUUM (ANALYZE), beside the loads)",
+                    "{n} table(s) analyzed as soon as their rows and indexes were in ({:.1}s of VACUUM (ANALYZE), or ANALYZE alone for small tables loaded frozen, beside the loads)",
                     early.analyzing_seconds()
                 );
             }
@@ -201,6 +203,8 @@ pub async fn restore_entries(
                 )
                 .await?;
             }
+            // Every row, index and record on disk before the step ends.
+            super::durable::flush(applier.endpoint()).await?;
             progress(total, total);
         }
     }

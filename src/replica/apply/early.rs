@@ -81,15 +81,22 @@ impl LoadLog {
             .and_then(VecDeque::pop_front)
     }
 
-    /// A table's rows are in (committed with their record).
-    pub(super) fn table_loaded(&self, id: u32, h: &EntryHeader, rows: u64, bytes: u64) {
+    /// A table's rows are in (committed with their record; `frozen`: with `COPY ... FREEZE`).
+    pub(super) fn table_loaded(
+        &self,
+        id: u32,
+        h: &EntryHeader,
+        (rows, bytes): (u64, u64),
+        frozen: bool,
+    ) {
         self.tables.lock().expect("tables lock").push(TableLoad {
             table: format!("{}.{}", h.schema, h.name),
             rows,
             bytes,
         });
         if let Some(early) = &self.early {
-            early.loaded(id, (h.schema.clone(), h.name.clone()));
+            let vacuum = !(frozen && rows < early.analyze_only_below);
+            early.loaded(id, (h.schema.clone(), h.name.clone()), vacuum);
         }
     }
 }
@@ -141,6 +148,9 @@ pub struct Early {
     analyzed_count: Arc<AtomicU64>,
     /// Microseconds spent in those `ANALYZE`s, summed over the sessions.
     analyzing: Arc<AtomicU64>,
+    /// Tables loaded with `FREEZE` with fewer rows are analyzed without a vacuum
+    /// ([`super::analysis`]).
+    analyze_only_below: u64,
 }
 
 impl Early {
@@ -166,7 +176,14 @@ impl Early {
             analyzed: Arc::new(Mutex::new(HashSet::new())),
             analyzed_count,
             analyzing: Arc::new(AtomicU64::new(0)),
+            analyze_only_below: 0,
         }
+    }
+
+    /// Tables loaded with `FREEZE` with fewer than `rows` are analyzed without a vacuum.
+    pub(super) fn analyzing_only_below(mut self, rows: u64) -> Early {
+        self.analyze_only_below = rows;
+        self
     }
 
     /// Starts the entries that wait for table data `id` (0: those that wait for nothing).
@@ -175,9 +192,10 @@ impl Early {
     }
 
     /// The rows of `table` (table data `id`) are in: its entries start, and once the last is
-    /// done, the table is analyzed on that entry's session (one of the same `width`).
-    pub(super) fn loaded(&self, id: u32, table: (String, String)) {
-        self.launch_then_analyze(id, Some(table));
+    /// done, the table is analyzed on that entry's session (one of the same `width`), with a
+    /// vacuum or not.
+    pub(super) fn loaded(&self, id: u32, table: (String, String), vacuum: bool) {
+        self.launch_then_analyze(id, Some((table, vacuum)));
     }
 
     /// The tables this attempt analyzed, as the dump names them.
@@ -190,7 +208,7 @@ impl Early {
         self.analyzing.load(Ordering::Relaxed) as f64 / 1e6
     }
 
-    fn launch_then_analyze(&self, id: u32, table: Option<(String, String)>) {
+    fn launch_then_analyze(&self, id: u32, table: Option<((String, String), bool)>) {
         let entries = self
             .plan
             .lock()
@@ -199,10 +217,10 @@ impl Early {
             .unwrap_or_default();
         // Whoever finishes the table's last entry analyzes it (a table without any: a task of
         // its own).
-        let analyze = table.map(|t| {
+        let analyze = table.map(|(t, vacuum)| {
             (
                 Arc::new(AtomicUsize::new(entries.len())),
-                Arc::new(t),
+                Arc::new((t, vacuum)),
                 self.analyzed.clone(),
                 (self.analyzed_count.clone(), self.analyzing.clone()),
             )
@@ -312,18 +330,27 @@ impl Early {
     }
 }
 
-/// `VACUUM (ANALYZE)` of `table` (its rows and indexes in), counted.
+/// `VACUUM (ANALYZE)` of `table` (its rows and indexes in), or `ANALYZE` alone without
+/// `vacuum`, counted.
 async fn analyze_table(
     session: &Session,
-    table: &(String, String),
+    (table, vacuum): &((String, String), bool),
     names: &Mutex<HashSet<(String, String)>>,
     (count, micros): &(Arc<AtomicU64>, Arc<AtomicU64>),
 ) -> Result<(), ApplyError> {
-    let what = format!("VACUUM ANALYZE of {}.{}", table.0, table.1);
+    let (what, sql) = if *vacuum {
+        (
+            format!("VACUUM ANALYZE of {}.{}", table.0, table.1),
+            analyze_sql(&table.0, &table.1),
+        )
+    } else {
+        (
+            format!("ANALYZE of {}.{}", table.0, table.1),
+            super::analysis::analyze_only_sql(&table.0, &table.1),
+        )
+    };
     let started = std::time::Instant::now();
-    session
-        .execute(&what, &analyze_sql(&table.0, &table.1))
-        .await?;
+    session.execute(&what, &sql).await?;
     micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     names.lock().expect("analyzed lock").insert(table.clone());
     count.fetch_add(1, Ordering::Relaxed);

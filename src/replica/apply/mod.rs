@@ -21,6 +21,8 @@
 //! post-data section, while the rest (foreign keys, triggers, index attachments, materialized
 //! view refreshes) runs in the archive's order once they are done.
 
+mod analysis;
+mod batch;
 pub mod early;
 mod keys;
 pub mod rehearsal;
@@ -141,6 +143,8 @@ pub struct Applier {
     /// Settings already said to be left out (said once per process).
     left_out: Arc<Mutex<HashSet<String>>>,
     server_version_num: u32,
+    /// A table loaded with `FREEZE` with fewer rows than this is analyzed without a vacuum.
+    analyze_only_below: u64,
     /// `REPLICA_RULES`: what each table's rows become on their way to the target.
     masker: Option<Arc<Masker>>,
     /// The records of the load (the rows' section): each entry recorded in the target with
@@ -226,6 +230,7 @@ impl Applier {
             .await
             .map(|r| r.get::<_, i32>(0) as u32)
             .unwrap_or(0);
+        let analyze_only_below = analysis::analyze_only_below(&client, server_version_num).await;
         Ok(Applier {
             target: target.clone(),
             dump: dump.to_path_buf(),
@@ -233,6 +238,7 @@ impl Applier {
             known: Arc::new(known),
             left_out: said_settings(),
             server_version_num,
+            analyze_only_below,
             masker: None,
             log: None,
             rewriter: None,
@@ -333,6 +339,7 @@ impl Applier {
         analyzed: Arc<AtomicU64>,
     ) -> Early {
         Early::new(plan, preamble, width, self.spec(), recorder, analyzed)
+            .analyzing_only_below(self.analyze_only_below)
     }
 
     /// Runs the data entries of `list_file` from a streamed archive, in the archive's order, on
@@ -409,7 +416,10 @@ impl Applier {
         }
         parser.finish()?;
         let session = Session::open(self).await?;
-        session.execute(what, "BEGIN").await?;
+        // Committed durably: the last work of its step (`replica/durable.rs`).
+        session
+            .execute(what, "BEGIN; SET LOCAL synchronous_commit = on")
+            .await?;
         for piece in pieces {
             match piece {
                 Piece::Statement(s) => session.execute(what, &s).await?,
@@ -557,7 +567,7 @@ impl Applier {
         // The current entry's dump id, while its record is still to write.
         let mut pending: Option<u32> = None;
         let log = self.log.as_deref().filter(|_| !batch);
-        let mut in_tx = 0usize;
+        let mut in_tx = batch::Batch::default();
         let what = |entry: &Option<EntryHeader>| {
             entry.as_ref().map_or_else(
                 || "the script's settings".to_string(),
@@ -584,20 +594,16 @@ impl Applier {
                         if is_transaction_control(&s) {
                             continue;
                         }
-                        if in_tx == 0 {
-                            session.execute(&what(&entry), "BEGIN").await?;
-                        }
-                        session.execute(&what(&entry), &s).await?;
-                        in_tx += 1;
-                        if in_tx >= PRE_DATA_BATCH {
-                            session.execute(&what(&entry), "COMMIT").await?;
-                            in_tx = 0;
+                        in_tx.push(what(&entry), s);
+                        if in_tx.len() >= PRE_DATA_BATCH {
+                            in_tx.commit(session).await?;
                         }
                     } else {
                         session.execute(&what(&entry), &s).await?;
                     }
                 }
                 Item::Piece(Piece::CopyStart(s)) => {
+                    in_tx.commit(session).await?;
                     let rows = match (&self.masker, &entry) {
                         (Some(m), Some(h)) if h.kind == "TABLE DATA" => m
                             .for_copy(&h.schema, &h.name, &s)
@@ -645,7 +651,7 @@ impl Applier {
                             .execute(&what(&entry), &format!("{sql}; {flush} COMMIT"))
                             .await?;
                         pending = None;
-                        l.table_loaded(id, h, n, bytes);
+                        l.table_loaded(id, h, (n, bytes), freeze);
                         if let Some(early) = &l.early {
                             early.check()?;
                         }
@@ -656,9 +662,7 @@ impl Applier {
                 }
             }
         }
-        if in_tx > 0 {
-            session.execute(&what(&entry), "COMMIT").await?;
-        }
+        in_tx.commit(session).await?;
         if entry.is_some() {
             self.entry_done(session, log, &entry, pending.take())
                 .await?;

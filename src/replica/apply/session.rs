@@ -92,6 +92,12 @@ impl Session {
 
     pub(super) async fn open_spec(spec: &SessionSpec) -> Result<Session, ApplyError> {
         let client = spec.target.connect_as(RESTORE_APPLICATION_NAME).await?;
+        // Its commits do not wait for their own disk flush; each step ends with one that does
+        // (`replica/durable.rs`).
+        client
+            .batch_execute(crate::replica::durable::ASYNC_COMMIT_SQL)
+            .await
+            .map_err(|e| spec.target.query_error("setting synchronous_commit", e))?;
         Ok(Session {
             client,
             target: spec.target.describe(),
@@ -157,16 +163,57 @@ impl Session {
         }
     }
 
+    /// Is `stmt` a `SET` of a setting the server does not know (said once, then left out)?
+    fn left_out(&self, stmt: &str) -> bool {
+        let Some(name) = set_name(stmt).filter(|n| !n.contains('.') && !self.known.contains(n))
+        else {
+            return false;
+        };
+        if self.said.lock().expect("said lock").insert(name.clone()) {
+            tracing::info!(
+                setting = %name,
+                "left out `{}`: the target's server does not know the setting {name} (a newer pg_restore writes it)",
+                stmt.trim()
+            );
+        }
+        true
+    }
+
+    /// `stmts` as one script, as [`Session::execute`] would send each of them: pointed at the
+    /// shadow schemas, `SET`s the server does not know left out, each ended by its `;`. `None`
+    /// in swap mode when one of them is about a large object: those are kept for the switch
+    /// one by one ([`Session::execute`]), never sent.
+    pub(super) fn joined<'a>(
+        &self,
+        stmts: impl Iterator<Item = &'a str> + Clone,
+    ) -> Option<String> {
+        if self.rewriter.is_some()
+            && stmts
+                .clone()
+                .any(|s| large_objects::staged(s, Some(u32::MAX)).is_some())
+        {
+            return None;
+        }
+        let mut out = String::new();
+        for stmt in stmts.filter(|s| !self.left_out(s)) {
+            out.push_str(&self.sent(stmt));
+            // A statement that does not end with `;` (or ends with a comment) is ended here.
+            if !stmt.trim_end().ends_with(';') {
+                out.push_str("\n;");
+            }
+            out.push('\n');
+        }
+        Some(out)
+    }
+
+    /// Sends `sql` as it is (already [`Session::joined`]), in one round trip.
+    pub(super) async fn execute_all(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute(sql).await
+    }
+
     /// Sends one statement, unless it sets a setting the server does not know.
     pub(super) async fn execute(&self, entry: &str, stmt: &str) -> Result<(), ApplyError> {
-        if let Some(name) = set_name(stmt).filter(|n| !n.contains('.') && !self.known.contains(n)) {
-            if self.said.lock().expect("said lock").insert(name.clone()) {
-                tracing::info!(
-                    setting = %name,
-                    "left out `{}`: the target's server does not know the setting {name} (a newer pg_restore writes it)",
-                    stmt.trim()
-                );
-            }
+        if self.left_out(stmt) {
             return Ok(());
         }
         if self.rewriter.is_some() {
@@ -281,23 +328,29 @@ impl Session {
         record: Option<(&crate::replica::records::Recorder, u32)>,
     ) -> Result<(), ApplyError> {
         let what = header.describe();
-        let record = record.filter(|(_, id)| *id > 0);
-        if record.is_some() {
-            self.execute(&what, "BEGIN").await?;
+        let Some((recorder, id)) = record.filter(|(_, id)| *id > 0) else {
+            for stmt in stmts {
+                self.execute(&what, stmt).await?;
+            }
+            return Ok(());
+        };
+        // The entry's statements and its record in one transaction and one round trip (an
+        // index of a small table costs little more than its round trips): an error names
+        // this entry all the same, and nothing of it commits.
+        let record = recorder.insert_sql(id as i32, &header.kind, &qualified(header), 0, 0);
+        let all = stmts.iter().map(String::as_str).chain([record.as_str()]);
+        if let Some(body) = self.joined(all.clone()) {
+            return self
+                .client
+                .batch_execute(&format!("BEGIN;\n{body}COMMIT"))
+                .await
+                .map_err(|e| self.error(&what, &e));
         }
-        for stmt in stmts {
+        self.execute(&what, "BEGIN").await?;
+        for stmt in all {
             self.execute(&what, stmt).await?;
         }
-        if let Some((recorder, id)) = record {
-            let name = qualified(header);
-            self.execute(
-                &what,
-                &recorder.insert_sql(id as i32, &header.kind, &name, 0, 0),
-            )
-            .await?;
-            self.execute(&what, "COMMIT").await?;
-        }
-        Ok(())
+        self.execute(&what, "COMMIT").await
     }
 }
 
