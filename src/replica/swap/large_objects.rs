@@ -25,17 +25,16 @@ use super::super::url::PgEndpoint;
 use crate::error::StepError;
 
 /// The staging table and its index of what is kept once. Created by the swap's `Dropping`
-/// (empty) and by the rehearsal (in its transaction).
-pub const CREATE_SQL: &str = "SET client_min_messages = warning;
-    CREATE SCHEMA IF NOT EXISTS replicator;
+/// (empty) and by the rehearsal (in its transaction), on sessions that already keep notices
+/// (`... already exists, skipping`) to themselves.
+pub const CREATE_SQL: &str = "CREATE SCHEMA IF NOT EXISTS replicator;
     CREATE TABLE IF NOT EXISTS replicator.staged_large_objects (
         n bigserial PRIMARY KEY,
         phase smallint NOT NULL,
         loid oid NOT NULL,
         statement text NOT NULL);
     CREATE UNIQUE INDEX IF NOT EXISTS staged_large_objects_once
-        ON replicator.staged_large_objects (phase, loid, md5(statement)) WHERE phase <> 1;
-    RESET client_min_messages";
+        ON replicator.staged_large_objects (phase, loid, md5(statement)) WHERE phase <> 1";
 
 /// Empties the staging table (a new build of tonight's copy, or an abandoned run's leftovers).
 pub const CLEAR_SQL: &str = "TRUNCATE replicator.staged_large_objects";
