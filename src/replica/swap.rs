@@ -307,9 +307,14 @@ pub async fn prepare(
     Ok(())
 }
 
+/// Forgets every record of a table's load (`replicator.loaded`), when there is one.
+const FORGET_LOADS_SQL: &str = "DO $replicator$ BEGIN
+      IF to_regclass('replicator.loaded') IS NOT NULL THEN TRUNCATE replicator.loaded; END IF;
+    END $replicator$";
+
 /// Drops every schema of a swap's names the role owns (shadows of a run that did not switch,
-/// yesterday's schemas a switch could not drop), and empties the large objects an earlier
-/// build kept for its switch. Returns how many schemas.
+/// yesterday's schemas a switch could not drop), and empties what an earlier build kept (the
+/// large objects for its switch, the records of its loads). Returns how many schemas.
 pub async fn drop_leftovers(target: &PgEndpoint, client: &Client) -> Result<usize, StepError> {
     let rows = client
         .query(
@@ -326,15 +331,17 @@ pub async fn drop_leftovers(target: &PgEndpoint, client: &Client) -> Result<usiz
         drop_schema(target, client, &name).await?;
         tracing::info!(schema = %name, "dropped {name}, left by an earlier run");
     }
-    // The large objects an earlier build kept for its switch go with its shadows.
+    // What an earlier build kept goes with its shadows: the large objects for its switch, and
+    // the records of its tables' loads (a run that builds again, a live run's new snapshot
+    // say, would otherwise skip tables its new shadow does not hold).
     client
         .batch_execute(&format!(
-            "{}; {}",
+            "{}; {}; {FORGET_LOADS_SQL}",
             large_objects::CREATE_SQL,
             large_objects::CLEAR_SQL
         ))
         .await
-        .map_err(|e| target.query_error("emptying replicator.staged_large_objects", e))?;
+        .map_err(|e| target.query_error("emptying what an earlier build kept", e))?;
     Ok(rows.len())
 }
 

@@ -598,6 +598,16 @@ fn a_live_run_cut_in_its_rows_starts_again_from_a_new_snapshot() {
     s.wait_status(Duration::from_secs(120), |st| {
         st["phase"] == "Restoring" && st["section"] == "data+post-data"
     });
+    // Once a table's rows are in and recorded: the new snapshot's build must not take the
+    // record for its own (in swap mode it builds a new shadow).
+    eventually(
+        Duration::from_secs(60),
+        "a table recorded as loaded",
+        || {
+            s.target_psql_result("SELECT count(*) FROM replicator.loaded WHERE kind = 'TABLE DATA'")
+                .is_ok_and(|n| n.trim() != "0")
+        },
+    );
     let ended = s.source_cluster.superuser_psql(
         "postgres",
         // OFFSET 0 keeps the filter before the call: an AND may be evaluated in any order.
