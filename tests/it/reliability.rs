@@ -510,14 +510,15 @@ fn the_target_going_away_in_the_middle_of_the_restore_is_retried_and_ends_exact(
         st["phase"] == "Restoring" && st["section"] == "data+post-data"
     });
     // In the middle of the work: the slow index building (sessions that merely exist may be
-    // idle ones the restore no longer needs, and the next entry would open a new one).
+    // idle ones the restore no longer needs, and the next entry would open a new one). The
+    // index goes with its record in one round trip: its statement is inside the query text.
     crate::common::scenario::eventually(Duration::from_secs(30), "the slow index building", || {
         s.cluster
             .superuser_psql(
                 "postgres",
                 &format!(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
-                     AND state = 'active' AND query LIKE 'CREATE INDEX slow_rows_slow_id%'",
+                     AND state = 'active' AND query LIKE '%CREATE INDEX slow_rows_slow_id%'",
                     s.target.dbname
                 ),
             )
