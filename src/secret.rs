@@ -179,6 +179,47 @@ pub fn bind_to_this_process(cmd: &mut std::process::Command) {
     }
 }
 
+/// Spawns `cmd`, [bound](bind_to_this_process) to the replicator, for a child that must live
+/// as long as the run needs it (pg_restore's translation of the archive). Must be called from
+/// within a tokio runtime, whose reactor then watches the child's pipes.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child ends, not the process, and
+/// a runtime's threads do end: a worker that waited in `block_in_place` retires to the blocking
+/// pool, which ends a thread idle for 10 s. So the fork happens on one thread of its own,
+/// started on first use and alive until the process exits.
+pub fn spawn_bound(mut cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    use std::io::Error;
+    use std::sync::{OnceLock, mpsc};
+    type Reply = mpsc::Sender<std::io::Result<tokio::process::Child>>;
+    type Request = (tokio::process::Command, tokio::runtime::Handle, Reply);
+    static SPAWNER: OnceLock<Option<mpsc::Sender<Request>>> = OnceLock::new();
+
+    bind_to_this_process(cmd.as_std_mut());
+    let runtime = tokio::runtime::Handle::try_current().map_err(Error::other)?;
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            // The child bears this name until it execs.
+            .name("spawner".into())
+            .spawn(move || {
+                for (mut cmd, runtime, reply) in rx {
+                    let _in_runtime = runtime.enter();
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let gone = || Error::other("the thread that starts the replicator's children could not start");
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .as_ref()
+        .ok_or_else(gone)?
+        .send((cmd, runtime, reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
 /// The variables a child inherits ([`child_command`]).
 pub fn allowed_in_children(name: &str) -> bool {
     matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ") || name.starts_with("LC_")
@@ -228,5 +269,29 @@ mod child_tests {
         ] {
             assert!(!allowed_in_children(no), "{no}");
         }
+    }
+
+    /// `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child ends, not the
+    /// process. The runtime's threads come and go (a worker that waited in `block_in_place`
+    /// retires to the blocking pool, which ends idle threads after 10 s): a `pg_restore`
+    /// spawned on one was killed half-way through a run's rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bound_child_outlives_the_thread_that_spawned_it() {
+        let handle = tokio::runtime::Handle::current();
+        let mut child = std::thread::spawn(move || {
+            let _runtime = handle.enter();
+            let mut cmd = super::child_command("sleep");
+            cmd.arg("30").kill_on_drop(true);
+            super::spawn_bound(cmd).expect("sleep starts")
+        })
+        .join()
+        .expect("the spawning thread ends");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let status = child.try_wait().expect("the child's status");
+        assert!(
+            status.is_none(),
+            "the child ended with the thread that spawned it: {status:?}"
+        );
+        child.kill().await.expect("the child is killed");
     }
 }

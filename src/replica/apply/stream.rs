@@ -120,8 +120,8 @@ fn pg_restore_inner(dump: &Path, input: Input) -> Result<ScriptStream, ApplyErro
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    crate::secret::bind_to_this_process(cmd.as_std_mut());
-    let mut child = cmd.spawn().map_err(|source| ApplyError::Spawn { source })?;
+    let mut child =
+        crate::secret::spawn_bound(cmd).map_err(|source| ApplyError::Spawn { source })?;
     let pgid = child.id().map(|p| p as libc::pid_t);
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut feeding = None;
