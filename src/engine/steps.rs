@@ -482,6 +482,12 @@ impl Steps for RealSteps {
         let toc = self.toc(work, &dump).await?;
         let jobs = match section {
             Section::DataAndPostData => {
+                // An earlier attempt's sessions go on server-side after it failed (a lost lock,
+                // a cut stream): one still building a key would commit it with its record after
+                // this attempt read the records and sent the key again ("multiple primary
+                // keys"). Ended before the records are read, each entry of theirs is either in
+                // with its record or rolled back. (It says itself what it ended.)
+                replica::terminate_leftover_restores(&self.target).await?;
                 crate::replica::sessions::jobs_for_restore(&self.target, self.restore.jobs).await?
             }
             Section::PreData => self.restore.jobs,
