@@ -64,10 +64,7 @@ impl RealSteps {
         run: &Run,
         attempt: &mut Attempt,
     ) -> Result<(), StepError> {
-        let ended = replica::terminate_leftover_restores(&self.target).await?;
-        if ended > 0 {
-            info!("ended {ended} leftover pg_restore session(s) on the target");
-        }
+        replica::terminate_leftover_restores(&self.target).await?;
         let plan = self.plan_of(run, attempt).await?;
         match plan.refresh.mode {
             RefreshMode::Wipe => {

@@ -118,10 +118,7 @@ pub async fn run(target: &PgEndpoint, path: &Path) -> Result<usize, StepError> {
     // A killed run's session may still be running a file (a long CREATE INDEX goes on
     // server-side) and hold locks this run's files need. Our own session carries the same
     // name, so that shutdown and the next Dropping end it too.
-    let ended = replica::terminate_leftover_restores(target).await?;
-    if ended > 0 {
-        info!("ended {ended} leftover session(s) of a previous run on the target");
-    }
+    replica::terminate_leftover_restores(target).await?;
     let mut client = target
         .connect_as(replica::RESTORE_APPLICATION_NAME)
         .await

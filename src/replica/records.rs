@@ -29,6 +29,12 @@ CREATE TABLE IF NOT EXISTS replicator.loaded (
 COMMENT ON TABLE replicator.loaded IS 'Dump entries the replicator''s run has loaded into this database, each committed with what it loaded: what a resumed run skips.';
 RESET client_min_messages";
 
+/// Forgets every run's records, when the table exists: for a build whose shadows were dropped
+/// (`swap::drop_leftovers`), where the wipe's `DROP OWNED` takes the table with it.
+pub const FORGET_ALL_SQL: &str = "DO $replicator$ BEGIN
+      IF to_regclass('replicator.loaded') IS NOT NULL THEN TRUNCATE replicator.loaded; END IF;
+    END $replicator$";
+
 /// The dump id under which the foreign keys added after the rows (`FK_MODE=trust`) are
 /// recorded: not an entry of the dump (dump ids start at 1).
 pub const FOREIGN_KEYS_ID: i32 = -1;

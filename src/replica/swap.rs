@@ -307,11 +307,6 @@ pub async fn prepare(
     Ok(())
 }
 
-/// Forgets every record of a table's load (`replicator.loaded`), when there is one.
-const FORGET_LOADS_SQL: &str = "DO $replicator$ BEGIN
-      IF to_regclass('replicator.loaded') IS NOT NULL THEN TRUNCATE replicator.loaded; END IF;
-    END $replicator$";
-
 /// Drops every schema of a swap's names the role owns (shadows of a run that did not switch,
 /// yesterday's schemas a switch could not drop), and empties what an earlier build kept (the
 /// large objects for its switch, the records of its loads). Returns how many schemas.
@@ -336,9 +331,10 @@ pub async fn drop_leftovers(target: &PgEndpoint, client: &Client) -> Result<usiz
     // say, would otherwise skip tables its new shadow does not hold).
     client
         .batch_execute(&format!(
-            "{}; {}; {FORGET_LOADS_SQL}",
+            "{}; {}; {}",
             large_objects::CREATE_SQL,
-            large_objects::CLEAR_SQL
+            large_objects::CLEAR_SQL,
+            super::records::FORGET_ALL_SQL
         ))
         .await
         .map_err(|e| target.query_error("emptying what an earlier build kept", e))?;
