@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
+use crate::dump::rows::RowsSource;
 use crate::masking::Masker;
 use crate::replica::sqlstate::classify;
 use crate::replica::{PgEndpoint, PostgresError, RESTORE_APPLICATION_NAME};
@@ -45,12 +46,18 @@ pub use keys::key_as_index;
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
 pub use session::SessionSpec;
 use session::{Session, qualified, server_error_text};
-use stream::{Item, ScriptStream, pg_restore_script, pg_restore_stream};
+use stream::{Item, ScriptStream, native_script, pg_restore_script, pg_restore_stream};
 
 /// Pre-data statements are committed in transactions of at most this many statements: one
 /// commit per object would cost a disk flush each, and one transaction for all of them could
 /// run out of lock slots on a small server (each new table holds a lock until the commit).
 const PRE_DATA_BATCH: usize = 250;
+
+/// The rows' section reads the archive's data blocks itself (`dump/rows.rs`) and sends them
+/// to `COPY`, with no `pg_restore` in the way; where the native reader does not apply (see
+/// [`crate::dump::rows::natively_readable`]) the whole section goes through pg_restore, said
+/// once with the reason. `false`: every section through pg_restore, as before.
+const READ_ROWS_NATIVELY: bool = true;
 
 /// Kinds of post-data entries that touch one table each and may run side by side.
 const PARALLEL_POST_DATA: &[&str] = &["INDEX", "CONSTRAINT", "CHECK CONSTRAINT"];
@@ -100,6 +107,9 @@ pub enum ApplyError {
     /// The streamed archive stopped early (a cut download, a dump cut short).
     #[error(transparent)]
     Stream(#[from] crate::dump::feed::FeedError),
+    /// The archive's rows, read natively, could not be read (a damaged block, a disk).
+    #[error(transparent)]
+    Rows(#[from] crate::dump::rows::RowsError),
 }
 
 impl ApplyError {
@@ -111,6 +121,9 @@ impl ApplyError {
             }
             ApplyError::Connect(e) => e.is_transient(),
             ApplyError::Stream(e) => !e.is_permanent(),
+            ApplyError::Rows(e) => {
+                crate::error::Classify::kind(e) != crate::error::FailureKind::Permanent
+            }
             ApplyError::Spawn { .. } | ApplyError::Script { .. } | ApplyError::Masking(_) => false,
         }
     }
@@ -121,6 +134,7 @@ impl crate::error::Classify for ApplyError {
         use crate::error::FailureKind;
         match self {
             ApplyError::Stream(e) => e.kind(),
+            ApplyError::Rows(e) => e.kind(),
             e if e.is_transient() => FailureKind::Transient,
             _ => FailureKind::Permanent,
         }
@@ -152,6 +166,9 @@ pub struct Applier {
     log: Option<Arc<LoadLog>>,
     /// Swap mode: statements pointed at the shadow schemas.
     rewriter: Option<Arc<crate::dump::rewrite::Rewriter>>,
+    /// The dump file's header and table of contents as the native reader of the rows reads
+    /// them, read once (`Err`: why it cannot).
+    archive: std::sync::OnceLock<Result<Arc<crate::dump::archive::ArchiveToc>, String>>,
 }
 
 /// The table of `COPY <table> (<columns>) FROM stdin;` as written (quoted as pg_dump quotes).
@@ -242,6 +259,7 @@ impl Applier {
             masker: None,
             log: None,
             rewriter: None,
+            archive: std::sync::OnceLock::new(),
         })
     }
 
@@ -351,14 +369,70 @@ impl Applier {
         list_file: &Path,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
+        let ids = crate::dump::rows::list_ids(&list);
         let stream = match feed {
-            Some(feed) => {
-                std::fs::write(list_file, list).map_err(|source| ApplyError::Read { source })?;
-                pg_restore_stream(feed, list_file)?
-            }
-            None => pg_restore_script(&self.dump, list)?,
+            Some(feed) => match self.native_rows(&ids, feed.head_path()) {
+                Some(_) => native_script(
+                    PathBuf::from(feed.what.clone()),
+                    RowsSource::Feed(feed),
+                    ids,
+                ),
+                None => {
+                    std::fs::write(list_file, list)
+                        .map_err(|source| ApplyError::Read { source })?;
+                    pg_restore_stream(feed, list_file)?
+                }
+            },
+            None => match self.native_rows(&ids, None) {
+                Some(toc) => native_script(
+                    self.dump.clone(),
+                    RowsSource::File(self.dump.clone(), toc),
+                    ids,
+                ),
+                None => pg_restore_script(&self.dump, list)?,
+            },
         };
         self.run_on_one_session(stream, false, report).await
+    }
+
+    /// The archive's head if the native reader writes the rows of the entries `ids` (read
+    /// from the dump file, or from `head`, a stream's head file), else `None`, said with the
+    /// reason: the section then goes through pg_restore.
+    fn native_rows(
+        &self,
+        ids: &[i64],
+        head: Option<&Path>,
+    ) -> Option<Arc<crate::dump::archive::ArchiveToc>> {
+        if !READ_ROWS_NATIVELY {
+            return None;
+        }
+        let toc = match head {
+            Some(head) => crate::dump::rows::read_toc_of(head).map(Arc::new),
+            None => self
+                .archive
+                .get_or_init(|| crate::dump::rows::read_toc_of(&self.dump).map(Arc::new))
+                .clone(),
+        };
+        let readable = toc.and_then(|toc| {
+            crate::dump::rows::natively_readable(&toc, ids)?;
+            Ok(toc)
+        });
+        match readable {
+            Ok(toc) => {
+                tracing::debug!(
+                    entries = ids.len(),
+                    "the rows are read from the archive natively"
+                );
+                Some(toc)
+            }
+            Err(why) => {
+                tracing::info!(
+                    reason = %why,
+                    "the rows' section goes through pg_restore (not read natively: {why})"
+                );
+                None
+            }
+        }
     }
 
     /// Runs `stream` in order on one new session, then waits for its pg_restore.
@@ -455,13 +529,30 @@ impl Applier {
             report,
         };
         let width = self.jobs.min(lists.len());
+        // Native or pg_restore: decided once for the whole section.
+        let all: Vec<i64> = lists
+            .iter()
+            .flat_map(|l| crate::dump::rows::list_ids(l))
+            .collect();
+        let native = if all.is_empty() {
+            None
+        } else {
+            self.native_rows(&all, None)
+        };
         let queue = Mutex::new(VecDeque::from(lists));
         let worker = || async {
             let mut session = Session::open(self).await?;
             loop {
                 let next = queue.lock().expect("queue lock").pop_front();
                 let Some(list) = next else { break };
-                let mut stream = pg_restore_script(&self.dump, list)?;
+                let mut stream = match &native {
+                    Some(toc) => native_script(
+                        self.dump.clone(),
+                        RowsSource::File(self.dump.clone(), toc.clone()),
+                        crate::dump::rows::list_ids(&list),
+                    ),
+                    None => pg_restore_script(&self.dump, list)?,
+                };
                 self.drive(&mut session, &mut stream, false, &progress)
                     .await?;
                 stream.finish().await?;
