@@ -419,9 +419,9 @@ impl Applier {
         });
         match readable {
             Ok(toc) => {
-                tracing::debug!(
+                tracing::info!(
                     entries = ids.len(),
-                    "the rows are read from the archive natively"
+                    "the rows are read from the archive natively (no pg_restore for them)"
                 );
                 Some(toc)
             }
