@@ -14,9 +14,15 @@
 //! - **Typed errors.** A failure is the server's SQLSTATE, sorted into transient or
 //!   permanent, with the dump entry it happened in; not a guess from stderr text.
 //!
-//! Parallelism: the rows' section reads one `pg_restore` of the rows' entries, in the archive's
-//! order, from the dump file or from a stream (`pg_restore_stream`), and deals each table's rows
-//! out to `jobs` sessions; each table's indexes and primary/unique/check constraints start as
+//! The rows are the exception: the rows' section reads the archive's data blocks itself
+//! (`dump/rows.rs`, on a blocking thread: [`stream::native_script`]), as the same script
+//! `pg_restore --file=-` would write for the data entries, so that everything downstream is
+//! the same; no `pg_restore` runs for them. Where that reader does not apply (large objects,
+//! `--inserts` dumps, archive versions outside 1.14 to 1.16), the whole section goes through
+//! pg_restore, said once with the reason ([`READ_ROWS_NATIVELY`] turns the native reader off).
+//!
+//! Parallelism: the rows' section reads the rows' entries once, in the archive's order, from
+//! the dump file or from a stream, and deals each table's rows out to `jobs` sessions; each table's indexes and primary/unique/check constraints start as
 //! soon as its rows are in ([`early`]); what is left of them runs over `jobs` sessions in the
 //! post-data section, while the rest (foreign keys, triggers, index attachments, materialized
 //! view refreshes) runs in the archive's order once they are done.
