@@ -308,3 +308,92 @@ fn a_streamed_run_reads_the_rows_natively_and_restores_exactly() {
     );
     s.assert_target_is_source();
 }
+
+/// A block whose compressed bytes are damaged (the chunk headers intact, so the check before
+/// the wipe passes): the run fails for good, naming the table and the byte, and does not
+/// retry, as when pg_restore read the rows.
+#[test]
+fn a_damaged_block_fails_the_run_for_good_naming_its_table() {
+    let cluster = shared_cluster_version(14);
+    let mut s = Scenario::across(
+        "native_rows_damaged",
+        cluster,
+        cluster,
+        |c, db| {
+            run_source(c, db);
+            c.superuser_psql(db, MORE_ROWS);
+        },
+        |c, db, out| dump(c, 17, db, "gzip", out, false),
+    );
+    s.use_client(18);
+    let toc = read_toc_of(&s.dump).unwrap();
+    let big = toc
+        .entries
+        .iter()
+        .find(|e| e.desc() == "TABLE DATA" && e.tag.as_deref() == Some("big"))
+        .unwrap();
+    let replicator::dump::archive::DataPos::At(pos) = big.data else {
+        panic!("no offset for big's data")
+    };
+    let mut bytes = std::fs::read(&s.dump).unwrap();
+    // Past the block's header and its first chunk's length: compressed rows.
+    for b in &mut bytes[pos as usize + 40..pos as usize + 200] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&s.dump, &bytes).unwrap();
+    s.rearchive();
+    let out = s.run(&["run"]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("is damaged in the data of TABLE DATA public.big (entry"),
+        "{text}"
+    );
+    assert!(text.contains("download the backup again"), "{text}");
+    assert!(
+        text.contains("attempts=1"),
+        "retried a damaged archive:\n{text}"
+    );
+}
+
+/// A dump made with `--inserts` (data entries without `COPY`) and one with a large object go
+/// through pg_restore as before: said once, with the reason, and restored exactly.
+#[test]
+fn what_the_native_reader_does_not_read_goes_through_pg_restore_said_once() {
+    let cluster = shared_cluster_version(14);
+    for (what, extra, args) in [
+        ("--inserts", "", &["--inserts"][..]),
+        (
+            "BLOBS",
+            "SELECT lo_from_bytea(0, 'a large object'::bytea);",
+            &[][..],
+        ),
+    ] {
+        let mut s = Scenario::across(
+            "native_rows_fallback",
+            cluster,
+            cluster,
+            |c, db| {
+                run_source(c, db);
+                if !extra.is_empty() {
+                    c.superuser_psql(db, extra);
+                }
+            },
+            |c, db, out| c.pg_dump_with(18, db, out, args),
+        );
+        s.use_client(18);
+        let out = s.run_ok(&["run"]);
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        let said: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("goes through pg_restore (not read natively"))
+            .collect();
+        assert_eq!(said.len(), 1, "{what}:\n{text}");
+        assert!(said[0].contains(what), "{what}: {}", said[0]);
+        assert!(
+            !text.contains("the rows are read from the archive natively"),
+            "{what}:\n{text}"
+        );
+        s.assert_target_is_source();
+    }
+}
