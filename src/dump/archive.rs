@@ -213,17 +213,20 @@ impl<R: Read> Wire<R> {
         Ok(b[0])
     }
 
-    /// `ReadInt`: a sign byte, then `int_size` bytes, little-endian.
+    /// `ReadInt`: a sign byte, then `int_size` bytes, little-endian (one read: the rows of an
+    /// uncompressed archive come in a chunk each, behind one of these).
     pub fn int(&mut self) -> io::Result<i64> {
-        let sign = self.byte()?;
-        let mut v: i64 = 0;
-        for i in 0..self.int_size {
-            let b = i64::from(self.byte()?);
-            if i < 8 {
-                v |= b << (8 * i);
-            }
+        let mut buf = [0u8; 9];
+        let n = self.int_size.min(8) + 1;
+        self.exact(&mut buf[..n])?;
+        if self.int_size > 8 {
+            self.skip((self.int_size - 8) as u64)?;
         }
-        Ok(if sign != 0 { v.wrapping_neg() } else { v })
+        let mut v: i64 = 0;
+        for (i, b) in buf[1..n].iter().enumerate() {
+            v |= i64::from(*b) << (8 * i);
+        }
+        Ok(if buf[0] != 0 { v.wrapping_neg() } else { v })
     }
 
     /// `ReadStr`: a length (negative for NULL), then the bytes (lossy UTF-8: the replicator
