@@ -377,7 +377,7 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let ids = crate::dump::rows::list_ids(&list);
         let stream = match feed {
-            Some(feed) => match self.native_rows(&ids, feed.head_path()) {
+            Some(feed) => match self.native_rows(&ids, Some(feed.head_path())) {
                 Some(_) => native_script(
                     PathBuf::from(feed.what.clone()),
                     RowsSource::Feed(feed),
@@ -402,18 +402,19 @@ impl Applier {
     }
 
     /// The archive's head if the native reader writes the rows of the entries `ids` (read
-    /// from the dump file, or from `head`, a stream's head file), else `None`, said with the
-    /// reason: the section then goes through pg_restore.
+    /// from the dump file, or, for a stream, from `stream_head`, the head file it kept), else
+    /// `None`, said with the reason: the section then goes through pg_restore.
     fn native_rows(
         &self,
         ids: &[i64],
-        head: Option<&Path>,
+        stream_head: Option<Option<&Path>>,
     ) -> Option<Arc<crate::dump::archive::ArchiveToc>> {
         if !READ_ROWS_NATIVELY {
             return None;
         }
-        let toc = match head {
-            Some(head) => crate::dump::rows::read_toc_of(head).map(Arc::new),
+        let toc = match stream_head {
+            Some(Some(head)) => crate::dump::rows::read_toc_of(head).map(Arc::new),
+            Some(None) => Err("the stream's head was not kept".to_string()),
             None => self
                 .archive
                 .get_or_init(|| crate::dump::rows::read_toc_of(&self.dump).map(Arc::new))
