@@ -22,10 +22,11 @@
 //! pg_restore, said once with the reason ([`READ_ROWS_NATIVELY`] turns the native reader off).
 //!
 //! Parallelism: the rows' section reads the rows' entries once, in the archive's order, from
-//! the dump file or from a stream, and deals each table's rows out to `jobs` sessions; each table's indexes and primary/unique/check constraints start as
-//! soon as its rows are in ([`early`]); what is left of them runs over `jobs` sessions in the
-//! post-data section, while the rest (foreign keys, triggers, index attachments, materialized
-//! view refreshes) runs in the archive's order once they are done.
+//! the dump file or from a stream, and deals each table's rows out to `jobs` sessions; each
+//! table's indexes and primary/unique/check constraints start as soon as its rows are in
+//! ([`early`]); what is left of them runs over `jobs` sessions in the post-data section, while
+//! the rest (foreign keys, triggers, index attachments, materialized view refreshes) runs in
+//! the archive's order once they are done.
 
 mod analysis;
 mod batch;
@@ -442,7 +443,8 @@ impl Applier {
         }
     }
 
-    /// Runs `stream` in order on one new session, then waits for its pg_restore.
+    /// Runs `stream` in order on one new session, then waits for its end (its pg_restore, or
+    /// the native reader of the rows).
     async fn run_on_one_session(
         &self,
         mut stream: ScriptStream,
