@@ -55,6 +55,20 @@ pub use session::SessionSpec;
 use session::{Session, qualified, server_error_text};
 use stream::{Item, ScriptStream, native_script, pg_restore_script, pg_restore_stream};
 
+/// The rows of the data entries of `list` (a `--use-list` excerpt of the dump file): read
+/// natively where they may be, else by pg_restore; nothing said (the rehearsal's samples).
+fn rows_script(applier: &Applier, list: String) -> Result<ScriptStream, ApplyError> {
+    let ids = crate::dump::rows::list_ids(&list);
+    match applier.native_toc(&ids, None) {
+        Ok(toc) => Ok(native_script(
+            applier.dump.clone(),
+            RowsSource::File(applier.dump.clone(), toc),
+            ids,
+        )),
+        Err(_) => pg_restore_script(&applier.dump, list),
+    }
+}
+
 /// Pre-data statements are committed in transactions of at most this many statements: one
 /// commit per object would cost a disk flush each, and one transaction for all of them could
 /// run out of lock slots on a small server (each new table holds a lock until the commit).
@@ -413,19 +427,7 @@ impl Applier {
         if !READ_ROWS_NATIVELY {
             return None;
         }
-        let toc = match stream_head {
-            Some(Some(head)) => crate::dump::rows::read_toc_of(head).map(Arc::new),
-            Some(None) => Err("the stream's head was not kept".to_string()),
-            None => self
-                .archive
-                .get_or_init(|| crate::dump::rows::read_toc_of(&self.dump).map(Arc::new))
-                .clone(),
-        };
-        let readable = toc.and_then(|toc| {
-            crate::dump::rows::natively_readable(&toc, ids)?;
-            Ok(toc)
-        });
-        match readable {
+        match self.native_toc(ids, stream_head) {
             Ok(toc) => {
                 tracing::info!(
                     entries = ids.len(),
@@ -441,6 +443,27 @@ impl Applier {
                 None
             }
         }
+    }
+
+    /// [`Applier::native_rows`] without a word: `Err(why not)`.
+    fn native_toc(
+        &self,
+        ids: &[i64],
+        stream_head: Option<Option<&Path>>,
+    ) -> Result<Arc<crate::dump::archive::ArchiveToc>, String> {
+        if !READ_ROWS_NATIVELY {
+            return Err("READ_ROWS_NATIVELY is off".into());
+        }
+        let toc = match stream_head {
+            Some(Some(head)) => crate::dump::rows::read_toc_of(head).map(Arc::new),
+            Some(None) => Err("the stream's head was not kept".to_string()),
+            None => self
+                .archive
+                .get_or_init(|| crate::dump::rows::read_toc_of(&self.dump).map(Arc::new))
+                .clone(),
+        }?;
+        crate::dump::rows::natively_readable(&toc, ids)?;
+        Ok(toc)
     }
 
     /// Runs `stream` in order on one new session, then waits for its end (its pg_restore, or
