@@ -251,6 +251,24 @@ impl Feed {
         }
     }
 
+    /// The file of the head [`Feed::read_head`] kept, if it was read.
+    pub fn head_path(&self) -> Option<&Path> {
+        self.head.as_deref()
+    }
+
+    /// The whole dump as one reader, from its first byte: the head from its file, then the
+    /// rest as it arrives (for a reader of the archive itself, `rows.rs`).
+    pub fn into_reader(mut self) -> Result<FeedReader, FeedError> {
+        let head = match self.head.take() {
+            Some(path) => Some(File::open(&path).map_err(|source| FeedError::Disk {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(FeedReader { feed: self, head })
+    }
+
     fn cut_error(&self, detail: String) -> FeedError {
         self.cut.error(&self.what).unwrap_or(FeedError::Cut {
             what: self.what.clone(),
@@ -284,5 +302,38 @@ impl Feed {
                 Err(e) => return Err(self.cut_error(format!("writing to pg_restore: {e}"))),
             }
         }
+    }
+}
+
+/// A [`Feed`] as one reader of the whole dump ([`Feed::into_reader`]). Dropping it stops the
+/// feed's producer.
+pub struct FeedReader {
+    feed: Feed,
+    head: Option<File>,
+}
+
+impl FeedReader {
+    /// The error of a read that failed or ended early: the producer's reason if the stream
+    /// was cut, else a cut with `detail`.
+    pub fn error(&self, detail: String) -> FeedError {
+        self.feed.cut_error(detail)
+    }
+
+    /// `the backup 20261129_my_db`: for the messages.
+    pub fn what(&self) -> &str {
+        &self.feed.what
+    }
+}
+
+impl Read for FeedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(head) = self.head.as_mut() {
+            let n = head.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            self.head = None;
+        }
+        self.feed.reader.read(buf)
     }
 }

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use super::archive::{self, BLK_BLOBS, BLK_DATA, DataPos, Entry, HeadError, Wire};
 use crate::error::StepError;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,22 +68,9 @@ enum DataVerdict {
     Unknown(String),
 }
 
-/// Custom-format constants (`pg_backup_archiver.h`, `pg_backup_custom.c`).
-const K_OFFSET_POS_NOT_SET: u8 = 1;
-const K_OFFSET_POS_SET: u8 = 2;
-const K_OFFSET_NO_DATA: u8 = 3;
-const BLK_DATA: u8 = 1;
-const BLK_BLOBS: u8 = 3;
-const ARCHIVE_CUSTOM: u8 = 1;
-
-fn vers(maj: u8, min: u8) -> u32 {
-    (u32::from(maj) << 16) | (u32::from(min) << 8)
-}
-
 struct Reader {
     r: BufReader<File>,
     int_size: usize,
-    off_size: usize,
     len: u64,
 }
 
@@ -111,49 +99,12 @@ impl Reader {
         Ok(if sign != 0 { -v } else { v })
     }
 
-    /// `ReadStr`: a length (negative for NULL), then the bytes.
-    fn str(&mut self) -> io::Result<Option<String>> {
-        let l = self.int()?;
-        if l < 0 {
-            return Ok(None);
-        }
-        if self.r.stream_position()? + l as u64 > self.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"));
-        }
-        let mut buf = vec![0u8; l as usize];
-        self.r.read_exact(&mut buf)?;
-        Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
-    }
-
-    /// `ReadStr`, skipped.
-    fn skip_str(&mut self) -> io::Result<bool> {
-        let l = self.int()?;
-        if l < 0 {
-            return Ok(false);
-        }
-        self.skip(l as u64)?;
-        Ok(true)
-    }
-
     fn skip(&mut self, n: u64) -> io::Result<()> {
         let pos = self.r.stream_position()?;
         if pos + n > self.len {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"));
         }
         self.r.seek_relative(n as i64)
-    }
-
-    /// `ReadOffset` (1.7 and later): a flag byte, then `off_size` bytes.
-    fn offset(&mut self) -> io::Result<(u8, u64)> {
-        let flag = self.byte()?;
-        let mut v: u64 = 0;
-        for i in 0..self.off_size {
-            let b = u64::from(self.byte()?);
-            if i < 8 {
-                v |= b << (8 * i);
-            }
-        }
-        Ok((flag, v))
     }
 
     /// Walks one data block from its header to its end marker; returns its dump id.
@@ -206,7 +157,6 @@ fn verify(path: &Path) -> Result<(DataVerdict, Option<Dependencies>), PreflightE
     let mut rd = Reader {
         r: BufReader::with_capacity(1 << 20, file),
         int_size: 4,
-        off_size: 8,
         len,
     };
     let truncated = |detail: String| PreflightError::Truncated {
@@ -247,95 +197,17 @@ fn at(what: &'static str) -> impl Fn(io::Error) -> Problem {
     }
 }
 
-/// One entry of the archive's table of contents, as far as the checks need it.
-struct RawEntry {
-    id: i64,
-    /// Dump ids of the entries this one depends on.
-    deps: Vec<u32>,
-    /// `Some(offset)` for an entry with data (`None` inside: pg_dump wrote to a pipe and
-    /// recorded no offsets), `None` for an entry without data.
-    data: Option<Option<u64>>,
-}
-
-/// Reads the archive's header and table of contents (`pg_backup_archiver.c`: `ReadHead`,
-/// `ReadToc`), leaving `rd` at the start of the data.
-fn read_toc(rd: &mut Reader) -> Result<Vec<RawEntry>, Problem> {
-    let mut magic = [0u8; 5];
-    rd.r.read_exact(&mut magic).map_err(at("its header"))?;
-    if &magic != b"PGDMP" {
-        return Err(Problem::Unknown("no PGDMP magic".into()));
-    }
-    let head = at("its header");
-    let (vmaj, vmin) = (rd.byte().map_err(&head)?, rd.byte().map_err(&head)?);
-    let _vrev = rd.byte().map_err(&head)?;
-    let version = vers(vmaj, vmin);
-    // 1.12 (PostgreSQL 9.5) to 1.16 (17 and 18): the versions whose layout this reader knows.
-    if version < vers(1, 12) || version > vers(1, 16) {
-        return Err(Problem::Unknown(format!("archive version {vmaj}.{vmin}")));
-    }
-    rd.int_size = rd.byte().map_err(&head)? as usize;
-    rd.off_size = rd.byte().map_err(&head)? as usize;
-    if !(1..=8).contains(&rd.int_size) || !(1..=16).contains(&rd.off_size) {
-        return Err(Problem::Unknown("implausible integer sizes".into()));
-    }
-    if rd.byte().map_err(&head)? != ARCHIVE_CUSTOM {
-        return Err(Problem::Unknown("not the custom format".into()));
-    }
-    if version >= vers(1, 15) {
-        rd.byte().map_err(&head)?; // compression algorithm
-    } else {
-        rd.int().map_err(&head)?; // compression level
-    }
-    for _ in 0..7 {
-        rd.int().map_err(&head)?; // creation time
-    }
-    rd.skip_str().map_err(&head)?; // database name
-    rd.skip_str().map_err(&head)?; // server version
-    rd.skip_str().map_err(&head)?; // pg_dump version
-
-    let toc = at("its table of contents");
-    let count = rd.int().map_err(&toc)?;
-    if !(0..10_000_000).contains(&count) {
-        return Err(Problem::Unknown(format!("implausible TOC count {count}")));
-    }
-    let mut entries = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let id = rd.int().map_err(&toc)?;
-        rd.int().map_err(&toc)?; // had dumper
-        rd.skip_str().map_err(&toc)?; // table oid
-        rd.skip_str().map_err(&toc)?; // oid
-        rd.skip_str().map_err(&toc)?; // tag
-        rd.skip_str().map_err(&toc)?; // desc
-        rd.int().map_err(&toc)?; // section
-        for _ in 0..5 {
-            // definition, drop, copy statements, namespace, tablespace
-            rd.skip_str().map_err(&toc)?;
-        }
-        if version >= vers(1, 14) {
-            rd.skip_str().map_err(&toc)?; // table access method
-        }
-        if version >= vers(1, 16) {
-            rd.int().map_err(&toc)?; // relkind
-        }
-        rd.skip_str().map_err(&toc)?; // owner
-        rd.skip_str().map_err(&toc)?; // with oids
-        let mut deps = Vec::new();
-        // Dependencies: dump ids as strings, up to a NULL.
-        while let Some(dep) = rd.str().map_err(&toc)? {
-            if let Ok(d) = dep.trim().parse() {
-                deps.push(d);
-            }
-        }
-        let (flag, pos) = rd.offset().map_err(&toc)?;
-        let data = match flag {
-            K_OFFSET_POS_SET => Some(Some(pos)),
-            K_OFFSET_POS_NOT_SET => Some(None),
-            K_OFFSET_NO_DATA => None,
-            other => return Err(Problem::Unknown(format!("offset flag {other}"))),
-        };
-        entries.push(RawEntry { id, deps, data });
-    }
-    Ok(entries)
+/// Reads the archive's header and table of contents (`archive.rs`), leaving `rd` at the
+/// start of the data.
+fn read_toc(rd: &mut Reader) -> Result<Vec<Entry>, Problem> {
+    let mut w = Wire::new(&mut rd.r);
+    let toc = archive::read_toc(&mut w).map_err(|e| match e {
+        HeadError::Eof(at) => Problem::Eof(at),
+        HeadError::Unknown(why) => Problem::Unknown(why),
+        HeadError::Io(e) => Problem::Io(e),
+    })?;
+    rd.int_size = toc.header.int_size;
+    Ok(toc.entries)
 }
 
 /// Where the header and table of contents of the archive that starts `head` end: `Ok(None)`
@@ -347,7 +219,6 @@ pub fn toc_end(head: &Path) -> Result<Option<u64>, String> {
     let mut rd = Reader {
         r: BufReader::with_capacity(1 << 20, file),
         int_size: 4,
-        off_size: 8,
         len,
     };
     match read_toc(&mut rd) {
@@ -367,13 +238,12 @@ pub fn dependencies(dump: &Path) -> Option<Dependencies> {
     let mut rd = Reader {
         r: BufReader::with_capacity(1 << 20, file),
         int_size: 4,
-        off_size: 8,
         len,
     };
     Some(dependencies_of(&read_toc(&mut rd).ok()?))
 }
 
-fn dependencies_of(entries: &[RawEntry]) -> Dependencies {
+fn dependencies_of(entries: &[Entry]) -> Dependencies {
     entries
         .iter()
         .filter_map(|e| Some((u32::try_from(e.id).ok()?, e.deps.clone())))
@@ -382,11 +252,15 @@ fn dependencies_of(entries: &[RawEntry]) -> Dependencies {
 
 /// Walks the data of `entries` (read by [`read_toc`], `rd` at the end of the table of
 /// contents).
-fn walk(rd: &mut Reader, entries: &[RawEntry]) -> Result<DataVerdict, Problem> {
+fn walk(rd: &mut Reader, entries: &[Entry]) -> Result<DataVerdict, Problem> {
     // (dump id, offset if recorded) of every entry that has data.
     let with_data: Vec<(i64, Option<u64>)> = entries
         .iter()
-        .filter_map(|e| e.data.map(|pos| (e.id, pos)))
+        .filter_map(|e| match e.data {
+            DataPos::NoData => None,
+            DataPos::NotSet => Some((e.id, None)),
+            DataPos::At(pos) => Some((e.id, Some(pos))),
+        })
         .collect();
     let data_start = rd.r.stream_position().map_err(Problem::Io)?;
     if with_data.is_empty() {

@@ -15,6 +15,7 @@ mod live_source;
 mod masking;
 mod masking_scan;
 mod model;
+mod native_rows;
 mod operator;
 mod overlap;
 mod plan;

@@ -12,7 +12,9 @@ use crate::common::scenario::{Scenario, kill_9, stderr, stdout};
 use crate::swap::switch_sleeping;
 
 /// The reader role every source grants its large objects to (roles are the cluster's, so the
-/// dump's `GRANT ... ON LARGE OBJECT` names a role the target knows).
+/// dump's `GRANT ... ON LARGE OBJECT` names a role the target knows). Tests running side by
+/// side create it at once: the loser of that race gets `unique_violation`, not
+/// `duplicate_object`.
 fn reader_of(cluster: &PgCluster) -> (String, String) {
     let reader = "lo_reader".to_string();
     let password = "lo-reader-pw".to_string();
@@ -20,7 +22,7 @@ fn reader_of(cluster: &PgCluster) -> (String, String) {
         "postgres",
         &format!(
             "DO $$ BEGIN CREATE ROLE {reader} LOGIN PASSWORD '{password}';
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
         ),
     );
     (reader, password)

@@ -266,13 +266,14 @@ impl Applier {
         line: &str,
         spec: &RehearsalSpec,
     ) -> Result<Option<u64>, ApplyError> {
-        let mut stream = pg_restore_script(&self.dump, format!("{line}\n"))?;
+        let mut stream = super::rows_script(self, format!("{line}\n"))?;
         let mut preamble = Vec::new();
         let mut entry: Option<EntryHeader> = None;
         let mut copy: Option<String> = None;
         let mut sample: Vec<u8> = Vec::new();
         let mut rows = 0u64;
-        // Read up to the first rows; pg_restore is ended as soon as they are in hand.
+        // Read up to the first rows; the reader (native, or pg_restore) is ended as soon as
+        // they are in hand.
         loop {
             let item = match stream.next().await {
                 Ok(Some(item)) => item,

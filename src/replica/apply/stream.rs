@@ -8,31 +8,46 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdout};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Child;
 
 use super::ApplyError;
 use super::script::{Piece, ScriptParser};
 use crate::dump::feed::{CutReason, Feed, FeedError};
+use crate::dump::rows::{RowsError, RowsSource};
 
 /// Rows are sent to `COPY` in chunks of about this size.
 const COPY_CHUNK: usize = 256 * 1024;
 /// How many lines of pg_restore's stderr an error keeps.
 const STDERR_TAIL: usize = 20;
 
-/// One `pg_restore --file=-`: the script of the entries of `list`, as pieces.
+/// The script of the entries of a list, as pieces: from one `pg_restore --file=-`, or, for
+/// the rows, from the archive read natively ([`native_script`]).
 pub(super) struct ScriptStream {
-    child: Child,
-    /// Kills pg_restore's whole process group if the restore is dropped half-way.
-    pgid: Option<libc::pid_t>,
-    out: BufReader<ChildStdout>,
+    out: Box<dyn AsyncBufRead + Unpin + Send>,
     parser: ScriptParser,
     pending: VecDeque<Piece>,
     line: Vec<u8>,
-    stderr: tokio::task::JoinHandle<String>,
     dump: PathBuf,
     /// The rows just returned ended their `COPY`: [`Item::RowsEnd`] comes next.
     rows_end: bool,
+    origin: ScriptOrigin,
+}
+
+/// What writes the script.
+enum ScriptOrigin {
+    PgRestore(Box<PgRestore>),
+    /// The thread that reads the archive and writes the script (`dump/rows.rs`); `None` once
+    /// its outcome was taken.
+    Native(Option<tokio::task::JoinHandle<Result<(), ApplyError>>>),
+}
+
+/// One `pg_restore --file=-` child.
+struct PgRestore {
+    child: Child,
+    /// Kills pg_restore's whole process group if the restore is dropped half-way.
+    pgid: Option<libc::pid_t>,
+    stderr: tokio::task::JoinHandle<String>,
     /// The thread writing a streamed archive into pg_restore's stdin.
     feeding: Option<tokio::task::JoinHandle<Result<(), FeedError>>>,
     /// Why the streamed archive stopped early, if it did.
@@ -48,7 +63,7 @@ pub(super) enum Item {
     RowsEnd,
 }
 
-impl Drop for ScriptStream {
+impl Drop for PgRestore {
     fn drop(&mut self) {
         if let Some(pgid) = self.pgid.take() {
             // SAFETY: plain syscall on the group pre_exec made ours.
@@ -153,70 +168,138 @@ fn pg_restore_inner(dump: &Path, input: Input) -> Result<ScriptStream, ApplyErro
     let stdout = child.stdout.take().expect("stdout is piped");
     widen_pipe(&stdout);
     let out = BufReader::with_capacity(1 << 20, stdout);
-    Ok(ScriptStream {
-        child,
-        pgid,
-        out,
-        parser: ScriptParser::new(),
-        pending: VecDeque::new(),
-        line: Vec::new(),
-        stderr,
-        dump: dump.to_path_buf(),
-        rows_end: false,
-        feeding,
-        cut,
-    })
+    Ok(ScriptStream::new(
+        Box::new(out),
+        dump.to_path_buf(),
+        ScriptOrigin::PgRestore(Box::new(PgRestore {
+            child,
+            pgid,
+            stderr,
+            feeding,
+            cut,
+        })),
+    ))
+}
+
+/// The script of the data entries `ids` (checked with [`crate::dump::rows::natively_readable`]),
+/// as `pg_restore --file=-` writes it, read from the archive by a blocking thread of this
+/// process: no pg_restore. Its bytes come through a bounded channel, so the thread reads the
+/// archive only as fast as the rows are sent; dropping the stream stops it (its next write
+/// fails), and with it the feed it reads.
+pub(super) fn native_script(dump: PathBuf, source: RowsSource, ids: Vec<i64>) -> ScriptStream {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(COPY_CHUNK),
+        };
+        let written = source
+            .open()
+            .and_then(|mut rows| rows.write_script(&ids, &mut out));
+        match written {
+            Ok(()) | Err(RowsError::Closed) => Ok(()),
+            Err(RowsError::Feed(e)) => Err(ApplyError::Stream(e)),
+            Err(e) => Err(ApplyError::Rows(e)),
+        }
+    });
+    let chunks = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|chunk| chunk.map(Ok::<_, std::io::Error>))
+    });
+    ScriptStream::new(
+        Box::new(tokio_util::io::StreamReader::new(chunks)),
+        dump,
+        ScriptOrigin::Native(Some(task)),
+    )
+}
+
+/// The script's bytes, sent in chunks of [`COPY_CHUNK`] (blocking: on the reading thread).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(COPY_CHUNK));
+        self.tx
+            .blocking_send(Bytes::from(chunk))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= COPY_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
 
 impl ScriptStream {
-    /// The end of pg_restore's output: an error if the script stopped inside a statement or
-    /// a `COPY`. When the archive came as a stream that stopped early, the cut is the cause
-    /// (pg_restore stopped on a short read), and a new attempt may do better: the script's
-    /// own unterminated end would say "permanent" where the truth is "cut".
+    fn new(out: Box<dyn AsyncBufRead + Unpin + Send>, dump: PathBuf, origin: ScriptOrigin) -> Self {
+        ScriptStream {
+            out,
+            parser: ScriptParser::new(),
+            pending: VecDeque::new(),
+            line: Vec::new(),
+            dump,
+            rows_end: false,
+            origin,
+        }
+    }
+
+    /// The end of the script: an error if it stopped inside a statement or a `COPY`. Read
+    /// natively, the reading thread's own error comes first (a damaged block, a cut stream:
+    /// the script stops there). From pg_restore, when the archive came as a stream that
+    /// stopped early, the cut is the cause (pg_restore stopped on a short read), and a new
+    /// attempt may do better: the script's own unterminated end would say "permanent" where
+    /// the truth is "cut".
     async fn end_of_output(&mut self) -> Result<(), ApplyError> {
+        if let ScriptOrigin::Native(task) = &mut self.origin {
+            if let Some(task) = task.take() {
+                task.await.map_err(|e| ApplyError::Read {
+                    source: std::io::Error::other(format!("the archive's reader failed: {e}")),
+                })??;
+            }
+            return Ok(self.parser.finish()?);
+        }
         let Err(e) = self.parser.finish() else {
             return Ok(());
         };
-        if let Some(cut) = self.stream_error(false).await {
+        let what = self.dump.display().to_string();
+        let ScriptOrigin::PgRestore(p) = &mut self.origin else {
+            unreachable!("native handled above")
+        };
+        if let Some(cut) = p.stream_error(false, &what).await {
             return Err(cut);
         }
-        if self.cut.is_some() {
+        if p.cut.is_some() {
             // The stream came whole but pg_restore stopped inside it: the dump in the archive
             // is cut short or corrupt. A new download may be whole (the trade-off).
-            let status = self
+            let status = p
                 .child
                 .wait()
                 .await
                 .map(|s| s.to_string())
                 .unwrap_or_default();
-            self.pgid = None;
-            let stderr = (&mut self.stderr).await.unwrap_or_default();
+            p.pgid = None;
+            let stderr = (&mut p.stderr).await.unwrap_or_default();
             return Err(ApplyError::Stream(FeedError::Cut {
-                what: self.dump.display().to_string(),
+                what,
                 detail: format!("pg_restore stopped inside it ({status}): {stderr}"),
             }));
         }
         Err(e.into())
-    }
-
-    /// Why a streamed archive stopped early, if it did: the feeding thread's own error (waited
-    /// for only if `wait`, else taken if it already ended), or the producer's reason.
-    async fn stream_error(&mut self, wait: bool) -> Option<ApplyError> {
-        let ended = self
-            .feeding
-            .as_ref()
-            .is_some_and(|f| wait || f.is_finished());
-        if ended
-            && let Some(feeding) = self.feeding.take()
-            && let Ok(Err(e)) = feeding.await
-        {
-            return Some(ApplyError::Stream(e));
-        }
-        let what = self.dump.display().to_string();
-        self.cut
-            .as_ref()
-            .and_then(|c| c.error(&what))
-            .map(ApplyError::Stream)
     }
 
     /// The next piece of the script, or `None` at its end.
@@ -277,8 +360,42 @@ impl ScriptStream {
         }
     }
 
-    /// Waits for pg_restore's exit: an error if it failed.
+    /// Waits for pg_restore's exit (or the native reader's end): an error if it failed.
     pub(super) async fn finish(mut self) -> Result<(), ApplyError> {
+        let what = self.dump.display().to_string();
+        match &mut self.origin {
+            ScriptOrigin::Native(task) => match task.take() {
+                Some(task) => task.await.map_err(|e| ApplyError::Read {
+                    source: std::io::Error::other(format!("the archive's reader failed: {e}")),
+                })?,
+                None => Ok(()),
+            },
+            ScriptOrigin::PgRestore(p) => p.finish(&what, &self.dump).await,
+        }
+    }
+}
+
+impl PgRestore {
+    /// Why a streamed archive stopped early, if it did: the feeding thread's own error (waited
+    /// for only if `wait`, else taken if it already ended), or the producer's reason.
+    async fn stream_error(&mut self, wait: bool, what: &str) -> Option<ApplyError> {
+        let ended = self
+            .feeding
+            .as_ref()
+            .is_some_and(|f| wait || f.is_finished());
+        if ended
+            && let Some(feeding) = self.feeding.take()
+            && let Ok(Err(e)) = feeding.await
+        {
+            return Some(ApplyError::Stream(e));
+        }
+        self.cut
+            .as_ref()
+            .and_then(|c| c.error(what))
+            .map(ApplyError::Stream)
+    }
+
+    async fn finish(&mut self, what: &str, dump: &Path) -> Result<(), ApplyError> {
         let status = self
             .child
             .wait()
@@ -286,7 +403,7 @@ impl ScriptStream {
             .map_err(|source| ApplyError::Read { source })?;
         self.pgid = None;
         // A stream cut short makes pg_restore fail on a short read: the cut is the cause.
-        if let Some(e) = self.stream_error(true).await {
+        if let Some(e) = self.stream_error(true, what).await {
             return Err(e);
         }
         if status.success() {
@@ -297,12 +414,12 @@ impl ScriptStream {
         // (a dump cut short, a corrupt block), which a new download may not have.
         if self.cut.is_some() {
             return Err(ApplyError::Stream(FeedError::Cut {
-                what: self.dump.display().to_string(),
+                what: what.to_string(),
                 detail: format!("pg_restore could not read it ({status}): {stderr}"),
             }));
         }
         Err(ApplyError::PgRestore {
-            dump: self.dump.clone(),
+            dump: dump.to_path_buf(),
             status: status.to_string(),
             stderr,
             // Killed (OOM killer, an operator): nothing says the next attempt fails too.
