@@ -19,7 +19,7 @@
 //! `pg_restore --file=-` would write for the data entries, so that everything downstream is
 //! the same; no `pg_restore` runs for them. Where that reader does not apply (large objects,
 //! `--inserts` dumps, archive versions outside 1.14 to 1.16), the whole section goes through
-//! pg_restore, said once with the reason ([`READ_ROWS_NATIVELY`] turns the native reader off).
+//! pg_restore, said once with the reason ([`rows_source::READ_ROWS_NATIVELY`] turns the native reader off).
 //!
 //! Parallelism: the rows' section reads the rows' entries once, in the archive's order, from
 //! the dump file or from a stream, and deals each table's rows out to `jobs` sessions; each
@@ -33,6 +33,7 @@ mod batch;
 pub mod early;
 mod keys;
 pub mod rehearsal;
+mod rows_source;
 pub mod script;
 mod session;
 pub(crate) mod stream;
@@ -44,7 +45,6 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
-use crate::dump::rows::RowsSource;
 use crate::masking::Masker;
 use crate::replica::sqlstate::classify;
 use crate::replica::{PgEndpoint, PostgresError, RESTORE_APPLICATION_NAME};
@@ -53,32 +53,12 @@ pub use keys::key_as_index;
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
 pub use session::SessionSpec;
 use session::{Session, qualified, server_error_text};
-use stream::{Item, ScriptStream, native_script, pg_restore_script, pg_restore_stream};
-
-/// The rows of the data entries of `list` (a `--use-list` excerpt of the dump file): read
-/// natively where they may be, else by pg_restore; nothing said (the rehearsal's samples).
-fn rows_script(applier: &Applier, list: String) -> Result<ScriptStream, ApplyError> {
-    let ids = crate::dump::rows::list_ids(&list);
-    match applier.native_toc(&ids, None) {
-        Ok(toc) => Ok(native_script(
-            applier.dump.clone(),
-            RowsSource::File(applier.dump.clone(), toc),
-            ids,
-        )),
-        Err(_) => pg_restore_script(&applier.dump, list),
-    }
-}
+use stream::{Item, ScriptStream, pg_restore_script};
 
 /// Pre-data statements are committed in transactions of at most this many statements: one
 /// commit per object would cost a disk flush each, and one transaction for all of them could
 /// run out of lock slots on a small server (each new table holds a lock until the commit).
 const PRE_DATA_BATCH: usize = 250;
-
-/// The rows' section reads the archive's data blocks itself (`dump/rows.rs`) and sends them
-/// to `COPY`, with no `pg_restore` in the way; where the native reader does not apply (see
-/// [`crate::dump::rows::natively_readable`]) the whole section goes through pg_restore, said
-/// once with the reason. `false`: every section through pg_restore, as before.
-const READ_ROWS_NATIVELY: bool = true;
 
 /// Kinds of post-data entries that touch one table each and may run side by side.
 const PARALLEL_POST_DATA: &[&str] = &["INDEX", "CONSTRAINT", "CHECK CONSTRAINT"];
@@ -390,80 +370,8 @@ impl Applier {
         list_file: &Path,
         report: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ApplyError> {
-        let ids = crate::dump::rows::list_ids(&list);
-        let stream = match feed {
-            Some(feed) => match self.native_rows(&ids, Some(feed.head_path())) {
-                Some(_) => native_script(
-                    PathBuf::from(feed.what.clone()),
-                    RowsSource::Feed(feed),
-                    ids,
-                ),
-                None => {
-                    std::fs::write(list_file, list)
-                        .map_err(|source| ApplyError::Read { source })?;
-                    pg_restore_stream(feed, list_file)?
-                }
-            },
-            None => match self.native_rows(&ids, None) {
-                Some(toc) => native_script(
-                    self.dump.clone(),
-                    RowsSource::File(self.dump.clone(), toc),
-                    ids,
-                ),
-                None => pg_restore_script(&self.dump, list)?,
-            },
-        };
+        let stream = self.rows_stream(feed, list, list_file)?;
         self.run_on_one_session(stream, false, report).await
-    }
-
-    /// The archive's head if the native reader writes the rows of the entries `ids` (read
-    /// from the dump file, or, for a stream, from `stream_head`, the head file it kept), else
-    /// `None`, said with the reason: the section then goes through pg_restore.
-    fn native_rows(
-        &self,
-        ids: &[i64],
-        stream_head: Option<Option<&Path>>,
-    ) -> Option<Arc<crate::dump::archive::ArchiveToc>> {
-        if !READ_ROWS_NATIVELY {
-            return None;
-        }
-        match self.native_toc(ids, stream_head) {
-            Ok(toc) => {
-                tracing::info!(
-                    entries = ids.len(),
-                    "the rows are read from the archive natively (no pg_restore for them)"
-                );
-                Some(toc)
-            }
-            Err(why) => {
-                tracing::info!(
-                    reason = %why,
-                    "the rows' section goes through pg_restore (not read natively: {why})"
-                );
-                None
-            }
-        }
-    }
-
-    /// [`Applier::native_rows`] without a word: `Err(why not)`.
-    fn native_toc(
-        &self,
-        ids: &[i64],
-        stream_head: Option<Option<&Path>>,
-    ) -> Result<Arc<crate::dump::archive::ArchiveToc>, String> {
-        if !READ_ROWS_NATIVELY {
-            return Err("READ_ROWS_NATIVELY is off".into());
-        }
-        let toc = match stream_head {
-            Some(Some(head)) => crate::dump::rows::read_toc_of(head).map(Arc::new),
-            Some(None) => Err("the stream's head was not kept".to_string()),
-            None => self
-                .archive
-                .get_or_init(|| crate::dump::rows::read_toc_of(&self.dump).map(Arc::new))
-                .clone(),
-        }?;
-        crate::dump::rows::natively_readable(&toc, ids)?;
-        Ok(toc)
     }
 
     /// Runs `stream` in order on one new session, then waits for its end (its pg_restore, or
@@ -561,30 +469,14 @@ impl Applier {
             report,
         };
         let width = self.jobs.min(lists.len());
-        // Native or pg_restore: decided once for the whole section.
-        let all: Vec<i64> = lists
-            .iter()
-            .flat_map(|l| crate::dump::rows::list_ids(l))
-            .collect();
-        let native = if all.is_empty() {
-            None
-        } else {
-            self.native_rows(&all, None)
-        };
+        let native = self.native_rows_of_lists(&lists);
         let queue = Mutex::new(VecDeque::from(lists));
         let worker = || async {
             let mut session = Session::open(self).await?;
             loop {
                 let next = queue.lock().expect("queue lock").pop_front();
                 let Some(list) = next else { break };
-                let mut stream = match &native {
-                    Some(toc) => native_script(
-                        self.dump.clone(),
-                        RowsSource::File(self.dump.clone(), toc.clone()),
-                        crate::dump::rows::list_ids(&list),
-                    ),
-                    None => pg_restore_script(&self.dump, list)?,
-                };
+                let mut stream = self.list_stream(native.as_ref(), list)?;
                 self.drive(&mut session, &mut stream, false, &progress)
                     .await?;
                 stream.finish().await?;

@@ -266,7 +266,7 @@ impl Applier {
         line: &str,
         spec: &RehearsalSpec,
     ) -> Result<Option<u64>, ApplyError> {
-        let mut stream = super::rows_script(self, format!("{line}\n"))?;
+        let mut stream = super::rows_source::rows_script(self, format!("{line}\n"))?;
         let mut preamble = Vec::new();
         let mut entry: Option<EntryHeader> = None;
         let mut copy: Option<String> = None;
