@@ -279,6 +279,44 @@ impl<R: Read> Wire<R> {
     }
 }
 
+impl<R: Read> Wire<R> {
+    /// Passes over the body of a data block whose header (type `kind`, dump id) was just
+    /// read: a table's chunks, or large objects' oids each with their chunks, up to the end
+    /// markers. `skip` passes over `n` bytes (a seek in a file, a read of a stream). A block of
+    /// an unknown type, or a negative chunk length, is `InvalidData`.
+    pub fn skip_block_body(
+        &mut self,
+        kind: u8,
+        skip: impl Fn(&mut Self, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let chunks = |w: &mut Self| loop {
+            match w.int()? {
+                0 => return Ok(()),
+                n if n < 0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a chunk of length {n}"),
+                    ));
+                }
+                n => skip(w, n as u64)?,
+            }
+        };
+        match kind {
+            BLK_DATA => chunks(self),
+            BLK_BLOBS => {
+                while self.int()? != 0 {
+                    chunks(self)?;
+                }
+                Ok(())
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown block type {kind}"),
+            )),
+        }
+    }
+}
+
 fn at(what: &'static str) -> impl Fn(io::Error) -> HeadError {
     move |e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {

@@ -398,34 +398,6 @@ impl ArchiveRows {
         Ok(())
     }
 
-    /// Skips `n` bytes: a seek in a file, a read of a stream.
-    fn skip(&mut self, n: u64) -> io::Result<()> {
-        match &mut self.wire.inner {
-            ArchiveInput::File(f) => {
-                f.seek_relative(i64::try_from(n).map_err(io::Error::other)?)?;
-                self.wire.pos += n;
-                Ok(())
-            }
-            ArchiveInput::Feed(_) => self.wire.skip(n),
-        }
-    }
-
-    /// Skips the chunks of a block up to its end marker.
-    fn skip_chunks(&mut self) -> io::Result<()> {
-        loop {
-            match self.wire.int()? {
-                0 => return Ok(()),
-                n if n < 0 => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a chunk of length {n}"),
-                    ));
-                }
-                n => self.skip(n as u64)?,
-            }
-        }
-    }
-
     /// Places the reader at the chunks of `entry`'s data block.
     fn find_block(&mut self, entry: &Entry) -> Result<(), RowsError> {
         let file = matches!(self.wire.inner, ArchiveInput::File(_));
@@ -481,27 +453,16 @@ impl ArchiveRows {
             if kind == BLK_DATA && id == entry.id {
                 return Ok(());
             }
-            let skipped = match kind {
-                BLK_DATA => self.skip_chunks(),
-                BLK_BLOBS => self.skip_blobs(),
-                other => {
-                    return Err(self.damaged(entry, start, format!("a block of type {other}")));
-                }
-            };
+            if kind != BLK_DATA && kind != BLK_BLOBS {
+                return Err(self.damaged(entry, start, format!("a block of type {kind}")));
+            }
+            let skipped = self.wire.skip_block_body(kind, skip);
             skipped.map_err(|e| match e.kind() {
                 io::ErrorKind::InvalidData => self.damaged(entry, start, e.to_string()),
                 _ => self.read_error(e, entry),
             })?;
             self.walked_to = self.wire.pos;
         }
-    }
-
-    /// Skips a block of large objects: an oid and its chunks each, up to an oid of 0.
-    fn skip_blobs(&mut self) -> io::Result<()> {
-        while self.wire.int()? != 0 {
-            self.skip_chunks()?;
-        }
-        Ok(())
     }
 
     fn block_header(&mut self, entry: &Entry) -> Result<(u8, i64), RowsError> {
@@ -558,6 +519,18 @@ impl ArchiveRows {
                 format!("its {compression} data cannot be decompressed: {e}"),
             )),
         }
+    }
+}
+
+/// Skips `n` bytes of the archive: a seek in a file, a read of a stream.
+fn skip(w: &mut Wire<ArchiveInput>, n: u64) -> io::Result<()> {
+    match &mut w.inner {
+        ArchiveInput::File(f) => {
+            f.seek_relative(i64::try_from(n).map_err(io::Error::other)?)?;
+            w.pos += n;
+            Ok(())
+        }
+        ArchiveInput::Feed(_) => w.skip(n),
     }
 }
 

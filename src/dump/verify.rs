@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::archive::{self, BLK_BLOBS, BLK_DATA, DataPos, Entry, HeadError, Wire};
+use super::archive::{self, DataPos, Entry, HeadError, Wire};
 use crate::error::StepError;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +69,7 @@ enum DataVerdict {
 }
 
 struct Reader {
-    r: BufReader<File>,
-    int_size: usize,
+    w: Wire<BufReader<File>>,
     len: u64,
 }
 
@@ -80,70 +79,26 @@ fn is_eof(e: &io::Error) -> bool {
 }
 
 impl Reader {
-    fn byte(&mut self) -> io::Result<u8> {
-        let mut b = [0u8; 1];
-        self.r.read_exact(&mut b)?;
-        Ok(b[0])
-    }
-
-    /// `ReadInt`: a sign byte, then `int_size` bytes, little-endian.
-    fn int(&mut self) -> io::Result<i64> {
-        let sign = self.byte()?;
-        let mut v: i64 = 0;
-        for i in 0..self.int_size {
-            let b = i64::from(self.byte()?);
-            if i < 8 {
-                v |= b << (8 * i);
-            }
+    fn new(file: File, len: u64) -> Reader {
+        Reader {
+            w: Wire::new(BufReader::with_capacity(1 << 20, file)),
+            len,
         }
-        Ok(if sign != 0 { -v } else { v })
-    }
-
-    fn skip(&mut self, n: u64) -> io::Result<()> {
-        let pos = self.r.stream_position()?;
-        if pos + n > self.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"));
-        }
-        self.r.seek_relative(n as i64)
     }
 
     /// Walks one data block from its header to its end marker; returns its dump id.
     fn walk_block(&mut self) -> io::Result<(u8, i64)> {
-        let kind = self.byte()?;
-        let id = self.int()?;
-        match kind {
-            BLK_DATA => self.walk_chunks()?,
-            BLK_BLOBS => loop {
-                // Large objects: an oid, its chunks; an oid of 0 ends the block.
-                if self.int()? == 0 {
-                    break;
-                }
-                self.walk_chunks()?;
-            },
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unknown block type {kind}"),
-                ));
+        let kind = self.w.byte()?;
+        let id = self.w.int()?;
+        let len = self.len;
+        // A seek, not a read: a block's bytes are passed over, never looked at.
+        self.w.skip_block_body(kind, |w, n| {
+            if w.inner.stream_position()? + n > len {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"));
             }
-        }
+            w.inner.seek_relative(n as i64)
+        })?;
         Ok((kind, id))
-    }
-
-    fn walk_chunks(&mut self) -> io::Result<()> {
-        loop {
-            let n = self.int()?;
-            if n == 0 {
-                return Ok(());
-            }
-            if n < 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "negative chunk length",
-                ));
-            }
-            self.skip(n as u64)?;
-        }
     }
 }
 
@@ -154,11 +109,7 @@ fn verify(path: &Path) -> Result<(DataVerdict, Option<Dependencies>), PreflightE
     };
     let file = File::open(path).map_err(read_err)?;
     let len = file.metadata().map_err(read_err)?.len();
-    let mut rd = Reader {
-        r: BufReader::with_capacity(1 << 20, file),
-        int_size: 4,
-        len,
-    };
+    let mut rd = Reader::new(file, len);
     let truncated = |detail: String| PreflightError::Truncated {
         path: path.to_path_buf(),
         detail,
@@ -200,13 +151,11 @@ fn at(what: &'static str) -> impl Fn(io::Error) -> Problem {
 /// Reads the archive's header and table of contents (`archive.rs`), leaving `rd` at the
 /// start of the data.
 fn read_toc(rd: &mut Reader) -> Result<Vec<Entry>, Problem> {
-    let mut w = Wire::new(&mut rd.r);
-    let toc = archive::read_toc(&mut w).map_err(|e| match e {
+    let toc = archive::read_toc(&mut rd.w).map_err(|e| match e {
         HeadError::Eof(at) => Problem::Eof(at),
         HeadError::Unknown(why) => Problem::Unknown(why),
         HeadError::Io(e) => Problem::Io(e),
     })?;
-    rd.int_size = toc.header.int_size;
     Ok(toc.entries)
 }
 
@@ -216,13 +165,11 @@ fn read_toc(rd: &mut Reader) -> Result<Vec<Entry>, Problem> {
 pub fn toc_end(head: &Path) -> Result<Option<u64>, String> {
     let file = File::open(head).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut rd = Reader {
-        r: BufReader::with_capacity(1 << 20, file),
-        int_size: 4,
-        len,
-    };
+    let mut rd = Reader::new(file, len);
     match read_toc(&mut rd) {
-        Ok(_) => Ok(Some(rd.r.stream_position().map_err(|e| e.to_string())?)),
+        Ok(_) => Ok(Some(
+            rd.w.inner.stream_position().map_err(|e| e.to_string())?,
+        )),
         Err(Problem::Eof(_)) => Ok(None),
         Err(Problem::Io(e)) if is_eof(&e) => Ok(None),
         Err(Problem::Io(e)) => Err(e.to_string()),
@@ -235,11 +182,7 @@ pub fn toc_end(head: &Path) -> Result<Option<u64>, String> {
 pub fn dependencies(dump: &Path) -> Option<Dependencies> {
     let file = File::open(dump).ok()?;
     let len = file.metadata().ok()?.len();
-    let mut rd = Reader {
-        r: BufReader::with_capacity(1 << 20, file),
-        int_size: 4,
-        len,
-    };
+    let mut rd = Reader::new(file, len);
     Some(dependencies_of(&read_toc(&mut rd).ok()?))
 }
 
@@ -262,7 +205,7 @@ fn walk(rd: &mut Reader, entries: &[Entry]) -> Result<DataVerdict, Problem> {
             DataPos::At(pos) => Some((e.id, Some(pos))),
         })
         .collect();
-    let data_start = rd.r.stream_position().map_err(Problem::Io)?;
+    let data_start = rd.w.inner.stream_position().map_err(Problem::Io)?;
     if with_data.is_empty() {
         return Ok(DataVerdict::Whole { data_blocks: 0 });
     }
@@ -286,7 +229,7 @@ fn walk(rd: &mut Reader, entries: &[Entry]) -> Result<DataVerdict, Problem> {
             .filter_map(|(id, p)| p.map(|p| (*id, p)))
             .max_by_key(|(_, p)| *p)
             .expect("non-empty");
-        rd.r.seek(SeekFrom::Start(pos)).map_err(Problem::Io)?;
+        rd.w.inner.seek(SeekFrom::Start(pos)).map_err(Problem::Io)?;
         let (_, got) = rd.walk_block().map_err(at("the data of its last table"))?;
         if got != id {
             return Err(Problem::Unknown(format!(
@@ -299,11 +242,12 @@ fn walk(rd: &mut Reader, entries: &[Entry]) -> Result<DataVerdict, Problem> {
     }
 
     // No offsets (pg_dump wrote to a pipe): walk every block from the end of the TOC.
-    rd.r.seek(SeekFrom::Start(data_start))
+    rd.w.inner
+        .seek(SeekFrom::Start(data_start))
         .map_err(Problem::Io)?;
     let mut seen = std::collections::HashSet::new();
     loop {
-        let pos = rd.r.stream_position().map_err(Problem::Io)?;
+        let pos = rd.w.inner.stream_position().map_err(Problem::Io)?;
         if pos == rd.len {
             break;
         }
