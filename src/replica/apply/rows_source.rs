@@ -19,15 +19,10 @@ pub(super) const READ_ROWS_NATIVELY: bool = true;
 /// The rows of the data entries of `list` (a `--use-list` excerpt of the dump file): read
 /// natively where they may be, else by pg_restore; nothing said (the rehearsal's samples).
 pub(super) fn rows_script(applier: &Applier, list: String) -> Result<ScriptStream, ApplyError> {
-    let ids = crate::dump::rows::list_ids(&list);
-    match applier.native_toc(&ids, None) {
-        Ok(toc) => Ok(native_script(
-            applier.dump.clone(),
-            RowsSource::File(applier.dump.clone(), toc),
-            ids,
-        )),
-        Err(_) => pg_restore_script(&applier.dump, list),
-    }
+    let native = applier
+        .native_toc(&crate::dump::rows::list_ids(&list), None)
+        .ok();
+    applier.list_stream(native.as_ref(), list)
 }
 
 impl Applier {
@@ -44,7 +39,8 @@ impl Applier {
         self.native_rows(&all, None)
     }
 
-    /// The rows of one of those lists, as [`Applier::native_rows_of_lists`] decided.
+    /// The rows of one list of the dump file's entries: read natively with `native` (the
+    /// archive's head, where [`Applier::native_rows`] or its kin said yes), else by pg_restore.
     pub(super) fn list_stream(
         &self,
         native: Option<&Arc<ArchiveToc>>,
@@ -83,14 +79,7 @@ impl Applier {
                     pg_restore_stream(feed, list_file)?
                 }
             },
-            None => match self.native_rows(&ids, None) {
-                Some(toc) => native_script(
-                    self.dump.clone(),
-                    RowsSource::File(self.dump.clone(), toc),
-                    ids,
-                ),
-                None => pg_restore_script(&self.dump, list)?,
-            },
+            None => self.list_stream(self.native_rows(&ids, None).as_ref(), list)?,
         })
     }
 
