@@ -196,6 +196,12 @@ pub(super) fn native_script(dump: PathBuf, source: RowsSource, ids: Vec<i64>) ->
         let written = source
             .open()
             .and_then(|mut rows| rows.write_script(&ids, &mut out));
+        // What was written before a cut or a damaged block goes out before the error: the
+        // tables whole before it load and commit with their records, and the next attempt
+        // skips them. (The session sees the error only once it has read all of it.)
+        if written.is_err() {
+            let _ = std::io::Write::flush(&mut out);
+        }
         match written {
             Ok(()) | Err(RowsError::Closed) => Ok(()),
             Err(RowsError::Feed(e)) => Err(ApplyError::Stream(e)),
@@ -425,5 +431,68 @@ impl PgRestore {
             // Killed (OOM killer, an operator): nothing says the next attempt fails too.
             transient: status.signal().is_some(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dump::rows::{ArchiveRows, read_toc_of};
+    use std::sync::Arc;
+
+    /// An archive of the fixtures cut in its last block (`tests/fixtures/rows`).
+    fn cut_archive(dir: &Path) -> PathBuf {
+        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rows");
+        let bytes = std::fs::read(fixtures.join("pg16-gzip-pipe.dump")).unwrap();
+        let short = dir.join("short.dump");
+        std::fs::write(&short, &bytes[..bytes.len() - 3000]).unwrap();
+        short
+    }
+
+    /// A reader that stops at a cut has written every entry before it: those bytes reach the
+    /// session (the tables before the cut load and commit with their records, and a resumed
+    /// attempt skips them), then the reader's error comes. Was: the last chunk, under
+    /// [`COPY_CHUNK`], was dropped with the error, and the tables in it never committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_is_read_before_a_cut_reaches_the_session_before_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = cut_archive(dir.path());
+        let toc = Arc::new(read_toc_of(&short).unwrap());
+        let ids: Vec<i64> = toc
+            .entries
+            .iter()
+            .filter(|e| matches!(e.desc(), "TABLE DATA" | "SEQUENCE SET"))
+            .map(|e| e.id)
+            .collect();
+        // What the reader writes before it stops.
+        let mut written = Vec::new();
+        ArchiveRows::file(&short, toc.clone())
+            .unwrap()
+            .write_script(&ids, &mut written)
+            .unwrap_err();
+        let tables_before_cut = written
+            .windows(b"\n\\.\n".len())
+            .filter(|w| w == b"\n\\.\n")
+            .count();
+        assert!(
+            tables_before_cut >= 2,
+            "the fixture must have tables before its cut"
+        );
+
+        let mut stream = native_script(short.clone(), RowsSource::File(short.clone(), toc), ids);
+        let mut ended = 0;
+        let error = loop {
+            match stream.next().await {
+                Ok(Some(Item::RowsEnd)) => ended += 1,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("a cut archive's script ended without an error"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            ended, tables_before_cut,
+            "the COPYs the reader wrote whole before the cut must reach the session whole"
+        );
+        assert!(error.to_string().contains("cut short"), "{error}");
     }
 }
