@@ -497,6 +497,19 @@ impl Steps for RealSteps {
         let plan = self.restore_plan(work, &toc, &dump).await?;
         let rewriter = super::planning::rewriter(&self.target, &plan).await?;
         applier = applier.with_rewriter(rewriter.clone());
+        if section == Section::PreData && self.restore.use_unlogged_tables {
+            // The tables are created unlogged: the unlogging step after has (nearly) nothing
+            // left to rewrite.
+            let unlogged = replica::unlogged::CreatedUnlogged::of_dump(&dump).await?;
+            if let Some(u) = &unlogged {
+                info!(
+                    tables = u.len(),
+                    "{} table(s) created UNLOGGED by the schema's statements",
+                    u.len()
+                );
+            }
+            applier = applier.with_created_unlogged(unlogged.map(Arc::new));
+        }
         let skip = plan.skip();
         // What an earlier attempt of this run did, as the target records it.
         let mut done = std::collections::HashSet::new();
@@ -657,7 +670,10 @@ impl Steps for RealSteps {
                 rewriter.as_deref(),
             )
             .await?;
-            info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
+            // Nothing said when the schema created them all unlogged (said then).
+            if n > 0 {
+                info!(tables = n, "{n} table(s) set UNLOGGED before loading rows");
+            }
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ pub(crate) mod sqlstate;
 pub mod statistics;
 pub mod swap;
 mod tls;
-mod unlogged;
+pub mod unlogged;
 mod url;
 mod wipe;
 

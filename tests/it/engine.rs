@@ -55,8 +55,16 @@ fn run_replaces_the_target_with_the_newest_done_backup() {
 fn unlogged_tables_end_unlogged_with_the_same_content() {
     let mut s = Scenario::rich("unlogged");
     s.set_env("USE_UNLOGGED_TABLES", "true");
-    s.run_ok(&["run"]);
+    let out = s.run_ok(&["run"]);
     s.assert_target_is_source();
+    // Created unlogged by the schema's statements, none rewritten after: the unlogging step
+    // had nothing left to do.
+    let log = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        log.contains("table(s) created UNLOGGED by the schema's statements"),
+        "{log}"
+    );
+    assert!(!log.contains("set UNLOGGED before loading rows"), "{log}");
     let tables = s.table_persistence();
     assert!(tables.len() >= 5, "{tables:?}");
     // PostgreSQL keeps a partitioned table logged, and a logged table's foreign key may not
@@ -68,6 +76,11 @@ fn unlogged_tables_end_unlogged_with_the_same_content() {
         .map(|(t, _)| t.as_str())
         .collect();
     assert_eq!(logged, vec!["UserAccounts"], "{tables:?}");
+    let unlogged = tables.iter().filter(|(_, p)| p == "u").count();
+    assert!(
+        log.contains(&format!("{unlogged} table(s) created UNLOGGED")),
+        "{unlogged} unlogged: {log}"
+    );
 }
 
 #[test]

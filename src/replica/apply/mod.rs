@@ -167,6 +167,8 @@ pub struct Applier {
     log: Option<Arc<LoadLog>>,
     /// Swap mode: statements pointed at the shadow schemas.
     rewriter: Option<Arc<crate::dump::rewrite::Rewriter>>,
+    /// `USE_UNLOGGED_TABLES`: the tables the schema creates `UNLOGGED` in the first place.
+    unlogged: Option<Arc<crate::replica::unlogged::CreatedUnlogged>>,
     /// The dump file's header and table of contents as the native reader of the rows reads
     /// them, read once (`Err`: why it cannot).
     archive: std::sync::OnceLock<Result<Arc<crate::dump::archive::ArchiveToc>, String>>,
@@ -260,6 +262,7 @@ impl Applier {
             masker: None,
             log: None,
             rewriter: None,
+            unlogged: None,
             archive: std::sync::OnceLock::new(),
         })
     }
@@ -276,7 +279,17 @@ impl Applier {
             known: self.known.clone(),
             said: self.left_out.clone(),
             rewriter: self.rewriter.clone(),
+            unlogged: self.unlogged.clone(),
         }
+    }
+
+    /// `USE_UNLOGGED_TABLES`: the schema creates these tables `UNLOGGED` in the first place.
+    pub fn with_created_unlogged(
+        mut self,
+        unlogged: Option<Arc<crate::replica::unlogged::CreatedUnlogged>>,
+    ) -> Applier {
+        self.unlogged = unlogged;
+        self
     }
 
     /// Swap mode: every statement is pointed at the shadow schemas of `rewriter`.

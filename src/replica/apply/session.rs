@@ -17,6 +17,7 @@ use crate::dump::rewrite::Rewriter;
 use crate::masking::transform::Rows;
 use crate::replica::sqlstate::classify;
 use crate::replica::swap::large_objects;
+use crate::replica::unlogged::CreatedUnlogged;
 use crate::replica::{PgEndpoint, RESTORE_APPLICATION_NAME};
 
 /// What a session of the restore needs to open, owned (sessions open in spawned tasks too).
@@ -27,6 +28,8 @@ pub struct SessionSpec {
     pub(super) said: Arc<Mutex<HashSet<String>>>,
     /// Swap mode: every statement pointed at the shadow schemas.
     pub(super) rewriter: Option<Arc<Rewriter>>,
+    /// `USE_UNLOGGED_TABLES`: the tables the schema creates `UNLOGGED` in the first place.
+    pub(super) unlogged: Option<Arc<CreatedUnlogged>>,
 }
 
 /// The name of the setting `stmt` sets, if it is a plain `SET name = value` (or `TO`):
@@ -80,6 +83,7 @@ pub(super) struct Session {
     /// The session settings (the script's preamble) this session last ran.
     preamble: Vec<String>,
     rewriter: Option<Arc<Rewriter>>,
+    unlogged: Option<Arc<CreatedUnlogged>>,
     /// Swap mode: the large object this session's script opened last (`0`: none), which the
     /// writes after it name only as descriptor 0.
     open_lo: AtomicU32,
@@ -105,6 +109,7 @@ impl Session {
             said: spec.said.clone(),
             preamble: Vec::new(),
             rewriter: spec.rewriter.clone(),
+            unlogged: spec.unlogged.clone(),
             open_lo: AtomicU32::new(0),
         })
     }
@@ -155,11 +160,16 @@ impl Session {
             .collect())
     }
 
-    /// `stmt` as it is sent: pointed at the shadow schemas in swap mode.
+    /// `stmt` as it is sent: a table created `UNLOGGED` where so decided, pointed at the
+    /// shadow schemas in swap mode (the dump's names are what both read).
     fn sent<'a>(&self, stmt: &'a str) -> std::borrow::Cow<'a, str> {
-        match &self.rewriter {
-            Some(r) => r.rewrite(stmt),
-            None => std::borrow::Cow::Borrowed(stmt),
+        use std::borrow::Cow;
+        let unlogged = self.unlogged.as_ref().and_then(|u| u.create_unlogged(stmt));
+        match (unlogged, &self.rewriter) {
+            (None, Some(r)) => r.rewrite(stmt),
+            (None, None) => Cow::Borrowed(stmt),
+            (Some(s), Some(r)) => Cow::Owned(r.rewrite(&s).into_owned()),
+            (Some(s), None) => Cow::Owned(s),
         }
     }
 
