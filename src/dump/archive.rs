@@ -148,6 +148,28 @@ impl ArchiveToc {
         self.entries.iter().find(|e| e.id == id)
     }
 
+    /// Only what the reader of the rows reads: the entries with a data block and the sequences'
+    /// values, and the session's settings (`ENCODING`, `STDSTRINGS`, `SEARCHPATH`). The rows'
+    /// section keeps its table of contents for as long as it runs, and a schema of thousands
+    /// of tables has three times more other entries, each with its statement (11 MB of a
+    /// 2,500-table dump's, heaptrack; docs/performance.md, Many objects).
+    pub fn for_rows(mut self) -> ArchiveToc {
+        const KEPT: [&str; 5] = [
+            "TABLE DATA",
+            "SEQUENCE SET",
+            "ENCODING",
+            "STDSTRINGS",
+            "SEARCHPATH",
+        ];
+        self.entries
+            .retain(|e| e.had_dumper || KEPT.contains(&e.desc()));
+        for e in &mut self.entries {
+            e.deps = Vec::new();
+        }
+        self.entries.shrink_to_fit();
+        self
+    }
+
     /// The `defn` of the first entry of kind `desc` (`ENCODING`, `STDSTRINGS`, `SEARCHPATH`).
     fn special(&self, desc: &str) -> Option<&str> {
         self.entries

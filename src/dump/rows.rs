@@ -278,7 +278,7 @@ impl ArchiveRows {
         };
         Ok(ArchiveRows {
             walked_to: toc.data_start,
-            toc: std::sync::Arc::new(toc),
+            toc: std::sync::Arc::new(toc.for_rows()),
             wire,
             what,
             seen: HashMap::new(),

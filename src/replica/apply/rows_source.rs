@@ -121,13 +121,12 @@ impl Applier {
         if !READ_ROWS_NATIVELY {
             return Err("READ_ROWS_NATIVELY is off".into());
         }
+        let read =
+            |path: &Path| crate::dump::rows::read_toc_of(path).map(|toc| Arc::new(toc.for_rows()));
         let toc = match stream_head {
-            Some(Some(head)) => crate::dump::rows::read_toc_of(head).map(Arc::new),
+            Some(Some(head)) => read(head),
             Some(None) => Err("the stream's head was not kept".to_string()),
-            None => self
-                .archive
-                .get_or_init(|| crate::dump::rows::read_toc_of(&self.dump).map(Arc::new))
-                .clone(),
+            None => self.archive.get_or_init(|| read(&self.dump)).clone(),
         }?;
         crate::dump::rows::natively_readable(&toc, ids)?;
         Ok(toc)
