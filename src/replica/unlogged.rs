@@ -1,4 +1,6 @@
-//! `USE_UNLOGGED_TABLES`: tables made `UNLOGGED` between the schema and the rows.
+//! `USE_UNLOGGED_TABLES`: tables created `UNLOGGED` by the schema's statements
+//! ([`CreatedUnlogged`]), and made `UNLOGGED` between the schema and the rows where they were
+//! not.
 
 use std::collections::HashSet;
 use std::path::Path;
