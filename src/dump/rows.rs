@@ -101,6 +101,14 @@ pub fn read_toc_of(path: &Path) -> Result<ArchiveToc, String> {
     archive::read_toc(&mut w).map_err(|e| e.to_string())
 }
 
+/// [`read_toc_of`] with only what the rows need ([`ArchiveToc::for_rows`]), the rest dropped as
+/// it is read.
+pub fn read_rows_toc_of(path: &Path) -> Result<ArchiveToc, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut w = Wire::new(BufReader::with_capacity(1 << 20, file));
+    archive::read_rows_toc(&mut w).map_err(|e| e.to_string())
+}
+
 /// Whether this reader writes the script of the entries `ids` of `toc` as pg_restore would;
 /// `Err(why not)` otherwise.
 pub fn natively_readable(toc: &ArchiveToc, ids: &[i64]) -> Result<(), String> {
@@ -263,7 +271,7 @@ impl ArchiveRows {
         let reader = feed.into_reader()?;
         let what = reader.what().to_string();
         let mut wire = Wire::new(ArchiveInput::Feed(reader));
-        let toc = match archive::read_toc(&mut wire) {
+        let toc = match archive::read_rows_toc(&mut wire) {
             Ok(toc) => toc,
             Err(e) => {
                 let ArchiveInput::Feed(reader) = &wire.inner else {
@@ -278,7 +286,7 @@ impl ArchiveRows {
         };
         Ok(ArchiveRows {
             walked_to: toc.data_start,
-            toc: std::sync::Arc::new(toc.for_rows()),
+            toc: std::sync::Arc::new(toc),
             wire,
             what,
             seen: HashMap::new(),

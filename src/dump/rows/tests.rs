@@ -45,7 +45,7 @@ fn data_ids(toc: &ArchiveToc) -> Vec<i64> {
 
 fn script_of_file(path: &Path, ids: &[i64]) -> Result<String, RowsError> {
     // As the rows' section reads it: only the entries the rows need.
-    let toc = Arc::new(read_toc_of(path).unwrap().for_rows());
+    let toc = Arc::new(read_rows_toc_of(path).unwrap());
     let mut out = Vec::new();
     ArchiveRows::file(path, toc)?.write_script(ids, &mut out)?;
     Ok(String::from_utf8(out).unwrap())

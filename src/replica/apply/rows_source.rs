@@ -121,8 +121,7 @@ impl Applier {
         if !READ_ROWS_NATIVELY {
             return Err("READ_ROWS_NATIVELY is off".into());
         }
-        let read =
-            |path: &Path| crate::dump::rows::read_toc_of(path).map(|toc| Arc::new(toc.for_rows()));
+        let read = |path: &Path| crate::dump::rows::read_rows_toc_of(path).map(Arc::new);
         let toc = match stream_head {
             Some(Some(head)) => read(head),
             Some(None) => Err("the stream's head was not kept".to_string()),
