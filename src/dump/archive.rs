@@ -148,22 +148,13 @@ impl ArchiveToc {
         self.entries.iter().find(|e| e.id == id)
     }
 
-    /// Only what the reader of the rows reads: the entries with a data block and the sequences'
-    /// values, and the session's settings (`ENCODING`, `STDSTRINGS`, `SEARCHPATH`). The rows'
-    /// section keeps its table of contents for as long as it runs, and a schema of thousands
-    /// of tables has three times more other entries, each with its statement (11 MB of a
-    /// 2,500-table dump's, heaptrack; docs/performance.md, Many objects).
-    pub fn for_rows(mut self) -> ArchiveToc {
-        self.entries.retain(ArchiveToc::needed_for_rows);
-        for e in &mut self.entries {
-            e.deps = Vec::new();
-        }
-        self.entries.shrink_to_fit();
-        self
-    }
-
-    /// Whether the reader of the rows needs `e` (see [`ArchiveToc::for_rows`]).
-    fn needed_for_rows(e: &Entry) -> bool {
+    /// `e` as the reader of the rows keeps it, or `None`: only the entries with a data block
+    /// and the sequences' values, and the session's settings (`ENCODING`, `STDSTRINGS`,
+    /// `SEARCHPATH`), without their dependencies. The rows' section keeps its table of contents
+    /// for as long as it runs, and a schema of thousands of tables has three times more other
+    /// entries, each with its statement (11 MB of a 2,500-table dump's, heaptrack;
+    /// docs/performance.md, Many objects).
+    fn for_rows(mut e: Entry) -> Option<Entry> {
         const KEPT: [&str; 5] = [
             "TABLE DATA",
             "SEQUENCE SET",
@@ -171,7 +162,11 @@ impl ArchiveToc {
             "STDSTRINGS",
             "SEARCHPATH",
         ];
-        e.had_dumper || KEPT.contains(&e.desc())
+        if !(e.had_dumper || KEPT.contains(&e.desc())) {
+            return None;
+        }
+        e.deps = Vec::new();
+        Some(e)
     }
 
     /// The `defn` of the first entry of kind `desc` (`ENCODING`, `STDSTRINGS`, `SEARCHPATH`).
@@ -356,19 +351,21 @@ fn at(what: &'static str) -> impl Fn(io::Error) -> HeadError {
 /// Reads the header and the table of contents (`ReadHead`, `ReadToc`) from the archive's
 /// first byte, leaving `w` at the start of the data blocks; sets `w`'s integer sizes.
 pub fn read_toc<R: Read>(w: &mut Wire<R>) -> Result<ArchiveToc, HeadError> {
-    read_toc_keeping(w, |_| true)
+    read_toc_admitting(w, None)
 }
 
-/// [`read_toc`] keeping only the entries [`ArchiveToc::for_rows`] keeps, each dropped as it is
-/// read: the whole table of contents of a dump of 10,000 tables is never in memory at once
-/// (45 MB of the run's 150 MB heap peak, heaptrack, when it was read whole then trimmed).
+/// [`read_toc`] keeping only what the rows need (`ArchiveToc::for_rows`), each other entry
+/// dropped as it is read: the whole table of contents of a dump of 10,000 tables is never in
+/// memory at once (45 MB of the run's 150 MB heap peak, heaptrack, when it was read whole then
+/// trimmed).
 pub fn read_rows_toc<R: Read>(w: &mut Wire<R>) -> Result<ArchiveToc, HeadError> {
-    read_toc_keeping(w, ArchiveToc::needed_for_rows).map(ArchiveToc::for_rows)
+    read_toc_admitting(w, Some(ArchiveToc::for_rows))
 }
 
-fn read_toc_keeping<R: Read>(
+/// [`read_toc`], each entry through `admit` if given (kept, changed or dropped).
+fn read_toc_admitting<R: Read>(
     w: &mut Wire<R>,
-    keep: impl Fn(&Entry) -> bool,
+    admit: Option<fn(Entry) -> Option<Entry>>,
 ) -> Result<ArchiveToc, HeadError> {
     let head = at("its header");
     let mut magic = [0u8; 5];
@@ -431,7 +428,12 @@ fn read_toc_keeping<R: Read>(
     if !(0..10_000_000).contains(&count) {
         return Err(HeadError::Unknown(format!("implausible TOC count {count}")));
     }
-    let mut entries = Vec::with_capacity(count.min(100_000) as usize);
+    // Room for every entry only when every entry is kept: a filtered read allocates for what
+    // it keeps.
+    let mut entries = match admit {
+        None => Vec::with_capacity(count.min(100_000) as usize),
+        Some(_) => Vec::new(),
+    };
     for _ in 0..count {
         let id = w.int().map_err(&toc)?;
         let had_dumper = w.int().map_err(&toc)? != 0;
@@ -481,9 +483,13 @@ fn read_toc_keeping<R: Read>(
             deps,
             data,
         };
-        if keep(&entry) {
-            entries.push(entry);
+        match admit {
+            None => entries.push(entry),
+            Some(admit) => entries.extend(admit(entry)),
         }
+    }
+    if admit.is_some() {
+        entries.shrink_to_fit();
     }
     Ok(ArchiveToc {
         header,

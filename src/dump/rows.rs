@@ -101,8 +101,8 @@ pub fn read_toc_of(path: &Path) -> Result<ArchiveToc, String> {
     archive::read_toc(&mut w).map_err(|e| e.to_string())
 }
 
-/// [`read_toc_of`] with only what the rows need ([`ArchiveToc::for_rows`]), the rest dropped as
-/// it is read.
+/// [`read_toc_of`] with only what the rows need ([`archive::read_rows_toc`]), the rest dropped
+/// as it is read.
 pub fn read_rows_toc_of(path: &Path) -> Result<ArchiveToc, String> {
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut w = Wire::new(BufReader::with_capacity(1 << 20, file));
