@@ -63,9 +63,9 @@ pub struct Store {
 /// keeps freed pages resident for the next allocation, so without this a run's resident
 /// memory was its live data, plus what the last step freed, plus sled's buffers on top, at
 /// every progress tick. Measured on 2,500 tables (`cargo bench --bench replicate -- --many
-/// 25x100`, alternated, 3 pairs): peak RSS 51.9-59.7 MiB with it, 69.9-77.9 MiB without, no change in
-/// time (docs/performance.md, Many objects). A call costs a walk of the heap's free chunks,
-/// at most once per save.
+/// 25x100`, alternated, 3 pairs): peak RSS 51.9-59.7 MiB with it, 69.9-77.9 MiB without, no
+/// change in time (docs/performance.md, Many objects). A call costs a walk of the heap's free
+/// chunks, twice per save.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of glibc's heaps to the system; it is
