@@ -169,6 +169,14 @@ impl ArchiveToc {
         Some(e)
     }
 
+    /// Whether the archive says where the data block of each of `ids` starts: pg_dump records
+    /// it when it writes to a file, not to a pipe. Only then may each table's rows be read by
+    /// a reader of its own; without, each would walk the archive from its first block.
+    pub fn blocks_located(&self, ids: &[i64]) -> bool {
+        ids.iter()
+            .all(|id| self.entry(*id).is_some_and(|e| e.data != DataPos::NotSet))
+    }
+
     /// The `defn` of the first entry of kind `desc` (`ENCODING`, `STDSTRINGS`, `SEARCHPATH`).
     fn special(&self, desc: &str) -> Option<&str> {
         self.entries

@@ -253,7 +253,12 @@ impl ArchiveRows {
             what: what.clone(),
             source,
         })?;
-        let mut wire = Wire::new(ArchiveInput::File(BufReader::with_capacity(1 << 20, file)));
+        // Each table may have a reader of its own, several at once (replica::restore): reads
+        // of 256 KiB from the page cache keep the syscalls few without a MiB each.
+        let mut wire = Wire::new(ArchiveInput::File(BufReader::with_capacity(
+            256 << 10,
+            file,
+        )));
         wire.int_size = toc.header.int_size;
         wire.off_size = toc.header.off_size;
         Ok(ArchiveRows {

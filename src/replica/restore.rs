@@ -3,13 +3,14 @@
 //!
 //! - **pre-data** (schemas, extensions, types, tables, functions, views): one session, in the
 //!   archive's order, committed in batches.
-//! - **data** (a run, with its records): one `pg_restore` of the rows' entries in the archive's
-//!   order, from the dump file or the stream, each table's rows in one transaction with its
-//!   record (`COPY ... FREEZE`); each table's indexes and keys start as soon as its rows are in
+//! - **data** (a run, with its records): each table's rows in one transaction with its record
+//!   (`COPY ... FREEZE`); from a dump file whose archive locates its blocks, each table's from
+//!   a reader of its own, side by side over `jobs` sessions; from a stream (or a file without
+//!   offsets), one reader in the archive's order on one session; each table's indexes and keys start as soon as its rows are in
 //!   ([`plan_early`]), a key as a unique index first ([`super::apply::key_as_index`]), then the
 //!   table is vacuumed and analyzed (analyzed alone when small and loaded frozen); what no load analyzed is analyzed once the post-data
 //!   section is done ([`super::statistics::analyze_the_rest`]). Without records (a section
-//!   restored on its own): each table's rows from a `pg_restore` of their own entry.
+//!   restored on its own): each table's rows from a reader of their own entry, side by side.
 //! - **post-data**: what is left of the indexes and primary/unique/check constraints over
 //!   `jobs` sessions, then the rest in order (see [`super::apply::Applier::run_post_data`]).
 
@@ -128,16 +129,39 @@ pub async fn restore_entries(
                 None => post,
             };
             let streamed = stream.as_ref().is_some_and(|(feed, _)| feed.is_some());
+            let ids: Vec<i64> = data_entries.iter().map(|(e, _)| i64::from(e.id)).collect();
+            // Each table's rows from a reader of their own, so that the tables load side by
+            // side, where the rows are read from the dump file and its archive locates each
+            // block: with records too, each table's rows in one transaction with its record.
+            // Else (a stream, read no other way; a dump pg_dump wrote to a pipe) one reader
+            // in the archive's order, on one session: it loaded one table at a time, and a
+            // whole run's rows section left a core idle while its largest tables loaded
+            // (docs/performance.md, Ready at Done).
+            let side_by_side = match &stream {
+                Some((None, _)) => applier.rows_located(&ids),
+                Some((Some(_), _)) => false,
+                None => true,
+            };
+            let tables = data_entries
+                .iter()
+                .filter(|(e, _)| e.desc == "TABLE DATA")
+                .count();
+            let how = if side_by_side {
+                format!(
+                    ", {tables} table(s) side by side over up to {} sessions",
+                    applier.jobs()
+                )
+            } else if streamed {
+                ", streamed as the archive arrives, one table at a time".to_string()
+            } else {
+                ", one table at a time in the archive's order".to_string()
+            };
             tracing::info!(
                 data_entries = data,
                 post_data_entries = total - data,
                 streamed,
-                "restoring the rows ({data} entries{}), then indexes, constraints and the rest ({} entries{})",
-                if streamed {
-                    ", streamed as the archive arrives"
-                } else {
-                    ""
-                },
+                side_by_side,
+                "restoring the rows ({data} entries{how}), then indexes, constraints and the rest ({} entries{})",
                 total - data,
                 if early.is_some() {
                     ", each table's indexes and keys as soon as its rows are in"
@@ -150,16 +174,13 @@ pub async fn restore_entries(
             let early_count = move || early_done.as_ref().map_or(0, |d| d.load(Ordering::Relaxed));
             let report = |done: u64| progress((done + early_count()).min(total), total);
             match stream {
-                // With records: one pg_restore reads the rows in the archive's order (a stream
-                // can be read no other way), each table's in one transaction with its record.
-                Some((feed, list_file)) => {
+                Some((feed, list_file)) if !side_by_side => {
                     applier
                         .run_stream(feed, list(&data_entries), &list_file, &report)
                         .await?;
                 }
-                None => {
-                    // Each table's rows from a pg_restore of their own, so that they load side
-                    // by side; the other data entries (sequences, large objects) together.
+                _ => {
+                    // The other data entries (sequences' values, large objects) together.
                     let (tables, others): (Vec<_>, Vec<_>) = data_entries
                         .iter()
                         .copied()

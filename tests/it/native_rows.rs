@@ -228,13 +228,24 @@ fn run_source(c: &PgCluster, db: &str) {
     c.superuser_psql(db, &sql);
 }
 
-/// The rows of a run come from the native reader, said once, and the target is exact.
-fn run_reads_natively(s: &Scenario, what: &str) {
+/// The rows of a run come from the native reader, said once, and the target is exact. From a
+/// dump file with its blocks' offsets (`located`), the tables load side by side, each from a
+/// reader of its own; from one written to a pipe, one at a time in the archive's order.
+fn run_reads_natively(s: &Scenario, what: &str, located: bool) {
     let out = s.run_ok(&["run"]);
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
         text.contains("the rows are read from the archive natively"),
         "{what}: the run did not read the rows natively:\n{text}"
+    );
+    let how = if located {
+        "table(s) side by side over up to"
+    } else {
+        "one table at a time in the archive's order"
+    };
+    assert!(
+        text.contains(how),
+        "{what}: the run did not say it loads the rows {how}:\n{text}"
     );
     assert!(
         !text.contains("goes through pg_restore"),
@@ -266,7 +277,7 @@ fn a_run_reads_the_rows_natively_and_restores_exactly_for_every_pg_dump() {
             |c, db, out| dump(c, major, db, z, out, pipe),
         );
         s.use_client(18);
-        run_reads_natively(&s, &what);
+        run_reads_natively(&s, &what, !pipe);
         eprintln!("[native_rows] {what}: run in {:.1?}", t0.elapsed());
     }
 }
@@ -305,6 +316,10 @@ fn a_streamed_run_reads_the_rows_natively_and_restores_exactly() {
     assert!(
         text.contains("the rows are read from the archive natively"),
         "the streamed run did not read the rows natively:\n{text}"
+    );
+    assert!(
+        text.contains("streamed as the archive arrives, one table at a time"),
+        "the streamed run did not say it loads one table at a time:\n{text}"
     );
     s.assert_target_is_source();
 }

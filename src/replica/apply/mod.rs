@@ -21,12 +21,13 @@
 //! `--inserts` dumps, archive versions outside 1.14 to 1.16), the whole section goes through
 //! pg_restore, said once with the reason ([`rows_source::READ_ROWS_NATIVELY`] turns the native reader off).
 //!
-//! Parallelism: the rows' section reads the rows' entries once, in the archive's order, from
-//! the dump file or from a stream, and deals each table's rows out to `jobs` sessions; each
-//! table's indexes and primary/unique/check constraints start as soon as its rows are in
-//! ([`early`]); what is left of them runs over `jobs` sessions in the post-data section, while
-//! the rest (foreign keys, triggers, index attachments, materialized view refreshes) runs in
-//! the archive's order once they are done.
+//! Parallelism: the rows' section loads the tables side by side over `jobs` sessions, each
+//! table's rows from a reader of their own, where the dump file's archive says where each
+//! block starts; from a stream (or a file without those offsets) it reads the rows' entries
+//! once, in the archive's order, on one session. Each table's indexes and primary/unique/check
+//! constraints start as soon as its rows are in ([`early`]); what is left of them runs over
+//! `jobs` sessions in the post-data section, while the rest (foreign keys, triggers, index
+//! attachments, materialized view refreshes) runs in the archive's order once they are done.
 
 mod analysis;
 mod batch;
@@ -470,8 +471,9 @@ impl Applier {
         self.run_on_one_session(stream, batch, report).await
     }
 
-    /// Runs each list of `lists` (a table's rows, typically) from its own pg_restore, over
-    /// up to `jobs` sessions side by side; the first failure stops them all.
+    /// Runs each list of `lists` (a table's rows, typically) from a reader of its own (native,
+    /// else a pg_restore), over up to `jobs` sessions side by side, handed out in order; the
+    /// first failure stops them all.
     pub async fn run_parallel(
         &self,
         lists: Vec<String>,

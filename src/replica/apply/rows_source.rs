@@ -112,6 +112,14 @@ impl Applier {
         }
     }
 
+    /// Whether the rows of the entries `ids` may load side by side, each table's from a reader
+    /// of its own: they are read natively from the dump file, and the archive says where each
+    /// block starts. Nothing said: [`Applier::run_parallel`] says how it reads the rows.
+    pub fn rows_located(&self, ids: &[i64]) -> bool {
+        self.native_toc(ids, None)
+            .is_ok_and(|toc| toc.blocks_located(ids))
+    }
+
     /// [`Applier::native_rows`] without a word: `Err(why not)`.
     fn native_toc(
         &self,

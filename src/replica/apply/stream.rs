@@ -18,6 +18,11 @@ use crate::dump::rows::{RowsError, RowsSource};
 
 /// Rows are sent to `COPY` in chunks of about this size.
 const COPY_CHUNK: usize = 256 * 1024;
+/// Chunks the native reader may write ahead of the session that sends them. The reader
+/// inflates faster than a `COPY` loads, so a few chunks keep the session fed; each table loads
+/// from a reader of its own, `PG_RESTORE_JOBS` of them at once, so each chunk ahead costs
+/// that many times 256 KiB of resident memory.
+const NATIVE_CHUNKS_AHEAD: usize = 4;
 /// How many lines of pg_restore's stderr an error keeps.
 const STDERR_TAIL: usize = 20;
 
@@ -187,7 +192,7 @@ fn pg_restore_inner(dump: &Path, input: Input) -> Result<ScriptStream, ApplyErro
 /// archive only as fast as the rows are sent; dropping the stream stops it (its next write
 /// fails), and with it the feed it reads.
 pub(super) fn native_script(dump: PathBuf, source: RowsSource, ids: Vec<i64>) -> ScriptStream {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(NATIVE_CHUNKS_AHEAD);
     let task = tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter {
             tx,
