@@ -6,9 +6,10 @@
 //! - **data** (a run, with its records): each table's rows in one transaction with its record
 //!   (`COPY ... FREEZE`); from a dump file whose archive locates its blocks, each table's from
 //!   a reader of its own, side by side over `jobs` sessions; from a stream (or a file without
-//!   offsets), one reader in the archive's order on one session; each table's indexes and keys start as soon as its rows are in
-//!   ([`plan_early`]), a key as a unique index first ([`super::apply::key_as_index`]), then the
-//!   table is vacuumed and analyzed (analyzed alone when small and loaded frozen); what no load analyzed is analyzed once the post-data
+//!   offsets), one reader in the archive's order on one session. Each table's indexes and keys
+//!   start as soon as its rows are in ([`plan_early`]), a key as a unique index first
+//!   ([`super::apply::key_as_index`]), then the table is vacuumed and analyzed (analyzed alone
+//!   when small and loaded frozen); what no load analyzed is analyzed once the post-data
 //!   section is done ([`super::statistics::analyze_the_rest`]). Without records (a section
 //!   restored on its own): each table's rows from a reader of their own entry, side by side.
 //! - **post-data**: what is left of the indexes and primary/unique/check constraints over
