@@ -32,6 +32,7 @@
 mod analysis;
 mod batch;
 pub mod early;
+mod freeze;
 mod keys;
 pub mod rehearsal;
 mod rows_source;
@@ -50,6 +51,7 @@ use crate::masking::Masker;
 use crate::replica::sqlstate::classify;
 use crate::replica::{PgEndpoint, PostgresError, RESTORE_APPLICATION_NAME};
 pub use early::{Early, EarlyEntry, LoadLog};
+use freeze::{copy_target, fills_own_table, with_freeze};
 pub use keys::key_as_index;
 use script::{EntryHeader, Piece, ScriptError, ScriptParser};
 pub use session::SessionSpec;
@@ -173,39 +175,6 @@ pub struct Applier {
     /// The dump file's header and table of contents as the native reader of the rows reads
     /// them, read once (`Err`: why it cannot).
     archive: std::sync::OnceLock<Result<Arc<crate::dump::archive::ArchiveToc>, String>>,
-}
-
-/// The table of `COPY <table> (<columns>) FROM stdin;` as written (quoted as pg_dump quotes).
-fn copy_target(stmt: &str) -> Option<&str> {
-    let rest = stmt.trim_start().strip_prefix("COPY ")?;
-    let end = rest.find(" (").or_else(|| rest.find(" FROM "))?;
-    Some(&rest[..end])
-}
-
-/// Does `COPY` statement `stmt` fill the table of entry `h` itself? Not with
-/// `--load-via-partition-root`, where each partition's rows go through its partitioned root
-/// (which `FREEZE` refuses, and which other entries fill too).
-fn fills_own_table(stmt: &str, h: &EntryHeader) -> bool {
-    let Some(target) = copy_target(stmt) else {
-        return false;
-    };
-    let own = |name: &str| {
-        let q = format!("\"{}\"", name.replace('"', "\"\""));
-        if crate::dump::rewrite::quote_ident(name) == name {
-            vec![name.to_string(), q]
-        } else {
-            vec![q]
-        }
-    };
-    own(&h.schema)
-        .iter()
-        .any(|s| own(&h.name).iter().any(|n| target == format!("{s}.{n}")))
-}
-
-/// `COPY ... FROM stdin;` as `COPY ... FROM stdin WITH (FREEZE);`.
-fn with_freeze(stmt: &str) -> String {
-    let body = stmt.trim_end().trim_end_matches(';').trim_end();
-    format!("{body} WITH (FREEZE);")
 }
 
 /// Is this statement a transaction boundary of the script's own (the large objects' data
@@ -764,38 +733,5 @@ impl Pool {
             self.idle.push(s);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn freezes_only_a_copy_into_the_entrys_own_table() {
-        let h = |schema: &str, name: &str| EntryHeader {
-            name: name.into(),
-            kind: "TABLE DATA".into(),
-            schema: schema.into(),
-        };
-        let own = "COPY public.users (id, email) FROM stdin;";
-        assert!(fills_own_table(own, &h("public", "users")));
-        assert_eq!(
-            with_freeze(own),
-            "COPY public.users (id, email) FROM stdin WITH (FREEZE);"
-        );
-        assert!(fills_own_table(
-            "COPY \"App\".\"user\" (id) FROM stdin;",
-            &h("App", "user")
-        ));
-        assert!(fills_own_table(
-            "COPY public.\"user\" (id) FROM stdin;",
-            &h("public", "user")
-        ));
-        // --load-via-partition-root: the partition's rows go through its root.
-        assert!(!fills_own_table(
-            "COPY public.events (id, at) FROM stdin;",
-            &h("public", "events_2024")
-        ));
     }
 }
