@@ -96,17 +96,23 @@ pub fn list_ids(list: &str) -> Vec<i64> {
 
 /// Reads the header and table of contents of the archive at `path`.
 pub fn read_toc_of(path: &Path) -> Result<ArchiveToc, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut w = Wire::new(BufReader::with_capacity(1 << 20, file));
-    archive::read_toc(&mut w).map_err(|e| e.to_string())
+    read_head_of(path, archive::read_toc)
 }
 
 /// [`read_toc_of`] with only what the rows need ([`archive::read_rows_toc`]), the rest dropped
 /// as it is read.
 pub fn read_rows_toc_of(path: &Path) -> Result<ArchiveToc, String> {
+    read_head_of(path, archive::read_rows_toc)
+}
+
+/// The archive file at `path`, its head read by `read`.
+fn read_head_of(
+    path: &Path,
+    read: fn(&mut Wire<BufReader<File>>) -> Result<ArchiveToc, archive::HeadError>,
+) -> Result<ArchiveToc, String> {
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut w = Wire::new(BufReader::with_capacity(1 << 20, file));
-    archive::read_rows_toc(&mut w).map_err(|e| e.to_string())
+    read(&mut w).map_err(|e| e.to_string())
 }
 
 /// Whether this reader writes the script of the entries `ids` of `toc` as pg_restore would;
